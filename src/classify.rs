@@ -1,0 +1,80 @@
+//! The genuine-vs-fake classifier: runs the manifest's model on an aligned crop and turns its output into a
+//! fake probability, refusing any output that is not a finite, well-formed answer.
+
+use crate::infer::Model;
+use crate::manifest::{ClassifierOutput, ModelEntry};
+use crate::preprocess::RgbImage;
+use anyhow::{bail, Context, Result};
+
+pub struct Classifier {
+    model: Model,
+    output: ClassifierOutput,
+    fake_index: usize,
+    classes: usize,
+}
+
+impl Classifier {
+    pub fn new(model: Model) -> Result<Classifier> {
+        let spec = model.entry.classifier.clone().context("classifier has no [model.classifier] section")?;
+        let classes: usize = model.entry.outputs[0].shape.iter().product();
+        let fake_index = spec.fake_index.unwrap_or(0);
+        match spec.output {
+            ClassifierOutput::Softmax if classes < 2 || fake_index >= classes => {
+                bail!("softmax classifier with {classes} outputs cannot have its fake class at {fake_index}")
+            }
+            ClassifierOutput::Sigmoid | ClassifierOutput::Probability if classes != 1 => {
+                bail!("{:?} classifier must have one output value, has {classes}", spec.output)
+            }
+            _ => {}
+        }
+        Ok(Classifier { model, output: spec.output, fake_index, classes })
+    }
+
+    pub fn entry(&self) -> &ModelEntry {
+        &self.model.entry
+    }
+
+    /// The crop size the classifier wants (width, height).
+    pub fn crop_size(&self) -> (usize, usize) {
+        self.model.entry.input.image_size()
+    }
+
+    /// The probability that the face in `crop` is fake.
+    pub fn fake_probability(&mut self, crop: &RgbImage) -> Result<f32> {
+        self.model.set_input_image(crop)?;
+        let outputs = self.model.run()?;
+        let values = outputs
+            .first()
+            .context("classifier returned no output")?
+            .try_as_plain_ram()?
+            .as_slice::<f32>()
+            .context("classifier output is not f32")?;
+        interpret(self.output, self.fake_index, self.classes, values)
+            .with_context(|| format!("classifier `{}`", self.model.entry.id))
+    }
+}
+
+/// Turns raw classifier output into a fake probability. Wrong size, NaN or infinity is an error, never a pass.
+pub fn interpret(output: ClassifierOutput, fake_index: usize, classes: usize, values: &[f32]) -> Result<f32> {
+    if values.len() != classes {
+        bail!("output has {} values, expected {classes}", values.len());
+    }
+    if let Some(bad) = values.iter().find(|value| !value.is_finite()) {
+        bail!("output contains {bad}: the model is broken or its input was");
+    }
+    let probability = match output {
+        ClassifierOutput::Softmax => {
+            let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let total: f32 = values.iter().map(|value| (value - max).exp()).sum();
+            (values[fake_index] - max).exp() / total
+        }
+        ClassifierOutput::Sigmoid => 1.0 / (1.0 + (-values[0]).exp()),
+        ClassifierOutput::Probability => {
+            if !(0.0..=1.0).contains(&values[0]) {
+                bail!("output {} is not a probability", values[0]);
+            }
+            values[0]
+        }
+    };
+    Ok(probability.clamp(0.0, 1.0))
+}

@@ -1,0 +1,91 @@
+//! `deepgate crops`: the aligned face crops exactly as the runtime makes them, written as PNG files with an
+//! index, so that the training pipeline sees what deployment sees.
+
+use super::output::error_line;
+use anyhow::{Context, Result};
+use deepgate::capture::replay::open_input;
+use deepgate::pipeline::FaceResult;
+use deepgate::preprocess::RgbImage;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+pub fn crops(board: &Path, out: &Path, size: Option<usize>, main_only: bool, inputs: &[PathBuf]) -> Result<ExitCode> {
+    let (_config, mut pipeline) = super::start(board)?;
+    let size = size.unwrap_or_else(|| pipeline.crop_size());
+    anyhow::ensure!((16..=1024).contains(&size), "--size {size} is outside 16..=1024");
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let index_path = out.join("index.csv");
+    let mut index = csv::Writer::from_path(&index_path).with_context(|| format!("creating {}", index_path.display()))?;
+    index.write_record([
+        "crop", "source", "frame", "face", "main", "x", "y", "width", "height", "detector_score", "quality_issue",
+        "sharpness", "yaw", "roll_degrees", "brightness",
+    ])?;
+    let mut crop = RgbImage::new(size, size);
+    let (mut failed, mut written) = (false, 0usize);
+    for input in inputs {
+        let mut source = match open_input(input) {
+            Ok(source) => source,
+            Err(error) => {
+                eprintln!("{}", error_line(&input.display().to_string(), &error));
+                failed = true;
+                continue;
+            }
+        };
+        loop {
+            let frame = match source.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => {
+                    eprintln!("{}", error_line(source.describe(), &error));
+                    failed = true;
+                    continue;
+                }
+            };
+            let name = frame.source.to_string();
+            let faces: heapless::Vec<FaceResult, { deepgate::detect::MAX_FACES }> = match pipeline.process(&frame) {
+                Ok((faces, _)) => faces.iter().copied().collect(),
+                Err(error) => {
+                    eprintln!("{}", error_line(&name, &error));
+                    failed = true;
+                    continue;
+                }
+            };
+            let stem = Path::new(&name).file_stem().map_or("input".into(), |s| s.to_string_lossy().into_owned());
+            for (number, result) in faces.iter().enumerate().filter(|(_, r)| r.main || !main_only) {
+                if let Err(error) = pipeline.crop(&frame, &result.face, &mut crop) {
+                    eprintln!("{}", error_line(&name, &error));
+                    failed = true;
+                    continue;
+                }
+                let file = format!("{stem}_f{:05}_{number}.png", frame.sequence);
+                let path = out.join(&file);
+                image::save_buffer(&path, &crop.data, size as u32, size as u32, image::ExtendedColorType::Rgb8)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                let [x, y, width, height] = result.face.bbox;
+                let q = &result.quality;
+                index.write_record([
+                    file,
+                    name.clone(),
+                    frame.sequence.to_string(),
+                    number.to_string(),
+                    result.main.to_string(),
+                    format!("{x:.2}"),
+                    format!("{y:.2}"),
+                    format!("{width:.2}"),
+                    format!("{height:.2}"),
+                    format!("{:.4}", result.face.score),
+                    result.issue.map_or(String::new(), |issue| issue.describe().to_string()),
+                    format!("{:.2}", q.sharpness),
+                    format!("{:.4}", q.yaw),
+                    format!("{:.2}", q.roll_degrees),
+                    format!("{:.2}", q.brightness),
+                ])?;
+                written += 1;
+            }
+        }
+        pipeline.finish();
+    }
+    index.flush()?;
+    log::info!("{written} crops of {size}x{size} written to {}", out.display());
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

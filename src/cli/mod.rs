@@ -1,0 +1,22 @@
+//! One module per subcommand; each returns the process exit code (0 success, 1 some input failed, 2 fatal).
+
+pub mod crops;
+pub mod eval;
+pub mod output;
+pub mod probe;
+pub mod replay;
+pub mod run;
+
+use anyhow::Result;
+use deepgate::config::BoardConfig;
+use deepgate::pipeline::{Models, Pipeline};
+use std::path::Path;
+
+/// Loads the board config and builds its pipeline (models verified, optimised and warmed up).
+pub fn start(board: &Path) -> Result<(BoardConfig, Pipeline)> {
+    let config = BoardConfig::load(board)?;
+    log::info!("board `{}`: {}", config.board.id, config.board.description);
+    let models = Models::load(&config)?;
+    let pipeline = Pipeline::new(&config, models)?;
+    Ok((config, pipeline))
+}

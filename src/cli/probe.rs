@@ -1,0 +1,104 @@
+//! `deepgate probe`: what this machine offers, read from the system without touching any driver library
+//! (loading libcuda to ask would itself be a risk on a broken install).
+
+use anyhow::Result;
+use serde_json::json;
+use std::path::Path;
+use std::process::ExitCode;
+
+pub fn probe() -> Result<ExitCode> {
+    let value = json!({
+        "arch": std::env::consts::ARCH,
+        "os": std::env::consts::OS,
+        "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "cpu_features": cpu_features(),
+        "cuda": cuda(),
+        "cameras": cameras(),
+        "deepgate": env!("CARGO_PKG_VERSION"),
+    });
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cpu_features() -> Vec<&'static str> {
+    let mut found = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! check {
+            ($($feature:tt),*) => { $( if std::arch::is_x86_feature_detected!($feature) { found.push($feature); } )* };
+        }
+        check!("sse4.1", "avx", "avx2", "fma", "f16c", "avx512f", "avx512vnni");
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        macro_rules! check {
+            ($($feature:tt),*) => { $( if std::arch::is_aarch64_feature_detected!($feature) { found.push($feature); } )* };
+        }
+        check!("neon", "fp16", "dotprod", "i8mm", "bf16", "sve", "sve2");
+    }
+    found
+}
+
+/// Library directories where a CUDA driver or toolkit is found on desktop Linux and on Jetson (L4T).
+const LIBRARY_DIRECTORIES: [&str; 6] = [
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu/tegra",
+    "/usr/local/cuda/lib64",
+    "/usr/lib64",
+    "/usr/lib/wsl/lib",
+];
+
+fn find_library(prefix: &str) -> Option<String> {
+    LIBRARY_DIRECTORIES.iter().find_map(|directory| {
+        let entries = std::fs::read_dir(directory).ok()?;
+        entries
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix)))
+            .map(|path| path.display().to_string())
+    })
+}
+
+fn cuda() -> serde_json::Value {
+    let devices: Vec<String> = std::fs::read_dir("/dev")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| entry.file_name().into_string().ok())
+                .filter(|name| name.starts_with("nvidia") || name == "nvhost-gpu" || name == "nvgpu")
+                .map(|name| format!("/dev/{name}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let driver = std::fs::read_to_string("/proc/driver/nvidia/version").ok().and_then(|text| text.lines().next().map(str::to_string));
+    let tegra = std::fs::read_to_string("/etc/nv_tegra_release").ok().and_then(|text| text.lines().next().map(str::to_string));
+    let libcuda = find_library("libcuda.so");
+    let libnvrtc = find_library("libnvrtc.so");
+    json!({
+        "usable": libcuda.is_some() && !devices.is_empty(),
+        "libcuda": libcuda,
+        "libnvrtc": libnvrtc,
+        "devices": devices,
+        "driver": driver,
+        "tegra_release": tegra,
+        "used_by_this_build": false,
+    })
+}
+
+fn cameras() -> Vec<serde_json::Value> {
+    let Ok(entries) = std::fs::read_dir("/sys/class/video4linux") else { return Vec::new() };
+    let mut cameras: Vec<serde_json::Value> = entries
+        .flatten()
+        .map(|entry| {
+            let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+            let device = Path::new("/dev").join(entry.file_name());
+            let driver = std::fs::read_link(entry.path().join("device/driver"))
+                .ok()
+                .and_then(|link| link.file_name().map(|n| n.to_string_lossy().into_owned()));
+            json!({ "device": device.display().to_string(), "name": name.trim(), "driver": driver })
+        })
+        .collect();
+    cameras.sort_by_key(|camera| camera["device"].as_str().unwrap_or_default().to_string());
+    cameras
+}

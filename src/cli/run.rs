@@ -1,0 +1,106 @@
+//! `deepgate run`: the main job. Frames from the board's source go through the pipeline; verdicts go to the
+//! board's gate; SIGINT or SIGTERM ends it cleanly between frames.
+
+use super::output::verdict_message;
+use anyhow::{Context, Result};
+use deepgate::capture::replay::open_input;
+use deepgate::config::{GateSection, SourceSection};
+use deepgate::decide::Verdict;
+use deepgate::gate::stdout::StdoutGate;
+use deepgate::gate::tcp::TcpGate;
+use deepgate::gate::Gate;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub fn run(board: &Path) -> Result<ExitCode> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing the signal handler")?;
+    }
+    let (config, mut pipeline) = super::start(board)?;
+    let mut gate: Box<dyn Gate> = match &config.gate {
+        GateSection::Stdout => Box::new(StdoutGate::default()),
+        GateSection::Tcp { address, queue } => Box::new(TcpGate::start(address, *queue)?),
+    };
+    log::info!("gate: {}; backend: {:?}", gate.describe(), config.runtime.backend);
+    let SourceSection::Replay { paths, repeat, frame_rate } = &config.source;
+    let period = (*frame_rate > 0.0).then(|| Duration::from_secs_f32(1.0 / frame_rate));
+
+    let (mut frames, mut verdicts, mut failures) = (0u64, 0u64, 0u64);
+    let mut report = |gate: &mut dyn Gate, source: &str, verdict: &Verdict| {
+        verdicts += 1;
+        if let Err(error) = gate.report(&verdict_message(source, verdict)) {
+            log::error!("gate {}: {error:#}", gate.describe());
+        }
+    };
+    'stream: loop {
+        for path in paths {
+            let path = config.resolve(path);
+            let mut source = match open_input(&path) {
+                Ok(source) => source,
+                Err(error) => {
+                    log::error!("{error:#}");
+                    failures += 1;
+                    continue;
+                }
+            };
+            let mut session_source = path.display().to_string();
+            let mut next_due = Instant::now();
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    break 'stream;
+                }
+                let frame = match source.next_frame() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(error) => {
+                        log::error!("{error:#}");
+                        failures += 1;
+                        continue;
+                    }
+                };
+                if let Some(period) = period {
+                    std::thread::sleep(next_due.saturating_duration_since(Instant::now()));
+                    next_due = next_due.max(Instant::now() - period) + period;
+                }
+                if frame.discontinuity {
+                    if let Some(verdict) = pipeline.finish() {
+                        report(gate.as_mut(), &session_source, &verdict);
+                    }
+                    session_source.clear();
+                    session_source.push_str(frame.source);
+                }
+                frames += 1;
+                match pipeline.process(&frame) {
+                    Ok((_, Some(verdict))) => report(gate.as_mut(), frame.source, &verdict),
+                    Ok((_, None)) => {}
+                    Err(error) => {
+                        log::error!("{}: frame {}: {error:#}", frame.source, frame.sequence);
+                        failures += 1;
+                    }
+                }
+            }
+            if let Some(verdict) = pipeline.finish() {
+                report(gate.as_mut(), &session_source, &verdict);
+            }
+        }
+        if !repeat {
+            break;
+        }
+    }
+    if stop.load(Ordering::Relaxed) {
+        log::info!("stopping on signal");
+    }
+    if let Err(error) = gate.flush(Duration::from_secs(2)) {
+        log::warn!("gate {}: {error:#}", gate.describe());
+    }
+    let frame_time = pipeline.times.summary().into_iter().find(|summary| summary.stage == "frame");
+    log::info!(
+        "{frames} frames, {verdicts} verdicts, {failures} failures; median frame {:.1} ms",
+        frame_time.map_or(0.0, |summary| summary.median_ms)
+    );
+    Ok(if failures > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,198 @@
+//! The board config: one TOML file per board (`board/*.toml`), parsed strictly (an unknown key is an error)
+//! and validated with messages that name the key. Relative paths are relative to the config file.
+
+use crate::decide::DecisionSettings;
+use crate::detect::DetectorSettings;
+use crate::quality::QualitySettings;
+use anyhow::{bail, ensure, Context, Result};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoardConfig {
+    pub board: BoardSection,
+    pub source: SourceSection,
+    pub models: ModelsSection,
+    pub detector: DetectorSection,
+    pub quality: QualitySettings,
+    pub decision: DecisionSettings,
+    pub gate: GateSection,
+    pub runtime: RuntimeSection,
+    /// The directory relative paths are resolved against (the config file's); not a key.
+    #[serde(skip)]
+    pub directory: PathBuf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoardSection {
+    /// Identifies the board in verdicts, logs and audit receipts.
+    pub id: String,
+    pub description: String,
+}
+
+/// Where frames come from.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum SourceSection {
+    /// Still images, directories of images and Y4M videos, played in order.
+    Replay {
+        paths: Vec<PathBuf>,
+        /// Start again from the first input at the end (a demo kiosk); false ends `deepgate run`.
+        #[serde(default)]
+        repeat: bool,
+        /// Pace frames at this rate, like a camera; 0 plays as fast as the pipeline runs.
+        #[serde(default)]
+        frame_rate: f32,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsSection {
+    pub manifest: PathBuf,
+    pub alignment: PathBuf,
+    /// Model id of the face detector in the manifest.
+    pub detector: String,
+    /// Model id of the genuine-vs-fake classifier; absent until one ships (verdicts are then `uncertain`).
+    pub classifier: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorSection {
+    pub score_threshold: f32,
+    pub min_face_px: f32,
+    pub nms_iou: f32,
+}
+
+impl DetectorSection {
+    pub fn settings(&self) -> DetectorSettings {
+        DetectorSettings {
+            score_threshold: self.score_threshold,
+            min_face_px: self.min_face_px,
+            nms_iou: self.nms_iou,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum GateSection {
+    /// JSON lines on standard output.
+    Stdout,
+    /// JSON lines over TCP to a controller, with reconnection and a bounded queue.
+    Tcp { address: String, queue: usize },
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    Cpu,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSection {
+    /// Where preprocessing and inference run; "cpu" is always available.
+    pub backend: Backend,
+}
+
+/// Largest config file accepted: a board config is a page of text, anything bigger is a mistake or hostile.
+const MAX_CONFIG_BYTES: u64 = 256 * 1024;
+
+impl BoardConfig {
+    pub fn load(path: &Path) -> Result<BoardConfig> {
+        let size = std::fs::metadata(path)
+            .with_context(|| format!("reading board config {}", path.display()))?
+            .len();
+        ensure!(size <= MAX_CONFIG_BYTES, "board config {} is {size} bytes; the limit is {MAX_CONFIG_BYTES}", path.display());
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading board config {}", path.display()))?;
+        let mut config = BoardConfig::parse(&text).with_context(|| format!("board config {}", path.display()))?;
+        config.directory = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(config)
+    }
+
+    /// Parses and validates config text (relative paths stay relative to the current directory).
+    pub fn parse(text: &str) -> Result<BoardConfig> {
+        let config: BoardConfig = toml::from_str(text).context("parsing")?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A path from the config, resolved against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.directory.join(path)
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let board = &self.board;
+        ensure!(
+            !board.id.is_empty() && board.id.len() <= 64 && board.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            "board.id `{}` must be 1 to 64 letters, digits, '-' or '_'",
+            board.id
+        );
+        match &self.source {
+            SourceSection::Replay { paths, frame_rate, .. } => {
+                ensure!(!paths.is_empty(), "source.paths must name at least one image, directory or video");
+                ensure!(
+                    frame_rate.is_finite() && (0.0..=1000.0).contains(frame_rate),
+                    "source.frame_rate {frame_rate} must be between 0 (unpaced) and 1000"
+                );
+            }
+        }
+        let detector = &self.detector;
+        in_range("detector.score_threshold", detector.score_threshold, 0.05, 1.0)?;
+        in_range("detector.min_face_px", detector.min_face_px, 0.0, 4096.0)?;
+        in_range("detector.nms_iou", detector.nms_iou, 0.05, 1.0)?;
+        let quality = &self.quality;
+        in_range("quality.min_face_px", quality.min_face_px, 0.0, 4096.0)?;
+        in_range("quality.min_sharpness", quality.min_sharpness, 0.0, 1e6)?;
+        in_range("quality.max_yaw", quality.max_yaw, 0.0, 1.0)?;
+        in_range("quality.max_roll_degrees", quality.max_roll_degrees, 0.0, 180.0)?;
+        in_range("quality.min_brightness", quality.min_brightness, 0.0, 255.0)?;
+        in_range("quality.max_brightness", quality.max_brightness, quality.min_brightness, 255.0)?;
+        in_range("quality.max_clipped", quality.max_clipped, 0.0, 1.0)?;
+        let decision = &self.decision;
+        in_range("decision.frame_threshold", decision.frame_threshold, 0.01, 0.99)?;
+        in_range("decision.max_false_accept", decision.max_false_accept, 1e-6, 0.5)?;
+        in_range("decision.max_false_reject", decision.max_false_reject, 1e-6, 0.5)?;
+        in_range("decision.evidence_weight", decision.evidence_weight, 0.01, 1.0)?;
+        in_range("decision.max_frame_evidence", decision.max_frame_evidence, 0.1, 20.0)?;
+        in_range("decision.track_iou", decision.track_iou, 0.01, 1.0)?;
+        ensure!(decision.min_frames >= 1, "decision.min_frames must be at least 1");
+        ensure!(
+            decision.max_frames >= decision.min_frames,
+            "decision.max_frames ({}) must be at least decision.min_frames ({})",
+            decision.max_frames,
+            decision.min_frames
+        );
+        ensure!(
+            decision.max_session_frames >= decision.max_frames && decision.max_session_frames <= 100_000,
+            "decision.max_session_frames must be between decision.max_frames and 100000"
+        );
+        ensure!((1..=1000).contains(&decision.lost_frames), "decision.lost_frames must be 1 to 1000");
+        if let GateSection::Tcp { address, queue } = &self.gate {
+            ensure!((1..=4096).contains(queue), "gate.queue must be 1 to 4096 verdicts");
+            ensure!(address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()),
+                "gate.address `{address}` must be host:port");
+        }
+        if let Some(classifier) = &self.models.classifier {
+            ensure!(!classifier.is_empty(), "models.classifier must be a model id (omit the key for none)");
+        }
+        Ok(())
+    }
+}
+
+fn in_range(key: &str, value: f32, low: f32, high: f32) -> Result<()> {
+    if !(value >= low && value <= high) {
+        bail!("{key} = {value} is outside {low}..={high}");
+    }
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! The gate: where verdicts go (stdout, a TCP controller; OSDP and relays later), and their JSON form.
+
+pub mod stdout;
+pub mod tcp;
+
+use anyhow::Result;
+use serde::Serialize;
+
+/// What the runtime concluded about one person session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Genuine,
+    Fake,
+    /// Not enough usable evidence: the person should retry (or no classifier is configured).
+    Uncertain,
+    NoFace,
+}
+
+impl Decision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Decision::Genuine => "genuine",
+            Decision::Fake => "fake",
+            Decision::Uncertain => "uncertain",
+            Decision::NoFace => "no_face",
+        }
+    }
+}
+
+/// One verdict as reported to the gate and on the replay output.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct VerdictMessage<'a> {
+    /// Always "verdict": lets a reader of mixed JSON lines tell objects apart.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub source: &'a str,
+    pub decision: Decision,
+    /// Mean fake probability over the frames used; `null` when no frame was classified.
+    pub fake_probability: Option<f32>,
+    /// Frames of the session that passed the quality gates and were classified.
+    pub frames: u32,
+    /// Frames seen in the session, used or not.
+    pub frames_seen: u32,
+    /// Sequence numbers of the first and last frame of the session.
+    pub first_frame: u64,
+    pub last_frame: u64,
+    pub reason: &'a str,
+}
+
+/// The largest JSON line the gate carries. Sources are file paths or device names, reasons short sentences;
+/// longer lines are refused rather than truncated.
+pub const MAX_LINE: usize = 2048;
+
+/// A JSON line without its newline, in fixed storage so that reporting allocates nothing.
+pub type Line = heapless::Vec<u8, MAX_LINE>;
+
+/// Writes `value` as one JSON line (no newline) into `line`, which is cleared first.
+pub fn encode_line<T: Serialize>(value: &T, line: &mut Line) -> Result<()> {
+    line.clear();
+    serde_json::to_writer(LineWriter(line), value)
+        .map_err(|error| anyhow::anyhow!("gate message does not fit in {MAX_LINE} bytes: {error}"))
+}
+
+/// `io::Write` over a `Line` that fails, instead of growing, when the line is full.
+struct LineWriter<'a>(&'a mut Line);
+
+impl std::io::Write for LineWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .extend_from_slice(bytes)
+            .map_err(|()| std::io::Error::new(std::io::ErrorKind::WriteZero, "line full"))?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Where verdicts are delivered. Implementations must never block the capture loop for long: a slow or absent
+/// controller is absorbed by a bounded queue, and what is lost is counted.
+pub trait Gate: Send {
+    fn report(&mut self, verdict: &VerdictMessage<'_>) -> Result<()>;
+
+    /// Delivers what is queued, waiting at most `timeout`; called once at shutdown.
+    fn flush(&mut self, timeout: std::time::Duration) -> Result<()>;
+
+    /// A name for logs: "stdout", "tcp 10.0.0.5:4000".
+    fn describe(&self) -> &str;
+}

@@ -1,0 +1,18 @@
+//! deepgate: deepfake-aware face gate runtime for access-control kiosks.
+//!
+//! Data flow and invariants: ARCHITECTURE.md.
+
+pub mod align;
+pub mod capture;
+pub mod classify;
+pub mod config;
+pub mod decide;
+pub mod detect;
+pub mod frame;
+pub mod gate;
+pub mod infer;
+pub mod manifest;
+pub mod pipeline;
+pub mod preprocess;
+pub mod quality;
+pub mod timing;

@@ -1,0 +1,92 @@
+//! The `deepgate` command: parses the command line and hands over to one module per subcommand.
+
+mod cli;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Deepfake-aware face gate for access-control kiosks.
+#[derive(Parser)]
+#[command(name = "deepgate", version, about)]
+struct Arguments {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The board config used when `--board` is not given.
+const DEFAULT_BOARD: &str = "board/host.toml";
+
+#[derive(Subcommand)]
+enum Command {
+    /// The main job: source → pipeline → gate, until the source ends or SIGINT/SIGTERM.
+    Run {
+        #[arg(long, default_value = DEFAULT_BOARD)]
+        board: PathBuf,
+    },
+    /// Replays images, directories and Y4M videos: one JSON line per frame and per verdict on stdout.
+    Replay {
+        #[arg(long, default_value = DEFAULT_BOARD)]
+        board: PathBuf,
+        /// Print per-stage timings (median, min, max) to stderr at the end.
+        #[arg(long)]
+        timings: bool,
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
+    /// Writes the aligned face crops the classifier sees, exactly as the runtime makes them (for training).
+    Crops {
+        #[arg(long, default_value = DEFAULT_BOARD)]
+        board: PathBuf,
+        /// Output directory (created if missing); gets one PNG per face and an index.csv.
+        #[arg(long)]
+        out: PathBuf,
+        /// Crop side in pixels; default: the classifier's input size, else the alignment's default_size.
+        #[arg(long)]
+        size: Option<usize>,
+        /// Only the main (largest) face of each frame.
+        #[arg(long)]
+        main_only: bool,
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
+    /// Scores a labelled set (CSV with file,label; 0 genuine, 1 fake) and prints ISO/IEC 30107-3 metrics.
+    Eval {
+        #[arg(long, default_value = DEFAULT_BOARD)]
+        board: PathBuf,
+        #[arg(long)]
+        labels: PathBuf,
+        /// Print the summary as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Draw the ROC curve into this PNG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Prints what this machine offers (CPU features, CUDA, cameras) as JSON.
+    Probe,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    let arguments = Arguments::parse();
+    let result = match arguments.command {
+        Command::Run { board } => cli::run::run(&board),
+        Command::Replay { board, timings, inputs } => cli::replay::replay(&board, &inputs, timings),
+        Command::Crops { board, out, size, main_only, inputs } => {
+            cli::crops::crops(&board, &out, size, main_only, &inputs)
+        }
+        Command::Eval { board, labels, json, plot } => cli::eval::eval(&board, &labels, json, plot.as_deref()),
+        Command::Probe => cli::probe::probe(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            log::error!("{error:#}");
+            eprintln!("deepgate: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Preprocessing: frame pixels → model inputs. The CPU implementation (`cpu`) is the reference every other
+//! backend (the CUDA kernels) must match.
+//!
+//! The definition, which every backend follows exactly:
+//! - Colour: YUYV, UYVY and NV12 are BT.601 limited range ("studio swing"), converted per source pixel with
+//!   R = 1.164383 (Y−16) + 1.596027 (V−128), G = 1.164383 (Y−16) − 0.391762 (U−128) − 0.812968 (V−128),
+//!   B = 1.164383 (Y−16) + 2.017232 (U−128), each clamped to [0, 255] (not rounded). Chroma is taken from the
+//!   pixel's own 4:2:2 pair or 4:2:0 quad, without interpolation. GREY gives R = G = B.
+//! - Geometry: an affine map from output to source in continuous pixel coordinates (pixel i covers [i, i+1)).
+//!   Each output pixel averages n×n samples at the centres of its n×n sub-cells, where n = ceil(s) clamped to
+//!   1..=MAX_TAPS and s = sqrt(|det|) is how many source pixels one output pixel spans (n = 1 is plain
+//!   bilinear; n > 1 suppresses aliasing when shrinking a 1080p frame to 128 pixels). A sample outside the
+//!   source contributes black; inside, it is bilinear between the four nearest pixel centres, edges clamped.
+//!   The average is rounded half up to 8 bits.
+//! - Normalisation: value = (pixel / 255 − mean) / std per channel, in the model's channel order and layout.
+
+pub mod cpu;
+
+use crate::manifest::{ChannelOrder, InputSpec, Layout};
+use anyhow::{ensure, Result};
+
+/// Most samples per axis an output pixel averages.
+pub const MAX_TAPS: u32 = 4;
+
+/// An 8-bit RGB image with tight rows, owned by the pipeline and reused frame after frame.
+#[derive(Clone, Debug, Default)]
+pub struct RgbImage {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+impl RgbImage {
+    pub fn new(width: usize, height: usize) -> RgbImage {
+        RgbImage { width, height, data: vec![0; width * height * 3] }
+    }
+
+    pub fn pixel(&self, x: usize, y: usize) -> [u8; 3] {
+        let index = (y * self.width + x) * 3;
+        [self.data[index], self.data[index + 1], self.data[index + 2]]
+    }
+}
+
+/// An affine map from output pixel coordinates to source pixel coordinates:
+/// source = [a b; c d] · output + [tx ty].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Affine {
+    pub a: f32,
+    pub b: f32,
+    pub c: f32,
+    pub d: f32,
+    pub tx: f32,
+    pub ty: f32,
+}
+
+impl Affine {
+    pub fn apply(&self, x: f32, y: f32) -> (f32, f32) {
+        (self.a * x + self.b * y + self.tx, self.c * x + self.d * y + self.ty)
+    }
+
+    /// Samples per axis each output pixel averages (see the module documentation).
+    pub fn taps(&self) -> u32 {
+        let span = (self.a * self.d - self.b * self.c).abs().sqrt();
+        // The small tolerance keeps an exact 2:1 shrink at 2 taps despite rounding in the map.
+        let taps = (span - 1e-3).ceil();
+        if taps.is_finite() {
+            (taps as u32).clamp(1, MAX_TAPS)
+        } else {
+            1
+        }
+    }
+}
+
+/// How a frame was fitted into a square model input: scaled by `scale`, then shifted by the offsets
+/// (in input pixels) so the unused border is split evenly.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Letterbox {
+    pub scale: f32,
+    pub offset_x: f32,
+    pub offset_y: f32,
+}
+
+impl Letterbox {
+    pub fn fit(source_width: u32, source_height: u32, input_width: usize, input_height: usize) -> Letterbox {
+        let scale = (input_width as f32 / source_width as f32).min(input_height as f32 / source_height as f32);
+        Letterbox {
+            scale,
+            offset_x: (input_width as f32 - source_width as f32 * scale) / 2.0,
+            offset_y: (input_height as f32 - source_height as f32 * scale) / 2.0,
+        }
+    }
+
+    /// The map from input pixels to source pixels, for the warp.
+    pub fn to_source_map(&self) -> Affine {
+        Affine {
+            a: 1.0 / self.scale,
+            b: 0.0,
+            c: 0.0,
+            d: 1.0 / self.scale,
+            tx: -self.offset_x / self.scale,
+            ty: -self.offset_y / self.scale,
+        }
+    }
+
+    /// A point in input pixels → the same point in source pixels.
+    pub fn to_source(&self, x: f32, y: f32) -> (f32, f32) {
+        ((x - self.offset_x) / self.scale, (y - self.offset_y) / self.scale)
+    }
+}
+
+/// Writes `image` into `out` as the model input `spec` describes (channel order, layout, normalisation).
+pub fn normalise_into(image: &RgbImage, spec: &InputSpec, out: &mut [f32]) -> Result<()> {
+    let (width, height) = spec.image_size();
+    ensure!(
+        image.width == width && image.height == height && out.len() == width * height * 3,
+        "input image {}x{} does not fit model input {:?} (tensor of {} values)",
+        image.width,
+        image.height,
+        spec.shape,
+        out.len()
+    );
+    let channel_of = |channel: usize| match spec.colour {
+        ChannelOrder::Rgb => channel,
+        ChannelOrder::Bgr => 2 - channel,
+    };
+    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * spec.std[c]));
+    let shift: [f32; 3] = std::array::from_fn(|c| spec.mean[c] / spec.std[c]);
+    let plane = width * height;
+    for (index, pixel) in image.data.chunks_exact(3).enumerate() {
+        for channel in 0..3 {
+            let value = pixel[channel_of(channel)] as f32 * scale[channel] - shift[channel];
+            match spec.layout {
+                Layout::Nhwc => out[index * 3 + channel] = value,
+                Layout::Nchw => out[channel * plane + index] = value,
+            }
+        }
+    }
+    Ok(())
+}
