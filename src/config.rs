@@ -159,6 +159,7 @@ impl BoardConfig {
         in_range("quality.min_brightness", quality.min_brightness, 0.0, 255.0)?;
         in_range("quality.max_brightness", quality.max_brightness, quality.min_brightness, 255.0)?;
         in_range("quality.max_clipped", quality.max_clipped, 0.0, 1.0)?;
+        in_range("quality.max_outside", quality.max_outside, 0.0, 1.0)?;
         let decision = &self.decision;
         in_range("decision.frame_threshold", decision.frame_threshold, 0.01, 0.99)?;
         in_range("decision.max_false_accept", decision.max_false_accept, 1e-6, 0.5)?;

@@ -8,6 +8,17 @@ use std::path::Path;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
+thread_local! {
+    static IN_INFERENCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is inside tract's inference call. tract allocates its intermediate and output tensors
+/// on every run; the allocation test uses this to tell those allocations from the pipeline's own, which must
+/// be none.
+pub fn in_inference() -> bool {
+    IN_INFERENCE.with(|flag| flag.get())
+}
+
 /// A loaded, optimised model with its input tensor allocated once.
 pub struct Model {
     pub entry: ModelEntry,
@@ -114,10 +125,11 @@ impl Model {
 
     /// Runs the model on the current input and returns its outputs in manifest order.
     pub fn run(&mut self) -> Result<TVec<TValue>> {
+        IN_INFERENCE.with(|flag| flag.set(true));
         let input = self.input.clone().into_tvalue();
-        self.state
-            .run(tvec!(input))
-            .with_context(|| format!("running model `{}`", self.entry.id))
+        let outputs = self.state.run(tvec!(input));
+        IN_INFERENCE.with(|flag| flag.set(false));
+        outputs.with_context(|| format!("running model `{}`", self.entry.id))
     }
 }
 

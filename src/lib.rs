@@ -8,6 +8,7 @@ pub mod classify;
 pub mod config;
 pub mod decide;
 pub mod detect;
+pub mod eval;
 pub mod frame;
 pub mod gate;
 pub mod infer;

@@ -108,7 +108,7 @@ impl Pipeline {
         frame.validate()?;
         let decoded_frame;
         let frame = if frame.format == PixelFormat::Mjpeg {
-            let image = decode_image_bytes(frame.data, "MJPEG frame").context("decoding MJPEG frame")?;
+            let image = decode_mjpeg(frame)?;
             decoded_frame =
                 self.decoded.insert(image).frame(frame.source, frame.sequence, frame.timestamp_ns, frame.discontinuity);
             self.times.record(Stage::Decode, start.elapsed());
@@ -149,7 +149,7 @@ impl Pipeline {
             let (quality, issue, map) = match alignment.crop_map(face, QUALITY_CROP) {
                 Ok(map) => {
                     cpu::warp(frame, &map, &mut self.quality_crop)?;
-                    let quality = Quality::measure(face, &self.quality_crop);
+                    let quality = Quality::measure(face, frame.width, frame.height, &self.quality_crop);
                     (quality, quality.check(&self.quality), Some(()))
                 }
                 // Degenerate keypoints (all on one spot): not a face we can align or judge.
@@ -200,4 +200,31 @@ impl Pipeline {
         let map = self.models.alignment.crop_map(face, out.width)?;
         cpu::warp(frame, &map, out)
     }
+}
+
+/// Decodes an MJPEG frame, refusing the truncated frames USB cameras deliver (often the first one), which a
+/// lenient JPEG decoder would otherwise fill with grey: a complete JPEG ends with the EOI marker (FF D9),
+/// possibly followed by zero padding.
+fn decode_mjpeg(frame: &Frame) -> Result<DecodedImage> {
+    let end = frame.data.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1);
+    anyhow::ensure!(
+        frame.data.starts_with(&[0xFF, 0xD8]) && frame.data[..end].ends_with(&[0xFF, 0xD9]),
+        "MJPEG frame {} from {} is incomplete or not a JPEG ({} bytes, no start or end marker)",
+        frame.sequence,
+        frame.source,
+        frame.data.len()
+    );
+    let image = decode_image_bytes(&frame.data[..end], "MJPEG frame")
+        .with_context(|| format!("decoding MJPEG frame {} from {}", frame.sequence, frame.source))?;
+    anyhow::ensure!(
+        image.width == frame.width && image.height == frame.height,
+        "MJPEG frame {} from {} is {}x{}, the stream is {}x{}",
+        frame.sequence,
+        frame.source,
+        image.width,
+        image.height,
+        frame.width,
+        frame.height
+    );
+    Ok(image)
 }

@@ -23,6 +23,8 @@ pub struct QualitySettings {
     pub max_brightness: f32,
     /// Largest fraction of the central region that is clipped (≤ 5 or ≥ 250).
     pub max_clipped: f32,
+    /// Largest fraction of the face box lying outside the frame (a face cut by the image edge).
+    pub max_outside: f32,
 }
 
 /// Which gate failed first, if any.
@@ -30,6 +32,7 @@ pub struct QualitySettings {
 #[serde(rename_all = "snake_case")]
 pub enum QualityIssue {
     TooSmall,
+    OutsideFrame,
     Blurred,
     Turned,
     Tilted,
@@ -42,6 +45,7 @@ impl QualityIssue {
     pub fn describe(self) -> &'static str {
         match self {
             QualityIssue::TooSmall => "face too small",
+            QualityIssue::OutsideFrame => "face partly outside the image",
             QualityIssue::Blurred => "face blurred",
             QualityIssue::Turned => "head turned away",
             QualityIssue::Tilted => "head tilted",
@@ -61,14 +65,28 @@ pub struct Quality {
     pub roll_degrees: f32,
     pub brightness: f32,
     pub clipped: f32,
+    pub outside: f32,
 }
 
 impl Quality {
-    /// Measures `face` and its aligned crop.
-    pub fn measure(face: &Face, crop: &RgbImage) -> Quality {
+    /// Measures `face`, found in a frame of `frame_width`×`frame_height`, and its aligned crop.
+    pub fn measure(face: &Face, frame_width: u32, frame_height: u32, crop: &RgbImage) -> Quality {
         let (yaw, roll_degrees) = pose(face);
         let (sharpness, brightness, clipped) = crop_statistics(crop);
-        Quality { face_px: face.bbox[2].min(face.bbox[3]), sharpness, yaw, roll_degrees, brightness, clipped }
+        let [left, top, width, height] = face.bbox;
+        let inside_width = (left + width).min(frame_width as f32) - left.max(0.0);
+        let inside_height = (top + height).min(frame_height as f32) - top.max(0.0);
+        let inside = inside_width.max(0.0) * inside_height.max(0.0);
+        let outside = if width * height > 0.0 { 1.0 - inside / (width * height) } else { 1.0 };
+        Quality {
+            face_px: width.min(height),
+            sharpness,
+            yaw,
+            roll_degrees,
+            brightness,
+            clipped,
+            outside,
+        }
     }
 
     /// The first failed gate, or None when the face is usable.
@@ -76,6 +94,8 @@ impl Quality {
         // `!(a >= b)` rather than `a < b`: a NaN measurement fails the gate.
         if !(self.face_px >= settings.min_face_px) {
             Some(QualityIssue::TooSmall)
+        } else if !(self.outside <= settings.max_outside) {
+            Some(QualityIssue::OutsideFrame)
         } else if !(self.yaw.abs() <= settings.max_yaw) {
             Some(QualityIssue::Turned)
         } else if !(self.roll_degrees.abs() <= settings.max_roll_degrees) {

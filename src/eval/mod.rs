@@ -1,0 +1,4 @@
+//! Evaluation of the classifier against labelled images: presentation-attack metrics and the ROC plot.
+
+pub mod metrics;
+pub mod plot;

@@ -1,0 +1,182 @@
+//! Steady state is allocation-free: after warm-up, processing a frame allocates nothing on the heap outside
+//! tract's inference call (which allocates its tensors on every run; counted and reported separately), for
+//! every raw camera pixel format, with faces found, aligned, classified and decided, and verdicts encoded.
+//!
+//! A counting global allocator sees every allocation of this test process; the test runs its frames on one
+//! thread and counts only that thread's allocations.
+
+mod common;
+
+use deepgate::config::BoardConfig;
+use deepgate::frame::{Frame, PixelFormat};
+use deepgate::gate::{encode_line, Line, VerdictMessage};
+use deepgate::pipeline::{Models, Pipeline};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static OURS: Cell<u64> = const { Cell::new(0) };
+    static INFERENCE: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    if COUNTING.with(Cell::get) {
+        if deepgate::infer::in_inference() {
+            INFERENCE.with(|c| c.set(c.get() + 1));
+        } else {
+            OURS.with(|c| c.set(c.get() + 1));
+        }
+    }
+}
+
+// SAFETY: forwards to the system allocator unchanged; counting touches only const-initialised thread-locals
+// without destructors, which never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, size: usize) -> *mut u8 {
+        count();
+        System.realloc(pointer, layout, size)
+    }
+    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
+        System.dealloc(pointer, layout)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Counts (pipeline's own, inside inference) allocations made by `work` on this thread.
+fn allocations(work: impl FnOnce()) -> (u64, u64) {
+    OURS.with(|c| c.set(0));
+    INFERENCE.with(|c| c.set(0));
+    COUNTING.with(|c| c.set(true));
+    work();
+    COUNTING.with(|c| c.set(false));
+    (OURS.with(Cell::get), INFERENCE.with(Cell::get))
+}
+
+/// The photo as tight RGB, and re-encoded in `format` (BT.601 limited range for YUV), with `stride`.
+fn encode(rgb: &image::RgbImage, format: PixelFormat) -> (Vec<u8>, usize) {
+    let (width, height) = rgb.dimensions();
+    let stride = format.min_stride(width) + 32;
+    let rows = if format == PixelFormat::Nv12 { height + height.div_ceil(2) } else { height } as usize;
+    let mut data = vec![0u8; stride * rows];
+    for (x, y, pixel) in rgb.enumerate_pixels() {
+        let [r, g, b] = pixel.0.map(f32::from);
+        let luma = (16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0).round() as u8;
+        let u = (128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0).round() as u8;
+        let v = (128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0).round() as u8;
+        let (x, y) = (x as usize, y as usize);
+        let row = y * stride;
+        match format {
+            PixelFormat::Rgb24 => data[row + 3 * x..row + 3 * x + 3].copy_from_slice(&pixel.0),
+            PixelFormat::Bgr24 => data[row + 3 * x..row + 3 * x + 3].copy_from_slice(&[pixel[2], pixel[1], pixel[0]]),
+            PixelFormat::Grey => data[row + x] = luma,
+            PixelFormat::Yuyv => {
+                data[row + (x / 2) * 4 + (x & 1) * 2] = luma;
+                data[row + (x / 2) * 4 + 1] = u;
+                data[row + (x / 2) * 4 + 3] = v;
+            }
+            PixelFormat::Uyvy => {
+                data[row + (x / 2) * 4 + 1 + (x & 1) * 2] = luma;
+                data[row + (x / 2) * 4] = u;
+                data[row + (x / 2) * 4 + 2] = v;
+            }
+            PixelFormat::Nv12 => {
+                data[row + x] = luma;
+                let chroma = stride * height as usize + (y / 2) * stride + (x / 2) * 2;
+                data[chroma] = u;
+                data[chroma + 1] = v;
+            }
+            PixelFormat::Mjpeg => unreachable!(),
+        }
+    }
+    (data, stride)
+}
+
+#[test]
+fn steady_state_frames_allocate_nothing_outside_inference() {
+    // The stand-in classifier makes the classifier path run too; a short decision budget makes verdicts come
+    // out during the measured frames.
+    let board = common::board(
+        Some("stand_in"),
+        &[],
+        &[("max_frames = 30 ", "max_frames = 3 "), ("max_session_frames = 90 ", "max_session_frames = 4 ")],
+    );
+    let config = BoardConfig::load(&board).unwrap();
+    let mut pipeline = Pipeline::new(&config, Models::load(&config).unwrap()).unwrap();
+    let photo = image::open(common::fixture("faces/obama2.jpg")).unwrap().to_rgb8();
+    let (width, height) = photo.dimensions();
+    let mut line = Line::new();
+    let formats =
+        [PixelFormat::Rgb24, PixelFormat::Bgr24, PixelFormat::Grey, PixelFormat::Yuyv, PixelFormat::Uyvy, PixelFormat::Nv12];
+    for format in formats {
+        let (data, stride) = encode(&photo, format);
+        let mut frame = Frame {
+            format,
+            width,
+            height,
+            stride,
+            data: &data,
+            source: "allocation-test",
+            sequence: 0,
+            timestamp_ns: 0,
+            discontinuity: false,
+        };
+        // Warm-up: first frames may size buffers inside tract.
+        for sequence in 0..3 {
+            frame.sequence = sequence;
+            pipeline.process(&frame).unwrap();
+        }
+        // Start a new person session so that a verdict falls within the measured frames.
+        pipeline.finish();
+        let mut faces_seen = 0;
+        let mut verdicts = 0;
+        let mut inference_per_frame = Vec::with_capacity(16);
+        for sequence in 3..15 {
+            frame.sequence = sequence;
+            let (ours, inference) = allocations(|| {
+                let (faces, verdict) = pipeline.process(&frame).unwrap();
+                faces_seen += faces.len();
+                if let Some(verdict) = verdict {
+                    verdicts += 1;
+                    let message = VerdictMessage {
+                        kind: "verdict",
+                        source: frame.source,
+                        decision: verdict.decision,
+                        fake_probability: verdict.fake_probability,
+                        frames: verdict.frames_used,
+                        frames_seen: verdict.frames_seen,
+                        first_frame: verdict.first_frame,
+                        last_frame: verdict.last_frame,
+                        reason: &verdict.reason,
+                    };
+                    encode_line(&message, &mut line).unwrap();
+                }
+            });
+            assert_eq!(ours, 0, "{}: frame {sequence} made {ours} heap allocations outside inference", format.name());
+            inference_per_frame.push(inference);
+        }
+        assert!(faces_seen >= 12, "{}: the face must be found on every measured frame", format.name());
+        assert!(verdicts >= 1, "{}: the measured frames must include a verdict", format.name());
+        // tract's own allocations are steady too: the same count on every frame, nothing accumulating.
+        inference_per_frame.sort_unstable();
+        eprintln!(
+            "{}: tract inference allocations per frame (detector + classifier): {:?}",
+            format.name(),
+            inference_per_frame
+        );
+        assert_eq!(inference_per_frame.first(), inference_per_frame.last(), "{}", format.name());
+        pipeline.finish();
+    }
+}

@@ -1,0 +1,85 @@
+//! Shared set-up for the integration tests: temporary directories and board configs built from the real
+//! `board/host.toml`, with the test classifiers of tests/fixtures/models added to a copy of the manifest.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+/// A fresh, empty directory under the system temp dir, unique to this process and call.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let directory = std::env::temp_dir().join(format!(
+        "deepgate-test-{}-{name}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    directory
+}
+
+/// A models directory holding the shipped models and manifest plus the test classifiers.
+pub fn models_with_test_classifiers() -> PathBuf {
+    let directory = temp_dir("models");
+    let shipped = root().join("models");
+    for entry in std::fs::read_dir(&shipped).unwrap().flatten() {
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), directory.join(entry.file_name())).unwrap();
+        }
+    }
+    let tests = fixture("models");
+    for name in ["stand_in_softmax.onnx", "nan_output.onnx", "wrong_shape.onnx"] {
+        std::fs::copy(tests.join(name), directory.join(name)).unwrap();
+    }
+    let mut manifest = std::fs::read_to_string(shipped.join("manifest.toml")).unwrap();
+    manifest.push_str(&std::fs::read_to_string(tests.join("classifiers.toml")).unwrap());
+    std::fs::write(directory.join("manifest.toml"), manifest).unwrap();
+    directory
+}
+
+/// Writes a board config derived from board/host.toml: `classifier` selects a test classifier (None: as
+/// shipped), `paths` replaces the replay inputs, and each (old, new) in `edits` replaces text in the file.
+pub fn board(classifier: Option<&str>, paths: &[&Path], edits: &[(&str, &str)]) -> PathBuf {
+    let models = models_with_test_classifiers();
+    let host = std::fs::read_to_string(root().join("board/host.toml")).unwrap();
+    let mut text = host
+        .replace("\"../models/manifest.toml\"", &format!("{:?}", models.join("manifest.toml")))
+        .replace("\"../models/alignment.toml\"", &format!("{:?}", models.join("alignment.toml")));
+    if let Some(classifier) = classifier {
+        text = text.replace(
+            "detector = \"blazeface_front_128\"",
+            &format!("detector = \"blazeface_front_128\"\nclassifier = \"{classifier}\""),
+        );
+    }
+    if !paths.is_empty() {
+        let list: Vec<String> = paths.iter().map(|path| format!("{path:?}")).collect();
+        let start = text.find("paths = [").unwrap();
+        let end = start + text[start..].find(']').unwrap() + 1;
+        text.replace_range(start..end, &format!("paths = [{}]", list.join(", ")));
+    }
+    for (old, new) in edits {
+        assert!(text.contains(old), "board/host.toml no longer contains {old:?}");
+        text = text.replace(old, new);
+    }
+    let path = models.join("board.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Intersection over union of two [x, y, w, h] boxes.
+pub fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
+    let left = a[0].max(b[0]);
+    let top = a[1].max(b[1]);
+    let right = (a[0] + a[2]).min(b[0] + b[2]);
+    let bottom = (a[1] + a[3]).min(b[1] + b[3]);
+    let intersection = (right - left).max(0.0) * (bottom - top).max(0.0);
+    intersection / (a[2] * a[3] + b[2] * b[3] - intersection)
+}
