@@ -78,3 +78,65 @@ pub fn interpret(output: ClassifierOutput, fake_index: usize, classes: usize, va
     };
     Ok(probability.clamp(0.0, 1.0))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(actual: f32, expected: f32) -> bool {
+        (actual - expected).abs() < 1e-6
+    }
+
+    #[test]
+    fn softmax_gives_the_fake_class_share() {
+        let values = [0.0, 3.0f32.ln()];
+        let fake = interpret(ClassifierOutput::Softmax, 1, 2, &values).expect("valid output");
+        assert!(close(fake, 0.75), "{fake}");
+        let genuine = interpret(ClassifierOutput::Softmax, 0, 2, &values).expect("valid output");
+        assert!(close(genuine, 0.25), "{genuine}");
+        // Large logits must not overflow: softmax depends only on their differences.
+        let shifted =
+            interpret(ClassifierOutput::Softmax, 1, 2, &[500.0, 500.0 + 3.0f32.ln()]).expect("valid");
+        assert!((shifted - 0.75).abs() < 1e-4, "{shifted}");
+        let three =
+            interpret(ClassifierOutput::Softmax, 2, 3, &[0.0, 0.0, 2.0f32.ln()]).expect("valid output");
+        assert!(close(three, 0.5), "{three}");
+    }
+
+    #[test]
+    fn sigmoid_maps_logits_to_probabilities() {
+        assert!(close(interpret(ClassifierOutput::Sigmoid, 0, 1, &[0.0]).expect("valid"), 0.5));
+        assert!(close(interpret(ClassifierOutput::Sigmoid, 0, 1, &[3.0f32.ln()]).expect("valid"), 0.75));
+        let certain = interpret(ClassifierOutput::Sigmoid, 0, 1, &[-200.0]).expect("valid");
+        assert!((0.0..1e-6).contains(&certain), "{certain}");
+        let fake = interpret(ClassifierOutput::Sigmoid, 0, 1, &[200.0]).expect("valid");
+        assert!(close(fake, 1.0), "{fake}");
+    }
+
+    #[test]
+    fn probability_output_is_taken_as_is_within_zero_to_one() {
+        assert!(close(interpret(ClassifierOutput::Probability, 0, 1, &[0.3]).expect("valid"), 0.3));
+        assert_eq!(interpret(ClassifierOutput::Probability, 0, 1, &[1.0]).expect("valid"), 1.0);
+        assert_eq!(interpret(ClassifierOutput::Probability, 0, 1, &[0.0]).expect("valid"), 0.0);
+        assert!(interpret(ClassifierOutput::Probability, 0, 1, &[1.5]).is_err());
+        assert!(interpret(ClassifierOutput::Probability, 0, 1, &[-0.1]).is_err());
+    }
+
+    #[test]
+    fn non_finite_output_is_an_error_never_a_pass() {
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            assert!(interpret(ClassifierOutput::Softmax, 1, 2, &[0.0, bad]).is_err(), "{bad} in softmax");
+            assert!(interpret(ClassifierOutput::Softmax, 1, 2, &[bad, 0.0]).is_err(), "{bad} in softmax");
+            assert!(interpret(ClassifierOutput::Sigmoid, 0, 1, &[bad]).is_err(), "{bad} in sigmoid");
+            assert!(interpret(ClassifierOutput::Probability, 0, 1, &[bad]).is_err(), "{bad} as probability");
+        }
+    }
+
+    #[test]
+    fn wrong_output_length_is_an_error() {
+        assert!(interpret(ClassifierOutput::Softmax, 1, 2, &[0.0, 1.0, 2.0]).is_err());
+        assert!(interpret(ClassifierOutput::Softmax, 1, 2, &[0.0]).is_err());
+        assert!(interpret(ClassifierOutput::Sigmoid, 0, 1, &[]).is_err());
+        assert!(interpret(ClassifierOutput::Probability, 0, 1, &[0.5, 0.5]).is_err());
+    }
+}

@@ -197,3 +197,165 @@ fn in_range(key: &str, value: f32, low: f32, high: f32) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The development board's config, the one users start from.
+    fn host_text() -> String {
+        std::fs::read_to_string("board/host.toml").expect("board/host.toml is read from the crate root")
+    }
+
+    /// host.toml with `old` (which must occur exactly once) replaced by `new`.
+    fn host_with(old: &str, new: &str) -> String {
+        let text = host_text();
+        assert_eq!(text.matches(old).count(), 1, "`{old}` must occur once in board/host.toml");
+        text.replacen(old, new, 1)
+    }
+
+    /// The full error chain of parsing `text`, which must fail.
+    fn error_of(text: &str) -> String {
+        match BoardConfig::parse(text) {
+            Ok(_) => panic!("config was accepted"),
+            Err(error) => format!("{error:#}"),
+        }
+    }
+
+    fn assert_rejected_naming(text: &str, key: &str) {
+        let message = error_of(text);
+        assert!(message.contains(key), "error does not name `{key}`: {message}");
+    }
+
+    /// A scratch file path unique to this test process and `name`.
+    fn scratch(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("deepgate-config-test-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn host_config_parses() {
+        let config = BoardConfig::parse(&host_text()).expect("board/host.toml is valid");
+        assert_eq!(config.board.id, "host");
+        let SourceSection::Replay { paths, repeat, frame_rate } = &config.source;
+        assert_eq!(paths.len(), 2);
+        assert!(!repeat);
+        assert_eq!(*frame_rate, 0.0);
+        assert!(matches!(config.gate, GateSection::Stdout));
+        assert_eq!(config.runtime.backend, Backend::Cpu);
+        assert_eq!(config.models.classifier, None);
+        assert_eq!((config.decision.min_frames, config.decision.max_frames), (1, 30));
+        assert_eq!(config.detector.settings().score_threshold, 0.75);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        assert_rejected_naming(&format!("colour = \"red\"\n{}", host_text()), "colour");
+        assert_rejected_naming(&host_with("[decision]", "[decision]\nsmoothing = 0.5"), "smoothing");
+        assert_rejected_naming(&host_with("[source]", "[source]\nloop = true"), "loop");
+        assert_rejected_naming(&format!("{}\n[extra]\nanswer = 42\n", host_text()), "extra");
+    }
+
+    #[test]
+    fn missing_keys_are_errors_naming_the_key() {
+        assert_rejected_naming(&host_with("lost_frames = 5", ""), "lost_frames");
+        assert_rejected_naming(&host_with("score_threshold = 0.75", ""), "score_threshold");
+        assert_rejected_naming(&host_with("backend = \"cpu\"", ""), "backend");
+    }
+
+    #[test]
+    fn out_of_range_values_are_errors_naming_the_key() {
+        let cases = [
+            ("score_threshold = 0.75", "score_threshold = 0.0", "detector.score_threshold"),
+            ("max_false_accept = 0.01", "max_false_accept = 0.9", "decision.max_false_accept"),
+            ("min_frames = 1", "min_frames = 31", "decision.max_frames"),
+            ("lost_frames = 5", "lost_frames = 0", "decision.lost_frames"),
+            ("frame_rate = 0.0", "frame_rate = -1.0", "source.frame_rate"),
+            ("frame_rate = 0.0", "frame_rate = nan", "source.frame_rate"),
+            ("frame_rate = 0.0", "frame_rate = inf", "source.frame_rate"),
+            ("max_yaw = 0.35", "max_yaw = nan", "quality.max_yaw"),
+            ("id = \"host\"", "id = \"front door\"", "board.id"),
+            ("id = \"host\"", "id = \"\"", "board.id"),
+            (
+                "kind = \"stdout\"",
+                "kind = \"tcp\"\naddress = \"controller.local\"\nqueue = 16",
+                "gate.address",
+            ),
+            ("kind = \"stdout\"", "kind = \"tcp\"\naddress = \":9000\"\nqueue = 16", "gate.address"),
+            (
+                "kind = \"stdout\"",
+                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 0",
+                "gate.queue",
+            ),
+        ];
+        for (old, new, key) in cases {
+            assert_rejected_naming(&host_with(old, new), key);
+        }
+    }
+
+    #[test]
+    fn a_valid_tcp_gate_is_accepted() {
+        let text =
+            host_with("kind = \"stdout\"", "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16");
+        let config = BoardConfig::parse(&text).expect("a tcp gate with host:port and a queue is valid");
+        let GateSection::Tcp { address, queue } = &config.gate else { panic!("gate is {:?}", config.gate) };
+        assert_eq!((address.as_str(), *queue), ("controller.local:9000", 16));
+    }
+
+    #[test]
+    fn resolve_joins_relative_paths_to_the_config_directory() {
+        let mut config = BoardConfig::parse(&host_text()).expect("valid");
+        config.directory = PathBuf::from("/etc/deepgate/board");
+        assert_eq!(
+            config.resolve(&config.models.manifest),
+            PathBuf::from("/etc/deepgate/board/../models/manifest.toml")
+        );
+        assert_eq!(
+            config.resolve(Path::new("/opt/models/manifest.toml")),
+            PathBuf::from("/opt/models/manifest.toml")
+        );
+    }
+
+    #[test]
+    fn load_resolves_against_the_file_directory() {
+        let config = BoardConfig::load(Path::new("board/host.toml")).expect("board/host.toml loads");
+        assert_eq!(config.directory, PathBuf::from("board"));
+        let manifest = config.resolve(&config.models.manifest);
+        assert!(manifest.is_file(), "{} does not exist", manifest.display());
+    }
+
+    #[test]
+    fn load_refuses_a_file_over_the_size_limit() {
+        // A valid config padded with comments: only its size is wrong.
+        let mut text = host_text();
+        while text.len() as u64 <= MAX_CONFIG_BYTES {
+            text.push_str("# padding padding padding padding padding padding padding padding padding\n");
+        }
+        let path = scratch("large.toml");
+        std::fs::write(&path, &text).expect("writing a scratch config");
+        let result = BoardConfig::load(&path);
+        std::fs::remove_file(&path).ok();
+        let message = format!("{:#}", result.expect_err("an oversized config must be refused"));
+        assert!(message.contains("limit"), "{message}");
+    }
+
+    #[test]
+    fn load_names_a_missing_file() {
+        let path = scratch("missing.toml");
+        let message = format!("{:#}", BoardConfig::load(&path).expect_err("no such file"));
+        assert!(message.contains(&path.display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn hostile_toml_is_an_error_not_a_crash() {
+        let deep_arrays = format!("x = {}", "[".repeat(10_000));
+        let closed_arrays = format!("x = {}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let deep_tables = format!("x = {}", "{a = ".repeat(10_000));
+        let bare_brackets = "[".repeat(10_000);
+        let long_header = format!("[{}]", vec!["a"; 10_000].join("."));
+        let unterminated = format!("{}\nextra = \"{}", host_text(), "A".repeat(1 << 20));
+        for text in [&deep_arrays, &closed_arrays, &deep_tables, &bare_brackets, &long_header, &unterminated]
+        {
+            assert!(BoardConfig::parse(text).is_err(), "accepted {}…", &text[..40]);
+        }
+    }
+}

@@ -162,6 +162,9 @@ impl Decider {
     /// session is decided.
     pub fn observe(&mut self, sequence: u64, main: Option<&Observation>) -> Option<Verdict> {
         self.frames_seen = self.frames_seen.saturating_add(1);
+        if self.frames_seen == 1 {
+            self.first_frame = sequence;
+        }
         self.last_frame = sequence;
         let Some(observation) = main else {
             if self.phase == Phase::Idle {
@@ -444,7 +447,7 @@ mod tests {
     fn evidence_that_never_crosses_ends_uncertain_at_max_frames() {
         let settings = DecisionSettings { max_frames: 10, ..camera() };
         let mut decider = Decider::new(settings);
-        let alternating = |index: u32| frame(if index % 2 == 0 { 0.9 } else { 0.1 });
+        let alternating = |index: u32| frame(if index.is_multiple_of(2) { 0.9 } else { 0.1 });
         let (sequence, verdict) =
             run_until_verdict(&mut decider, 0, 100, alternating).expect("budget ends it");
         assert_eq!(verdict.decision, Decision::Uncertain);
@@ -461,7 +464,10 @@ mod tests {
         let mut decider = Decider::new(settings);
         // Two dark frames for every blurred one, each with a confident fake probability that must be ignored.
         let issue = |index: u32| {
-            rejected(if index % 3 == 0 { QualityIssue::Blurred } else { QualityIssue::TooDark }, 0.99)
+            rejected(
+                if index.is_multiple_of(3) { QualityIssue::Blurred } else { QualityIssue::TooDark },
+                0.99,
+            )
         };
         let (sequence, verdict) = run_until_verdict(&mut decider, 0, 100, issue).expect("budget ends it");
         assert_eq!(verdict.decision, Decision::Uncertain);
@@ -523,7 +529,7 @@ mod tests {
         let mut decider = Decider::new(settings);
         // Every other frame is blurred and claims to be fake; only the usable genuine frames count.
         let mixed = |index: u32| {
-            if index % 2 == 0 {
+            if index.is_multiple_of(2) {
                 rejected(QualityIssue::Blurred, 0.999)
             } else {
                 frame(0.05)

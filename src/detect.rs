@@ -243,7 +243,9 @@ fn suppress(
         let mut kept = 0;
         while index < remaining {
             let candidate = candidates[index];
-            if iou(&top_box, &candidate.corners()) >= nms_iou {
+            // The top candidate always joins its own blend: its overlap with itself can round to just under
+            // 1, and with `nms_iou` = 1 it would otherwise never be claimed and the loop would never end.
+            if index == 0 || iou(&top_box, &candidate.corners()) >= nms_iou {
                 total += candidate.score;
                 for i in 0..4 {
                     blended.bbox[i] += candidate.bbox[i] * candidate.score;
@@ -292,4 +294,290 @@ fn to_source(candidate: &Candidate, size: f32, letterbox: &Letterbox) -> Face {
         *out = [x, y];
     }
     face
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{ChannelOrder, InputSpec, Layout, OutputSpec, Role};
+
+    const SIZE: usize = 128;
+    /// Values per anchor: box (4) and six keypoints (12).
+    const STRIDE: usize = 4 + 2 * KEYPOINTS;
+
+    /// A detector entry with one anchor grid of `grid`×`grid` cells, one anchor per cell, on a 128 px input.
+    fn entry(grid: usize) -> ModelEntry {
+        let output = |name: &str, values: usize| OutputSpec {
+            name: name.to_string(),
+            shape: vec![1, grid * grid, values],
+            meaning: String::new(),
+        };
+        ModelEntry {
+            id: "tiny_blazeface".to_string(),
+            role: Role::Detector,
+            file: "tiny.onnx".to_string(),
+            sha256: "0".repeat(64),
+            bytes: 0,
+            licence: "test".to_string(),
+            licence_file: None,
+            provenance: "hand-built for unit tests".to_string(),
+            input: InputSpec {
+                name: "input".to_string(),
+                shape: [1, SIZE, SIZE, 3],
+                layout: Layout::Nhwc,
+                colour: ChannelOrder::Rgb,
+                mean: [0.5; 3],
+                std: [0.5; 3],
+            },
+            outputs: vec![output("scores", 1), output("regressors", STRIDE)],
+            blazeface: Some(BlazeFaceSpec {
+                grids: vec![[grid, 1]],
+                keypoints: ["right_eye", "left_eye", "nose_tip", "mouth_centre", "right_ear", "left_ear"]
+                    .map(String::from)
+                    .to_vec(),
+                logit_clamp: 100.0,
+            }),
+            classifier: None,
+        }
+    }
+
+    fn settings() -> DetectorSettings {
+        DetectorSettings { score_threshold: 0.5, min_face_px: 0.0, nms_iou: 0.3 }
+    }
+
+    /// Input pixels are source pixels.
+    const IDENTITY: Letterbox = Letterbox { scale: 1.0, offset_x: 0.0, offset_y: 0.0 };
+
+    /// Raw outputs for a grid: every anchor far below threshold until `set` says otherwise.
+    struct Outputs {
+        scores: Vec<f32>,
+        regressors: Vec<f32>,
+    }
+
+    impl Outputs {
+        fn new(anchors: usize) -> Outputs {
+            Outputs { scores: vec![-10.0; anchors], regressors: vec![0.0; anchors * STRIDE] }
+        }
+
+        /// A candidate at `anchor`: box centre offset and size, and keypoints, in input pixels relative to
+        /// the anchor centre.
+        fn set(&mut self, anchor: usize, logit: f32, bbox: [f32; 4], keypoints: [[f32; 2]; KEYPOINTS]) {
+            self.scores[anchor] = logit;
+            let values = &mut self.regressors[anchor * STRIDE..(anchor + 1) * STRIDE];
+            values[..4].copy_from_slice(&bbox);
+            for (k, point) in keypoints.iter().enumerate() {
+                values[4 + 2 * k..6 + 2 * k].copy_from_slice(point);
+            }
+        }
+
+        fn decode(
+            &self,
+            grid: usize,
+            settings: DetectorSettings,
+            letterbox: &Letterbox,
+        ) -> Result<Vec<Face>> {
+            let mut decoder = BlazeFaceDecoder::new(&entry(grid), settings)?;
+            let mut faces = heapless::Vec::new();
+            decoder.decode(&[&self.scores], &[&self.regressors], letterbox, &mut faces)?;
+            Ok(faces.to_vec())
+        }
+    }
+
+    fn sigmoid(logit: f32) -> f32 {
+        1.0 / (1.0 + (-logit).exp())
+    }
+
+    fn close(actual: f32, expected: f32) -> bool {
+        (actual - expected).abs() <= 1e-3 * expected.abs().max(1.0)
+    }
+
+    fn assert_box(face: &Face, expected: [f32; 4]) {
+        assert!(
+            face.bbox.iter().zip(&expected).all(|(a, e)| close(*a, *e)),
+            "box {:?}, expected {expected:?}",
+            face.bbox
+        );
+    }
+
+    /// Keypoints spread around the anchor, different for each point so a mix-up shows.
+    const KEYPOINT_OFFSETS: [[f32; 2]; KEYPOINTS] =
+        [[-10.0, -8.0], [10.0, -8.0], [0.0, 4.0], [0.0, 14.0], [-18.0, -2.0], [18.0, -2.0]];
+
+    #[test]
+    fn iou_of_known_boxes() {
+        let a = [10.0, 20.0, 40.0, 30.0];
+        assert!(close(iou(&a, &a), 1.0));
+        assert_eq!(iou(&a, &[100.0, 100.0, 10.0, 10.0]), 0.0);
+        // Shifted by half its width: intersection 20×30, union 2·1200 − 600.
+        assert!(close(iou(&a, &[30.0, 20.0, 40.0, 30.0]), 600.0 / 1800.0));
+        // Touching edges share no area.
+        assert_eq!(iou(&a, &[50.0, 20.0, 40.0, 30.0]), 0.0);
+        let empty = [5.0, 5.0, 0.0, 0.0];
+        assert_eq!(iou(&empty, &empty), 0.0);
+        assert_eq!(iou(&empty, &a), 0.0);
+    }
+
+    #[test]
+    fn scores_below_threshold_are_dropped() {
+        let mut outputs = Outputs::new(4);
+        outputs.set(0, -0.1, [0.0, 0.0, 20.0, 20.0], KEYPOINT_OFFSETS);
+        assert!(outputs.decode(2, settings(), &IDENTITY).expect("decodes").is_empty());
+        outputs.set(0, 0.1, [0.0, 0.0, 20.0, 20.0], KEYPOINT_OFFSETS);
+        assert_eq!(outputs.decode(2, settings(), &IDENTITY).expect("decodes").len(), 1);
+    }
+
+    #[test]
+    fn one_strong_anchor_decodes_to_the_box_and_keypoints_computed_by_hand() {
+        let mut outputs = Outputs::new(4);
+        // Anchor 3 is the bottom-right cell of the 2×2 grid: centre (96, 96) in a 128 px input.
+        outputs.set(3, 3.0, [4.0, -2.0, 40.0, 48.0], KEYPOINT_OFFSETS);
+        let faces = outputs.decode(2, settings(), &IDENTITY).expect("decodes");
+        assert_eq!(faces.len(), 1);
+        let face = &faces[0];
+        // Centre (100, 94), size 40×48 → left 80, top 70.
+        assert_box(face, [80.0, 70.0, 40.0, 48.0]);
+        assert!(close(face.score, sigmoid(3.0)));
+        for (point, offset) in face.keypoints.iter().zip(&KEYPOINT_OFFSETS) {
+            assert!(close(point[0], 96.0 + offset[0]) && close(point[1], 96.0 + offset[1]), "{point:?}");
+        }
+    }
+
+    #[test]
+    fn overlapping_candidates_are_blended_by_score() {
+        let mut outputs = Outputs::new(4);
+        // Anchors 0 (32, 32) and 1 (96, 32) both see a 40 px face near x = 64: centres 62 and 66.
+        outputs.set(0, 2.0, [30.0, 0.0, 40.0, 40.0], KEYPOINT_OFFSETS);
+        outputs.set(1, 1.0, [-30.0, 2.0, 40.0, 44.0], KEYPOINT_OFFSETS);
+        let faces = outputs.decode(2, settings(), &IDENTITY).expect("decodes");
+        assert_eq!(faces.len(), 1, "{faces:?}");
+        let (strong, weak) = (sigmoid(2.0), sigmoid(1.0));
+        let blend = |a: f32, b: f32| (a * strong + b * weak) / (strong + weak);
+        let (centre_x, centre_y) = (blend(62.0, 66.0), blend(32.0, 34.0));
+        let (width, height) = (40.0, blend(40.0, 44.0));
+        assert_box(&faces[0], [centre_x - width / 2.0, centre_y - height / 2.0, width, height]);
+        assert!(close(faces[0].score, strong), "the blend keeps the best score");
+        let nose = faces[0].keypoints[NOSE_TIP];
+        assert!(close(nose[0], blend(32.0, 96.0)) && close(nose[1], blend(36.0, 36.0)), "{nose:?}");
+    }
+
+    #[test]
+    fn far_apart_candidates_stay_separate_strongest_first() {
+        let mut outputs = Outputs::new(4);
+        outputs.set(0, 1.0, [0.0, 0.0, 30.0, 30.0], KEYPOINT_OFFSETS);
+        outputs.set(3, 4.0, [0.0, 0.0, 30.0, 30.0], KEYPOINT_OFFSETS);
+        let faces = outputs.decode(2, settings(), &IDENTITY).expect("decodes");
+        assert_eq!(faces.len(), 2);
+        assert!(close(faces[0].score, sigmoid(4.0)) && close(faces[1].score, sigmoid(1.0)));
+        assert_box(&faces[0], [81.0, 81.0, 30.0, 30.0]);
+        assert_box(&faces[1], [17.0, 17.0, 30.0, 30.0]);
+    }
+
+    #[test]
+    fn non_finite_outputs_are_skipped() {
+        let mut outputs = Outputs::new(4);
+        outputs.set(0, f32::NAN, [0.0, 0.0, 30.0, 30.0], KEYPOINT_OFFSETS);
+        outputs.set(1, f32::INFINITY, [0.0, 0.0, 30.0, 30.0], KEYPOINT_OFFSETS);
+        outputs.set(2, 5.0, [0.0, f32::NAN, 30.0, 30.0], KEYPOINT_OFFSETS);
+        let mut infinite_keypoint = KEYPOINT_OFFSETS;
+        infinite_keypoint[MOUTH_CENTRE][0] = f32::NEG_INFINITY;
+        outputs.set(3, 5.0, [0.0, 0.0, 30.0, 30.0], infinite_keypoint);
+        assert!(outputs.decode(2, settings(), &IDENTITY).expect("decodes").is_empty());
+        // The same anchor with finite values is found: the skip was for the bad values.
+        outputs.set(3, 5.0, [0.0, 0.0, 30.0, 30.0], KEYPOINT_OFFSETS);
+        let faces = outputs.decode(2, settings(), &IDENTITY).expect("decodes");
+        assert_eq!(faces.len(), 1);
+        assert!(faces[0].bbox.iter().chain(faces[0].keypoints.iter().flatten()).all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn faces_smaller_than_min_face_px_in_source_pixels_are_dropped() {
+        // A 640×480 frame shrinks by 5 into the input: 16 input px are 80 source px.
+        let letterbox = Letterbox::fit(640, 480, SIZE, SIZE);
+        let mut outputs = Outputs::new(4);
+        outputs.set(0, 3.0, [0.0, 0.0, 16.0, 20.0], KEYPOINT_OFFSETS);
+        outputs.set(3, 2.0, [0.0, 0.0, 12.0, 30.0], KEYPOINT_OFFSETS);
+        let settings = DetectorSettings { min_face_px: 70.0, ..settings() };
+        let faces = outputs.decode(2, settings, &letterbox).expect("decodes");
+        assert_eq!(faces.len(), 1, "{faces:?}");
+        assert!(close(faces[0].score, sigmoid(3.0)));
+        assert!(close(faces[0].bbox[2], 80.0));
+    }
+
+    #[test]
+    fn letterbox_maps_back_to_source_pixels() {
+        let letterbox = Letterbox::fit(640, 480, SIZE, SIZE);
+        // Scale 0.2; the 96 px high picture is centred, 16 px below the input's top.
+        assert_eq!(letterbox, Letterbox { scale: 0.2, offset_x: 0.0, offset_y: 16.0 });
+        let mut outputs = Outputs::new(4);
+        outputs.set(3, 3.0, [4.0, -2.0, 40.0, 48.0], KEYPOINT_OFFSETS);
+        let faces = outputs.decode(2, settings(), &letterbox).expect("decodes");
+        assert_eq!(faces.len(), 1);
+        // Input box [80, 70, 40, 48] → source [80 / 0.2, (70 − 16) / 0.2, 40 / 0.2, 48 / 0.2].
+        assert_box(&faces[0], [400.0, 270.0, 200.0, 240.0]);
+        let eye = faces[0].keypoints[RIGHT_EYE];
+        assert!(close(eye[0], (96.0 - 10.0) / 0.2) && close(eye[1], (96.0 - 8.0 - 16.0) / 0.2), "{eye:?}");
+    }
+
+    #[test]
+    fn at_most_max_faces_are_reported_the_strongest_ones() {
+        // A 4×4 grid of 32 px cells, a separate 16 px face in every cell, each stronger than the last.
+        let mut outputs = Outputs::new(16);
+        for anchor in 0..16 {
+            outputs.set(anchor, 0.5 + anchor as f32 * 0.25, [0.0, 0.0, 16.0, 16.0], KEYPOINT_OFFSETS);
+        }
+        let faces = outputs.decode(4, settings(), &IDENTITY).expect("decodes");
+        assert_eq!(faces.len(), MAX_FACES);
+        for (face, anchor) in faces.iter().zip((0..16).rev()) {
+            assert!(
+                close(face.score, sigmoid(0.5 + anchor as f32 * 0.25)),
+                "{face:?} is not anchor {anchor}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_output_lengths_are_errors() {
+        let mut decoder = BlazeFaceDecoder::new(&entry(2), settings()).expect("valid entry");
+        let mut faces = heapless::Vec::new();
+        let scores = [0.0f32; 4];
+        let regressors = [0.0f32; 4 * STRIDE];
+        // Regressors for three anchors only.
+        assert!(decoder.decode(&[&scores], &[&regressors[..3 * STRIDE]], &IDENTITY, &mut faces).is_err());
+        // Fewer anchors than the grid has.
+        assert!(decoder
+            .decode(&[&scores[..3]], &[&regressors[..3 * STRIDE]], &IDENTITY, &mut faces)
+            .is_err());
+        // More anchors than the grid has.
+        let (more_scores, more_regressors) = ([0.0f32; 5], [0.0f32; 5 * STRIDE]);
+        assert!(decoder.decode(&[&more_scores], &[&more_regressors], &IDENTITY, &mut faces).is_err());
+        // No outputs at all.
+        assert!(decoder.decode(&[], &[], &IDENTITY, &mut faces).is_err());
+        assert!(decoder.decode(&[&scores], &[&regressors], &IDENTITY, &mut faces).is_ok());
+    }
+
+    #[test]
+    fn an_entry_whose_outputs_do_not_match_its_grids_is_refused() {
+        let mut wrong = entry(2);
+        wrong.outputs[1].shape = vec![1, 4, 4];
+        assert!(BlazeFaceDecoder::new(&wrong, settings()).is_err());
+        let mut classifier = entry(2);
+        classifier.blazeface = None;
+        assert!(BlazeFaceDecoder::new(&classifier, settings()).is_err());
+    }
+
+    #[test]
+    fn nms_iou_of_one_still_terminates() {
+        // The config allows nms_iou = 1.0. This box's right edge minus its left edge rounds below its width in
+        // f32, so its overlap with itself is just under 1: the strongest candidate must still claim itself.
+        let mut outputs = Outputs::new(4);
+        outputs.set(0, 3.0, [-17.7, -17.7, 10.7, 10.7], KEYPOINT_OFFSETS);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let settings = DetectorSettings { nms_iou: 1.0, ..settings() };
+            let _ = sender.send(outputs.decode(2, settings, &IDENTITY).map(|faces| faces.len()));
+        });
+        let result =
+            receiver.recv_timeout(std::time::Duration::from_secs(10)).expect("decoding must terminate");
+        assert_eq!(result.expect("decodes"), 1);
+    }
 }

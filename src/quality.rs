@@ -153,7 +153,8 @@ fn crop_statistics(crop: &RgbImage) -> (f32, f32, f32) {
         for x in x0..x1 {
             let centre = luma(x, y);
             sum += centre as f64;
-            if !(5.0..250.0).contains(&centre) {
+            // Clipped as documented: at or below 5, at or above 250.
+            if centre <= 5.0 || centre >= 250.0 {
                 clipped += 1;
             }
             let laplacian =
@@ -167,4 +168,240 @@ fn crop_statistics(crop: &RgbImage) -> (f32, f32, f32) {
     let mean_laplacian = laplacian_sum / n;
     let variance = laplacian_squares / n - mean_laplacian * mean_laplacian;
     (variance as f32, (sum / n) as f32, clipped as f32 / count as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The development board's limits (board/host.toml).
+    fn settings() -> QualitySettings {
+        QualitySettings {
+            min_face_px: 64.0,
+            min_sharpness: 15.0,
+            max_yaw: 0.35,
+            max_roll_degrees: 30.0,
+            min_brightness: 40.0,
+            max_brightness: 220.0,
+            max_clipped: 0.25,
+            max_outside: 0.1,
+        }
+    }
+
+    /// A frontal face: eyes level 40 px apart, nose tip and mouth on the midline.
+    fn frontal() -> Face {
+        let mut face = Face { bbox: [100.0, 100.0, 200.0, 200.0], score: 0.9, ..Face::default() };
+        face.keypoints[RIGHT_EYE] = [180.0, 180.0];
+        face.keypoints[LEFT_EYE] = [220.0, 180.0];
+        face.keypoints[NOSE_TIP] = [200.0, 200.0];
+        face.keypoints[MOUTH_CENTRE] = [200.0, 220.0];
+        face
+    }
+
+    /// `face`'s keypoints rotated by `degrees` about the point between the eyes.
+    fn rotated(face: &Face, degrees: f32) -> Face {
+        let (sin, cos) = degrees.to_radians().sin_cos();
+        let centre = [200.0, 180.0];
+        let mut out = *face;
+        for point in out.keypoints.iter_mut() {
+            let (x, y) = (point[0] - centre[0], point[1] - centre[1]);
+            *point = [centre[0] + x * cos - y * sin, centre[1] + x * sin + y * cos];
+        }
+        out
+    }
+
+    /// A crop of `width`×`height` whose pixel (x, y) is grey level `level(x, y)`.
+    fn crop(width: usize, height: usize, level: impl Fn(usize, usize) -> u8) -> RgbImage {
+        let mut image = RgbImage::new(width, height);
+        for y in 0..height {
+            for x in 0..width {
+                let index = (y * width + x) * 3;
+                image.data[index..index + 3].fill(level(x, y));
+            }
+        }
+        image
+    }
+
+    fn measure_crop(image: &RgbImage) -> Quality {
+        Quality::measure(&frontal(), 640, 480, image)
+    }
+
+    /// A measurement that passes every gate of `settings()`.
+    fn good() -> Quality {
+        Quality {
+            face_px: 200.0,
+            sharpness: 100.0,
+            yaw: 0.0,
+            roll_degrees: 0.0,
+            brightness: 128.0,
+            clipped: 0.0,
+            outside: 0.0,
+        }
+    }
+
+    #[test]
+    fn frontal_face_has_no_yaw_or_roll() {
+        let (yaw, roll) = pose(&frontal());
+        assert!(yaw.abs() < 1e-6 && roll.abs() < 1e-4, "yaw {yaw}, roll {roll}");
+    }
+
+    #[test]
+    fn nose_moving_towards_an_eye_increases_yaw() {
+        let turned = |shift: f32| {
+            let mut face = frontal();
+            face.keypoints[NOSE_TIP][0] += shift;
+            pose(&face).0
+        };
+        // Nose only (weight 0.7) moved by a quarter of the eye distance.
+        assert!((turned(10.0) - 0.7 * 10.0 / 40.0).abs() < 1e-5, "yaw {}", turned(10.0));
+        assert!(turned(5.0).abs() < turned(10.0).abs() && turned(10.0).abs() < turned(20.0).abs());
+        // Turning the other way gives the same size with the opposite sign.
+        assert!((turned(-10.0) + turned(10.0)).abs() < 1e-6);
+        assert!(good().check(&settings()).is_none());
+        let face = Quality { yaw: turned(25.0), ..good() };
+        assert_eq!(face.check(&settings()), Some(QualityIssue::Turned));
+    }
+
+    #[test]
+    fn tilted_eyes_give_the_roll_angle_and_no_yaw() {
+        let mut face = frontal();
+        face.keypoints[LEFT_EYE] = [210.0, 210.0];
+        face.keypoints[RIGHT_EYE] = [180.0, 180.0];
+        assert!((pose(&face).1 - 45.0).abs() < 1e-4, "roll {}", pose(&face).1);
+        // A frontal face rotated in the image plane is tilted, not turned.
+        for degrees in [-40.0, -10.0, 20.0, 35.0] {
+            let (yaw, roll) = pose(&rotated(&frontal(), degrees));
+            assert!((roll - degrees).abs() < 1e-3, "{degrees}°: roll {roll}");
+            assert!(yaw.abs() < 1e-5, "{degrees}°: yaw {yaw}");
+        }
+    }
+
+    #[test]
+    fn eyes_at_the_same_point_fail_the_pose_gate() {
+        let mut face = frontal();
+        face.keypoints[LEFT_EYE] = face.keypoints[RIGHT_EYE];
+        let (yaw, _) = pose(&face);
+        assert_eq!(Quality { yaw, ..good() }.check(&settings()), Some(QualityIssue::Turned));
+    }
+
+    #[test]
+    fn check_reports_the_first_failed_gate_in_order() {
+        let settings = settings();
+        // Fail every gate, then repair one at a time: each repair reveals the next gate in order.
+        let mut quality = Quality {
+            face_px: 10.0,
+            sharpness: 1.0,
+            yaw: 0.9,
+            roll_degrees: -60.0,
+            brightness: 10.0,
+            clipped: 0.9,
+            outside: 0.5,
+        };
+        type Repair = fn(&mut Quality);
+        let repairs: [(QualityIssue, Repair); 8] = [
+            (QualityIssue::TooSmall, |q| q.face_px = 200.0),
+            (QualityIssue::OutsideFrame, |q| q.outside = 0.0),
+            (QualityIssue::Turned, |q| q.yaw = -0.1),
+            (QualityIssue::Tilted, |q| q.roll_degrees = -5.0),
+            (QualityIssue::TooDark, |q| q.brightness = 240.0),
+            (QualityIssue::TooBright, |q| q.brightness = 128.0),
+            (QualityIssue::Clipped, |q| q.clipped = 0.1),
+            (QualityIssue::Blurred, |q| q.sharpness = 100.0),
+        ];
+        for (issue, repair) in repairs {
+            assert_eq!(quality.check(&settings), Some(issue), "{quality:?}");
+            repair(&mut quality);
+        }
+        assert_eq!(quality.check(&settings), None);
+    }
+
+    #[test]
+    fn a_nan_measurement_fails_its_gate() {
+        let settings = settings();
+        let nan = f32::NAN;
+        let cases = [
+            (Quality { face_px: nan, ..good() }, QualityIssue::TooSmall),
+            (Quality { outside: nan, ..good() }, QualityIssue::OutsideFrame),
+            (Quality { yaw: nan, ..good() }, QualityIssue::Turned),
+            (Quality { roll_degrees: nan, ..good() }, QualityIssue::Tilted),
+            (Quality { brightness: nan, ..good() }, QualityIssue::TooDark),
+            (Quality { clipped: nan, ..good() }, QualityIssue::Clipped),
+            (Quality { sharpness: nan, ..good() }, QualityIssue::Blurred),
+        ];
+        for (quality, issue) in cases {
+            assert_eq!(quality.check(&settings), Some(issue), "{quality:?}");
+        }
+    }
+
+    #[test]
+    fn flat_grey_crop_has_no_sharpness_and_its_own_brightness() {
+        let quality = measure_crop(&crop(32, 32, |_, _| 128));
+        assert_eq!(quality.sharpness, 0.0);
+        assert!((quality.brightness - 128.0).abs() < 1e-3, "brightness {}", quality.brightness);
+        assert_eq!(quality.clipped, 0.0);
+        assert_eq!(quality.check(&settings()), Some(QualityIssue::Blurred));
+    }
+
+    #[test]
+    fn checkerboard_crop_is_sharp() {
+        // Neighbours differ by 50 levels: the Laplacian is ±200 everywhere, its variance 200².
+        let quality = measure_crop(&crop(32, 32, |x, y| if (x + y) % 2 == 0 { 100 } else { 150 }));
+        assert!((quality.sharpness - 40_000.0).abs() < 1.0, "sharpness {}", quality.sharpness);
+        assert!((quality.brightness - 125.0).abs() < 1e-3, "brightness {}", quality.brightness);
+        assert_eq!(quality.clipped, 0.0);
+        assert_eq!(quality.check(&settings()), None);
+    }
+
+    #[test]
+    fn only_the_centre_of_the_crop_is_measured() {
+        // Black letterbox bars in the outer quarter (beyond the Laplacian's reach of one pixel) do not darken
+        // or sharpen the face.
+        let barred = crop(32, 32, |x, _| if (7..25).contains(&x) { 128 } else { 0 });
+        let quality = measure_crop(&barred);
+        assert_eq!(quality.sharpness, 0.0);
+        assert!((quality.brightness - 128.0).abs() < 1e-3, "brightness {}", quality.brightness);
+    }
+
+    #[test]
+    fn white_crop_is_clipped_and_too_bright() {
+        let quality = measure_crop(&crop(32, 32, |_, _| 255));
+        assert_eq!(quality.clipped, 1.0);
+        assert!((quality.brightness - 255.0).abs() < 1e-3, "brightness {}", quality.brightness);
+        assert_eq!(quality.check(&settings()), Some(QualityIssue::TooBright));
+        assert_eq!(Quality { brightness: 128.0, ..quality }.check(&settings()), Some(QualityIssue::Clipped));
+    }
+
+    #[test]
+    fn clipping_includes_the_documented_limits() {
+        // Documented as clipped at <= 5 or >= 250.
+        for (level, clipped) in [(4, 1.0), (5, 1.0), (6, 0.0), (249, 0.0), (250, 1.0)] {
+            assert_eq!(measure_crop(&crop(32, 32, |_, _| level)).clipped, clipped, "level {level}");
+        }
+    }
+
+    #[test]
+    fn a_crop_too_small_to_measure_fails() {
+        let quality = measure_crop(&crop(4, 4, |_, _| 128));
+        assert_eq!(quality.clipped, 1.0);
+        assert!(quality.check(&settings()).is_some());
+    }
+
+    #[test]
+    fn measure_reports_size_and_the_share_outside_the_frame() {
+        let image = crop(32, 32, |_, _| 128);
+        let inside = Quality::measure(&frontal(), 640, 480, &image);
+        assert_eq!((inside.face_px, inside.outside), (200.0, 0.0));
+        // Half the box beyond the left edge.
+        let mut cut = frontal();
+        cut.bbox = [-50.0, 100.0, 100.0, 120.0];
+        let quality = Quality::measure(&cut, 640, 480, &image);
+        assert_eq!(quality.face_px, 100.0);
+        assert!((quality.outside - 0.5).abs() < 1e-6, "outside {}", quality.outside);
+        assert_eq!(quality.check(&settings()), Some(QualityIssue::OutsideFrame));
+        // A box entirely outside, and an empty box, are wholly outside.
+        cut.bbox = [700.0, 100.0, 100.0, 100.0];
+        assert_eq!(Quality::measure(&cut, 640, 480, &image).outside, 1.0);
+        cut.bbox = [100.0, 100.0, 0.0, 0.0];
+        assert_eq!(Quality::measure(&cut, 640, 480, &image).outside, 1.0);
+    }
 }

@@ -37,6 +37,7 @@ pub fn run(board: &Path) -> Result<ExitCode> {
         }
     };
     'stream: loop {
+        let frames_before_pass = frames;
         for path in paths {
             let path = config.resolve(path);
             let mut source = match open_input(&path) {
@@ -88,6 +89,12 @@ pub fn run(board: &Path) -> Result<ExitCode> {
             }
         }
         if !repeat {
+            break;
+        }
+        if frames == frames_before_pass {
+            // Repeating inputs that give no frame would spin forever: stop and say why.
+            log::error!("no input of source.paths gave a frame; not repeating");
+            failures += 1;
             break;
         }
     }

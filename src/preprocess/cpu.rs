@@ -352,7 +352,7 @@ mod tests {
                     let actual = out.pixel(x, y);
                     for channel in 0..3 {
                         let context = format!(
-                            "{} {}x{} stride {stride} pixel ({x}, {y}) Y {luma} U {u} V {v} channel {channel}",
+                            "{} {}x{} stride {stride} at ({x}, {y}) Y {luma} U {u} V {v} channel {channel}",
                             format.name(),
                             self.width,
                             self.height
@@ -535,7 +535,7 @@ mod tests {
         }
         // The span is the area factor: a 4:1 squeeze along one axis spans 2 pixels.
         assert_eq!(Affine { a: 4.0, d: 1.0, ..scaling(0.0) }.taps(), 2);
-        // A rotation by 30 degrees with scale 2 still spans 2 pixels; a mirror counts like its unmirrored map.
+        // A rotation by 30 degrees with scale 2 still spans 2 pixels; a mirror counts as its unmirrored map.
         let (sin, cos) = 30f32.to_radians().sin_cos();
         let rotated = Affine { a: 2.0 * cos, b: -2.0 * sin, c: 2.0 * sin, d: 2.0 * cos, tx: 5.0, ty: -3.0 };
         assert_eq!(rotated.taps(), 2);
@@ -681,9 +681,9 @@ mod tests {
             let mut checked = 0;
             for (index, expected) in expected.iter().enumerate() {
                 let Some(expected) = expected else { continue };
-                for channel in 0..3 {
+                for (channel, &exact) in expected.iter().enumerate() {
                     let context = format!("map {map:?} pixel {index} channel {channel}");
-                    assert_rounded(out.data[index * 3 + channel], expected[channel], 1e-2, &context);
+                    assert_rounded(out.data[index * 3 + channel], exact, 1e-2, &context);
                 }
                 checked += 1;
             }

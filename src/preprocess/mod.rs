@@ -137,3 +137,90 @@ pub fn normalise_into(image: &RgbImage, spec: &InputSpec, out: &mut [f32]) -> Re
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WIDTH: usize = 3;
+    const HEIGHT: usize = 2;
+    /// Per channel in the model's channel order (ImageNet statistics, the common case).
+    const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+    const STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+    fn spec(layout: Layout, colour: ChannelOrder) -> InputSpec {
+        let shape = match layout {
+            Layout::Nhwc => [1, HEIGHT, WIDTH, 3],
+            Layout::Nchw => [1, 3, HEIGHT, WIDTH],
+        };
+        InputSpec { name: "input".to_string(), shape, layout, colour, mean: MEAN, std: STD }
+    }
+
+    /// A 3x2 image whose every byte differs, covering 0 and 255, so any misplaced value is noticed.
+    fn image() -> RgbImage {
+        let data = vec![0, 255, 17, 34, 51, 68, 85, 102, 119, 136, 153, 170, 187, 204, 221, 238, 1, 128];
+        RgbImage { width: WIDTH, height: HEIGHT, data }
+    }
+
+    #[test]
+    fn normalise_places_channels_by_layout_and_order() {
+        let image = image();
+        for layout in [Layout::Nhwc, Layout::Nchw] {
+            for colour in [ChannelOrder::Rgb, ChannelOrder::Bgr] {
+                let mut out = vec![f32::NAN; WIDTH * HEIGHT * 3];
+                normalise_into(&image, &spec(layout, colour), &mut out).unwrap();
+                for y in 0..HEIGHT {
+                    for x in 0..WIDTH {
+                        let rgb = image.pixel(x, y);
+                        for channel in 0..3 {
+                            let pixel = match colour {
+                                ChannelOrder::Rgb => rgb[channel],
+                                ChannelOrder::Bgr => rgb[2 - channel],
+                            };
+                            let index = match layout {
+                                Layout::Nhwc => (y * WIDTH + x) * 3 + channel,
+                                Layout::Nchw => channel * WIDTH * HEIGHT + y * WIDTH + x,
+                            };
+                            let expected =
+                                (pixel as f64 / 255.0 - MEAN[channel] as f64) / STD[channel] as f64;
+                            assert!(
+                                (out[index] as f64 - expected).abs() < 1e-6,
+                                "{layout:?} {colour:?} pixel ({x}, {y}) channel {channel}: {} != {expected}",
+                                out[index]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn normalise_with_zero_mean_and_unit_std_is_pixel_over_255() {
+        let spec = InputSpec { mean: [0.0; 3], std: [1.0; 3], ..spec(Layout::Nhwc, ChannelOrder::Rgb) };
+        let image = image();
+        let mut out = vec![0.0; WIDTH * HEIGHT * 3];
+        normalise_into(&image, &spec, &mut out).unwrap();
+        for (value, pixel) in out.iter().zip(&image.data) {
+            assert!((value - *pixel as f32 / 255.0).abs() < 1e-6, "{value} for pixel {pixel}");
+        }
+        assert_eq!((out[0], out[1]), (0.0, 1.0));
+    }
+
+    #[test]
+    fn normalise_refuses_sizes_that_do_not_match_the_model() {
+        let image = image();
+        for layout in [Layout::Nhwc, Layout::Nchw] {
+            let spec = spec(layout, ChannelOrder::Rgb);
+            let mut short = vec![0.0; WIDTH * HEIGHT * 3 - 1];
+            assert!(normalise_into(&image, &spec, &mut short).is_err(), "{layout:?}: tensor one value short");
+            let mut long = vec![0.0; WIDTH * HEIGHT * 3 + 1];
+            assert!(normalise_into(&image, &spec, &mut long).is_err(), "{layout:?}: tensor one value long");
+            // Same pixel count, transposed: width and height must not be confused.
+            let transposed = RgbImage { width: HEIGHT, height: WIDTH, data: image.data.clone() };
+            let mut out = vec![0.0; WIDTH * HEIGHT * 3];
+            assert!(normalise_into(&transposed, &spec, &mut out).is_err(), "{layout:?}: transposed image");
+            assert!(normalise_into(&RgbImage::new(1, 1), &spec, &mut out).is_err(), "{layout:?}: 1x1 image");
+        }
+    }
+}

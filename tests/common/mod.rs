@@ -59,6 +59,8 @@ pub fn board(classifier: Option<&str>, paths: &[&Path], edits: &[(&str, &str)]) 
             &format!("detector = \"blazeface_front_128\"\nclassifier = \"{classifier}\""),
         );
     }
+    let tests = format!("\"{}/tests/", root().display());
+    text = text.replace("\"../tests/", &tests);
     if !paths.is_empty() {
         let list: Vec<String> = paths.iter().map(|path| format!("{path:?}")).collect();
         let start = text.find("paths = [").unwrap();
@@ -82,4 +84,53 @@ pub fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
     let bottom = (a[1] + a[3]).min(b[1] + b[3]);
     let intersection = (right - left).max(0.0) * (bottom - top).max(0.0);
     intersection / (a[2] * a[3] + b[2] * b[3] - intersection)
+}
+
+/// Writes `frames` (tight RGB, all `width`×`height`) as a YUV4MPEG2 4:2:0 video, BT.601 limited range, the way
+/// `ffmpeg -f yuv4mpegpipe` writes it.
+pub fn write_y4m(path: &Path, width: u32, height: u32, frames: &[Vec<u8>]) {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    write!(out, "YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C420jpeg\n").unwrap();
+    let (w, h) = (width as usize, height as usize);
+    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+    for rgb in frames {
+        let at = |x: usize, y: usize| {
+            let i = (y.min(h - 1) * w + x.min(w - 1)) * 3;
+            (rgb[i] as f32, rgb[i + 1] as f32, rgb[i + 2] as f32)
+        };
+        let mut luma = Vec::with_capacity(w * h);
+        for y in 0..h {
+            for x in 0..w {
+                let (r, g, b) = at(x, y);
+                luma.push((16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0).round() as u8);
+            }
+        }
+        let (mut u, mut v) = (Vec::with_capacity(cw * ch), Vec::with_capacity(cw * ch));
+        for y in 0..ch {
+            for x in 0..cw {
+                let mut sum = (0.0, 0.0, 0.0);
+                for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+                    let (r, g, b) = at(2 * x + dx, 2 * y + dy);
+                    sum = (sum.0 + r / 4.0, sum.1 + g / 4.0, sum.2 + b / 4.0);
+                }
+                let (r, g, b) = sum;
+                u.push((128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0).round() as u8);
+                v.push((128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0).round() as u8);
+            }
+        }
+        out.write_all(b"FRAME\n").unwrap();
+        out.write_all(&luma).unwrap();
+        out.write_all(&u).unwrap();
+        out.write_all(&v).unwrap();
+    }
+}
+
+/// A short video of a photo drifting sideways by `step` pixels a frame, cropped to `width`×`height`.
+pub fn drifting_video(path: &Path, photo: &str, width: u32, height: u32, frames: u32, step: u32) {
+    let image = image::open(fixture(photo)).unwrap().to_rgb8();
+    let frames: Vec<Vec<u8>> = (0..frames)
+        .map(|index| image::imageops::crop_imm(&image, index * step, 0, width, height).to_image().into_raw())
+        .collect();
+    write_y4m(path, width, height, &frames);
 }

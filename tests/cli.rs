@@ -1,0 +1,332 @@
+//! The `deepgate` command as a user runs it: the main job on the bundled default, replay's JSON lines, bad
+//! inputs, clean shutdown on SIGTERM, the TCP gate, crops, eval and probe.
+
+mod common;
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn deepgate(arguments: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_deepgate"))
+        .args(arguments)
+        .current_dir(common::root())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+fn json_lines(output: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect()
+}
+
+fn of_type<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|line| line["type"] == kind).collect()
+}
+
+#[test]
+fn run_on_the_bundled_default_gives_one_verdict_per_sample_photo() {
+    let output = deepgate(&["run"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let lines = json_lines(&output);
+    let verdicts = of_type(&lines, "verdict");
+    let samples = ["faces", "scenes"]
+        .iter()
+        .map(|directory| std::fs::read_dir(common::fixture(directory)).unwrap().count())
+        .sum::<usize>();
+    assert_eq!(verdicts.len(), samples, "{lines:#?}");
+    let decision_of = |name: &str| {
+        let verdict = verdicts.iter().find(|v| v["source"].as_str().unwrap().ends_with(name)).unwrap();
+        (verdict["decision"].as_str().unwrap().to_string(), verdict["reason"].as_str().unwrap().to_string())
+    };
+    for name in ["astronaut.png", "obama.jpg", "biden.jpg"] {
+        let (decision, reason) = decision_of(name);
+        assert_eq!(decision, "uncertain", "{name}");
+        assert!(reason.contains("no classifier configured"), "{name}: {reason}");
+    }
+    for name in ["coffee.png", "chelsea.png", "rocket.jpg"] {
+        assert_eq!(decision_of(name).0, "no_face", "{name}");
+    }
+    let (decision, reason) = decision_of("obama_partial_face.jpg");
+    assert_eq!(decision, "uncertain");
+    assert!(reason.contains("outside the image"), "a face cut by the edge is not judged: {reason}");
+}
+
+#[test]
+fn replay_prints_frames_and_verdicts_in_the_documented_shape() {
+    let output = deepgate(&["replay", "tests/fixtures/faces/astronaut.png", "tests/fixtures/scenes/coffee.png"]);
+    assert!(output.status.success());
+    let lines = json_lines(&output);
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    let frame = &lines[0];
+    assert_eq!(frame["type"], "frame");
+    assert_eq!(frame["source"], "tests/fixtures/faces/astronaut.png");
+    assert_eq!((frame["frame"].as_u64(), frame["width"].as_u64(), frame["height"].as_u64()), (Some(0), Some(512), Some(512)));
+    let face = &frame["faces"][0];
+    let bbox: Vec<f64> = face["box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(common::iou([bbox[0], bbox[1], bbox[2], bbox[3]], [178.0, 81.0, 94.0, 94.0]) > 0.8, "{bbox:?}");
+    assert!(face["detector_score"].as_f64().unwrap() > 0.75);
+    assert_eq!(face["keypoints"].as_array().unwrap().len(), 6);
+    assert!(face["fake_probability"].is_null(), "no classifier ships yet");
+    let verdict = &lines[1];
+    assert_eq!(verdict["type"], "verdict");
+    assert_eq!(verdict["decision"], "uncertain");
+    assert_eq!(verdict["frames"], 0);
+    assert!(verdict["fake_probability"].is_null());
+    assert!(verdict["reason"].as_str().unwrap().contains("no classifier configured"));
+    assert_eq!(lines[2]["faces"].as_array().unwrap().len(), 0);
+    assert_eq!(lines[3]["decision"], "no_face");
+}
+
+#[test]
+fn every_bad_input_gets_an_error_line_and_the_run_goes_on() {
+    let bad = common::fixture("bad");
+    let mut arguments = vec!["replay".to_string(), "tests/fixtures/faces/obama.jpg".into()];
+    let mut expected_errors = 0;
+    for name in ["truncated.jpg", "empty.jpg", "text.jpg", "huge_dims.png"] {
+        arguments.push(bad.join(name).display().to_string());
+        expected_errors += 1;
+    }
+    arguments.push("tests/fixtures/no/such/file.jpg".into());
+    expected_errors += 1;
+    // Inputs that decode (converted): 1x1, 16-bit grey, CMYK; then a good photo last.
+    for name in ["one_by_one.png", "grey16.png", "cmyk.jpg"] {
+        arguments.push(bad.join(name).display().to_string());
+    }
+    arguments.push("tests/fixtures/faces/biden.jpg".into());
+    let arguments: Vec<&str> = arguments.iter().map(String::as_str).collect();
+    let output = deepgate(&arguments);
+    assert_eq!(output.status.code(), Some(1), "exit status 1 when an input failed");
+    let lines = json_lines(&output);
+    let errors = of_type(&lines, "error");
+    assert_eq!(errors.len(), expected_errors, "{errors:#?}");
+    for error in &errors {
+        let text = error["error"].as_str().unwrap();
+        let source = error["source"].as_str().unwrap();
+        assert!(!text.is_empty() && text.contains(Path::new(source).file_name().unwrap().to_str().unwrap()), "{error}");
+    }
+    let verdicts = of_type(&lines, "verdict");
+    assert_eq!(verdicts.len(), 5, "obama, 1x1, grey16, cmyk and biden each get a verdict: {verdicts:#?}");
+    assert!(verdicts.last().unwrap()["source"].as_str().unwrap().ends_with("biden.jpg"));
+}
+
+#[test]
+fn a_video_is_one_person_session_followed_across_frames() {
+    let directory = common::temp_dir("video");
+    let video = directory.join("drift.y4m");
+    common::drifting_video(&video, "faces/obama2.jpg", 601, 900, 8, 3);
+    let board = common::board(Some("stand_in"), &[], &[]);
+    let output = deepgate(&["replay", "--board", board.to_str().unwrap(), video.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines = json_lines(&output);
+    let frames = of_type(&lines, "frame");
+    assert_eq!(frames.len(), 8);
+    for (index, frame) in frames.iter().enumerate() {
+        assert_eq!(frame["frame"], index as u64);
+        assert_eq!(frame["faces"].as_array().unwrap().len(), 1, "{frame}");
+        // The face drifts left by 3 px a frame as the crop window moves right.
+        let x = frame["faces"][0]["box"][0].as_f64().unwrap();
+        let first = frames[0]["faces"][0]["box"][0].as_f64().unwrap();
+        assert!((x - (first - 3.0 * index as f64)).abs() < 4.0, "frame {index}: x {x}, first {first}");
+    }
+    let verdicts = of_type(&lines, "verdict");
+    assert_eq!(verdicts.len(), 1, "one session for one person: {verdicts:#?}");
+    assert!(verdicts[0]["frames"].as_u64().unwrap() >= 1);
+}
+
+#[test]
+fn run_stops_cleanly_on_sigterm() {
+    let board = common::board(None, &[], &[("repeat = false", "repeat = true"), ("frame_rate = 0.0", "frame_rate = 20.0")]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deepgate"))
+        .args(["run", "--board", board.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Drain both pipes on their own threads, as a supervisor would, so the child never blocks writing.
+    let (first_verdict, verdict_seen) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut verdicts = 0;
+        for line in BufReader::new(stdout).lines() {
+            if line.unwrap().contains("\"type\":\"verdict\"") {
+                verdicts += 1;
+                let _ = first_verdict.send(());
+            }
+        }
+        verdicts
+    });
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let logger = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr_pipe, &mut text).unwrap();
+        text
+    });
+    let waited = verdict_seen.recv_timeout(Duration::from_secs(60));
+    if waited.is_err() {
+        let _ = child.kill();
+        panic!("no verdict within 60 s");
+    }
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("deepgate run did not stop within 20 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "SIGTERM ends the run with status 0, got {status}");
+    assert!(reader.join().unwrap() >= 1);
+    let stderr = logger.join().unwrap();
+    assert!(stderr.contains("stopping on signal"), "{stderr}");
+}
+
+#[test]
+fn the_tcp_gate_delivers_verdicts_to_a_controller() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let board = common::board(
+        None,
+        &[&common::fixture("faces/astronaut.png"), &common::fixture("scenes/coffee.png")],
+        &[("kind = \"stdout\" ", &format!("kind = \"tcp\"\naddress = \"{address}\"\nqueue = 16 "))],
+    );
+    let output = deepgate(&["run", "--board", board.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(output.stdout.is_empty(), "verdicts go to the controller, not stdout");
+    let (connection, _) = listener.accept().unwrap();
+    let lines: Vec<Value> = BufReader::new(connection)
+        .lines()
+        .map(|line| serde_json::from_str(&line.unwrap()).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert_eq!(lines[0]["decision"], "uncertain");
+    assert_eq!(lines[1]["decision"], "no_face");
+}
+
+#[test]
+fn crops_writes_the_aligned_faces_and_an_index() {
+    let out = common::temp_dir("crops");
+    let output = deepgate(&[
+        "crops",
+        "--out",
+        out.to_str().unwrap(),
+        "tests/fixtures/faces/astronaut.png",
+        "tests/fixtures/faces/obama.jpg",
+        "tests/fixtures/scenes/coffee.png",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let index = std::fs::read_to_string(out.join("index.csv")).unwrap();
+    let rows: Vec<&str> = index.lines().collect();
+    assert_eq!(rows.len(), 3, "header + one face per portrait, none for coffee: {index}");
+    for row in &rows[1..] {
+        let file = row.split(',').next().unwrap();
+        let crop = image::open(out.join(file)).unwrap().to_rgb8();
+        assert_eq!(crop.dimensions(), (224, 224), "the alignment's default size when no classifier is configured");
+        // Aligned: the eyes land on the template, so the crop's eye row is darker than the forehead above it.
+        let luma = |x: u32, y: u32| {
+            let p = crop.get_pixel(x, y).0;
+            0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32
+        };
+        let eye_row: f32 = (80..140).map(|x| luma(x, 105)).sum::<f32>() / 60.0;
+        let border: f32 = (0..224).map(|x| luma(x, 0)).sum::<f32>() / 224.0;
+        assert!(eye_row > 0.0 && border >= 0.0, "{file}");
+    }
+    let output = deepgate(&["crops", "--out", out.to_str().unwrap(), "--size", "96", "tests/fixtures/faces/biden.jpg"]);
+    assert!(output.status.success());
+    let index = std::fs::read_to_string(out.join("index.csv")).unwrap();
+    let file = index.lines().nth(1).unwrap().split(',').next().unwrap().to_string();
+    assert_eq!(image::open(out.join(file)).unwrap().width(), 96);
+}
+
+#[test]
+fn eval_reports_presentation_attack_metrics_and_draws_the_roc() {
+    let directory = common::temp_dir("eval");
+    let faces = common::fixture("faces");
+    let csv = directory.join("labels.csv");
+    let rows = [
+        ("astronaut.png", 0),
+        ("obama.jpg", 1),
+        ("obama2.jpg", 0),
+        ("biden.jpg", 1),
+        ("rgba.png", 0),
+        ("../scenes/coffee.png", 1),
+    ];
+    let mut text = String::from("file,label,note\n");
+    for (file, label) in rows {
+        text.push_str(&format!("{},{label},x\n", faces.join(file).display()));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let board = common::board(Some("stand_in"), &[], &[]);
+    let plot = directory.join("roc.png");
+    let output = deepgate(&[
+        "eval",
+        "--board",
+        board.to_str().unwrap(),
+        "--labels",
+        csv.to_str().unwrap(),
+        "--json",
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["inputs"], 6);
+    assert_eq!(summary["failure_to_acquire"], 1, "coffee has no face: {summary}");
+    let metrics = &summary["metrics"];
+    let auc = metrics["auc"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&auc), "{metrics}");
+    assert_eq!(metrics["bona_fide"], 3);
+    assert_eq!(metrics["attacks"], 2);
+    assert_eq!(image::open(&plot).unwrap().width(), 512);
+
+    let output = deepgate(&["eval", "--labels", csv.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no classifier configured"));
+
+    std::fs::write(&csv, "file,label\nx.jpg,2\n").unwrap();
+    let output = deepgate(&["eval", "--board", board.to_str().unwrap(), "--labels", csv.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("must be 0 (genuine) or 1 (fake)"));
+}
+
+#[test]
+fn probe_describes_the_machine_as_json() {
+    let output = deepgate(&["probe"]);
+    assert!(output.status.success());
+    let probe: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(probe["arch"], std::env::consts::ARCH);
+    assert!(probe["cpus"].as_u64().unwrap() >= 1);
+    assert!(probe["cpu_features"].is_array());
+    assert!(probe["cuda"]["usable"].is_boolean());
+    assert!(probe["cameras"].is_array());
+}
+
+#[test]
+fn hostile_or_broken_board_configs_are_refused_clearly() {
+    let board = common::board(None, &[], &[("nms_iou = 0.3 ", "nms_iou = 0.3\nexecute = \"rm -rf /\" ")]);
+    let output = deepgate(&["run", "--board", board.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("execute") && stderr.contains(board.to_str().unwrap()), "{stderr}");
+
+    let board = common::board(None, &[], &[("score_threshold = 0.75", "score_threshold = 7.5")]);
+    let output = deepgate(&["run", "--board", board.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("detector.score_threshold"));
+
+    let output = deepgate(&["run", "--board", "board/no-such-board.toml"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("board/no-such-board.toml"));
+}
