@@ -53,9 +53,8 @@ impl Alignment {
     /// The template in pixels of a `size`×`size` crop, after shrinking by the margin about the centre.
     pub fn template_pixels(&self, size: usize) -> [[f32; 2]; 4] {
         let size = size as f32;
-        self.template().map(|[x, y]| {
-            [(0.5 + (x - 0.5) / self.margin) * size, (0.5 + (y - 0.5) / self.margin) * size]
-        })
+        self.template()
+            .map(|[x, y]| [(0.5 + (x - 0.5) / self.margin) * size, (0.5 + (y - 0.5) / self.margin) * size])
     }
 
     /// The map from crop pixels to source pixels for `face`: the least-squares similarity (rotation, uniform

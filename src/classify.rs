@@ -59,6 +59,9 @@ pub fn interpret(output: ClassifierOutput, fake_index: usize, classes: usize, va
     if values.len() != classes {
         bail!("output has {} values, expected {classes}", values.len());
     }
+    if output == ClassifierOutput::Softmax && fake_index >= classes {
+        bail!("fake class {fake_index} does not exist in {classes} outputs");
+    }
     if let Some(bad) = values.iter().find(|value| !value.is_finite()) {
         bail!("output contains {bad}: the model is broken or its input was");
     }

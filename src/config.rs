@@ -107,10 +107,15 @@ impl BoardConfig {
         let size = std::fs::metadata(path)
             .with_context(|| format!("reading board config {}", path.display()))?
             .len();
-        ensure!(size <= MAX_CONFIG_BYTES, "board config {} is {size} bytes; the limit is {MAX_CONFIG_BYTES}", path.display());
+        ensure!(
+            size <= MAX_CONFIG_BYTES,
+            "board config {} is {size} bytes; the limit is {MAX_CONFIG_BYTES}",
+            path.display()
+        );
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading board config {}", path.display()))?;
-        let mut config = BoardConfig::parse(&text).with_context(|| format!("board config {}", path.display()))?;
+        let mut config =
+            BoardConfig::parse(&text).with_context(|| format!("board config {}", path.display()))?;
         config.directory = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(config)
     }
@@ -134,7 +139,9 @@ impl BoardConfig {
     fn validate(&self) -> Result<()> {
         let board = &self.board;
         ensure!(
-            !board.id.is_empty() && board.id.len() <= 64 && board.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+            !board.id.is_empty()
+                && board.id.len() <= 64
+                && board.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
             "board.id `{}` must be 1 to 64 letters, digits, '-' or '_'",
             board.id
         );
@@ -181,8 +188,12 @@ impl BoardConfig {
         ensure!((1..=1000).contains(&decision.lost_frames), "decision.lost_frames must be 1 to 1000");
         if let GateSection::Tcp { address, queue } = &self.gate {
             ensure!((1..=4096).contains(queue), "gate.queue must be 1 to 4096 verdicts");
-            ensure!(address.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()),
-                "gate.address `{address}` must be host:port");
+            ensure!(
+                address
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()),
+                "gate.address `{address}` must be host:port"
+            );
         }
         if let Some(classifier) = &self.models.classifier {
             ensure!(!classifier.is_empty(), "models.classifier must be a model id (omit the key for none)");

@@ -69,12 +69,7 @@ struct Candidate {
 
 impl Candidate {
     fn corners(&self) -> [f32; 4] {
-        [
-            self.bbox[0] - self.bbox[2] / 2.0,
-            self.bbox[1] - self.bbox[3] / 2.0,
-            self.bbox[2],
-            self.bbox[3],
-        ]
+        [self.bbox[0] - self.bbox[2] / 2.0, self.bbox[1] - self.bbox[3] / 2.0, self.bbox[2], self.bbox[3]]
     }
 }
 
@@ -89,37 +84,27 @@ pub struct BlazeFaceDecoder {
 
 impl BlazeFaceDecoder {
     pub fn new(entry: &ModelEntry, settings: DetectorSettings) -> Result<BlazeFaceDecoder> {
-        let spec = entry
-            .blazeface
-            .clone()
-            .context("detector has no [model.blazeface] section")?;
+        let spec = entry.blazeface.clone().context("detector has no [model.blazeface] section")?;
         let (size, _) = entry.input.image_size();
         let mut anchors = heapless::Vec::new();
         for &[grid, per_cell] in &spec.grids {
             for y in 0..grid {
                 for x in 0..grid {
                     for _ in 0..per_cell {
-                        let centre = [
-                            (x as f32 + 0.5) / grid as f32,
-                            (y as f32 + 0.5) / grid as f32,
-                        ];
+                        let centre = [(x as f32 + 0.5) / grid as f32, (y as f32 + 0.5) / grid as f32];
                         anchors.push(centre).ok().context("too many anchors")?;
                     }
                 }
             }
         }
-        ensure!(
-            spec.keypoints.len() <= KEYPOINTS,
-            "at most {KEYPOINTS} keypoints supported"
-        );
+        ensure!(spec.keypoints.len() <= KEYPOINTS, "at most {KEYPOINTS} keypoints supported");
         for (index, [grid, per_cell]) in spec.grids.iter().enumerate() {
             let count = grid * grid * per_cell;
             let scores = &entry.outputs[index].shape;
             let regressors = &entry.outputs[spec.grids.len() + index].shape;
             ensure!(
                 scores.iter().product::<usize>() == count
-                    && regressors.iter().product::<usize>()
-                        == count * (4 + 2 * spec.keypoints.len()),
+                    && regressors.iter().product::<usize>() == count * (4 + 2 * spec.keypoints.len()),
                 "outputs of grid {index} do not hold {count} anchors"
             );
         }
@@ -155,11 +140,7 @@ impl BlazeFaceDecoder {
                 regressors.len()
             );
             for (index, &logit) in scores.iter().enumerate() {
-                let centre = self
-                    .anchors
-                    .get(anchor)
-                    .copied()
-                    .context("more scores than anchors")?;
+                let centre = self.anchors.get(anchor).copied().context("more scores than anchors")?;
                 anchor += 1;
                 if !logit.is_finite() {
                     continue;
@@ -175,24 +156,11 @@ impl BlazeFaceDecoder {
                 let size = self.input_size;
                 let mut candidate = Candidate {
                     score,
-                    bbox: [
-                        centre[0] + r[0] / size,
-                        centre[1] + r[1] / size,
-                        r[2] / size,
-                        r[3] / size,
-                    ],
+                    bbox: [centre[0] + r[0] / size, centre[1] + r[1] / size, r[2] / size, r[3] / size],
                     keypoints: [[0.0; 2]; KEYPOINTS],
                 };
-                for (k, point) in candidate
-                    .keypoints
-                    .iter_mut()
-                    .take(self.spec.keypoints.len())
-                    .enumerate()
-                {
-                    *point = [
-                        centre[0] + r[4 + 2 * k] / size,
-                        centre[1] + r[5 + 2 * k] / size,
-                    ];
+                for (k, point) in candidate.keypoints.iter_mut().take(self.spec.keypoints.len()).enumerate() {
+                    *point = [centre[0] + r[4 + 2 * k] / size, centre[1] + r[5 + 2 * k] / size];
                 }
                 if candidate.bbox[2] > 0.0 && candidate.bbox[3] > 0.0 {
                     // Capacity equals the anchor count, so this cannot overflow.
@@ -200,18 +168,8 @@ impl BlazeFaceDecoder {
                 }
             }
         }
-        ensure!(
-            anchor == self.anchors.len(),
-            "outputs cover {anchor} of {} anchors",
-            self.anchors.len()
-        );
-        suppress(
-            &mut self.candidates,
-            &self.settings,
-            self.input_size,
-            letterbox,
-            faces,
-        );
+        ensure!(anchor == self.anchors.len(), "outputs cover {anchor} of {} anchors", self.anchors.len());
+        suppress(&mut self.candidates, &self.settings, self.input_size, letterbox, faces);
         Ok(())
     }
 }
@@ -235,10 +193,7 @@ fn suppress(
         let top = candidates[0];
         let top_box = top.corners();
         let mut total = 0.0;
-        let mut blended = Candidate {
-            score: top.score,
-            ..Candidate::default()
-        };
+        let mut blended = Candidate { score: top.score, ..Candidate::default() };
         let mut index = 0;
         let mut kept = 0;
         while index < remaining {
@@ -280,15 +235,10 @@ fn suppress(
 fn to_source(candidate: &Candidate, size: f32, letterbox: &Letterbox) -> Face {
     let corners = candidate.corners();
     let (left, top) = letterbox.to_source(corners[0] * size, corners[1] * size);
-    let (right, bottom) = letterbox.to_source(
-        (corners[0] + corners[2]) * size,
-        (corners[1] + corners[3]) * size,
-    );
-    let mut face = Face {
-        bbox: [left, top, right - left, bottom - top],
-        score: candidate.score,
-        ..Face::default()
-    };
+    let (right, bottom) =
+        letterbox.to_source((corners[0] + corners[2]) * size, (corners[1] + corners[3]) * size);
+    let mut face =
+        Face { bbox: [left, top, right - left, bottom - top], score: candidate.score, ..Face::default() };
     for (out, point) in face.keypoints.iter_mut().zip(&candidate.keypoints) {
         let (x, y) = letterbox.to_source(point[0] * size, point[1] * size);
         *out = [x, y];

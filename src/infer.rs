@@ -65,11 +65,8 @@ impl Model {
         }
         let mut model = onnx.model_for_proto_model(&proto).with_context(context)?;
 
-        let input_names: Vec<String> = model
-            .input_outlets()?
-            .iter()
-            .map(|outlet| model.node(outlet.node).name.clone())
-            .collect();
+        let input_names: Vec<String> =
+            model.input_outlets()?.iter().map(|outlet| model.node(outlet.node).name.clone()).collect();
         ensure!(
             input_names == [entry.input.name.as_str()],
             "{}: the manifest names input `{}`, the file has {:?}",
@@ -78,9 +75,7 @@ impl Model {
             input_names
         );
         let shape = entry.input.shape;
-        model
-            .set_input_fact(0, f32::fact(shape).into())
-            .with_context(context)?;
+        model.set_input_fact(0, f32::fact(shape).into()).with_context(context)?;
         let output_names: Vec<&str> = entry.outputs.iter().map(|o| o.name.as_str()).collect();
         model
             .select_outputs_by_name(&output_names)
@@ -88,8 +83,7 @@ impl Model {
         let typed = model.into_optimized().with_context(context)?;
         for (index, spec) in entry.outputs.iter().enumerate() {
             let fact = typed.output_fact(index)?;
-            let found: Option<Vec<usize>> =
-                fact.shape.as_concrete().map(|dims| dims.to_vec());
+            let found: Option<Vec<usize>> = fact.shape.as_concrete().map(|dims| dims.to_vec());
             ensure!(
                 found.as_deref() == Some(spec.shape.as_slice()),
                 "{}: output `{}` has shape {:?}, the manifest says {:?}",

@@ -78,7 +78,9 @@ fn main() -> ExitCode {
         Command::Crops { board, out, size, main_only, inputs } => {
             cli::crops::crops(&board, &out, size, main_only, &inputs)
         }
-        Command::Eval { board, labels, json, plot } => cli::eval::eval(&board, &labels, json, plot.as_deref()),
+        Command::Eval { board, labels, json, plot } => {
+            cli::eval::eval(&board, &labels, json, plot.as_deref())
+        }
         Command::Probe => cli::probe::probe(),
     };
     match result {

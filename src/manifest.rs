@@ -123,14 +123,12 @@ impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading model manifest {}", path.display()))?;
-        let parsed: ManifestFile = toml::from_str(&text)
-            .with_context(|| format!("parsing model manifest {}", path.display()))?;
+        let parsed: ManifestFile =
+            toml::from_str(&text).with_context(|| format!("parsing model manifest {}", path.display()))?;
         let directory = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         let manifest = Manifest { directory, models: parsed.model };
         for model in &manifest.models {
-            model
-                .validate()
-                .with_context(|| format!("model `{}` in {}", model.id, path.display()))?;
+            model.validate().with_context(|| format!("model `{}` in {}", model.id, path.display()))?;
         }
         for (index, model) in manifest.models.iter().enumerate() {
             if manifest.models[..index].iter().any(|other| other.id == model.id) {
@@ -150,11 +148,7 @@ impl Manifest {
                 known.join(", ")
             )
         })?;
-        ensure!(
-            model.role == role,
-            "model `{id}` is a {:?}, but is configured as the {role:?}",
-            model.role
-        );
+        ensure!(model.role == role, "model `{id}` is a {:?}, but is configured as the {role:?}", model.role);
         Ok(model)
     }
 
@@ -176,11 +170,7 @@ impl ModelEntry {
             "file `{}` must be a path inside the models directory",
             self.file
         );
-        ensure!(
-            self.input.shape[0] == 1,
-            "input batch must be 1, got {:?}",
-            self.input.shape
-        );
+        ensure!(self.input.shape[0] == 1, "input batch must be 1, got {:?}", self.input.shape);
         let channels = match self.input.layout {
             Layout::Nhwc => self.input.shape[3],
             Layout::Nchw => self.input.shape[1],

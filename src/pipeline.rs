@@ -52,7 +52,9 @@ impl Models {
                 Some(Classifier::new(Model::load(&manifest, entry)?)?)
             }
             None => {
-                log::warn!("no classifier configured: faces are found but not judged; verdicts will be `uncertain`");
+                log::warn!(
+                    "no classifier configured: faces are found but not judged; verdicts will be `uncertain`"
+                );
                 None
             }
         };
@@ -109,8 +111,12 @@ impl Pipeline {
         let decoded_frame;
         let frame = if frame.format == PixelFormat::Mjpeg {
             let image = decode_mjpeg(frame)?;
-            decoded_frame =
-                self.decoded.insert(image).frame(frame.source, frame.sequence, frame.timestamp_ns, frame.discontinuity);
+            decoded_frame = self.decoded.insert(image).frame(
+                frame.source,
+                frame.sequence,
+                frame.timestamp_ns,
+                frame.discontinuity,
+            );
             self.times.record(Stage::Decode, start.elapsed());
             &decoded_frame
         } else {

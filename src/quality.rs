@@ -78,40 +78,42 @@ impl Quality {
         let inside_height = (top + height).min(frame_height as f32) - top.max(0.0);
         let inside = inside_width.max(0.0) * inside_height.max(0.0);
         let outside = if width * height > 0.0 { 1.0 - inside / (width * height) } else { 1.0 };
-        Quality {
-            face_px: width.min(height),
-            sharpness,
-            yaw,
-            roll_degrees,
-            brightness,
-            clipped,
-            outside,
-        }
+        Quality { face_px: width.min(height), sharpness, yaw, roll_degrees, brightness, clipped, outside }
     }
 
     /// The first failed gate, or None when the face is usable.
     pub fn check(&self, settings: &QualitySettings) -> Option<QualityIssue> {
-        // `!(a >= b)` rather than `a < b`: a NaN measurement fails the gate.
-        if !(self.face_px >= settings.min_face_px) {
+        // `at_least`/`at_most` are false for NaN, so a measurement that went wrong fails its gate.
+        if !at_least(self.face_px, settings.min_face_px) {
             Some(QualityIssue::TooSmall)
-        } else if !(self.outside <= settings.max_outside) {
+        } else if !at_most(self.outside, settings.max_outside) {
             Some(QualityIssue::OutsideFrame)
-        } else if !(self.yaw.abs() <= settings.max_yaw) {
+        } else if !at_most(self.yaw.abs(), settings.max_yaw) {
             Some(QualityIssue::Turned)
-        } else if !(self.roll_degrees.abs() <= settings.max_roll_degrees) {
+        } else if !at_most(self.roll_degrees.abs(), settings.max_roll_degrees) {
             Some(QualityIssue::Tilted)
-        } else if !(self.brightness >= settings.min_brightness) {
+        } else if !at_least(self.brightness, settings.min_brightness) {
             Some(QualityIssue::TooDark)
-        } else if !(self.brightness <= settings.max_brightness) {
+        } else if !at_most(self.brightness, settings.max_brightness) {
             Some(QualityIssue::TooBright)
-        } else if !(self.clipped <= settings.max_clipped) {
+        } else if !at_most(self.clipped, settings.max_clipped) {
             Some(QualityIssue::Clipped)
-        } else if !(self.sharpness >= settings.min_sharpness) {
+        } else if !at_least(self.sharpness, settings.min_sharpness) {
             Some(QualityIssue::Blurred)
         } else {
             None
         }
     }
+}
+
+/// `value >= minimum`, false for NaN.
+fn at_least(value: f32, minimum: f32) -> bool {
+    value >= minimum
+}
+
+/// `value <= maximum`, false for NaN.
+fn at_most(value: f32, maximum: f32) -> bool {
+    value <= maximum
 }
 
 /// Yaw proxy and roll from the keypoints. In the frame of the eye line, a frontal face has its nose tip
@@ -125,12 +127,13 @@ fn pose(face: &Face) -> (f32, f32) {
     let eye_y = left[1] - right[1];
     let distance = (eye_x * eye_x + eye_y * eye_y).sqrt();
     let roll_degrees = eye_y.atan2(eye_x).to_degrees();
-    if !(distance > 0.0) {
+    if distance.is_nan() || distance <= 0.0 {
         return (f32::NAN, roll_degrees);
     }
     // Average the nose and mouth offsets: both sit on the face's midline.
     let middle = [(left[0] + right[0]) / 2.0, (left[1] + right[1]) / 2.0];
-    let along = |point: [f32; 2]| ((point[0] - middle[0]) * eye_x + (point[1] - middle[1]) * eye_y) / distance;
+    let along =
+        |point: [f32; 2]| ((point[0] - middle[0]) * eye_x + (point[1] - middle[1]) * eye_y) / distance;
     let yaw = (along(nose) * 0.7 + along(mouth) * 0.3) / distance;
     (yaw, roll_degrees)
 }

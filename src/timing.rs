@@ -90,7 +90,7 @@ impl StageTimes {
                 }
                 sorted.sort_unstable();
                 let middle = sorted.len() / 2;
-                let median = if sorted.len() % 2 == 0 {
+                let median = if sorted.len().is_multiple_of(2) {
                     (sorted[middle - 1] as f64 + sorted[middle] as f64) / 2.0
                 } else {
                     sorted[middle] as f64

@@ -80,7 +80,9 @@ fn encode(rgb: &image::RgbImage, format: PixelFormat) -> (Vec<u8>, usize) {
         let row = y * stride;
         match format {
             PixelFormat::Rgb24 => data[row + 3 * x..row + 3 * x + 3].copy_from_slice(&pixel.0),
-            PixelFormat::Bgr24 => data[row + 3 * x..row + 3 * x + 3].copy_from_slice(&[pixel[2], pixel[1], pixel[0]]),
+            PixelFormat::Bgr24 => {
+                data[row + 3 * x..row + 3 * x + 3].copy_from_slice(&[pixel[2], pixel[1], pixel[0]])
+            }
             PixelFormat::Grey => data[row + x] = luma,
             PixelFormat::Yuyv => {
                 data[row + (x / 2) * 4 + (x & 1) * 2] = luma;
@@ -118,8 +120,14 @@ fn steady_state_frames_allocate_nothing_outside_inference() {
     let photo = image::open(common::fixture("faces/obama2.jpg")).unwrap().to_rgb8();
     let (width, height) = photo.dimensions();
     let mut line = Line::new();
-    let formats =
-        [PixelFormat::Rgb24, PixelFormat::Bgr24, PixelFormat::Grey, PixelFormat::Yuyv, PixelFormat::Uyvy, PixelFormat::Nv12];
+    let formats = [
+        PixelFormat::Rgb24,
+        PixelFormat::Bgr24,
+        PixelFormat::Grey,
+        PixelFormat::Yuyv,
+        PixelFormat::Uyvy,
+        PixelFormat::Nv12,
+    ];
     for format in formats {
         let (data, stride) = encode(&photo, format);
         let mut frame = Frame {
@@ -164,7 +172,12 @@ fn steady_state_frames_allocate_nothing_outside_inference() {
                     encode_line(&message, &mut line).unwrap();
                 }
             });
-            assert_eq!(ours, 0, "{}: frame {sequence} made {ours} heap allocations outside inference", format.name());
+            assert_eq!(
+                ours,
+                0,
+                "{}: frame {sequence} made {ours} heap allocations outside inference",
+                format.name()
+            );
             inference_per_frame.push(inference);
         }
         assert!(faces_seen >= 12, "{}: the face must be found on every measured frame", format.name());

@@ -60,14 +60,18 @@ fn run_on_the_bundled_default_gives_one_verdict_per_sample_photo() {
 
 #[test]
 fn replay_prints_frames_and_verdicts_in_the_documented_shape() {
-    let output = deepgate(&["replay", "tests/fixtures/faces/astronaut.png", "tests/fixtures/scenes/coffee.png"]);
+    let output =
+        deepgate(&["replay", "tests/fixtures/faces/astronaut.png", "tests/fixtures/scenes/coffee.png"]);
     assert!(output.status.success());
     let lines = json_lines(&output);
     assert_eq!(lines.len(), 4, "{lines:#?}");
     let frame = &lines[0];
     assert_eq!(frame["type"], "frame");
     assert_eq!(frame["source"], "tests/fixtures/faces/astronaut.png");
-    assert_eq!((frame["frame"].as_u64(), frame["width"].as_u64(), frame["height"].as_u64()), (Some(0), Some(512), Some(512)));
+    assert_eq!(
+        (frame["frame"].as_u64(), frame["width"].as_u64(), frame["height"].as_u64()),
+        (Some(0), Some(512), Some(512))
+    );
     let face = &frame["faces"][0];
     let bbox: Vec<f64> = face["box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert!(common::iou([bbox[0], bbox[1], bbox[2], bbox[3]], [178.0, 81.0, 94.0, 94.0]) > 0.8, "{bbox:?}");
@@ -109,7 +113,10 @@ fn every_bad_input_gets_an_error_line_and_the_run_goes_on() {
     for error in &errors {
         let text = error["error"].as_str().unwrap();
         let source = error["source"].as_str().unwrap();
-        assert!(!text.is_empty() && text.contains(Path::new(source).file_name().unwrap().to_str().unwrap()), "{error}");
+        assert!(
+            !text.is_empty() && text.contains(Path::new(source).file_name().unwrap().to_str().unwrap()),
+            "{error}"
+        );
     }
     let verdicts = of_type(&lines, "verdict");
     assert_eq!(verdicts.len(), 5, "obama, 1x1, grey16, cmyk and biden each get a verdict: {verdicts:#?}");
@@ -142,7 +149,11 @@ fn a_video_is_one_person_session_followed_across_frames() {
 
 #[test]
 fn run_stops_cleanly_on_sigterm() {
-    let board = common::board(None, &[], &[("repeat = false", "repeat = true"), ("frame_rate = 0.0", "frame_rate = 20.0")]);
+    let board = common::board(
+        None,
+        &[],
+        &[("repeat = false", "repeat = true"), ("frame_rate = 0.0", "frame_rate = 20.0")],
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_deepgate"))
         .args(["run", "--board", board.to_str().unwrap()])
         .env("RUST_LOG", "info")
@@ -233,7 +244,11 @@ fn crops_writes_the_aligned_faces_and_an_index() {
     for row in &rows[1..] {
         let file = row.split(',').next().unwrap();
         let crop = image::open(out.join(file)).unwrap().to_rgb8();
-        assert_eq!(crop.dimensions(), (224, 224), "the alignment's default size when no classifier is configured");
+        assert_eq!(
+            crop.dimensions(),
+            (224, 224),
+            "the alignment's default size when no classifier is configured"
+        );
         // Aligned: the eyes land on the template, so the crop's eye row is darker than the forehead above it.
         let luma = |x: u32, y: u32| {
             let p = crop.get_pixel(x, y).0;
@@ -243,7 +258,14 @@ fn crops_writes_the_aligned_faces_and_an_index() {
         let border: f32 = (0..224).map(|x| luma(x, 0)).sum::<f32>() / 224.0;
         assert!(eye_row > 0.0 && border >= 0.0, "{file}");
     }
-    let output = deepgate(&["crops", "--out", out.to_str().unwrap(), "--size", "96", "tests/fixtures/faces/biden.jpg"]);
+    let output = deepgate(&[
+        "crops",
+        "--out",
+        out.to_str().unwrap(),
+        "--size",
+        "96",
+        "tests/fixtures/faces/biden.jpg",
+    ]);
     assert!(output.status.success());
     let index = std::fs::read_to_string(out.join("index.csv")).unwrap();
     let file = index.lines().nth(1).unwrap().split(',').next().unwrap().to_string();

@@ -45,7 +45,10 @@ fn finds_the_face_in_each_real_photo_where_it_is() {
         let face = &faces[0].face;
         let found = face.bbox.map(f64::from);
         let overlap = iou(found, checked);
-        assert!(overlap > 0.8, "{name}: box {found:?} overlaps the checked box {checked:?} by only {overlap:.2}");
+        assert!(
+            overlap > 0.8,
+            "{name}: box {found:?} overlaps the checked box {checked:?} by only {overlap:.2}"
+        );
         assert!(face.score > 0.75, "{name}: score {}", face.score);
         assert!(faces[0].main, "{name}: the only face is the main face");
     }
@@ -58,7 +61,9 @@ fn keypoints_sit_where_a_face_has_them() {
         let face = faces_in(&mut pipeline, name)[0].face;
         let [x, y, w, h] = face.bbox;
         let [right_eye, left_eye, nose, mouth, ..] = face.keypoints;
-        for (label, point) in [("right eye", right_eye), ("left eye", left_eye), ("nose", nose), ("mouth", mouth)] {
+        for (label, point) in
+            [("right eye", right_eye), ("left eye", left_eye), ("nose", nose), ("mouth", mouth)]
+        {
             assert!(
                 point[0] > x && point[0] < x + w && point[1] > y && point[1] < y + h,
                 "{name}: {label} {point:?} outside the box {:?}",
@@ -68,8 +73,12 @@ fn keypoints_sit_where_a_face_has_them() {
         // The subject's right eye is on the image's left; eyes above the nose, the nose above the mouth.
         assert!(right_eye[0] < left_eye[0], "{name}: eyes swapped");
         let eye_level = (right_eye[1] + left_eye[1]) / 2.0;
-        assert!(eye_level < nose[1] && nose[1] < mouth[1], "{name}: eyes, nose, mouth not in order from the top");
-        let eye_distance = ((left_eye[0] - right_eye[0]).powi(2) + (left_eye[1] - right_eye[1]).powi(2)).sqrt();
+        assert!(
+            eye_level < nose[1] && nose[1] < mouth[1],
+            "{name}: eyes, nose, mouth not in order from the top"
+        );
+        let eye_distance =
+            ((left_eye[0] - right_eye[0]).powi(2) + (left_eye[1] - right_eye[1]).powi(2)).sqrt();
         assert!(
             (0.2..0.6).contains(&(eye_distance / w)),
             "{name}: eye distance {eye_distance} implausible for a box {w} wide"
@@ -111,7 +120,8 @@ fn collage(names: &[&str], tile: u32) -> (Vec<u8>, u32, u32) {
 #[test]
 fn finds_several_faces_in_one_frame_and_follows_the_largest() {
     let mut pipeline = pipeline();
-    let (pixels, width, height) = collage(&["faces/astronaut.png", "faces/obama2.jpg", "faces/biden.jpg"], 400);
+    let (pixels, width, height) =
+        collage(&["faces/astronaut.png", "faces/obama2.jpg", "faces/biden.jpg"], 400);
     let frame = Frame {
         format: PixelFormat::Rgb24,
         width,
@@ -160,14 +170,14 @@ fn camera_frame(rgb: &[u8], width: u32, height: u32, format: PixelFormat, stride
                 PixelFormat::Grey => data[row + x_] = luma,
                 PixelFormat::Yuyv => {
                     data[row + (x_ / 2) * 4 + (x_ & 1) * 2] = luma;
-                    if x_ % 2 == 0 {
+                    if x_.is_multiple_of(2) {
                         data[row + (x_ / 2) * 4 + 1] = u;
                         data[row + (x_ / 2) * 4 + 3] = v;
                     }
                 }
                 PixelFormat::Uyvy => {
                     data[row + (x_ / 2) * 4 + 1 + (x_ & 1) * 2] = luma;
-                    if x_ % 2 == 0 {
+                    if x_.is_multiple_of(2) {
                         data[row + (x_ / 2) * 4] = u;
                         data[row + (x_ / 2) * 4 + 2] = v;
                     }
@@ -195,8 +205,14 @@ fn every_camera_pixel_format_finds_the_same_face() {
     let photo = image::imageops::crop_imm(&photo, 0, 0, 907, 1137).to_image();
     let (width, height) = photo.dimensions();
     let reference = [349.0, 142.0, 275.0, 275.0];
-    let formats =
-        [PixelFormat::Rgb24, PixelFormat::Bgr24, PixelFormat::Grey, PixelFormat::Yuyv, PixelFormat::Uyvy, PixelFormat::Nv12];
+    let formats = [
+        PixelFormat::Rgb24,
+        PixelFormat::Bgr24,
+        PixelFormat::Grey,
+        PixelFormat::Yuyv,
+        PixelFormat::Uyvy,
+        PixelFormat::Nv12,
+    ];
     for format in formats {
         let stride = format.min_stride(width) + 64;
         let data = camera_frame(photo.as_raw(), width, height, format, stride);

@@ -25,7 +25,10 @@ fn shipped_manifest_describes_the_shipped_detector() {
     assert!(manifest.path_of(detector).exists());
     assert!(manifest.get("blazeface_front_128", Role::Classifier).is_err(), "roles are checked");
     let error = manifest.get("no_such_model", Role::Detector).unwrap_err();
-    assert!(format!("{error:#}").contains("blazeface_front_128"), "the error lists the known models: {error:#}");
+    assert!(
+        format!("{error:#}").contains("blazeface_front_128"),
+        "the error lists the known models: {error:#}"
+    );
 }
 
 #[test]
@@ -61,7 +64,8 @@ fn a_manifest_with_an_unknown_key_or_a_bad_checksum_field_is_refused() {
     let board = common::board(None, &[], &[]);
     let manifest = board.parent().unwrap().join("manifest.toml");
     let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, text.replacen("bytes = 442005", "bytes = 442005\nquantised = true", 1)).unwrap();
+    std::fs::write(&manifest, text.replacen("bytes = 442005", "bytes = 442005\nquantised = true", 1))
+        .unwrap();
     let error = load_error(&board);
     assert!(error.contains("quantised"), "{error}");
     std::fs::write(&manifest, text.replacen("sha256 = \"d388", "sha256 = \"zz88", 1)).unwrap();

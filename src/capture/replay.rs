@@ -42,7 +42,13 @@ impl DecodedImage {
     }
 
     /// Lends the image as a frame with the given timing.
-    pub fn frame<'a>(&'a self, source: &'a str, sequence: u64, timestamp_ns: u64, discontinuity: bool) -> Frame<'a> {
+    pub fn frame<'a>(
+        &'a self,
+        source: &'a str,
+        sequence: u64,
+        timestamp_ns: u64,
+        discontinuity: bool,
+    ) -> Frame<'a> {
         Frame {
             format: self.format,
             width: self.width,
@@ -72,48 +78,34 @@ pub fn decode_image_bytes(bytes: &[u8], name: &str) -> Result<DecodedImage> {
 /// Decodes the JPEG or PNG file at `path`, like [`decode_image_bytes`] but streaming from the file.
 pub fn decode_image_file(path: &Path) -> Result<DecodedImage> {
     let name = path.display().to_string();
-    let length = std::fs::metadata(path)
-        .with_context(|| format!("cannot open image {name}"))?
-        .len();
+    let length = std::fs::metadata(path).with_context(|| format!("cannot open image {name}"))?.len();
     if length == 0 {
         bail!("image {name} is empty (0 bytes)");
     }
-    let mut reader =
-        ImageReader::open(path).with_context(|| format!("cannot open image {name}"))?;
+    let mut reader = ImageReader::open(path).with_context(|| format!("cannot open image {name}"))?;
     // `open` guesses from the extension; forget that guess so only the content decides.
     reader.clear_format();
-    let reader = reader
-        .with_guessed_format()
-        .with_context(|| format!("cannot read image {name}"))?;
+    let reader = reader.with_guessed_format().with_context(|| format!("cannot read image {name}"))?;
     decode_reader(reader, &name)
 }
 
 /// The decoding shared by files and memory: format check, dimension and memory limits, orientation,
 /// conversion.
-fn decode_reader<R: BufRead + Seek>(
-    mut reader: ImageReader<R>,
-    name: &str,
-) -> Result<DecodedImage> {
+fn decode_reader<R: BufRead + Seek>(mut reader: ImageReader<R>, name: &str) -> Result<DecodedImage> {
     match reader.format() {
         Some(ImageFormat::Jpeg | ImageFormat::Png) => {}
         Some(other) => bail!("image {name} is {other:?}; only JPEG and PNG are supported"),
-        None => bail!(
-            "image {name} is neither JPEG nor PNG (its content matches no known image signature)"
-        ),
+        None => bail!("image {name} is neither JPEG nor PNG (its content matches no known image signature)"),
     }
     // The decoder first gets the memory bound only, so that an oversized image reaches our own check below,
     // whose error can name the dimensions (the decoder's dimension error does not).
     let mut limits = Limits::default();
     limits.max_alloc = Some(MAX_DECODE_BYTES);
     reader.limits(limits.clone());
-    let mut decoder = reader
-        .into_decoder()
-        .with_context(|| format!("cannot decode image {name}"))?;
+    let mut decoder = reader.into_decoder().with_context(|| format!("cannot decode image {name}"))?;
     let (width, height) = decoder.dimensions();
     if width == 0 || height == 0 || width > MAX_DIMENSION || height > MAX_DIMENSION {
-        bail!(
-            "image {name} is {width}x{height}; each side must be between 1 and {MAX_DIMENSION} pixels"
-        );
+        bail!("image {name} is {width}x{height}; each side must be between 1 and {MAX_DIMENSION} pixels");
     }
     let colour_type = decoder.color_type();
     let total_bytes = decoder.total_bytes();
@@ -126,18 +118,14 @@ fn decode_reader<R: BufRead + Seek>(
              {MAX_DECODE_BYTES} allowed"
         )
     })?;
-    decoder
-        .set_limits(limits)
-        .with_context(|| format!("cannot decode image {name}"))?;
+    decoder.set_limits(limits).with_context(|| format!("cannot decode image {name}"))?;
     // A damaged EXIF block should not cost the picture: show it as stored.
     let orientation = decoder.orientation().unwrap_or_else(|error| {
-        log::warn!(
-            "image {name}: unreadable EXIF orientation ({error}); using the stored orientation"
-        );
+        log::warn!("image {name}: unreadable EXIF orientation ({error}); using the stored orientation");
         Orientation::NoTransforms
     });
-    let mut image = DynamicImage::from_decoder(decoder)
-        .with_context(|| format!("cannot decode image {name}"))?;
+    let mut image =
+        DynamicImage::from_decoder(decoder).with_context(|| format!("cannot decode image {name}"))?;
     image.apply_orientation(orientation);
     convert_to_8bit(image, name)
 }
@@ -166,36 +154,23 @@ fn convert_to_8bit(image: DynamicImage, name: &str) -> Result<DecodedImage> {
         // The 8-bit layouts without alpha are already ours: take the buffer without copying.
         DynamicImage::ImageLuma8(buffer) => (PixelFormat::Grey, buffer.into_raw()),
         DynamicImage::ImageRgb8(buffer) => (PixelFormat::Rgb24, buffer.into_raw()),
-        DynamicImage::ImageLumaA8(buffer) => (
-            PixelFormat::Grey,
-            buffer.as_raw().iter().step_by(2).copied().collect(),
-        ),
+        DynamicImage::ImageLumaA8(buffer) => {
+            (PixelFormat::Grey, buffer.as_raw().iter().step_by(2).copied().collect())
+        }
         DynamicImage::ImageRgba8(buffer) => (
             PixelFormat::Rgb24,
-            buffer
-                .as_raw()
-                .chunks_exact(4)
-                .flat_map(|pixel| &pixel[..3])
-                .copied()
-                .collect(),
+            buffer.as_raw().chunks_exact(4).flat_map(|pixel| &pixel[..3]).copied().collect(),
         ),
-        DynamicImage::ImageLuma16(buffer) => (
-            PixelFormat::Grey,
-            buffer.as_raw().iter().map(|&sample| sample_to_8bit(sample)).collect(),
-        ),
+        DynamicImage::ImageLuma16(buffer) => {
+            (PixelFormat::Grey, buffer.as_raw().iter().map(|&sample| sample_to_8bit(sample)).collect())
+        }
         DynamicImage::ImageLumaA16(buffer) => (
             PixelFormat::Grey,
-            buffer
-                .as_raw()
-                .iter()
-                .step_by(2)
-                .map(|&sample| sample_to_8bit(sample))
-                .collect(),
+            buffer.as_raw().iter().step_by(2).map(|&sample| sample_to_8bit(sample)).collect(),
         ),
-        DynamicImage::ImageRgb16(buffer) => (
-            PixelFormat::Rgb24,
-            buffer.as_raw().iter().map(|&sample| sample_to_8bit(sample)).collect(),
-        ),
+        DynamicImage::ImageRgb16(buffer) => {
+            (PixelFormat::Rgb24, buffer.as_raw().iter().map(|&sample| sample_to_8bit(sample)).collect())
+        }
         DynamicImage::ImageRgba16(buffer) => (
             PixelFormat::Rgb24,
             buffer
@@ -210,12 +185,7 @@ fn convert_to_8bit(image: DynamicImage, name: &str) -> Result<DecodedImage> {
              with or without alpha, only)"
         ),
     };
-    Ok(DecodedImage {
-        format,
-        width,
-        height,
-        data,
-    })
+    Ok(DecodedImage { format, width, height, data })
 }
 
 /// One still image, lent once as a frame (sequence 0, time 0, a discontinuity), then the end of the stream.
@@ -229,11 +199,7 @@ impl ImageSource {
     /// Decodes the JPEG or PNG at `path` (recognised from its content, not its extension).
     pub fn open(path: impl AsRef<Path>) -> Result<ImageSource> {
         let path = path.as_ref();
-        Ok(ImageSource {
-            path: path.display().to_string(),
-            image: decode_image_file(path)?,
-            lent: false,
-        })
+        Ok(ImageSource { path: path.display().to_string(), image: decode_image_file(path)?, lent: false })
     }
 }
 
@@ -273,39 +239,24 @@ impl DirectorySource {
     pub fn open(directory: impl AsRef<Path>) -> Result<DirectorySource> {
         let directory = directory.as_ref();
         let name = directory.display().to_string();
-        let entries = std::fs::read_dir(directory)
-            .with_context(|| format!("cannot list directory {name}"))?;
+        let entries =
+            std::fs::read_dir(directory).with_context(|| format!("cannot list directory {name}"))?;
         let mut files = Vec::new();
         for entry in entries {
-            let path = entry
-                .with_context(|| format!("cannot list directory {name}"))?
-                .path();
-            let is_image = path
-                .extension()
-                .and_then(|extension| extension.to_str())
-                .is_some_and(|extension| {
-                    ["jpg", "jpeg", "png"]
-                        .iter()
-                        .any(|known| extension.eq_ignore_ascii_case(known))
+            let path = entry.with_context(|| format!("cannot list directory {name}"))?.path();
+            let is_image =
+                path.extension().and_then(|extension| extension.to_str()).is_some_and(|extension| {
+                    ["jpg", "jpeg", "png"].iter().any(|known| extension.eq_ignore_ascii_case(known))
                 });
             if is_image && path.is_file() {
-                files.push(ImageFile {
-                    name: path.display().to_string(),
-                    path,
-                });
+                files.push(ImageFile { name: path.display().to_string(), path });
             }
         }
         if files.is_empty() {
             bail!("directory {name} holds no JPEG or PNG image (.jpg, .jpeg, .png)");
         }
         files.sort_by(|first, second| first.path.file_name().cmp(&second.path.file_name()));
-        Ok(DirectorySource {
-            directory: name,
-            files,
-            next_index: 0,
-            current: None,
-            image: None,
-        })
+        Ok(DirectorySource { directory: name, files, next_index: 0, current: None, image: None })
     }
 
     /// The number of image files found at open.
@@ -433,19 +384,12 @@ fn parse_y4m_header(line: &str, name: &str) -> Result<Y4mHeader> {
              mono only)"
         ),
     };
-    Ok(Y4mHeader {
-        width,
-        height,
-        rate_numerator: rate.0,
-        rate_denominator: rate.1,
-        layout,
-    })
+    Ok(Y4mHeader { width, height, rate_numerator: rate.0, rate_denominator: rate.1, layout })
 }
 
 /// Parses one decimal number of a header token.
 fn parse_y4m_number(text: &str, token: &str, name: &str) -> Result<u32> {
-    text.parse()
-        .with_context(|| format!("{name}: malformed YUV4MPEG2 header parameter {token:?}"))
+    text.parse().with_context(|| format!("{name}: malformed YUV4MPEG2 header parameter {token:?}"))
 }
 
 /// Reads until `buffer` is full or the input ends, and says how many bytes arrived; unlike `read_exact`, this
@@ -512,14 +456,8 @@ impl Y4mSource {
         let height = header.height as usize;
         let chroma_width = width.div_ceil(2);
         let (format, stored_bytes) = match header.layout {
-            Y4mLayout::Yuv420 => (
-                PixelFormat::Nv12,
-                width * height + 2 * chroma_width * height.div_ceil(2),
-            ),
-            Y4mLayout::Yuv422 => (
-                PixelFormat::Yuyv,
-                width * height + 2 * chroma_width * height,
-            ),
+            Y4mLayout::Yuv420 => (PixelFormat::Nv12, width * height + 2 * chroma_width * height.div_ceil(2)),
+            Y4mLayout::Yuv422 => (PixelFormat::Yuyv, width * height + 2 * chroma_width * height),
             Y4mLayout::Mono => (PixelFormat::Grey, 0),
         };
         let stride = match format {
@@ -614,10 +552,7 @@ impl Y4mSource {
         let (luma, chroma) = self.planes.split_at(width * height);
         let (u_plane, v_plane) = chroma.split_at(chroma_plane);
         let (luma_out, chroma_out) = self.pixels.split_at_mut(self.stride * height);
-        for (out_row, in_row) in luma_out
-            .chunks_exact_mut(self.stride)
-            .zip(luma.chunks_exact(width))
-        {
+        for (out_row, in_row) in luma_out.chunks_exact_mut(self.stride).zip(luma.chunks_exact(width)) {
             out_row[..width].copy_from_slice(in_row);
         }
         for ((out_row, u_row), v_row) in chroma_out
@@ -646,11 +581,8 @@ impl Y4mSource {
             .zip(u_plane.chunks_exact(chroma_width))
             .zip(v_plane.chunks_exact(chroma_width))
         {
-            for (((quad, pair), &u), &v) in out_row
-                .chunks_exact_mut(4)
-                .zip(y_row.chunks(2))
-                .zip(u_row)
-                .zip(v_row)
+            for (((quad, pair), &u), &v) in
+                out_row.chunks_exact_mut(4).zip(y_row.chunks(2)).zip(u_row).zip(v_row)
             {
                 let first = pair[0];
                 let second = pair.get(1).copied().unwrap_or(first);
@@ -684,9 +616,8 @@ impl FrameSource for Y4mSource {
             Y4mLayout::Yuv422 => self.convert_422_to_yuyv(),
             Y4mLayout::Mono => {}
         }
-        let timestamp_ns =
-            u128::from(sequence) * 1_000_000_000 * u128::from(self.header.rate_denominator)
-                / u128::from(self.header.rate_numerator);
+        let timestamp_ns = u128::from(sequence) * 1_000_000_000 * u128::from(self.header.rate_denominator)
+            / u128::from(self.header.rate_numerator);
         Ok(Some(Frame {
             format: self.format(),
             width: self.header.width,
@@ -732,9 +663,7 @@ mod tests {
     const BAD: &str = "tests/fixtures/bad";
 
     fn fixture(relative: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures")
-            .join(relative)
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(relative)
     }
 
     fn bad(file: &str) -> PathBuf {
@@ -743,8 +672,7 @@ mod tests {
 
     /// A fresh, empty directory under the system temporary directory, unique to this process and label.
     fn scratch_directory(label: &str) -> PathBuf {
-        let directory =
-            std::env::temp_dir().join(format!("deepgate-replay-{}-{label}", std::process::id()));
+        let directory = std::env::temp_dir().join(format!("deepgate-replay-{}-{label}", std::process::id()));
         let _ = std::fs::remove_dir_all(&directory);
         std::fs::create_dir_all(&directory).unwrap();
         directory
@@ -757,10 +685,7 @@ mod tests {
         frame.validate().unwrap();
         assert_eq!(frame.stride, frame.format.min_stride(frame.width));
         assert_eq!(frame.data.len(), frame.stride * frame.height as usize);
-        assert_eq!(
-            (frame.sequence, frame.timestamp_ns, frame.discontinuity),
-            (0, 0, true)
-        );
+        assert_eq!((frame.sequence, frame.timestamp_ns, frame.discontinuity), (0, 0, true));
         let image = DecodedImage {
             format: frame.format,
             width: frame.width,
@@ -782,44 +707,29 @@ mod tests {
     #[test]
     fn rgb_png_is_one_rgb24_frame() {
         let image = only_frame(&fixture("faces/astronaut.png"));
-        assert_eq!(
-            (image.format, image.width, image.height),
-            (PixelFormat::Rgb24, 512, 512)
-        );
+        assert_eq!((image.format, image.width, image.height), (PixelFormat::Rgb24, 512, 512));
     }
 
     #[test]
     fn jpeg_photo_is_one_rgb24_frame() {
         let image = only_frame(&fixture("faces/obama.jpg"));
-        assert_eq!(
-            (image.format, image.width, image.height),
-            (PixelFormat::Rgb24, 910, 1137)
-        );
+        assert_eq!((image.format, image.width, image.height), (PixelFormat::Rgb24, 910, 1137));
     }
 
     #[test]
     fn grey_png_is_one_grey_frame() {
         let image = only_frame(&fixture("scenes/camera.png"));
-        assert_eq!(
-            (image.format, image.width, image.height),
-            (PixelFormat::Grey, 512, 512)
-        );
+        assert_eq!((image.format, image.width, image.height), (PixelFormat::Grey, 512, 512));
     }
 
     #[test]
     fn rgba_png_drops_alpha() {
         let image = only_frame(&fixture("faces/rgba.png"));
-        assert_eq!(
-            (image.format, image.width, image.height),
-            (PixelFormat::Rgb24, 626, 1200)
-        );
+        assert_eq!((image.format, image.width, image.height), (PixelFormat::Rgb24, 626, 1200));
         let original = image::open(fixture("faces/rgba.png")).unwrap().into_rgba8();
         for (x, y) in [(0, 0), (313, 600), (625, 1199)] {
             let offset = (y as usize * 626 + x as usize) * 3;
-            assert_eq!(
-                &image.data[offset..offset + 3],
-                &original.get_pixel(x, y).0[..3]
-            );
+            assert_eq!(&image.data[offset..offset + 3], &original.get_pixel(x, y).0[..3]);
         }
     }
 
@@ -836,20 +746,14 @@ mod tests {
     #[test]
     fn one_by_one_png_is_a_valid_frame() {
         let image = only_frame(&bad("one_by_one.png"));
-        assert_eq!(
-            (image.format, image.width, image.height),
-            (PixelFormat::Rgb24, 1, 1)
-        );
+        assert_eq!((image.format, image.width, image.height), (PixelFormat::Rgb24, 1, 1));
         assert_eq!(image.data, vec![255, 0, 0]);
     }
 
     #[test]
     fn grey16_png_is_rounded_to_8_bits() {
         let image = only_frame(&bad("grey16.png"));
-        assert_eq!(
-            (image.format, image.width, image.height),
-            (PixelFormat::Grey, 64, 48)
-        );
+        assert_eq!((image.format, image.width, image.height), (PixelFormat::Grey, 64, 48));
         // Column x holds x * 65535 / 63 (integer division); 8 bits keep round(x * 255 / 63) of it.
         for x in 0..64u32 {
             let sample = (x * 65535 / 63) as f64;
@@ -865,59 +769,38 @@ mod tests {
     #[test]
     fn empty_file_is_refused_by_name() {
         let message = error_text(ImageSource::open(bad("empty.jpg")));
-        assert!(
-            message.contains("empty.jpg") && message.contains("empty (0 bytes)"),
-            "{message}"
-        );
+        assert!(message.contains("empty.jpg") && message.contains("empty (0 bytes)"), "{message}");
         let message = error_text(decode_image_bytes(&[], "MJPEG frame 3"));
-        assert!(
-            message.contains("MJPEG frame 3") && message.contains("empty"),
-            "{message}"
-        );
+        assert!(message.contains("MJPEG frame 3") && message.contains("empty"), "{message}");
     }
 
     #[test]
     fn text_renamed_jpg_is_refused_by_name() {
         let message = error_text(ImageSource::open(bad("text.jpg")));
-        assert!(
-            message.contains("text.jpg") && message.contains("neither JPEG nor PNG"),
-            "{message}"
-        );
+        assert!(message.contains("text.jpg") && message.contains("neither JPEG nor PNG"), "{message}");
     }
 
     #[test]
     fn truncated_jpeg_is_refused_by_name() {
         let message = error_text(ImageSource::open(bad("truncated.jpg")));
-        assert!(
-            message.contains("truncated.jpg") && message.contains("cannot decode"),
-            "{message}"
-        );
+        assert!(message.contains("truncated.jpg") && message.contains("cannot decode"), "{message}");
     }
 
     #[test]
     fn huge_dimensions_are_refused_before_decoding() {
         let message = error_text(ImageSource::open(bad("huge_dims.png")));
-        assert!(
-            message.contains("huge_dims.png") && message.contains("100000x100000"),
-            "{message}"
-        );
+        assert!(message.contains("huge_dims.png") && message.contains("100000x100000"), "{message}");
     }
 
     #[test]
     fn cmyk_jpeg_is_converted_to_rgb() {
         let image = only_frame(&bad("cmyk.jpg"));
-        assert_eq!(
-            (image.format, image.width, image.height),
-            (PixelFormat::Rgb24, 32, 16)
-        );
+        assert_eq!((image.format, image.width, image.height), (PixelFormat::Rgb24, 32, 16));
         // Left half cyan, right half yellow, within JPEG loss.
         let left = &image.data[(8 * 32 + 4) * 3..][..3];
         let right = &image.data[(8 * 32 + 28) * 3..][..3];
         let near = |pixel: &[u8], expected: [u8; 3]| {
-            pixel
-                .iter()
-                .zip(expected)
-                .all(|(&got, want)| got.abs_diff(want) <= 24)
+            pixel.iter().zip(expected).all(|(&got, want)| got.abs_diff(want) <= 24)
         };
         assert!(near(left, [0, 255, 255]), "left {left:?}");
         assert!(near(right, [255, 255, 0]), "right {right:?}");
@@ -937,10 +820,7 @@ mod tests {
     fn decode_image_bytes_matches_the_file_decoder() {
         let bytes = std::fs::read(fixture("faces/obama.jpg")).unwrap();
         let from_bytes = decode_image_bytes(&bytes, "obama").unwrap();
-        assert_eq!(
-            from_bytes,
-            decode_image_file(&fixture("faces/obama.jpg")).unwrap()
-        );
+        assert_eq!(from_bytes, decode_image_file(&fixture("faces/obama.jpg")).unwrap());
         let message = error_text(decode_image_bytes(&bytes[..2000], "MJPEG frame 7"));
         assert!(message.contains("MJPEG frame 7"), "{message}");
     }
@@ -960,24 +840,15 @@ mod tests {
         assert_eq!(source.describe(), directory_name);
 
         let frame = source.next_frame().unwrap().unwrap();
-        assert_eq!(
-            (frame.width, frame.sequence, frame.discontinuity),
-            (1, 0, true)
-        );
+        assert_eq!((frame.width, frame.sequence, frame.discontinuity), (1, 0, true));
         assert!(source.describe().ends_with("a.png"));
 
         let message = error_text(source.next_frame());
-        assert!(
-            message.contains("b.jpeg") && message.contains("neither JPEG nor PNG"),
-            "{message}"
-        );
+        assert!(message.contains("b.jpeg") && message.contains("neither JPEG nor PNG"), "{message}");
         assert!(source.describe().ends_with("b.jpeg"));
 
         let frame = source.next_frame().unwrap().unwrap();
-        assert_eq!(
-            (frame.format, frame.width, frame.sequence),
-            (PixelFormat::Grey, 512, 2)
-        );
+        assert_eq!((frame.format, frame.width, frame.sequence), (PixelFormat::Grey, 512, 2));
         assert!(source.describe().ends_with("c.PNG"));
 
         assert!(source.next_frame().unwrap().is_none());
@@ -990,10 +861,7 @@ mod tests {
         let directory = scratch_directory("directory-empty");
         std::fs::write(directory.join("readme.txt"), "nothing to see").unwrap();
         let message = error_text(DirectorySource::open(&directory));
-        assert!(
-            message.contains("deepgate-replay") && message.contains("no JPEG or PNG"),
-            "{message}"
-        );
+        assert!(message.contains("deepgate-replay") && message.contains("no JPEG or PNG"), "{message}");
         let _ = std::fs::remove_dir_all(&directory);
     }
 
@@ -1073,11 +941,7 @@ mod tests {
         let directory = scratch_directory("y4m-round-trip");
         let path = directory.join("astronaut.y4m");
         let frames = astronaut_frames();
-        write_y4m(
-            &path,
-            "YUV4MPEG2 W511 H301 F30000:1001 Ip A1:1 C420jpeg XYSCSS=420JPEG",
-            &frames,
-        );
+        write_y4m(&path, "YUV4MPEG2 W511 H301 F30000:1001 Ip A1:1 C420jpeg XYSCSS=420JPEG", &frames);
 
         let mut source = Y4mSource::open(&path).unwrap();
         assert_eq!(source.frame_rate(), (30000, 1001));
@@ -1088,10 +952,7 @@ mod tests {
         for (index, planes) in frames.iter().enumerate() {
             let frame = source.next_frame().unwrap().unwrap();
             frame.validate().unwrap();
-            assert_eq!(
-                (frame.format, frame.width, frame.height),
-                (PixelFormat::Nv12, 511, 301)
-            );
+            assert_eq!((frame.format, frame.width, frame.height), (PixelFormat::Nv12, 511, 301));
             // An odd width needs one more byte than the width for its last U V pair.
             assert_eq!(frame.stride, 512);
             assert_eq!(frame.data.len(), 512 * (301 + 151));
@@ -1099,20 +960,12 @@ mod tests {
             assert_eq!(frame.timestamp_ns, expected_timestamps[index]);
             assert_eq!(frame.discontinuity, index == 0);
             for (x, y) in [(0, 0), (510, 0), (255, 150), (510, 300), (0, 300)] {
-                assert_eq!(
-                    frame.data[y * 512 + x],
-                    planes[y * ODD_WIDTH + x],
-                    "Y at {x},{y}"
-                );
+                assert_eq!(frame.data[y * 512 + x], planes[y * ODD_WIDTH + x], "Y at {x},{y}");
             }
             for (chroma_x, chroma_y) in [(0, 0), (255, 0), (127, 75), (255, 150)] {
                 let uv = 512 * 301 + chroma_y * 512 + chroma_x * 2;
                 let stored = chroma_y * chroma_width + chroma_x;
-                assert_eq!(
-                    frame.data[uv],
-                    planes[luma_bytes + stored],
-                    "U at {chroma_x},{chroma_y}"
-                );
+                assert_eq!(frame.data[uv], planes[luma_bytes + stored], "U at {chroma_x},{chroma_y}");
                 assert_eq!(
                     frame.data[uv + 1],
                     planes[luma_bytes + chroma_bytes + stored],
@@ -1131,19 +984,11 @@ mod tests {
         let path = directory.join("cut.y4m");
         write_y4m(&path, "YUV4MPEG2 W511 H301 F25:1 C420", &astronaut_frames());
         let length = std::fs::metadata(&path).unwrap().len();
-        File::options()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(length - 1000)
-            .unwrap();
+        File::options().write(true).open(&path).unwrap().set_len(length - 1000).unwrap();
 
         let mut source = open_input(&path).unwrap();
         assert_eq!(source.next_frame().unwrap().unwrap().sequence, 0);
-        assert_eq!(
-            source.next_frame().unwrap().unwrap().timestamp_ns,
-            40_000_000
-        );
+        assert_eq!(source.next_frame().unwrap().unwrap().timestamp_ns, 40_000_000);
         let message = error_text(source.next_frame());
         assert!(
             message.contains("cut.y4m")
@@ -1160,20 +1005,13 @@ mod tests {
         let directory = scratch_directory("y4m-mono");
         let path = directory.join("camera.Y4M");
         let camera = decode_image_file(&fixture("scenes/camera.png")).unwrap();
-        write_y4m(
-            &path,
-            "YUV4MPEG2 W512 H512 Cmono",
-            &[camera.data.clone(), camera.data.clone()],
-        );
+        write_y4m(&path, "YUV4MPEG2 W512 H512 Cmono", &[camera.data.clone(), camera.data.clone()]);
         let mut source = open_input(&path).unwrap();
         let frame = source.next_frame().unwrap().unwrap();
         frame.validate().unwrap();
         assert_eq!((frame.format, frame.stride), (PixelFormat::Grey, 512));
         assert_eq!(frame.data, &camera.data[..]);
-        assert_eq!(
-            source.next_frame().unwrap().unwrap().timestamp_ns,
-            40_000_000
-        );
+        assert_eq!(source.next_frame().unwrap().unwrap().timestamp_ns, 40_000_000);
         assert!(source.next_frame().unwrap().is_none());
         let _ = std::fs::remove_dir_all(&directory);
     }
@@ -1189,10 +1027,7 @@ mod tests {
         let frame = source.next_frame().unwrap().unwrap();
         frame.validate().unwrap();
         assert_eq!((frame.format, frame.stride), (PixelFormat::Yuyv, 8));
-        assert_eq!(
-            frame.data,
-            &[10, 100, 11, 200, 12, 101, 12, 201, 13, 102, 14, 202, 15, 103, 15, 203][..]
-        );
+        assert_eq!(frame.data, &[10, 100, 11, 200, 12, 101, 12, 201, 13, 102, 14, 202, 15, 103, 15, 203][..]);
         let _ = std::fs::remove_dir_all(&directory);
     }
 
@@ -1223,21 +1058,14 @@ mod tests {
         let long = directory.join("long.y4m");
         std::fs::write(&long, vec![b'Y'; 4096]).unwrap();
         let message = error_text(Y4mSource::open(&long));
-        assert!(
-            message.contains("long.y4m") && message.contains("no header line"),
-            "{message}"
-        );
+        assert!(message.contains("long.y4m") && message.contains("no header line"), "{message}");
         let empty = directory.join("empty.y4m");
         std::fs::write(&empty, b"").unwrap();
         assert!(error_text(Y4mSource::open(&empty)).contains("empty"));
         // Limited range is said explicitly by some writers and is what we assume.
         let limited = directory.join("limited.y4m");
         write_y4m(&limited, "YUV4MPEG2 W2 H2 XCOLORRANGE=LIMITED", &[]);
-        assert!(Y4mSource::open(&limited)
-            .unwrap()
-            .next_frame()
-            .unwrap()
-            .is_none());
+        assert!(Y4mSource::open(&limited).unwrap().next_frame().unwrap().is_none());
         let _ = std::fs::remove_dir_all(&directory);
     }
 
@@ -1249,10 +1077,7 @@ mod tests {
         bytes.extend_from_slice(b"GARBAGE here\n\x01\x02\x03\x04FRAME\n\x01\x02\x03\x04");
         std::fs::write(&path, bytes).unwrap();
         let mut source = Y4mSource::open(&path).unwrap();
-        assert_eq!(
-            source.next_frame().unwrap().unwrap().data,
-            &[1, 2, 3, 4][..]
-        );
+        assert_eq!(source.next_frame().unwrap().unwrap().data, &[1, 2, 3, 4][..]);
         let message = error_text(source.next_frame());
         assert!(
             message.contains("garbage.y4m")

@@ -9,16 +9,36 @@ use deepgate::preprocess::RgbImage;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-pub fn crops(board: &Path, out: &Path, size: Option<usize>, main_only: bool, inputs: &[PathBuf]) -> Result<ExitCode> {
+pub fn crops(
+    board: &Path,
+    out: &Path,
+    size: Option<usize>,
+    main_only: bool,
+    inputs: &[PathBuf],
+) -> Result<ExitCode> {
     let (_config, mut pipeline) = super::start(board)?;
     let size = size.unwrap_or_else(|| pipeline.crop_size());
     anyhow::ensure!((16..=1024).contains(&size), "--size {size} is outside 16..=1024");
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let index_path = out.join("index.csv");
-    let mut index = csv::Writer::from_path(&index_path).with_context(|| format!("creating {}", index_path.display()))?;
+    let mut index =
+        csv::Writer::from_path(&index_path).with_context(|| format!("creating {}", index_path.display()))?;
     index.write_record([
-        "crop", "source", "frame", "face", "main", "x", "y", "width", "height", "detector_score", "quality_issue",
-        "sharpness", "yaw", "roll_degrees", "brightness",
+        "crop",
+        "source",
+        "frame",
+        "face",
+        "main",
+        "x",
+        "y",
+        "width",
+        "height",
+        "detector_score",
+        "quality_issue",
+        "sharpness",
+        "yaw",
+        "roll_degrees",
+        "brightness",
     ])?;
     let mut crop = RgbImage::new(size, size);
     let (mut failed, mut written) = (false, 0usize);
@@ -42,15 +62,17 @@ pub fn crops(board: &Path, out: &Path, size: Option<usize>, main_only: bool, inp
                 }
             };
             let name = frame.source.to_string();
-            let faces: heapless::Vec<FaceResult, { deepgate::detect::MAX_FACES }> = match pipeline.process(&frame) {
-                Ok((faces, _)) => faces.iter().copied().collect(),
-                Err(error) => {
-                    eprintln!("{}", error_line(&name, &error));
-                    failed = true;
-                    continue;
-                }
-            };
-            let stem = Path::new(&name).file_stem().map_or("input".into(), |s| s.to_string_lossy().into_owned());
+            let faces: heapless::Vec<FaceResult, { deepgate::detect::MAX_FACES }> =
+                match pipeline.process(&frame) {
+                    Ok((faces, _)) => faces.iter().copied().collect(),
+                    Err(error) => {
+                        eprintln!("{}", error_line(&name, &error));
+                        failed = true;
+                        continue;
+                    }
+                };
+            let stem =
+                Path::new(&name).file_stem().map_or("input".into(), |s| s.to_string_lossy().into_owned());
             for (number, result) in faces.iter().enumerate().filter(|(_, r)| r.main || !main_only) {
                 if let Err(error) = pipeline.crop(&frame, &result.face, &mut crop) {
                     eprintln!("{}", error_line(&name, &error));
@@ -59,8 +81,14 @@ pub fn crops(board: &Path, out: &Path, size: Option<usize>, main_only: bool, inp
                 }
                 let file = format!("{stem}_f{:05}_{number}.png", frame.sequence);
                 let path = out.join(&file);
-                image::save_buffer(&path, &crop.data, size as u32, size as u32, image::ExtendedColorType::Rgb8)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                image::save_buffer(
+                    &path,
+                    &crop.data,
+                    size as u32,
+                    size as u32,
+                    image::ExtendedColorType::Rgb8,
+                )
+                .with_context(|| format!("writing {}", path.display()))?;
                 let [x, y, width, height] = result.face.bbox;
                 let q = &result.quality;
                 index.write_record([

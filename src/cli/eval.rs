@@ -19,12 +19,12 @@ fn read_labels(csv_path: &Path) -> Result<Vec<Labelled>> {
         .trim(csv::Trim::All)
         .from_path(csv_path)
         .with_context(|| format!("reading labels {}", csv_path.display()))?;
-    let headers = reader.headers().with_context(|| format!("reading the header of {}", csv_path.display()))?;
+    let headers =
+        reader.headers().with_context(|| format!("reading the header of {}", csv_path.display()))?;
     let column = |name: &str| {
-        headers
-            .iter()
-            .position(|header| header == name)
-            .with_context(|| format!("{} has no `{name}` column (needs at least file,label)", csv_path.display()))
+        headers.iter().position(|header| header == name).with_context(|| {
+            format!("{} has no `{name}` column (needs at least file,label)", csv_path.display())
+        })
     };
     let (file_column, label_column) = (column("file")?, column("label")?);
     let base = csv_path.parent().unwrap_or(Path::new("."));
@@ -38,7 +38,9 @@ fn read_labels(csv_path: &Path) -> Result<Vec<Labelled>> {
         let attack = match label {
             "0" => false,
             "1" => true,
-            other => bail!("{} line {row}: label `{other}` must be 0 (genuine) or 1 (fake)", csv_path.display()),
+            other => {
+                bail!("{} line {row}: label `{other}` must be 0 (genuine) or 1 (fake)", csv_path.display())
+            }
         };
         rows.push(Labelled { path: base.join(file), attack });
     }

@@ -54,7 +54,8 @@ pub fn frame_line(source: &str, frame: u64, width: u32, height: u32, faces: &[Fa
         })
         .collect();
     let line = FrameLine { kind: "frame", source, frame, width, height, faces };
-    serde_json::to_string(&line).unwrap_or_else(|error| format!("{{\"type\":\"error\",\"error\":\"{error}\"}}"))
+    serde_json::to_string(&line)
+        .unwrap_or_else(|error| format!("{{\"type\":\"error\",\"error\":\"{error}\"}}"))
 }
 
 pub fn error_line(source: &str, error: &anyhow::Error) -> String {

@@ -71,8 +71,12 @@ fn cuda() -> serde_json::Value {
                 .collect()
         })
         .unwrap_or_default();
-    let driver = std::fs::read_to_string("/proc/driver/nvidia/version").ok().and_then(|text| text.lines().next().map(str::to_string));
-    let tegra = std::fs::read_to_string("/etc/nv_tegra_release").ok().and_then(|text| text.lines().next().map(str::to_string));
+    let driver = std::fs::read_to_string("/proc/driver/nvidia/version")
+        .ok()
+        .and_then(|text| text.lines().next().map(str::to_string));
+    let tegra = std::fs::read_to_string("/etc/nv_tegra_release")
+        .ok()
+        .and_then(|text| text.lines().next().map(str::to_string));
     let libcuda = find_library("libcuda.so");
     let libnvrtc = find_library("libnvrtc.so");
     json!({

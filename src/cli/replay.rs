@@ -39,7 +39,7 @@ pub fn replay_input(pipeline: &mut Pipeline, input: &Path, emit: &mut dyn FnMut(
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(error) => {
-                emit(&error_line(&source.describe().to_string(), &error));
+                emit(&error_line(source.describe(), &error));
                 ok = false;
                 continue;
             }

@@ -736,4 +736,19 @@ mod tests {
             assert!(out.data.iter().all(|&value| value == 0), "{map:?} left {:?}", &out.data[..6]);
         }
     }
+
+    #[test]
+    fn a_sample_on_the_far_edge_of_the_source_is_outside() {
+        // Pixel i covers [i, i+1): a 6x5 source covers [0, 6) x [0, 5), so x = 6 or y = 5 is outside.
+        let data = vec![200u8; 6 * 5 * 3];
+        let source = frame(PixelFormat::Rgb24, 6, 5, 18, &data);
+        let mut out = RgbImage::new(1, 1);
+        // The single sample of output pixel (0, 0) lies at (0.5, 0.5) + the shift.
+        for (tx, ty, expected) in
+            [(5.5, 0.0, 0), (0.0, 4.5, 0), (5.49, 4.49, 200), (-0.5, -0.5, 200), (-0.51, 0.0, 0)]
+        {
+            warp(&source, &Affine { tx, ty, ..identity() }, &mut out).unwrap();
+            assert_eq!(out.pixel(0, 0), [expected; 3], "shift ({tx}, {ty})");
+        }
+    }
 }

@@ -82,7 +82,8 @@ pub struct Letterbox {
 
 impl Letterbox {
     pub fn fit(source_width: u32, source_height: u32, input_width: usize, input_height: usize) -> Letterbox {
-        let scale = (input_width as f32 / source_width as f32).min(input_height as f32 / source_height as f32);
+        let scale =
+            (input_width as f32 / source_width as f32).min(input_height as f32 / source_height as f32);
         Letterbox {
             scale,
             offset_x: (input_width as f32 - source_width as f32 * scale) / 2.0,

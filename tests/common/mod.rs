@@ -91,7 +91,7 @@ pub fn iou(a: [f64; 4], b: [f64; 4]) -> f64 {
 pub fn write_y4m(path: &Path, width: u32, height: u32, frames: &[Vec<u8>]) {
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    write!(out, "YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C420jpeg\n").unwrap();
+    writeln!(out, "YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C420jpeg").unwrap();
     let (w, h) = (width as usize, height as usize);
     let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
     for rgb in frames {

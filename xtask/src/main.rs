@@ -1,1 +1,33 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's own tooling (set-up, CI). Only dispatch lives here; one file per task.
+
+mod ci;
+mod tidy;
+
+use std::process::ExitCode;
+
+const HELP: &str = "\
+cargo xtask <task>
+
+tasks:
+  ci      the whole test suite as CI runs it: set-up, rustfmt check, clippy -D warnings, every test
+  setup   install what the build needs on a fresh machine (rustup components)
+";
+
+fn main() -> ExitCode {
+    let task = std::env::args().nth(1);
+    let result = match task.as_deref() {
+        Some("ci") => ci::ci(),
+        Some("setup") => ci::setup(),
+        _ => {
+            eprint!("{HELP}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! The CI job and the set-up it needs. `.ci/run` and the README's test command both call `cargo xtask ci`.
+
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Runs a command in the workspace root, echoing it, and fails if it fails.
+fn run(program: &str, arguments: &[&str]) -> Result<()> {
+    eprintln!("\n$ {program} {}", arguments.join(" "));
+    let start = Instant::now();
+    let status = Command::new(program)
+        .args(arguments)
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("starting {program}"))?;
+    eprintln!("({:.0} s)", start.elapsed().as_secs_f64());
+    if !status.success() {
+        bail!("`{program} {}` failed with {status}", arguments.join(" "));
+    }
+    Ok(())
+}
+
+/// A fresh machine has Rust from rustup and nothing else: add the components the checks use. The runtime
+/// itself needs no system package yet (tract, image and the rest are pure Rust); tasks that do (the V4L2
+/// build's libclang, the aarch64 cross linker) install theirs where they need them.
+pub fn setup() -> Result<()> {
+    let has = |tool: &str| {
+        Command::new(cargo()).args([tool, "--version"]).output().is_ok_and(|output| output.status.success())
+    };
+    if !has("fmt") || !has("clippy") {
+        run("rustup", &["component", "add", "rustfmt", "clippy"])?;
+    }
+    Ok(())
+}
+
+pub fn ci() -> Result<()> {
+    setup()?;
+    let cargo = cargo();
+    run(&cargo, &["fmt", "--all", "--check"])?;
+    run(&cargo, &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+    run(&cargo, &["test", "--workspace", "--locked"])?;
+    eprintln!("\nci: all checks passed");
+    Ok(())
+}
