@@ -65,47 +65,6 @@ fn allocations(work: impl FnOnce()) -> (u64, u64) {
     (OURS.with(Cell::get), INFERENCE.with(Cell::get))
 }
 
-/// The photo as tight RGB, and re-encoded in `format` (BT.601 limited range for YUV), with `stride`.
-fn encode(rgb: &image::RgbImage, format: PixelFormat) -> (Vec<u8>, usize) {
-    let (width, height) = rgb.dimensions();
-    let stride = format.min_stride(width) + 32;
-    let rows = if format == PixelFormat::Nv12 { height + height.div_ceil(2) } else { height } as usize;
-    let mut data = vec![0u8; stride * rows];
-    for (x, y, pixel) in rgb.enumerate_pixels() {
-        let [r, g, b] = pixel.0.map(f32::from);
-        let luma = (16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0).round() as u8;
-        let u = (128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0).round() as u8;
-        let v = (128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0).round() as u8;
-        let (x, y) = (x as usize, y as usize);
-        let row = y * stride;
-        match format {
-            PixelFormat::Rgb24 => data[row + 3 * x..row + 3 * x + 3].copy_from_slice(&pixel.0),
-            PixelFormat::Bgr24 => {
-                data[row + 3 * x..row + 3 * x + 3].copy_from_slice(&[pixel[2], pixel[1], pixel[0]])
-            }
-            PixelFormat::Grey => data[row + x] = luma,
-            PixelFormat::Yuyv => {
-                data[row + (x / 2) * 4 + (x & 1) * 2] = luma;
-                data[row + (x / 2) * 4 + 1] = u;
-                data[row + (x / 2) * 4 + 3] = v;
-            }
-            PixelFormat::Uyvy => {
-                data[row + (x / 2) * 4 + 1 + (x & 1) * 2] = luma;
-                data[row + (x / 2) * 4] = u;
-                data[row + (x / 2) * 4 + 2] = v;
-            }
-            PixelFormat::Nv12 => {
-                data[row + x] = luma;
-                let chroma = stride * height as usize + (y / 2) * stride + (x / 2) * 2;
-                data[chroma] = u;
-                data[chroma + 1] = v;
-            }
-            PixelFormat::Mjpeg => unreachable!(),
-        }
-    }
-    (data, stride)
-}
-
 #[test]
 fn steady_state_frames_allocate_nothing_outside_inference() {
     // The stand-in classifier makes the classifier path run too; a short decision budget makes verdicts come
@@ -129,7 +88,8 @@ fn steady_state_frames_allocate_nothing_outside_inference() {
         PixelFormat::Nv12,
     ];
     for format in formats {
-        let (data, stride) = encode(&photo, format);
+        let stride = format.min_stride(width) + 32;
+        let data = common::camera_frame(photo.as_raw(), width, height, format, stride);
         let mut frame = Frame {
             format,
             width,
