@@ -1,6 +1,7 @@
 //! Frame sources: the one trait every capture backend implements, and the replay backends.
 
 pub mod replay;
+pub mod y4m;
 
 use crate::frame::Frame;
 use anyhow::Result;
@@ -15,4 +16,32 @@ pub trait FrameSource {
 
     /// A name for logs and reports: a file path or a device.
     fn describe(&self) -> &str;
+}
+
+/// Helpers shared by the capture backends' unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use anyhow::Result;
+    use std::path::{Path, PathBuf};
+
+    /// A file or directory under `tests/fixtures`.
+    pub(crate) fn fixture(relative: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(relative)
+    }
+
+    /// A fresh, empty directory under the system temporary directory, unique to this process and label.
+    pub(crate) fn scratch_directory(label: &str) -> PathBuf {
+        let directory = std::env::temp_dir().join(format!("deepgate-replay-{}-{label}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        std::fs::create_dir_all(&directory).unwrap();
+        directory
+    }
+
+    /// The error an operation was expected to return, with its whole context chain.
+    pub(crate) fn error_text(result: Result<impl Sized>) -> String {
+        match result {
+            Ok(_) => panic!("expected an error"),
+            Err(error) => format!("{error:#}"),
+        }
+    }
 }
