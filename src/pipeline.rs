@@ -152,18 +152,18 @@ impl Pipeline {
         for (index, face) in self.faces.iter().enumerate() {
             let mark = Instant::now();
             let alignment = &self.models.alignment;
-            let (quality, issue, map) = match alignment.crop_map(face, QUALITY_CROP) {
+            let (quality, issue, aligned) = match alignment.crop_map(face, QUALITY_CROP) {
                 Ok(map) => {
                     cpu::warp(frame, &map, &mut self.quality_crop)?;
                     let quality = Quality::measure(face, frame.width, frame.height, &self.quality_crop);
-                    (quality, quality.check(&self.quality), Some(()))
+                    (quality, quality.check(&self.quality), true)
                 }
                 // Degenerate keypoints (all on one spot): not a face we can align or judge.
-                Err(_) => (Quality::default(), Some(QualityIssue::TooSmall), None),
+                Err(_) => (Quality::default(), Some(QualityIssue::TooSmall), false),
             };
             self.times.record(Stage::Align, mark.elapsed());
             let mut fake_probability = None;
-            if let (Some(classifier), Some(())) = (&mut self.models.classifier, map) {
+            if let (Some(classifier), true) = (&mut self.models.classifier, aligned) {
                 let mark = Instant::now();
                 let crop_map = alignment.crop_map(face, self.classifier_crop.width)?;
                 cpu::warp(frame, &crop_map, &mut self.classifier_crop)?;
