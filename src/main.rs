@@ -63,6 +63,22 @@ enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+    /// Per-stage timings on synthesised camera frames of each pixel format (medians, measured in one run).
+    Bench {
+        #[arg(long, default_value = DEFAULT_BOARD)]
+        board: PathBuf,
+        /// The photo the frames are made from (resized to --size).
+        #[arg(long, default_value = "tests/fixtures/faces/obama.jpg")]
+        image: PathBuf,
+        #[arg(long, default_value = "640x480")]
+        size: String,
+        #[arg(long, value_delimiter = ',', default_value = "YUYV,NV12,MJPEG,RGB24")]
+        formats: Vec<String>,
+        #[arg(long, default_value_t = 50)]
+        frames: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints what this machine offers (CPU features, CUDA, cameras) as JSON.
     Probe,
 }
@@ -80,6 +96,9 @@ fn main() -> ExitCode {
         }
         Command::Eval { board, labels, json, plot } => {
             cli::eval::eval(&board, &labels, json, plot.as_deref())
+        }
+        Command::Bench { board, image, size, formats, frames, json } => {
+            cli::bench::bench(&board, &image, &size, &formats, frames, json)
         }
         Command::Probe => cli::probe::probe(),
     };

@@ -89,7 +89,8 @@ fn steady_state_frames_allocate_nothing_outside_inference() {
     ];
     for format in formats {
         let stride = format.min_stride(width) + 32;
-        let data = common::camera_frame(photo.as_raw(), width, height, format, stride);
+        let data = deepgate::capture::synthetic::camera_frame(photo.as_raw(), width, height, format, stride)
+            .unwrap();
         let mut frame = Frame {
             format,
             width,

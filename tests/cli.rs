@@ -352,3 +352,26 @@ fn hostile_or_broken_board_configs_are_refused_clearly() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("board/no-such-board.toml"));
 }
+
+#[test]
+fn bench_times_every_stage_for_each_pixel_format() {
+    let output =
+        deepgate(&["bench", "--frames", "3", "--size", "641x480", "--formats", "YUYV,mjpeg,NV12", "--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let results: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let results = results.as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for (result, format) in results.iter().zip(["YUYV", "MJPEG", "NV12"]) {
+        assert_eq!(result["format"], format);
+        assert_eq!(result["faces"], 3, "the face is found in every frame: {result}");
+        let stages: Vec<&str> =
+            result["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+        for stage in ["letterbox", "detector", "align_quality", "frame"] {
+            assert!(stages.contains(&stage), "{format}: {stages:?}");
+        }
+        assert_eq!(stages.contains(&"mjpeg_decode"), format == "MJPEG");
+    }
+    let output = deepgate(&["bench", "--formats", "YUV9"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown pixel format `YUV9`"));
+}

@@ -165,7 +165,8 @@ fn every_camera_pixel_format_finds_the_same_face() {
     ];
     for format in formats {
         let stride = format.min_stride(width) + 64;
-        let data = common::camera_frame(photo.as_raw(), width, height, format, stride);
+        let data = deepgate::capture::synthetic::camera_frame(photo.as_raw(), width, height, format, stride)
+            .unwrap();
         let frame = Frame {
             format,
             width,

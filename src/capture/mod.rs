@@ -1,6 +1,7 @@
 //! Frame sources: the one trait every capture backend implements, and the replay backends.
 
 pub mod replay;
+pub mod synthetic;
 pub mod y4m;
 
 use crate::frame::Frame;

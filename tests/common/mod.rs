@@ -2,7 +2,6 @@
 //! `board/host.toml`, with the test classifiers of tests/fixtures/models added to a copy of the manifest.
 #![allow(dead_code)]
 
-use deepgate::frame::PixelFormat;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -134,55 +133,4 @@ pub fn drifting_video(path: &Path, photo: &str, width: u32, height: u32, frames:
         .map(|index| image::imageops::crop_imm(&image, index * step, 0, width, height).to_image().into_raw())
         .collect();
     write_y4m(path, width, height, &frames);
-}
-
-/// Converts tight RGB to a camera pixel format (BT.601 limited range for YUV, chroma of the even pixel or
-/// row), as a camera would deliver it, with `stride` bytes per row; padding bytes hold 0xA5.
-pub fn camera_frame(rgb: &[u8], width: u32, height: u32, format: PixelFormat, stride: usize) -> Vec<u8> {
-    let pixel = |x: u32, y: u32| {
-        let i = ((y * width + x) * 3) as usize;
-        let (r, g, b) = (rgb[i] as f32, rgb[i + 1] as f32, rgb[i + 2] as f32);
-        let luma = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0;
-        let u = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0;
-        let v = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0;
-        [luma.round() as u8, u.round() as u8, v.round() as u8, rgb[i], rgb[i + 1], rgb[i + 2]]
-    };
-    let rows = if format == PixelFormat::Nv12 { height + height.div_ceil(2) } else { height };
-    let mut data = vec![0xA5u8; stride * rows as usize];
-    for y in 0..height {
-        for x in 0..width {
-            let [luma, u, v, r, g, b] = pixel(x, y);
-            let row = y as usize * stride;
-            let x_ = x as usize;
-            match format {
-                PixelFormat::Rgb24 => data[row + x_ * 3..row + x_ * 3 + 3].copy_from_slice(&[r, g, b]),
-                PixelFormat::Bgr24 => data[row + x_ * 3..row + x_ * 3 + 3].copy_from_slice(&[b, g, r]),
-                PixelFormat::Grey => data[row + x_] = luma,
-                PixelFormat::Yuyv => {
-                    data[row + (x_ / 2) * 4 + (x_ & 1) * 2] = luma;
-                    if x_.is_multiple_of(2) {
-                        data[row + (x_ / 2) * 4 + 1] = u;
-                        data[row + (x_ / 2) * 4 + 3] = v;
-                    }
-                }
-                PixelFormat::Uyvy => {
-                    data[row + (x_ / 2) * 4 + 1 + (x_ & 1) * 2] = luma;
-                    if x_.is_multiple_of(2) {
-                        data[row + (x_ / 2) * 4] = u;
-                        data[row + (x_ / 2) * 4 + 2] = v;
-                    }
-                }
-                PixelFormat::Nv12 => {
-                    data[row + x_] = luma;
-                    if x % 2 == 0 && y % 2 == 0 {
-                        let chroma = stride * height as usize + (y as usize / 2) * stride + x_;
-                        data[chroma] = u;
-                        data[chroma + 1] = v;
-                    }
-                }
-                PixelFormat::Mjpeg => unreachable!(),
-            }
-        }
-    }
-    data
 }
