@@ -19,6 +19,9 @@ pub struct BoardConfig {
     pub decision: DecisionSettings,
     pub gate: GateSection,
     pub runtime: RuntimeSection,
+    /// Decision receipts (hash-chained audit log); absent: none are kept.
+    #[serde(default)]
+    pub audit: Option<AuditSection>,
     /// The directory relative paths are resolved against (the config file's); not a key.
     #[serde(skip)]
     pub directory: PathBuf,
@@ -84,6 +87,13 @@ pub enum GateSection {
     Stdout,
     /// JSON lines over TCP to a controller, with reconnection and a bounded queue.
     Tcp { address: String, queue: usize },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// The audit log file (JSON lines, hash-chained); created if missing, verified before appending.
+    pub path: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -176,10 +186,12 @@ impl BoardConfig {
         in_range("decision.track_iou", decision.track_iou, 0.01, 1.0)?;
         ensure!(decision.min_frames >= 1, "decision.min_frames must be at least 1");
         ensure!(
-            decision.max_frames >= decision.min_frames,
-            "decision.max_frames ({}) must be at least decision.min_frames ({})",
+            decision.max_frames >= decision.min_frames
+                && decision.max_frames as usize <= crate::decide::MAX_SCORES,
+            "decision.max_frames ({}) must be at least decision.min_frames ({}) and at most {}",
             decision.max_frames,
-            decision.min_frames
+            decision.min_frames,
+            crate::decide::MAX_SCORES
         );
         ensure!(
             decision.max_session_frames >= decision.max_frames && decision.max_session_frames <= 100_000,

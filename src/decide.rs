@@ -56,6 +56,12 @@ pub struct Observation {
     pub fake_probability: Option<f32>,
 }
 
+/// Most per-frame scores a verdict carries (the board config keeps `max_frames` within it).
+pub const MAX_SCORES: usize = 256;
+
+/// The fake probabilities of the frames a verdict used, in order.
+pub type Scores = heapless::Vec<f32, MAX_SCORES>;
+
 /// Room for a verdict's reason: a sentence with a few numbers.
 pub type Reason = heapless::String<192>;
 
@@ -72,6 +78,8 @@ pub struct Verdict {
     /// Accumulated log-likelihood ratio (fake versus genuine).
     pub evidence: f32,
     pub reason: Reason,
+    /// The fake probability of every frame used, for the audit receipt.
+    pub scores: Scores,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +121,7 @@ pub struct Decider {
     /// Frames whose face passed the gates but had no fake probability (no classifier).
     unjudged: u32,
     rejected: [u32; ISSUES.len()],
+    scores: Scores,
     /// Whether any person session began since the last `finish`: a stream that had one is not `no_face`.
     had_session: bool,
 }
@@ -136,6 +145,7 @@ impl Decider {
             unjudged: 0,
             rejected: [0; ISSUES.len()],
             had_session: false,
+            scores: Scores::new(),
         }
     }
 
@@ -241,6 +251,8 @@ impl Decider {
         let ratio = (logit(probability) - logit(self.settings.frame_threshold)).clamp(-cap, cap);
         self.evidence += self.settings.evidence_weight * ratio;
         self.probability_sum += probability;
+        // The config keeps max_frames within MAX_SCORES, so no score is lost.
+        let _ = self.scores.push(probability);
         self.frames_used += 1;
     }
 
@@ -313,6 +325,7 @@ impl Decider {
             last_frame: self.last_frame,
             evidence: self.evidence,
             reason: Reason::new(),
+            scores: self.scores.clone(),
         }
     }
 }

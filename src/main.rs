@@ -79,8 +79,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Decision receipts: `verify FILE` checks a hash-chained audit log and names the first broken entry.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Prints what this machine offers (CPU features, CUDA, cameras) as JSON.
     Probe,
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Checks every entry's hash and order; exit status 1 at the first broken entry.
+    Verify { file: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -100,6 +111,7 @@ fn main() -> ExitCode {
         Command::Bench { board, image, size, formats, frames, json } => {
             cli::bench::bench(&board, &image, &size, &formats, frames, json)
         }
+        Command::Audit { action: AuditAction::Verify { file } } => cli::audit::verify(&file),
         Command::Probe => cli::probe::probe(),
     };
     match result {

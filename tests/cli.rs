@@ -375,3 +375,40 @@ fn bench_times_every_stage_for_each_pixel_format() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown pixel format `YUV9`"));
 }
+
+#[test]
+fn run_keeps_hash_chained_receipts_that_audit_verify_checks() {
+    let directory = common::temp_dir("audit");
+    let log = directory.join("receipts.jsonl");
+    let board = common::board(
+        Some("stand_in"),
+        &[
+            &common::fixture("faces/astronaut.png"),
+            &common::fixture("faces/obama.jpg"),
+            &common::fixture("scenes/coffee.png"),
+        ],
+        &[("[runtime]", &format!("[audit]\npath = {log:?}\n\n[runtime]"))],
+    );
+    for _ in 0..2 {
+        let output = deepgate(&["run", "--board", board.to_str().unwrap()]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    let output = deepgate(&["audit", "verify", log.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let verification: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(verification["entries"], 6, "three verdicts per run, two runs, one chain");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(first["entry"]["models"].as_array().unwrap().len(), 2, "detector and classifier checksums");
+
+    std::fs::write(&log, text.replacen("\"board\":\"host\"", "\"board\":\"hack\"", 1)).unwrap();
+    let output = deepgate(&["audit", "verify", log.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("line 1"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = deepgate(&["run", "--board", board.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "a broken log is not appended to");
+}

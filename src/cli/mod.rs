@@ -1,5 +1,6 @@
 //! One module per subcommand; each returns the process exit code (0 success, 1 some input failed, 2 fatal).
 
+pub mod audit;
 pub mod bench;
 pub mod crops;
 pub mod eval;

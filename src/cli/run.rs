@@ -4,11 +4,13 @@
 use super::output::verdict_message;
 use anyhow::{Context, Result};
 use deepgate::capture::replay::open_input;
-use deepgate::config::{GateSection, SourceSection};
+use deepgate::config::{BoardConfig, GateSection, SourceSection};
 use deepgate::decide::Verdict;
+use deepgate::gate::audit::{AuditLog, ModelRecord, Thresholds};
 use deepgate::gate::stdout::StdoutGate;
 use deepgate::gate::tcp::TcpGate;
 use deepgate::gate::Gate;
+use deepgate::pipeline::Pipeline;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +28,10 @@ pub fn run(board: &Path) -> Result<ExitCode> {
         GateSection::Tcp { address, queue } => Box::new(TcpGate::start(address, *queue)?),
     };
     log::info!("gate: {}; backend: {:?}", gate.describe(), config.runtime.backend);
+    let mut audit = match &config.audit {
+        Some(section) => Some(open_audit(&config, &pipeline, &config.resolve(&section.path))?),
+        None => None,
+    };
     let SourceSection::Replay { paths, repeat, frame_rate } = &config.source;
     let period = (*frame_rate > 0.0).then(|| Duration::from_secs_f32(1.0 / frame_rate));
 
@@ -34,6 +40,11 @@ pub fn run(board: &Path) -> Result<ExitCode> {
         verdicts += 1;
         if let Err(error) = gate.report(&verdict_message(source, verdict)) {
             log::error!("gate {}: {error:#}", gate.describe());
+        }
+        if let Some(audit) = audit.as_mut() {
+            if let Err(error) = audit.append(source, verdict) {
+                log::error!("{error:#}");
+            }
         }
     };
     'stream: loop {
@@ -110,4 +121,24 @@ pub fn run(board: &Path) -> Result<ExitCode> {
         frame_time.map_or(0.0, |summary| summary.median_ms)
     );
     Ok(if failures > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Opens the audit log with the facts every receipt records: board, model checksums, thresholds.
+fn open_audit(config: &BoardConfig, pipeline: &Pipeline, path: &Path) -> Result<AuditLog> {
+    let models = pipeline.models();
+    let mut records = vec![ModelRecord {
+        id: models.detector.entry.id.clone(),
+        sha256: models.detector.entry.sha256.clone(),
+    }];
+    if let Some(classifier) = &models.classifier {
+        records.push(ModelRecord {
+            id: classifier.entry().id.clone(),
+            sha256: classifier.entry().sha256.clone(),
+        });
+    }
+    let (genuine_at, fake_at) = config.decision.thresholds();
+    let thresholds = Thresholds { frame_threshold: config.decision.frame_threshold, genuine_at, fake_at };
+    let audit = AuditLog::open(path, &config.board.id, records, thresholds)?;
+    log::info!("decision receipts: {}", path.display());
+    Ok(audit)
 }

@@ -1,5 +1,6 @@
 //! The gate: where verdicts go (stdout, a TCP controller; OSDP and relays later), and their JSON form.
 
+pub mod audit;
 pub mod stdout;
 pub mod tcp;
 
@@ -7,7 +8,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 /// What the runtime concluded about one person session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     Genuine,
