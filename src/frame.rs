@@ -22,6 +22,24 @@ pub enum PixelFormat {
 }
 
 impl PixelFormat {
+    /// Every format whose pixels can be read directly (all but MJPEG, which is decoded first).
+    pub const RAW: [PixelFormat; 6] = [
+        PixelFormat::Rgb24,
+        PixelFormat::Bgr24,
+        PixelFormat::Grey,
+        PixelFormat::Yuyv,
+        PixelFormat::Uyvy,
+        PixelFormat::Nv12,
+    ];
+
+    /// The format called `name` (V4L2 style, any case).
+    pub fn from_name(name: &str) -> Option<PixelFormat> {
+        Self::RAW
+            .into_iter()
+            .chain([PixelFormat::Mjpeg])
+            .find(|format| format.name().eq_ignore_ascii_case(name))
+    }
+
     /// The name V4L2 and the board config use for this format.
     pub fn name(self) -> &'static str {
         match self {

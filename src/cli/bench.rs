@@ -19,16 +19,7 @@ fn parse_size(text: &str) -> Result<(u32, u32)> {
 }
 
 fn parse_format(text: &str) -> Result<PixelFormat> {
-    let formats = [
-        PixelFormat::Rgb24,
-        PixelFormat::Bgr24,
-        PixelFormat::Grey,
-        PixelFormat::Yuyv,
-        PixelFormat::Uyvy,
-        PixelFormat::Nv12,
-        PixelFormat::Mjpeg,
-    ];
-    formats.into_iter().find(|format| format.name().eq_ignore_ascii_case(text)).with_context(|| {
+    PixelFormat::from_name(text).with_context(|| {
         format!("unknown pixel format `{text}` (RGB24, BGR24, GREY, YUYV, UYVY, NV12, MJPEG)")
     })
 }
