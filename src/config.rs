@@ -142,7 +142,7 @@ impl BoardConfig {
         if path.is_absolute() {
             path.to_path_buf()
         } else {
-            self.directory.join(path)
+            tidy(&self.directory.join(path))
         }
     }
 
@@ -211,6 +211,27 @@ impl BoardConfig {
             ensure!(!classifier.is_empty(), "models.classifier must be a model id (omit the key for none)");
         }
         Ok(())
+    }
+}
+
+/// Removes `.` and `dir/..` pairs from a path without touching the file system, so that reports name
+/// `tests/fixtures/a.jpg` rather than `board/../tests/fixtures/a.jpg`. A leading `..` is kept.
+fn tidy(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut parts: Vec<Component> = Vec::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(parts.last(), Some(Component::Normal(_))) => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    if parts.is_empty() {
+        PathBuf::from(".")
+    } else {
+        parts.iter().collect()
     }
 }
 
@@ -328,9 +349,10 @@ mod tests {
     fn resolve_joins_relative_paths_to_the_config_directory() {
         let mut config = BoardConfig::parse(&host_text()).expect("valid");
         config.directory = PathBuf::from("/etc/deepgate/board");
+        // `../models/manifest.toml` from /etc/deepgate/board, with the `board/..` pair tidied away.
         assert_eq!(
             config.resolve(&config.models.manifest),
-            PathBuf::from("/etc/deepgate/board/../models/manifest.toml")
+            PathBuf::from("/etc/deepgate/models/manifest.toml")
         );
         assert_eq!(
             config.resolve(Path::new("/opt/models/manifest.toml")),
@@ -380,5 +402,16 @@ mod tests {
         {
             assert!(BoardConfig::parse(text).is_err(), "accepted {}…", &text[..40]);
         }
+    }
+
+    #[test]
+    fn resolved_paths_are_tidied_without_touching_the_file_system() {
+        assert_eq!(
+            super::tidy(Path::new("board/../tests/./fixtures/a.jpg")),
+            PathBuf::from("tests/fixtures/a.jpg")
+        );
+        assert_eq!(super::tidy(Path::new("../x/../../y")), PathBuf::from("../../y"));
+        assert_eq!(super::tidy(Path::new("board/..")), PathBuf::from("."));
+        assert_eq!(super::tidy(Path::new("/a/b/../c")), PathBuf::from("/a/c"));
     }
 }

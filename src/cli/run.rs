@@ -76,7 +76,8 @@ pub fn run(board: &Path) -> Result<ExitCode> {
                 };
                 if let Some(period) = period {
                     std::thread::sleep(next_due.saturating_duration_since(Instant::now()));
-                    next_due = next_due.max(Instant::now() - period) + period;
+                    // Late frames do not build up a debt of frames to rush through.
+                    next_due = next_due.max(Instant::now().checked_sub(period).unwrap_or(next_due)) + period;
                 }
                 if frame.discontinuity {
                     if let Some(verdict) = pipeline.finish() {
