@@ -114,18 +114,10 @@ const MAX_CONFIG_BYTES: u64 = 256 * 1024;
 
 impl BoardConfig {
     pub fn load(path: &Path) -> Result<BoardConfig> {
-        let size = std::fs::metadata(path)
-            .with_context(|| format!("reading board config {}", path.display()))?
-            .len();
-        ensure!(
-            size <= MAX_CONFIG_BYTES,
-            "board config {} is {size} bytes; the limit is {MAX_CONFIG_BYTES}",
-            path.display()
-        );
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading board config {}", path.display()))?;
-        let mut config =
-            BoardConfig::parse(&text).with_context(|| format!("board config {}", path.display()))?;
+        let table = load_table(path, 0)?;
+        let mut config: BoardConfig =
+            table.try_into().with_context(|| format!("board config {}: parsing", path.display()))?;
+        config.validate().with_context(|| format!("board config {}", path.display()))?;
         config.directory = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(config)
     }
@@ -211,6 +203,64 @@ impl BoardConfig {
             ensure!(!classifier.is_empty(), "models.classifier must be a model id (omit the key for none)");
         }
         Ok(())
+    }
+}
+
+/// Longest chain of `inherit`s followed; longer is a mistake or a cycle.
+const MAX_INHERIT_DEPTH: usize = 4;
+
+/// Reads a board config file as a TOML table, with the file it `inherit`s (if any) underneath: the hubris
+/// pattern, so that a board variant states only what differs. The parent must sit in the same directory (a
+/// bare file name), so that relative paths in either mean the same thing.
+fn load_table(path: &Path, depth: usize) -> Result<toml::Table> {
+    ensure!(
+        depth <= MAX_INHERIT_DEPTH,
+        "board config {}: `inherit` chain longer than {MAX_INHERIT_DEPTH} (a cycle?)",
+        path.display()
+    );
+    let size =
+        std::fs::metadata(path).with_context(|| format!("reading board config {}", path.display()))?.len();
+    ensure!(
+        size <= MAX_CONFIG_BYTES,
+        "board config {} is {size} bytes; the limit is {MAX_CONFIG_BYTES}",
+        path.display()
+    );
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading board config {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("board config {}: parsing", path.display()))?;
+    let Some(parent) = table.remove("inherit") else { return Ok(table) };
+    let Some(parent) = parent.as_str() else {
+        bail!("board config {}: `inherit` must be a file name", path.display());
+    };
+    ensure!(
+        !parent.is_empty() && !parent.contains(['/', '\\']) && parent != "..",
+        "board config {}: `inherit = \"{parent}\"` must name a file in the same directory",
+        path.display()
+    );
+    let parent_path = path.parent().unwrap_or(Path::new(".")).join(parent);
+    let mut base = load_table(&parent_path, depth + 1)
+        .with_context(|| format!("board config {} inherits {}", path.display(), parent_path.display()))?;
+    overlay(&mut base, table);
+    Ok(base)
+}
+
+/// Lays `top` over `base`: tables merge key by key, anything else replaces. A tagged section (one with a
+/// `kind`) whose kind changes is replaced whole, since the other kind's keys would be unknown to it.
+fn overlay(base: &mut toml::Table, top: toml::Table) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(below)), toml::Value::Table(above))
+                if below.get("kind").is_none()
+                    || above.get("kind").is_none()
+                    || below.get("kind") == above.get("kind") =>
+            {
+                overlay(below, above);
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
     }
 }
 
@@ -413,5 +463,40 @@ mod tests {
         assert_eq!(super::tidy(Path::new("../x/../../y")), PathBuf::from("../../y"));
         assert_eq!(super::tidy(Path::new("board/..")), PathBuf::from("."));
         assert_eq!(super::tidy(Path::new("/a/b/../c")), PathBuf::from("/a/c"));
+    }
+
+    #[test]
+    fn a_board_inherits_another_and_states_only_what_differs() {
+        let directory = std::env::temp_dir().join(format!("deepgate-inherit-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        std::fs::write(directory.join("base.toml"), host_text()).unwrap();
+        let child = "inherit = \"base.toml\"\n[board]\nid = \"door-2\"\n[decision]\nevidence_weight = 0.5\n\
+                     [gate]\nkind = \"tcp\"\naddress = \"10.0.0.5:4000\"\nqueue = 32\n";
+        std::fs::write(directory.join("child.toml"), child).unwrap();
+        let config = BoardConfig::load(&directory.join("child.toml")).unwrap();
+        assert_eq!(config.board.id, "door-2");
+        assert!(config.board.description.contains("Development"), "unchanged keys come from the parent");
+        assert_eq!(config.decision.evidence_weight, 0.5);
+        assert_eq!(config.decision.max_frames, 30, "siblings of an overridden key are kept");
+        assert!(
+            matches!(&config.gate, GateSection::Tcp { queue: 32, .. }),
+            "a changed kind replaces the section"
+        );
+
+        std::fs::write(
+            directory.join("typo.toml"),
+            "inherit = \"base.toml\"\n[decision]\nevidence_wieght = 0.5\n",
+        )
+        .unwrap();
+        let error = format!("{:#}", BoardConfig::load(&directory.join("typo.toml")).unwrap_err());
+        assert!(error.contains("evidence_wieght"), "strictness survives inheritance: {error}");
+
+        std::fs::write(directory.join("loop.toml"), "inherit = \"loop.toml\"\n").unwrap();
+        let error = format!("{:#}", BoardConfig::load(&directory.join("loop.toml")).unwrap_err());
+        assert!(error.contains("cycle"), "{error}");
+
+        std::fs::write(directory.join("away.toml"), "inherit = \"../etc/passwd\"\n").unwrap();
+        let error = format!("{:#}", BoardConfig::load(&directory.join("away.toml")).unwrap_err());
+        assert!(error.contains("same directory"), "{error}");
     }
 }
