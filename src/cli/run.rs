@@ -20,6 +20,10 @@ use std::time::{Duration, Instant};
 pub fn run(board: &Path) -> Result<ExitCode> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while the first is being handled ends the process at once (exit status 1), for
+        // an operator whose clean stop is stuck; the first only sets the flag checked between frames.
+        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))
+            .context("installing the signal handler")?;
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing the signal handler")?;
     }
     let (config, mut pipeline) = super::start(board)?;
