@@ -1,7 +1,7 @@
 //! `deepgate eval`: scores a labelled set through the whole runtime (the same code path as `replay`) and
 //! prints ISO/IEC 30107-3 metrics.
 
-use super::replay::replay_input;
+use super::replay::{replay_input, Event};
 use anyhow::{bail, ensure, Context, Result};
 use deepgate::eval::metrics::{report, roc, Sample};
 use deepgate::eval::plot::write_roc_png;
@@ -59,11 +59,9 @@ pub fn eval(board: &Path, labels: &Path, json: bool, plot: Option<&Path>) -> Res
     let (mut not_acquired, mut failed) = (0usize, 0usize);
     for row in &rows {
         let mut score = None;
-        let ok = replay_input(&mut pipeline, &row.path, &mut |line| {
-            if let Ok(value) = serde_json::from_str::<serde_json::Value>(line) {
-                if value["type"] == "verdict" {
-                    score = value["fake_probability"].as_f64().or(score);
-                }
+        let ok = replay_input(&mut pipeline, &row.path, &mut |event| {
+            if let Event::Verdict { verdict, .. } = event {
+                score = verdict.fake_probability.map(f64::from).or(score);
             }
         });
         match score {

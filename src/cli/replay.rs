@@ -3,7 +3,9 @@
 use super::output::{error_line, frame_line, print, verdict_line};
 use anyhow::Result;
 use deepgate::capture::replay::open_input;
-use deepgate::pipeline::Pipeline;
+use deepgate::decide::Verdict;
+use deepgate::frame::Frame;
+use deepgate::pipeline::{FaceResult, Pipeline};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -12,7 +14,13 @@ pub fn replay(board: &Path, inputs: &[PathBuf], timings: bool) -> Result<ExitCod
     pipeline.times.clear();
     let mut failed = false;
     for input in inputs {
-        failed |= !replay_input(&mut pipeline, input, &mut |line| print(line));
+        failed |= !replay_input(&mut pipeline, input, &mut |event| match event {
+            Event::Frame { frame, faces } => {
+                print(&frame_line(frame.source, frame.sequence, frame.width, frame.height, faces))
+            }
+            Event::Verdict { source, verdict } => print(&verdict_line(source, verdict)),
+            Event::Error { source, error } => print(&error_line(source, error)),
+        });
     }
     if timings {
         print_timings(&pipeline);
@@ -20,14 +28,21 @@ pub fn replay(board: &Path, inputs: &[PathBuf], timings: bool) -> Result<ExitCod
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// Plays one input (image, directory or video) through the pipeline, handing each JSON line to `emit`.
-/// Each still image is its own person session, a video one stream. Returns false if anything failed.
-pub fn replay_input(pipeline: &mut Pipeline, input: &Path, emit: &mut dyn FnMut(&str)) -> bool {
+/// What replaying an input produces, in order.
+pub enum Event<'a> {
+    Frame { frame: &'a Frame<'a>, faces: &'a [FaceResult] },
+    Verdict { source: &'a str, verdict: &'a Verdict },
+    Error { source: &'a str, error: &'a anyhow::Error },
+}
+
+/// Plays one input (image, directory or video) through the pipeline, handing each frame, verdict and error
+/// to `emit`. Each still image is its own person session, a video one stream. Returns false if anything failed.
+pub fn replay_input(pipeline: &mut Pipeline, input: &Path, emit: &mut dyn FnMut(Event)) -> bool {
     let input_name = input.display().to_string();
     let mut source = match open_input(input) {
         Ok(source) => source,
         Err(error) => {
-            emit(&error_line(&input_name, &error));
+            emit(Event::Error { source: &input_name, error: &error });
             return false;
         }
     };
@@ -39,33 +54,33 @@ pub fn replay_input(pipeline: &mut Pipeline, input: &Path, emit: &mut dyn FnMut(
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(error) => {
-                emit(&error_line(source.describe(), &error));
+                emit(Event::Error { source: source.describe(), error: &error });
                 ok = false;
                 continue;
             }
         };
         if frame.discontinuity {
             if let Some(verdict) = pipeline.finish() {
-                emit(&verdict_line(&session_source, &verdict));
+                emit(Event::Verdict { source: &session_source, verdict: &verdict });
             }
         }
         let name = frame.source.to_string();
         session_source.clone_from(&name);
         match pipeline.process(&frame) {
             Ok((faces, verdict)) => {
-                emit(&frame_line(&name, frame.sequence, frame.width, frame.height, faces));
+                emit(Event::Frame { frame: &frame, faces });
                 if let Some(verdict) = verdict {
-                    emit(&verdict_line(&name, &verdict));
+                    emit(Event::Verdict { source: &name, verdict: &verdict });
                 }
             }
             Err(error) => {
-                emit(&error_line(&name, &error));
+                emit(Event::Error { source: &name, error: &error });
                 ok = false;
             }
         }
     }
     if let Some(verdict) = pipeline.finish() {
-        emit(&verdict_line(&session_source, &verdict));
+        emit(Event::Verdict { source: &session_source, verdict: &verdict });
     }
     ok
 }
