@@ -16,4 +16,6 @@ pub mod manifest;
 pub mod pipeline;
 pub mod preprocess;
 pub mod quality;
+#[doc(hidden)]
+pub mod testing;
 pub mod timing;

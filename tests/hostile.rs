@@ -10,29 +10,22 @@ use deepgate::config::BoardConfig;
 use deepgate::frame::{Frame, PixelFormat};
 use deepgate::manifest::Manifest;
 
-/// Marsaglia's xorshift64: reproducible corruption without a dependency.
-struct XorShift(u64);
+use deepgate::testing::XorShift;
 
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
+/// Corruption of real files: a few random flips, insertions, removals, or a cut.
+trait Corrupt {
+    fn corrupt(&mut self, original: &[u8]) -> Vec<u8>;
+}
 
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next() % bound.max(1) as u64) as usize
-    }
-
+impl Corrupt for XorShift {
     /// A copy of `original` with a few random flips, insertions, removals, or a cut.
     fn corrupt(&mut self, original: &[u8]) -> Vec<u8> {
         let mut bytes = original.to_vec();
         for _ in 0..1 + self.below(4) {
             let at = self.below(bytes.len());
             match self.below(4) {
-                0 => bytes[at] = self.next() as u8,
-                1 => bytes.insert(at, self.next() as u8),
+                0 => bytes[at] = self.next_u64() as u8,
+                1 => bytes.insert(at, self.next_u64() as u8),
                 2 if bytes.len() > 1 => {
                     bytes.remove(at);
                 }

@@ -250,29 +250,20 @@ mod tests {
     }
 
     /// Marsaglia's xorshift64: deterministic test data without a dependency.
-    struct XorShift(u64);
+    use crate::testing::XorShift;
 
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        /// Uniform in [0, 1) on a grid of `levels` values, so that ties are common.
-        fn level(&mut self, levels: u64) -> f64 {
-            (self.next() % levels) as f64 / levels as f64
-        }
+    /// Uniform in [0, 1) on a grid of `levels` values, so that ties are common.
+    fn level(random: &mut XorShift, levels: u64) -> f64 {
+        (random.next_u64() % levels) as f64 / levels as f64
     }
 
     fn random_samples(seed: u64, count: usize, levels: u64) -> Vec<Sample> {
         let mut random = XorShift(seed);
         (0..count)
             .map(|_| {
-                let attack = random.next().is_multiple_of(3);
+                let attack = random.next_u64().is_multiple_of(3);
                 // Attacks score higher on average, as a useful classifier's would.
-                let score = (random.level(levels) + if attack { 0.3 } else { 0.0 }).min(1.0);
+                let score = (level(&mut random, levels) + if attack { 0.3 } else { 0.0 }).min(1.0);
                 Sample { score, attack }
             })
             .collect()

@@ -240,25 +240,7 @@ mod tests {
     use super::*;
     use crate::preprocess::{Letterbox, MAX_TAPS};
 
-    /// Marsaglia's xorshift64: reproducible pixels and garbage without a dependency.
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn byte(&mut self) -> u8 {
-            (self.next() >> 32) as u8
-        }
-
-        fn bytes(&mut self, count: usize) -> Vec<u8> {
-            (0..count).map(|_| self.byte()).collect()
-        }
-    }
+    use crate::testing::XorShift;
 
     fn frame(format: PixelFormat, width: u32, height: u32, stride: usize, data: &[u8]) -> Frame<'_> {
         Frame {
