@@ -1,7 +1,7 @@
 //! `deepgate eval`: scores a labelled set through the whole runtime (the same code path as `replay`) and
 //! prints ISO/IEC 30107-3 metrics.
 
-use super::replay::{replay_input, Event};
+use super::replay::{play_input, Event, Played};
 use anyhow::{bail, ensure, Context, Result};
 use deepgate::eval::metrics::{report, roc, Sample};
 use deepgate::eval::plot::write_roc_png;
@@ -59,11 +59,12 @@ pub fn eval(board: &Path, labels: &Path, json: bool, plot: Option<&Path>) -> Res
     let (mut not_acquired, mut failed) = (0usize, 0usize);
     for row in &rows {
         let mut score = None;
-        let ok = replay_input(&mut pipeline, &row.path, &mut |event| {
+        let played = play_input(&mut pipeline, &row.path, &mut |_| true, &mut |event| {
             if let Event::Verdict { verdict, .. } = event {
                 score = verdict.fake_probability.map(f64::from).or(score);
             }
         });
+        let ok = played == Played::Finished { ok: true };
         match score {
             Some(score) => samples.push(Sample { score, attack: row.attack }),
             None if ok => not_acquired += 1,

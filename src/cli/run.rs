@@ -2,10 +2,10 @@
 //! board's gate; SIGINT or SIGTERM ends it cleanly between frames.
 
 use super::output::verdict_message;
+use super::replay::{play_input, Event, Played};
 use anyhow::{Context, Result};
-use deepgate::capture::replay::open_input;
 use deepgate::config::{BoardConfig, GateSection, SourceSection};
-use deepgate::decide::Verdict;
+use deepgate::frame::Frame;
 use deepgate::gate::audit::{AuditLog, ModelRecord, Thresholds};
 use deepgate::gate::stdout::StdoutGate;
 use deepgate::gate::tcp::TcpGate;
@@ -40,68 +40,44 @@ pub fn run(board: &Path) -> Result<ExitCode> {
     let period = (*frame_rate > 0.0).then(|| Duration::from_secs_f32(1.0 / frame_rate));
 
     let (mut frames, mut verdicts, mut failures) = (0u64, 0u64, 0u64);
-    let mut report = |gate: &mut dyn Gate, source: &str, verdict: &Verdict| {
-        verdicts += 1;
-        if let Err(error) = gate.report(&verdict_message(source, verdict)) {
-            log::error!("gate {}: {error:#}", gate.describe());
-        }
-        if let Some(audit) = audit.as_mut() {
-            if let Err(error) = audit.append(source, verdict) {
-                log::error!("{error:#}");
-            }
-        }
-    };
+    let mut next_due = Instant::now();
     'stream: loop {
         let frames_before_pass = frames;
         for path in paths {
-            let path = config.resolve(path);
-            let mut source = match open_input(&path) {
-                Ok(source) => source,
-                Err(error) => {
-                    log::error!("{error:#}");
-                    failures += 1;
-                    continue;
-                }
-            };
-            let mut session_source = path.display().to_string();
-            let mut next_due = Instant::now();
-            loop {
+            let mut before_frame = |_: &Frame| {
                 if stop.load(Ordering::Relaxed) {
-                    break 'stream;
+                    return false;
                 }
-                let frame = match source.next_frame() {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => break,
-                    Err(error) => {
-                        log::error!("{error:#}");
-                        failures += 1;
-                        continue;
-                    }
-                };
                 if let Some(period) = period {
                     std::thread::sleep(next_due.saturating_duration_since(Instant::now()));
                     // Late frames do not build up a debt of frames to rush through.
                     next_due = next_due.max(Instant::now().checked_sub(period).unwrap_or(next_due)) + period;
                 }
-                if frame.discontinuity {
-                    if let Some(verdict) = pipeline.finish() {
-                        report(gate.as_mut(), &session_source, &verdict);
-                    }
-                    session_source.clear();
-                    session_source.push_str(frame.source);
-                }
                 frames += 1;
-                match pipeline.process(&frame) {
-                    Ok((_, Some(verdict))) => report(gate.as_mut(), frame.source, &verdict),
-                    Ok((_, None)) => {}
-                    Err(error) => {
-                        log::error!("{}: frame {}: {error:#}", frame.source, frame.sequence);
-                        failures += 1;
+                true
+            };
+            let mut emit = |event: Event| match event {
+                Event::Frame { .. } => {}
+                Event::Verdict { source, verdict } => {
+                    verdicts += 1;
+                    if let Err(error) = gate.report(&verdict_message(source, verdict)) {
+                        log::error!("gate {}: {error:#}", gate.describe());
+                    }
+                    if let Some(audit) = audit.as_mut() {
+                        if let Err(error) = audit.append(source, verdict) {
+                            log::error!("{error:#}");
+                        }
                     }
                 }
-            }
-            if let Some(verdict) = pipeline.finish() {
-                report(gate.as_mut(), &session_source, &verdict);
+                Event::Error { source, error } => {
+                    log::error!("{source}: {error:#}");
+                    failures += 1;
+                }
+            };
+            if play_input(&mut pipeline, &config.resolve(path), &mut before_frame, &mut emit)
+                == Played::Stopped
+            {
+                break 'stream;
             }
         }
         if !repeat {
