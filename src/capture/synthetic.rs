@@ -4,13 +4,49 @@
 use crate::frame::PixelFormat;
 use anyhow::{ensure, Context, Result};
 
-/// BT.601 limited-range Y, U, V of one RGB pixel, rounded (the inverse of the preprocessing's conversion).
-pub fn rgb_to_yuv([r, g, b]: [u8; 3]) -> [u8; 3] {
+/// BT.601 limited-range Y, U, V of one RGB pixel, unrounded (the inverse of the preprocessing's conversion).
+fn yuv([r, g, b]: [u8; 3]) -> [f32; 3] {
     let (r, g, b) = (r as f32, g as f32, b as f32);
-    let luma = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0;
-    let u = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0;
-    let v = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0;
-    [luma.round() as u8, u.round() as u8, v.round() as u8]
+    [
+        16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0,
+        128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0,
+        128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0,
+    ]
+}
+
+/// BT.601 limited-range Y, U, V of one RGB pixel, rounded.
+pub fn rgb_to_yuv(pixel: [u8; 3]) -> [u8; 3] {
+    yuv(pixel).map(|value| value.round().clamp(0.0, 255.0) as u8)
+}
+
+/// Tight RGB as planar 4:2:0 (Y plane, then U, then V: what a YUV4MPEG2 `C420jpeg` frame holds), chroma the
+/// mean over each 2×2 block (fewer pixels at an odd edge).
+pub fn yuv420_planes(rgb: &[u8], width: usize, height: usize) -> Vec<u8> {
+    let pixel = |x: usize, y: usize| {
+        let i = (y * width + x) * 3;
+        yuv([rgb[i], rgb[i + 1], rgb[i + 2]])
+    };
+    let to_byte = |value: f32| value.round().clamp(0.0, 255.0) as u8;
+    let (chroma_width, chroma_height) = (width.div_ceil(2), height.div_ceil(2));
+    let mut planes = Vec::with_capacity(width * height + 2 * chroma_width * chroma_height);
+    planes.extend(
+        (0..height).flat_map(|y| (0..width).map(move |x| (x, y))).map(|(x, y)| to_byte(pixel(x, y)[0])),
+    );
+    for channel in [1, 2] {
+        for chroma_y in 0..chroma_height {
+            for chroma_x in 0..chroma_width {
+                let (mut sum, mut count) = (0.0, 0.0);
+                for y in (2 * chroma_y)..(2 * chroma_y + 2).min(height) {
+                    for x in (2 * chroma_x)..(2 * chroma_x + 2).min(width) {
+                        sum += pixel(x, y)[channel];
+                        count += 1.0;
+                    }
+                }
+                planes.push(to_byte(sum / count));
+            }
+        }
+    }
+    planes
 }
 
 /// Encodes tight RGB (`width`×`height`) as a `format` frame with `stride` bytes per row (ignored for MJPEG).

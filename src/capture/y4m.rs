@@ -357,45 +357,7 @@ mod tests {
     use crate::capture::test_support::{error_text, fixture, scratch_directory};
     use std::io::Write;
 
-    /// RGB to planar Y, U, V 4:2:0, BT.601 limited range, chroma averaged over each 2x2 block (fewer pixels at
-    /// an odd edge).
-    fn rgb_to_yuv420(rgb: &[u8], width: usize, height: usize) -> Vec<u8> {
-        let pixel = |x: usize, y: usize| {
-            let offset = (y * width + x) * 3;
-            let [r, g, b] = [rgb[offset], rgb[offset + 1], rgb[offset + 2]].map(f64::from);
-            (
-                16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0,
-                128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0,
-                128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0,
-            )
-        };
-        let to_byte = |value: f64| value.round().clamp(0.0, 255.0) as u8;
-        let mut planes: Vec<u8> = (0..height)
-            .flat_map(|y| (0..width).map(move |x| (x, y)))
-            .map(|(x, y)| to_byte(pixel(x, y).0))
-            .collect();
-        let (chroma_width, chroma_height) = (width.div_ceil(2), height.div_ceil(2));
-        let mut u_plane = Vec::new();
-        let mut v_plane = Vec::new();
-        for chroma_y in 0..chroma_height {
-            for chroma_x in 0..chroma_width {
-                let (mut u_sum, mut v_sum, mut count) = (0.0, 0.0, 0.0);
-                for y in (2 * chroma_y)..(2 * chroma_y + 2).min(height) {
-                    for x in (2 * chroma_x)..(2 * chroma_x + 2).min(width) {
-                        let (_, u, v) = pixel(x, y);
-                        u_sum += u;
-                        v_sum += v;
-                        count += 1.0;
-                    }
-                }
-                u_plane.push(to_byte(u_sum / count));
-                v_plane.push(to_byte(v_sum / count));
-            }
-        }
-        planes.extend(u_plane);
-        planes.extend(v_plane);
-        planes
-    }
+    use crate::capture::synthetic::yuv420_planes as rgb_to_yuv420;
 
     /// Writes a YUV4MPEG2 file: the header line, then each frame's planes after a `FRAME` line.
     fn write_y4m(path: &Path, header: &str, frames: &[Vec<u8>]) {

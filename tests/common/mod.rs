@@ -92,37 +92,10 @@ pub fn write_y4m(path: &Path, width: u32, height: u32, frames: &[Vec<u8>]) {
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     writeln!(out, "YUV4MPEG2 W{width} H{height} F25:1 Ip A1:1 C420jpeg").unwrap();
-    let (w, h) = (width as usize, height as usize);
-    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
     for rgb in frames {
-        let at = |x: usize, y: usize| {
-            let i = (y.min(h - 1) * w + x.min(w - 1)) * 3;
-            (rgb[i] as f32, rgb[i + 1] as f32, rgb[i + 2] as f32)
-        };
-        let mut luma = Vec::with_capacity(w * h);
-        for y in 0..h {
-            for x in 0..w {
-                let (r, g, b) = at(x, y);
-                luma.push((16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0).round() as u8);
-            }
-        }
-        let (mut u, mut v) = (Vec::with_capacity(cw * ch), Vec::with_capacity(cw * ch));
-        for y in 0..ch {
-            for x in 0..cw {
-                let mut sum = (0.0, 0.0, 0.0);
-                for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
-                    let (r, g, b) = at(2 * x + dx, 2 * y + dy);
-                    sum = (sum.0 + r / 4.0, sum.1 + g / 4.0, sum.2 + b / 4.0);
-                }
-                let (r, g, b) = sum;
-                u.push((128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0).round() as u8);
-                v.push((128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0).round() as u8);
-            }
-        }
+        let planes = deepgate::capture::synthetic::yuv420_planes(rgb, width as usize, height as usize);
         out.write_all(b"FRAME\n").unwrap();
-        out.write_all(&luma).unwrap();
-        out.write_all(&u).unwrap();
-        out.write_all(&v).unwrap();
+        out.write_all(&planes).unwrap();
     }
 }
 
