@@ -241,6 +241,21 @@ fn crops_writes_the_aligned_faces_and_an_index() {
     let index = std::fs::read_to_string(out.join("index.csv")).unwrap();
     let rows: Vec<&str> = index.lines().collect();
     assert_eq!(rows.len(), 3, "header + one face per portrait, none for coffee: {index}");
+    // The crop → photo map lets the training pipeline paste a manipulated crop back: the crop's centre maps
+    // into the face box, and the scale is the box's size over the crop's.
+    let header: Vec<&str> = rows[0].split(',').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    for row in &rows[1..] {
+        let values: Vec<&str> = row.split(',').collect();
+        let number = |name: &str| values[column(name)].parse::<f64>().unwrap();
+        let (x, y, w, h) = (number("x"), number("y"), number("width"), number("height"));
+        let (a, b, c, d) = (number("map_a"), number("map_b"), number("map_c"), number("map_d"));
+        let centre = (a * 112.0 + b * 112.0 + number("map_tx"), c * 112.0 + d * 112.0 + number("map_ty"));
+        assert!(centre.0 > x && centre.0 < x + w && centre.1 > y && centre.1 < y + h, "{row}");
+        let scale = (a * d - b * c).sqrt() * 224.0;
+        assert!(scale > 0.8 * w && scale < 2.5 * w, "crop side {scale} px in the photo, face box {w}: {row}");
+        assert_eq!(values[column("fake_probability")], "", "no classifier configured");
+    }
     for row in &rows[1..] {
         let file = row.split(',').next().unwrap();
         let crop = image::open(out.join(file)).unwrap().to_rgb8();

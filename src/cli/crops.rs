@@ -39,6 +39,13 @@ pub fn crops(
         "yaw",
         "roll_degrees",
         "brightness",
+        "fake_probability",
+        "map_a",
+        "map_b",
+        "map_c",
+        "map_d",
+        "map_tx",
+        "map_ty",
     ])?;
     let mut crop = RgbImage::new(size, size);
     let (mut failed, mut written) = (false, 0usize);
@@ -74,6 +81,16 @@ pub fn crops(
             let stem =
                 Path::new(&name).file_stem().map_or("input".into(), |s| s.to_string_lossy().into_owned());
             for (number, result) in faces.iter().enumerate().filter(|(_, r)| r.main || !main_only) {
+                // The crop → source map goes into the index so that the training pipeline can paste a
+                // manipulated crop back into its photo exactly where the runtime took it from.
+                let map = match pipeline.models().alignment.crop_map(&result.face, size) {
+                    Ok(map) => map,
+                    Err(error) => {
+                        eprintln!("{}", error_line(&name, &error));
+                        failed = true;
+                        continue;
+                    }
+                };
                 if let Err(error) = pipeline.crop(&frame, &result.face, &mut crop) {
                     eprintln!("{}", error_line(&name, &error));
                     failed = true;
@@ -107,6 +124,15 @@ pub fn crops(
                     format!("{:.4}", q.yaw),
                     format!("{:.2}", q.roll_degrees),
                     format!("{:.2}", q.brightness),
+                    // The classifier's score for this face, on the crop at the classifier's own size (the
+                    // decision's input); empty when no classifier is configured.
+                    result.fake_probability.map_or(String::new(), |p| format!("{p:.6}")),
+                    format!("{:.6}", map.a),
+                    format!("{:.6}", map.b),
+                    format!("{:.6}", map.c),
+                    format!("{:.6}", map.d),
+                    format!("{:.4}", map.tx),
+                    format!("{:.4}", map.ty),
                 ])?;
                 written += 1;
             }

@@ -44,12 +44,28 @@ pub fn setup() -> Result<()> {
     Ok(())
 }
 
+/// Builds the `deepgate` binary (release, or the test profile's, whose dependencies are optimised too) and
+/// returns its path: the training pipeline drives it.
+pub fn deepgate_binary(release: bool) -> Result<PathBuf> {
+    let mut arguments = vec!["build", "--locked", "--bin", "deepgate"];
+    if release {
+        arguments.push("--release");
+    }
+    run(&cargo(), &arguments)?;
+    Ok(root().join(if release { "target/release/deepgate" } else { "target/debug/deepgate" }))
+}
+
 pub fn ci() -> Result<()> {
     setup()?;
     let cargo = cargo();
     run(&cargo, &["fmt", "--all", "--check"])?;
     run(&cargo, &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
     run(&cargo, &["test", "--workspace", "--locked"])?;
+    // The training pipeline: its unit tests, then the whole pipeline in miniature (fixtures, tiny models).
+    // The debug binary is already built by the tests; the smoke run needs no release build.
+    let binary = deepgate_binary(false)?;
+    crate::distill::distill_with(&["test".into()], &binary)?;
+    crate::distill::distill_with(&["all".into(), "configs/smoke.toml".into()], &binary)?;
     eprintln!("\nci: all checks passed");
     Ok(())
 }

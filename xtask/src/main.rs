@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's own tooling (set-up, CI). Only dispatch lives here; one file per task.
 
 mod ci;
+mod distill;
 mod tidy;
 
 use std::process::ExitCode;
@@ -11,6 +12,9 @@ cargo xtask <task>
 tasks:
   ci      the whole test suite as CI runs it: set-up, rustfmt check, clippy -D warnings, every test
   setup   install what the build needs on a fresh machine (rustup components)
+  distill <step|all|test> [config]
+          the classifier's training pipeline (models/distill): faces, separability, teacher, student,
+          export, evaluate; config defaults to configs/full.toml (the shipped student's recipe)
 ";
 
 fn main() -> ExitCode {
@@ -18,6 +22,7 @@ fn main() -> ExitCode {
     let result = match task.as_deref() {
         Some("ci") => ci::ci(),
         Some("setup") => ci::setup(),
+        Some("distill") => distill::distill(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprint!("{HELP}");
             return ExitCode::from(2);

@@ -1,0 +1,69 @@
+"""`python -m distill <step> --config configs/<run>.toml` (or `cargo xtask distill <step> <config>`).
+
+Steps, each reproducible from its config and seed, each writing into runs/<name>/:
+  faces         real photos → runtime crops → identity split → held-out test photos
+  separability  frozen-feature linear probe and Fisher ratio per candidate backbone
+  teacher       the teacher, trained on SBI forgeries of the training identities
+  student       the student, distilled from the teacher
+  export        ONNX + manifest entry, checked in the runtime against PyTorch
+  evaluate      metrics per family and compression, in Python and through `deepgate eval`
+  all           every step in order
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from . import config as configuration
+from . import evaluate, faces, train
+
+STEPS = ["faces", "separability", "teacher", "student", "export", "evaluate"]
+
+
+def run_step(step: str, config: configuration.Config) -> dict | list:
+    if step == "faces":
+        return faces.prepare(config)
+    if step == "separability":
+        return train.separability(config)
+    if step == "teacher":
+        return train.fit(config, config.teacher, config.teacher_train, "teacher")
+    if step == "student":
+        teacher = train.load(config, config.teacher, "teacher")
+        return train.fit(config, config.student, config.student_train, "student", teacher=teacher)
+    if step == "export":
+        return evaluate.export_student(config)
+    if step == "evaluate":
+        results = evaluate.evaluate(config)
+        if not evaluate.agreement_ok(results):
+            raise SystemExit(f"Python and runtime metrics disagree by {results['max_auc_difference']:.4f} AUC")
+        return results
+    raise ValueError(step)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m distill", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=[*STEPS, "all"])
+    parser.add_argument("--config", type=Path, required=True)
+    arguments = parser.parse_args(argv)
+    config = configuration.load(arguments.config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(arguments.config, config.run_dir / "config.toml")  # the recorded config of this run
+    for step in STEPS if arguments.step == "all" else [arguments.step]:
+        print(f"== {step} ({config.name})", flush=True)
+        result = run_step(step, config)
+        summary = result if isinstance(result, list) else {k: v for k, v in result.items() if k != "history"}
+        print(json.dumps(summary, indent=1)[:3000], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

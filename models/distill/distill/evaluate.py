@@ -1,0 +1,95 @@
+"""Steps 6–7: export the student and evaluate it — in PyTorch and in the runtime, on the same test photos.
+
+The held-out identities' test photos (see faces.py) are scored twice:
+- Python: the runtime's own crops of each photo (main face, quality gates passed), scored by the PyTorch
+  student;
+- the runtime: `deepgate eval` over the same photos, with the exported ONNX student (tract).
+Metrics are reported per manipulation family (SBI seen in training, face swap never seen) and per
+compression (PNG, JPEG), and the two sets of numbers must agree.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from . import export, faces, metrics, runtime
+from .backbones import sha256_file
+from .config import Config
+from .train import load
+
+
+def export_student(config: Config) -> dict:
+    """ONNX + manifest entry; into models/ for the shipped run, else into the run directory."""
+    student = load(config, config.student, "student")
+    size = config.data.crop_size
+    run = config.run_dir
+    onnx = (runtime.MODELS if config.export_to_models else run / "models") / f"{config.model_id}.onnx"
+    onnx.parent.mkdir(parents=True, exist_ok=True)
+    export.write_onnx(student, size, onnx)
+    mean, std = student.backbone.mean, student.backbone.std
+    provenance = f"models/distill (config {config.path.name}, seed {config.seed}); see models/CARD.md"
+    entry = runtime.manifest_entry(config.model_id, onnx, sha256_file(onnx), onnx.stat().st_size, size, mean, std,
+                                   provenance)
+    if config.export_to_models:
+        runtime.write_manifest(runtime.MODELS / "manifest.toml", entry)
+        manifest = runtime.MODELS / "manifest.toml"
+    else:
+        manifest = export.staging_models(run, onnx, config.model_id, size, mean, std, provenance)
+    photos = sorted({face.photo for face in faces.load_faces(config) if face.split != "train"})
+    check = export.check_in_runtime(student, manifest, config.model_id, size, photos, run / "export_check")
+    summary = {"onnx": str(onnx), "sha256": sha256_file(onnx), "bytes": onnx.stat().st_size, "manifest": str(manifest),
+               "tract_vs_pytorch": check, "tolerance": 1e-3,
+               "latency_ms": runtime.bench_classifier_ms(runtime.board_for(run, config.model_id, manifest))}
+    (run / "export.json").write_text(json.dumps(summary, indent=2))
+    if check["max_abs_difference"] > summary["tolerance"]:
+        raise RuntimeError(f"tract and PyTorch disagree: {check}")
+    return summary
+
+
+def evaluate(config: Config) -> dict:
+    run = config.run_dir
+    exported = json.loads((run / "export.json").read_text())
+    manifest = Path(exported["manifest"])
+    student = load(config, config.student, "student")
+    rows = faces.test_rows(config)
+    test_dir = run / "test"
+    # The runtime's crops of every test photo; score the main face where the quality gates passed, which is
+    # exactly the frame `deepgate eval` uses (a still is one frame).
+    shutil.rmtree(run / "eval_crops", ignore_errors=True)
+    crops = runtime.crops([test_dir / row["file"] for row in rows], run / "eval_crops", size=config.data.crop_size)
+    usable = {crop.source: crop for crop in crops if crop.main and not crop.quality_issue}
+    scored = [row for row in rows if str(test_dir / row["file"]) in usable]
+    python_scores = export.torch_probabilities(student, [usable[str(test_dir / row["file"])].file for row in scored])
+    for row, score in zip(scored, python_scores):
+        row["python"] = float(score)
+    board = runtime.board_for(run, config.model_id, manifest)
+    families = sorted({row["family"] for row in rows if row["label"] == "1"})
+    results = {"model": config.model_id, "test_images": len(rows), "acquired": len(scored), "subsets": []}
+    for family in families:
+        for compression in ("png", "jpeg", "all"):
+            subset = [row for row in rows if (row["family"] in ("genuine", family))
+                      and (compression == "all" or row["compression"] == compression)]
+            if len({row["label"] for row in subset}) < 2:
+                continue
+            name = f"{family}_{compression}"
+            python_subset = [row for row in subset if "python" in row]
+            if len({row["label"] for row in python_subset}) < 2:
+                continue
+            ours = metrics.report([row["python"] for row in python_subset], [int(row["label"]) for row in python_subset])
+            labels = faces.write_labels(config, subset, f"labels_{name}.csv")
+            theirs = runtime.eval_json(board, labels)
+            results["subsets"].append({"subset": name, "python": ours, "runtime": theirs["metrics"],
+                                       "runtime_failure_to_acquire": theirs["failure_to_acquire"]})
+            print(f"{name}: python AUC {ours['auc']:.4f} EER {ours['eer']:.4f} | runtime AUC "
+                  f"{theirs['metrics']['auc']:.4f} EER {theirs['metrics']['eer']:.4f}", flush=True)
+    results["max_auc_difference"] = max(
+        (abs(s["python"]["auc"] - s["runtime"]["auc"]) for s in results["subsets"]), default=0.0)
+    (run / "evaluation.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def agreement_ok(results: dict, tolerance: float = 0.01) -> bool:
+    return results["max_auc_difference"] <= tolerance and bool(results["subsets"])
+

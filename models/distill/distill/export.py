@@ -1,0 +1,94 @@
+"""Export: the student as ONNX with its manifest entry, checked in the runtime (tract) against PyTorch.
+
+The exported graph takes the input the manifest describes (NCHW RGB, normalised by the runtime with the stated
+mean/std) and returns two logits (genuine, fake). The check runs `deepgate crops` with the new classifier over
+real photos: the runtime's per-face probability (tract) must match PyTorch's on the very crop the runtime made.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import runtime
+from .backbones import Classifier, sha256_file
+
+
+class Exported(nn.Module):
+    """The student as deployed: normalised input → logits (the runtime normalises; no resize inside)."""
+
+    def __init__(self, model: Classifier):
+        super().__init__()
+        self.model = model
+
+    def forward(self, normalised):
+        return self.model.forward_normalised(normalised)[0]
+
+
+def write_onnx(model: Classifier, input_size: int, path: Path) -> None:
+    model = model.eval()
+    example = torch.zeros(1, 3, input_size, input_size)
+    # The TorchScript exporter: a static graph of plain ONNX ops, which tract loads without help.
+    torch.onnx.export(Exported(model), (example,), str(path), input_names=["image"], output_names=["logits"],
+                      opset_version=17, dynamo=False)
+
+
+def staging_models(directory: Path, onnx: Path, model_id: str, input_size: int, mean, std, provenance: str) -> Path:
+    """A models directory for checks: the shipped manifest and detector plus `onnx` under `model_id`.
+    Returns the manifest path."""
+    models = directory / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    shutil.copy(runtime.MODELS / "blazeface_front_128.onnx", models)
+    if onnx.parent != models:
+        shutil.copy(onnx, models / onnx.name)
+    entry = runtime.manifest_entry(model_id, onnx, sha256_file(onnx), onnx.stat().st_size, input_size, mean, std, provenance)
+    manifest = models / "manifest.toml"
+    runtime.write_manifest(manifest, entry)
+    return manifest
+
+
+def torch_probabilities(model: Classifier, crops: list[Path]) -> np.ndarray:
+    """PyTorch's fake probability for each 8-bit crop file, normalised as the manifest says."""
+    model = model.eval()
+    images = np.stack([np.asarray(_load(path), dtype=np.float32) / 255 for path in crops])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        logits = model(x)[0]
+    return logits.softmax(1)[:, 1].numpy()
+
+
+def _load(path: Path):
+    from PIL import Image
+
+    return Image.open(path).convert("RGB")
+
+
+def check_in_runtime(model: Classifier, manifest: Path, model_id: str, input_size: int, photos: list[Path],
+                     directory: Path) -> dict:
+    """Runs the runtime with the exported classifier over `photos` and compares, face by face, its probability
+    with PyTorch's on the same crop. Returns counts and the largest difference."""
+    board = runtime.board_for(directory, model_id, manifest)
+    faces = runtime.crops(photos, directory / "check_crops", size=input_size, board=board)
+    faces = [face for face in faces if face.fake_probability is not None]
+    if not faces:
+        raise RuntimeError("the runtime found no face to compare on")
+    ours = torch_probabilities(model, [face.file for face in faces])
+    theirs = np.array([face.fake_probability for face in faces])
+    difference = np.abs(ours - theirs)
+    return {"faces": len(faces), "max_abs_difference": float(difference.max()),
+            "mean_abs_difference": float(difference.mean())}
+
+
+def latency_ms(model: Classifier, input_size: int, mean, std) -> float:
+    """The classifier stage's median per-face time in the runtime on this machine (tract, one thread)."""
+    with tempfile.TemporaryDirectory() as temporary:
+        directory = Path(temporary)
+        onnx = directory / "candidate.onnx"
+        write_onnx(model, input_size, onnx)
+        manifest = staging_models(directory, onnx, "candidate", input_size, mean, std, "latency probe")
+        return runtime.bench_classifier_ms(runtime.board_for(directory, "candidate", manifest))

@@ -1,0 +1,222 @@
+"""Steps 3–5: separability of frozen backbones, the teacher, and the student distilled from it.
+
+Training images are made on the fly from the training identities' crops: each crop once as itself (genuine)
+and once self-blended (SBI fake), both through the same camera augmentations. The face-swap family never
+appears here. Validation (other identities) uses fixed SBI forgeries, made once from a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import blend, metrics
+from .backbones import Classifier, build_backbone, freeze_batch_statistics, norm_tuning
+from .config import Config, Model, Train
+from .faces import load_faces, read_rgb
+from .sources import CACHE
+
+
+def _tensor(images: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(images).astype(np.float32) / 255).permute(0, 3, 1, 2).contiguous()
+
+
+def split_crops(config: Config, split: str) -> list[np.ndarray]:
+    return [read_rgb(face.crop) for face in load_faces(config) if face.split == split]
+
+
+def validation_set(config: Config) -> tuple[torch.Tensor, np.ndarray]:
+    """Validation faces (genuine) and one fixed SBI forgery of each, with labels."""
+    crops = split_crops(config, "validation")
+    if not crops:
+        raise RuntimeError("no validation faces: the split needs at least three identities")
+    rng = np.random.default_rng(config.seed + 2)
+    fakes = [blend.self_blend(crop, rng) for crop in crops]
+    return _tensor(crops + fakes), np.array([0] * len(crops) + [1] * len(fakes))
+
+
+def training_batches(crops: list[np.ndarray], train: Train, seed: int, epoch: int):
+    """One epoch: every crop as genuine and as an SBI fake, shuffled, augmented alike, in batches."""
+    rng = np.random.default_rng([seed, epoch])
+    count = train.steps_per_epoch * train.batch // 2 if train.steps_per_epoch else len(crops)
+    chosen = rng.permutation(np.resize(np.arange(len(crops)), count))
+    samples = [(index, label) for index in chosen for label in (0, 1)]
+    order = rng.permutation(len(samples))
+    for start in range(0, len(order), train.batch):
+        images, labels = [], []
+        for position in order[start : start + train.batch]:
+            index, label = samples[position]
+            image = blend.self_blend(crops[index], rng) if label else crops[index]
+            images.append(blend.camera_augment(image, rng))
+            labels.append(label)
+        yield _tensor(images), torch.tensor(labels)
+
+
+def build(model: Model, config: Config) -> Classifier:
+    clip_weights = Path(model.clip_weights) if model.clip_weights else None
+    backbone, native = build_backbone(model.backbone, CACHE, blocks=model.blocks, clip_weights=clip_weights,
+                                      pretrained=model.pretrained,
+                                      tiny_size=224 if model.native_size else config.data.crop_size)
+    resize_to = native if model.native_size else None
+    return Classifier(backbone, model.embedding, resize_to, reconstruction=model.reconstruction > 0)
+
+
+def hypersphere_terms(embedding: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Metric learning on the unit sphere (Wang & Isola's alignment and uniformity): same-class embeddings pulled
+    together, all embeddings spread over the sphere."""
+    distances = torch.cdist(embedding, embedding).pow(2)
+    same = (labels[:, None] == labels[None, :]) & ~torch.eye(len(labels), dtype=torch.bool)
+    alignment = distances[same].mean() if same.any() else distances.new_zeros(())
+    off = ~torch.eye(len(labels), dtype=torch.bool)
+    uniformity = torch.log(torch.exp(-2 * distances[off]).mean() + 1e-8)
+    return alignment + uniformity
+
+
+@torch.no_grad()
+def probabilities(model: Classifier, images: torch.Tensor, batch: int = 64) -> np.ndarray:
+    model.eval()
+    out = [model(images[i : i + batch])[0].softmax(1)[:, 1] for i in range(0, len(images), batch)]
+    return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def embeddings(model: Classifier, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(images[i : i + batch])[1] for i in range(0, len(images), batch)])
+
+
+def _parameters(model: Classifier, spec: Model) -> list:
+    if spec.tune == "norm":
+        return norm_tuning(model)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def fit(config: Config, spec: Model, train: Train, name: str, teacher: Classifier | None = None) -> dict:
+    """Trains the teacher (teacher=None) or the student (distilled from `teacher`); keeps the checkpoint with the
+    best validation AUC (SBI, unseen identities). Writes <name>.pt and <name>.json into the run directory."""
+    torch.manual_seed(config.seed)
+    model = build(spec, config)
+    parameters = _parameters(model, spec)
+    optimiser = torch.optim.AdamW(parameters, lr=train.learning_rate, weight_decay=train.weight_decay)
+    crops = split_crops(config, "train")
+    validation, validation_labels = validation_set(config)
+    steps = max(1, train.epochs * -(-2 * (train.steps_per_epoch * train.batch // 2 or len(crops)) // train.batch))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, train.learning_rate, total_steps=steps, pct_start=0.15)
+    history, best, started = [], (-1.0, -1), time.time()
+    if teacher is not None:
+        teacher.eval()
+    for epoch in range(train.epochs):
+        model.train()
+        if spec.tune == "norm":
+            freeze_batch_statistics(model.backbone)
+        losses = []
+        for images, labels in training_batches(crops, train, config.seed, epoch):
+            logits, embedding, reconstruction = model(images)
+            loss = F.cross_entropy(logits, labels)
+            if spec.metric > 0:
+                loss = loss + spec.metric * hypersphere_terms(embedding, labels)
+            if reconstruction is not None:
+                target = model.prepare(images)
+                loss = loss + spec.reconstruction * F.l1_loss(reconstruction, target)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits, teacher_embedding, _ = teacher(images)
+                t = config.distill.temperature
+                soft = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(teacher_logits / t, 1), reduction="batchmean")
+                aligned = (1 - (embedding * teacher_embedding).sum(1)).mean()
+                loss = loss + config.distill.soft * t * t * soft + config.distill.embedding * aligned
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            if schedule.last_epoch + 1 < steps:
+                schedule.step()
+            losses.append(float(loss))
+        scores = probabilities(model, validation)
+        auc = metrics.auc(scores, validation_labels)
+        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "validation_auc": auc,
+                        "seconds": round(time.time() - started, 1)})
+        print(f"{name} epoch {epoch}: loss {np.mean(losses):.4f}, validation AUC (SBI) {auc:.4f}", flush=True)
+        if auc > best[0]:
+            best = (auc, epoch)
+            torch.save(model.state_dict(), config.run_dir / f"{name}.pt")
+    summary = {"name": name, "backbone": spec.backbone, "blocks": spec.blocks, "tune": spec.tune,
+               "trainable_parameters": sum(p.numel() for p in parameters),
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "train_faces": len(crops), "best_validation_auc": best[0], "best_epoch": best[1],
+               "seconds": round(time.time() - started, 1), "history": history}
+    (config.run_dir / f"{name}.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def load(config: Config, spec: Model, name: str) -> Classifier:
+    model = build(spec, config)
+    model.load_state_dict(torch.load(config.run_dir / f"{name}.pt", map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def _linear_probe_auc(train_x, train_y, test_x, test_y, seed: int) -> float:
+    """Logistic regression on frozen, standardised features (L2-regularised, full-batch LBFGS)."""
+    torch.manual_seed(seed)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    a, b = (train_x - mean) / std, (test_x - mean) / std
+    weights = torch.zeros(a.shape[1], requires_grad=True)
+    bias = torch.zeros(1, requires_grad=True)
+    optimiser = torch.optim.LBFGS([weights, bias], max_iter=200)
+    y = torch.tensor(train_y, dtype=torch.float32)
+
+    def closure():
+        optimiser.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(a @ weights + bias, y) + 1e-2 * weights.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    with torch.no_grad():
+        return metrics.auc((b @ weights + bias).numpy(), test_y)
+
+
+def _fisher_ratio(x: torch.Tensor, y: np.ndarray) -> float:
+    """Between-class over within-class scatter along the line joining the class means (standardised features)."""
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    real, fake = x[torch.tensor(y == 0)], x[torch.tensor(y == 1)]
+    direction = F.normalize(fake.mean(0) - real.mean(0), dim=0)
+    p, q = real @ direction, fake @ direction
+    return float((p.mean() - q.mean()) ** 2 / (p.var() + q.var() + 1e-12))
+
+
+@torch.no_grad()
+def _frozen_features(model: Classifier, images: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model.encode(model.prepare(images[i : i + 32]))[0] for i in range(0, len(images), 32)])
+
+
+def separability(config: Config) -> list[dict]:
+    """How well each candidate backbone's FROZEN features separate genuine faces from SBI fakes of unseen
+    identities: a linear probe trained on the training identities (AUC on validation identities) and the Fisher
+    ratio on validation. This table chooses the teacher."""
+    rng = np.random.default_rng(config.seed + 3)
+    crops = split_crops(config, "train")
+    train_images = _tensor(crops + [blend.camera_augment(blend.self_blend(c, rng), rng) for c in crops])
+    train_labels = np.array([0] * len(crops) + [1] * len(crops))
+    validation, validation_labels = validation_set(config)
+    rows = []
+    for name in config.separability:
+        spec = Model(backbone=name, pretrained=config.teacher.pretrained,
+                     clip_weights=config.teacher.clip_weights if name == "clip" else "")
+        if name == "clip" and not spec.clip_weights and config.teacher.pretrained:
+            print("separability: clip skipped (no local weights given in teacher.clip_weights)")
+            continue
+        model = build(spec, config)
+        started = time.time()
+        a, b = _frozen_features(model, train_images), _frozen_features(model, validation)
+        rows.append({"backbone": name, "features": int(a.shape[1]),
+                     "linear_probe_auc": _linear_probe_auc(a, train_labels, b, validation_labels, config.seed),
+                     "fisher_ratio": _fisher_ratio(b, validation_labels), "seconds": round(time.time() - started, 1)})
+        print(f"separability {rows[-1]}", flush=True)
+    (config.run_dir / "separability.json").write_text(json.dumps(rows, indent=2))
+    return rows

@@ -1,0 +1,73 @@
+//! `cargo xtask distill <step> [config]`: the training pipeline of `models/distill` (Python + PyTorch) in its own
+//! virtual environment, created from the pinned `requirements.txt` on first use and re-created when that file
+//! changes. The steps themselves are Python (`python -m distill --help`); this only sets up and dispatches.
+
+use crate::ci::root;
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::Command;
+
+fn distill_dir() -> PathBuf {
+    root().join("models/distill")
+}
+
+/// The environment's python, installing the pinned requirements when they are missing or have changed.
+pub fn environment() -> Result<PathBuf> {
+    let directory = distill_dir();
+    let venv = directory.join(".venv");
+    let python = venv.join("bin/python");
+    let requirements = std::fs::read_to_string(directory.join("requirements.txt"))
+        .context("reading models/distill/requirements.txt")?;
+    let stamp = venv.join("requirements.installed");
+    if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == requirements) {
+        return Ok(python);
+    }
+    eprintln!("xtask distill: installing models/distill/requirements.txt into {} (once)", venv.display());
+    let system_python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    check(Command::new(&system_python).args(["-m", "venv"]).arg(&venv), "creating the virtual environment")?;
+    check(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(directory.join("requirements.txt")),
+        "installing the pinned requirements",
+    )?;
+    std::fs::write(&stamp, requirements)?;
+    Ok(python)
+}
+
+fn check(command: &mut Command, what: &str) -> Result<()> {
+    let status = command.status().with_context(|| format!("{what}: could not start {command:?}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Runs `python -m distill <step> --config <config>` (config relative to models/distill, default the shipped
+/// recipe `configs/full.toml`); `test` runs the pipeline's unit tests.
+pub fn distill(arguments: &[String]) -> Result<()> {
+    let binary = match std::env::var_os("DEEPGATE") {
+        Some(path) => PathBuf::from(path),
+        None => crate::ci::deepgate_binary(true)?,
+    };
+    distill_with(arguments, &binary)
+}
+
+/// As `distill`, driving the given `deepgate` binary.
+pub fn distill_with(arguments: &[String], binary: &std::path::Path) -> Result<()> {
+    let python = environment()?;
+    let mut command = Command::new(&python);
+    command.current_dir(distill_dir());
+    match arguments {
+        [step] if step == "test" => {
+            command.args(["-m", "unittest", "discover", "-s", "tests", "-t", "."]);
+        }
+        [step, rest @ ..] if rest.len() <= 1 => {
+            let config = rest.first().map_or("configs/full.toml", String::as_str);
+            command.args(["-m", "distill", step, "--config", config]);
+        }
+        _ => bail!("usage: cargo xtask distill <step|all|test> [config]"),
+    }
+    command.env("DEEPGATE", binary);
+    check(&mut command, "the distill step")
+}
