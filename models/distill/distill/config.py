@@ -18,6 +18,7 @@ class Data:
     validation: float = 0.2  # fractions of IDENTITIES
     test: float = 0.25
     jpeg_quality: int = 50  # the "compressed" test condition
+    tiles: bool = True  # also look for faces in half-size tiles of large photos (group photos' small faces)
 
 
 @dataclass

@@ -32,24 +32,59 @@ class Face:
     quality_issue: str
 
 
-def _identity(photo: sources.Photo, face: int) -> str:
-    if photo.identity == "per_face":
-        return f"{photo.source}/{photo.path.name}#{face}"
-    return photo.identity
+def split_identities(groups: list[str], validation: float, test: float, seed: int,
+                     forced_test: set[str] = frozenset(), cap: int = 5) -> dict[str, str]:
+    """Assigns each split group (photos that share a person: see sources.py) to train, validation or test.
 
-
-def split_identities(identities: list[str], validation: float, test: float, seed: int) -> dict[str, str]:
-    """Assigns each identity to train, validation or test: a seeded shuffle cut by the fractions, with at least
-    one identity in each part when there are three or more."""
-    ordered = sorted(set(identities))
-    np.random.default_rng(seed).shuffle(ordered)
-    count = len(ordered)
-    n_test = max(1, round(count * test)) if count >= 3 else 0
-    n_val = max(1, round(count * validation)) if count >= 3 else 0
+    `groups` holds one entry per face. Groups are taken in a seeded random order and each goes to the part
+    furthest below its share, counting at most `cap` faces per group, so that one person photographed 25 times
+    neither fills a part nor empties the others. `forced_test` groups (a real forgery and its source photos)
+    go to test whatever the draw. Every part gets a group when there are three or more."""
+    weights: dict[str, int] = {}
+    for group in groups:
+        weights[group] = min(cap, weights.get(group, 0) + 1)
+    shares = {"test": test, "validation": validation, "train": 1 - test - validation}
+    filled = dict.fromkeys(shares, 0.0)
     split = {}
-    for index, identity in enumerate(ordered):
-        split[identity] = "test" if index < n_test else "validation" if index < n_test + n_val else "train"
+    for group in sorted(forced_test & set(weights)):
+        split[group] = "test"
+        filled["test"] += weights[group]
+    ordered = sorted(set(weights) - set(split))
+    np.random.default_rng(seed).shuffle(ordered)
+    total = sum(weights.values())
+    for group in ordered:
+        empty = [part for part in shares if filled[part] == 0] if len(weights) >= 3 else []
+        part = empty[0] if empty else min(shares, key=lambda p: (filled[p] + weights[group]) / total - shares[p])
+        split[group] = part
+        filled[part] += weights[group]
     return split
+
+
+def _tiles(photos: list[sources.Photo], out: Path, min_side: int = 480) -> list[tuple[Path, sources.Photo, tuple[int, int]]]:
+    """Overlapping half-size tiles of every large photo. BlazeFace's front model looks for faces at selfie
+    range, so it misses the small faces of group photos; in a tile they are twice as large. Returns
+    (tile file, photo, tile origin in the photo)."""
+    out.mkdir(parents=True, exist_ok=True)
+    tiles = []
+    for number, photo in enumerate(photos):
+        image = Image.fromarray(read_rgb(photo.path))
+        width, height = image.size
+        side = min(width, height) // 2
+        if side < min_side // 2:
+            continue
+        step = side // 2
+        for y in range(0, height - side + 1, step):
+            for x in range(0, width - side + 1, step):
+                path = out / f"{number:03d}_{photo.path.stem}_{x}_{y}.png"
+                if not path.exists():
+                    image.crop((x, y, x + side, y + side)).save(path)
+                tiles.append((path, photo, (x, y)))
+    return tiles
+
+
+def _centre(crop: runtime.Crop, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    x, y, width, height = crop.box
+    return np.array([origin[0] + x + width / 2, origin[1] + y + height / 2])
 
 
 def load_faces(config: Config) -> list[Face]:
@@ -71,14 +106,30 @@ def prepare(config: Config) -> dict:
     photos = sources.fetch(sources.CACHE) if config.data.sources == "registry" else sources.sources_for_smoke()
     genuine = [photo for photo in photos if photo.label == "real"]
     by_path = {str(photo.path): photo for photo in genuine}
-    crops = runtime.crops([photo.path for photo in genuine], run / "crops", size=config.data.crop_size)
-    faces = []
-    for crop in crops:
+    found: list[tuple[runtime.Crop, sources.Photo, Path, str]] = []  # crop, photo, image it came from, identity
+    centres: dict[Path, list[tuple[np.ndarray, float]]] = {}
+    for crop in runtime.crops([photo.path for photo in genuine], run / "crops", size=config.data.crop_size):
         photo = by_path[crop.source]
-        faces.append((crop, photo, _identity(photo, crop.face)))
-    split = split_identities([identity for _, _, identity in faces], config.data.validation, config.data.test, config.seed)
-    records = [Face(crop.file, photo.path, identity, split[identity], crop.face, crop.main, crop.quality_issue)
-               for crop, photo, identity in faces]
+        found.append((crop, photo, photo.path, sources.face_identity(photo, crop.face)))
+        centres.setdefault(photo.path, []).append((_centre(crop), crop.box[2]))
+    if config.data.tiles:
+        tiles = _tiles(genuine, run / "tiles")
+        origin = {str(path): (photo, offset) for path, photo, offset in tiles}
+        extra = 0
+        for crop in runtime.crops([path for path, _, _ in tiles], run / "tile_crops", size=config.data.crop_size):
+            photo, offset = origin[crop.source]
+            centre = _centre(crop, offset)
+            # The same face seen in the whole photo or in an overlapping tile is kept once.
+            if any(np.linalg.norm(centre - c) < 0.5 * max(w, crop.box[2]) for c, w in centres.get(photo.path, [])):
+                continue
+            centres.setdefault(photo.path, []).append((centre, crop.box[2]))
+            extra += 1
+            found.append((crop, photo, Path(crop.source), sources.face_identity(photo, 100 + extra)))
+    forced = {photo.split_group for photo in photos if photo.label == "fake"}
+    split = split_identities([photo.split_group for _, photo, _, _ in found], config.data.validation,
+                             config.data.test, config.seed, forced)
+    records = [Face(crop.file, image, identity, split[photo.split_group], crop.face, crop.main, crop.quality_issue)
+               for crop, photo, image, identity in found]
     with open(run / "faces.csv", "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["crop", "photo", "identity", "split", "face", "main", "quality_issue"])
@@ -86,11 +137,15 @@ def prepare(config: Config) -> dict:
             writer.writerow([face.crop, face.photo, face.identity, face.split, face.face, str(face.main).lower(),
                              face.quality_issue])
     test = make_test_set(config, records, [p for p in photos if p.label == "fake"])
+    parts = ("train", "validation", "test")
     summary = {
         "photos": len(genuine),
         "faces": len(records),
-        "identities": {part: len({f.identity for f in records if f.split == part}) for part in ("train", "validation", "test")},
-        "faces_per_split": {part: sum(f.split == part for f in records) for part in ("train", "validation", "test")},
+        "faces_from_tiles": sum(str(face.photo) not in by_path
+                                for face in records),
+        "identities": {part: len({f.identity for f in records if f.split == part}) for part in parts},
+        "split_groups": {part: len({g for g, s in split.items() if s == part}) for part in parts},
+        "faces_per_split": {part: sum(f.split == part for f in records) for part in parts},
         "sources": sorted({p.source for p in genuine}),
         "test": test,
     }
@@ -104,7 +159,11 @@ def make_test_set(config: Config, records: list[Face], real_fakes: list[sources.
     out = config.run_dir / "test"
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(config.seed + 1)
-    mains = [face for face in records if face.split == "test" and face.main]
+    mains, per_identity = [], {}
+    for face in records:  # at most 3 photos per person, so that no one person decides the test metrics
+        if face.split == "test" and face.main and per_identity.get(face.identity, 0) < 3:
+            per_identity[face.identity] = per_identity.get(face.identity, 0) + 1
+            mains.append(face)
     size = config.data.synthesis_size
     big = {crop.source: crop for crop in runtime.crops(sorted({f.photo for f in mains}), out / "synthesis", size=size)
            if crop.main}

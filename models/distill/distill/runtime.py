@@ -42,6 +42,7 @@ class Crop:
     face: int
     main: bool
     detector_score: float
+    box: tuple[float, float, float, float]  # x, y, width, height in the input's pixels
     quality_issue: str
     fake_probability: float | None
     crop_to_photo: tuple[float, float, float, float, float, float]
@@ -66,7 +67,8 @@ def crops(inputs: list[Path], out: Path, size: int | None = None, board: Path = 
             probability = row["fake_probability"]
             rows.append(Crop(
                 file=out / row["crop"], source=row["source"], face=int(row["face"]), main=row["main"] == "true",
-                detector_score=float(row["detector_score"]), quality_issue=row["quality_issue"],
+                detector_score=float(row["detector_score"]),
+                box=tuple(float(row[k]) for k in ("x", "y", "width", "height")), quality_issue=row["quality_issue"],
                 fake_probability=float(probability) if probability else None,
                 crop_to_photo=tuple(float(row[f"map_{k}"]) for k in ("a", "b", "c", "d", "tx", "ty")),
             ))
@@ -128,6 +130,7 @@ def board_for(directory: Path, classifier: str | None, manifest: Path, inputs: l
     text = text.replace('"../tests/', json.dumps(str(ROOT / "tests"))[:-1] + "/")
     if inputs is not None:
         text = re.sub(r"^paths = \[.*?\]", "paths = " + json.dumps([str(p) for p in inputs]), text, flags=re.M | re.S)
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / "board.toml"
     path.write_text(text)
     return path
@@ -135,7 +138,7 @@ def board_for(directory: Path, classifier: str | None, manifest: Path, inputs: l
 
 def eval_json(board: Path, labels: Path) -> dict:
     """`deepgate eval --json` on a labels CSV (file,label,...)."""
-    result = subprocess.run([str(binary()), "eval", "--board", str(board), "--json", str(labels)], cwd=ROOT,
+    result = subprocess.run([str(binary()), "eval", "--board", str(board), "--json", "--labels", str(labels)], cwd=ROOT,
                             capture_output=True, text=True)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if not lines:

@@ -135,7 +135,7 @@ def fit(config: Config, spec: Model, train: Train, name: str, teacher: Classifie
             optimiser.step()
             if schedule.last_epoch + 1 < steps:
                 schedule.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         scores = probabilities(model, validation)
         auc = metrics.auc(scores, validation_labels)
         history.append({"epoch": epoch, "loss": float(np.mean(losses)), "validation_auc": auc,

@@ -52,8 +52,18 @@ class Split(unittest.TestCase):
         split = faces.split_identities(identities, 0.2, 0.25, seed=1)
         self.assertEqual(set(split), set(identities))
         self.assertEqual({part for part in split.values()}, {"train", "validation", "test"})
-        self.assertEqual(sum(part == "test" for part in split.values()), 2)
+        self.assertIn(sum(part == "test" for part in split.values()), (2, 3), "a quarter of 10 groups")
         self.assertEqual(split, faces.split_identities(list(reversed(identities)), 0.2, 0.25, seed=1))
+
+    def test_a_forced_group_goes_to_test(self):
+        split = faces.split_identities([f"g{i}" for i in range(10)], 0.2, 0.3, seed=3, forced_test={"g4"})
+        self.assertEqual(split["g4"], "test")
+        self.assertEqual(sum(part == "test" for part in split.values()), 3)
+
+    def test_a_heavily_photographed_group_does_not_fill_a_part(self):
+        groups = ["many"] * 25 + [f"g{i}" for i in range(20)]
+        split = faces.split_identities(groups, 0.2, 0.3, seed=0)
+        self.assertEqual(sum(part == "train" for part in split.values()), 12, "half of 25 capped faces")
 
 
 if __name__ == "__main__":
