@@ -336,7 +336,7 @@ mod tests {
         assert_eq!(*frame_rate, 0.0);
         assert!(matches!(config.gate, GateSection::Stdout));
         assert_eq!(config.runtime.backend, Backend::Cpu);
-        assert_eq!(config.models.classifier, None);
+        assert_eq!(config.models.classifier.as_deref(), Some("deepgate_student"));
         assert_eq!((config.decision.min_frames, config.decision.max_frames), (1, 30));
         assert_eq!(config.detector.settings().score_threshold, 0.75);
     }

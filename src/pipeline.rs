@@ -167,6 +167,8 @@ impl Pipeline {
                 let mark = Instant::now();
                 let crop_map = alignment.crop_map(face, self.classifier_crop.width)?;
                 cpu::warp(frame, &crop_map, &mut self.classifier_crop)?;
+                self.times.record(Stage::ClassifierCrop, mark.elapsed());
+                let mark = Instant::now();
                 fake_probability = Some(classifier.fake_probability(&self.classifier_crop)?);
                 self.times.record(Stage::Classifier, mark.elapsed());
             }

@@ -14,7 +14,9 @@ pub enum Stage {
     Postprocess,
     /// Alignment crop and quality measurement, per face.
     Align,
-    /// Classifier crop and inference, per face.
+    /// The classifier's aligned crop (warp from the frame), per face.
+    ClassifierCrop,
+    /// Classifier inference (normalisation into the input tensor, the model, the output's check), per face.
     Classifier,
     /// Tracking and the sequential decision.
     Decision,
@@ -22,12 +24,13 @@ pub enum Stage {
     Frame,
 }
 
-pub const STAGES: [Stage; 8] = [
+pub const STAGES: [Stage; 9] = [
     Stage::Decode,
     Stage::Letterbox,
     Stage::Detector,
     Stage::Postprocess,
     Stage::Align,
+    Stage::ClassifierCrop,
     Stage::Classifier,
     Stage::Decision,
     Stage::Frame,
@@ -41,6 +44,7 @@ impl Stage {
             Stage::Detector => "detector",
             Stage::Postprocess => "detector_decode_nms",
             Stage::Align => "align_quality",
+            Stage::ClassifierCrop => "classifier_crop",
             Stage::Classifier => "classifier",
             Stage::Decision => "decision",
             Stage::Frame => "frame",

@@ -49,7 +49,7 @@ pub fn crops(
     ])?;
     let mut crop = RgbImage::new(size, size);
     let (mut failed, mut written) = (false, 0usize);
-    for input in inputs {
+    for (input_number, input) in inputs.iter().enumerate() {
         let mut source = match open_input(input) {
             Ok(source) => source,
             Err(error) => {
@@ -96,7 +96,9 @@ pub fn crops(
                     failed = true;
                     continue;
                 }
-                let file = format!("{stem}_f{:05}_{number}.png", frame.sequence);
+                // The input's position makes the name unique: two inputs may share a file stem
+                // (a/test.jpg and b/test.jpg, or photo.png and photo.jpg).
+                let file = format!("{input_number:04}_{stem}_f{:05}_{number}.png", frame.sequence);
                 let path = out.join(&file);
                 image::save_buffer(
                     &path,

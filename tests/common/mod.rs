@@ -45,8 +45,8 @@ pub fn models_with_test_classifiers() -> PathBuf {
     directory
 }
 
-/// Writes a board config derived from board/host.toml: `classifier` selects a test classifier (None: as
-/// shipped), `paths` replaces the replay inputs, and each (old, new) in `edits` replaces text in the file.
+/// Writes a board config derived from board/host.toml: `classifier` selects a test classifier instead of the
+/// shipped one (None: as shipped), `paths` replaces the replay inputs, and each (old, new) in `edits` replaces text in the file.
 pub fn board(classifier: Option<&str>, paths: &[&Path], edits: &[(&str, &str)]) -> PathBuf {
     let models = models_with_test_classifiers();
     let host = std::fs::read_to_string(root().join("board/host.toml")).unwrap();
@@ -54,10 +54,9 @@ pub fn board(classifier: Option<&str>, paths: &[&Path], edits: &[(&str, &str)]) 
         .replace("\"../models/manifest.toml\"", &format!("{:?}", models.join("manifest.toml")))
         .replace("\"../models/alignment.toml\"", &format!("{:?}", models.join("alignment.toml")));
     if let Some(classifier) = classifier {
-        text = text.replace(
-            "detector = \"blazeface_front_128\"",
-            &format!("detector = \"blazeface_front_128\"\nclassifier = \"{classifier}\""),
-        );
+        let start = text.find("\nclassifier = ").expect("board/host.toml names a classifier") + 1;
+        let end = start + text[start..].find('\n').unwrap();
+        text.replace_range(start..end, &format!("classifier = \"{classifier}\""));
     }
     let tests = format!("\"{}/tests/", root().display());
     text = text.replace("\"../tests/", &tests);
@@ -106,4 +105,13 @@ pub fn drifting_video(path: &Path, photo: &str, width: u32, height: u32, frames:
         .map(|index| image::imageops::crop_imm(&image, index * step, 0, width, height).to_image().into_raw())
         .collect();
     write_y4m(path, width, height, &frames);
+}
+
+/// The side of a shipped classifier's square input, from models/manifest.toml (NCHW or NHWC).
+pub fn classifier_input_side(id: &str) -> u32 {
+    let manifest = deepgate::manifest::Manifest::load(&root().join("models/manifest.toml")).unwrap();
+    let entry = manifest.get(id, deepgate::manifest::Role::Classifier).unwrap();
+    let [_, a, b, c] = entry.input.shape;
+    // NCHW: [1, 3, H, W]; NHWC: [1, H, W, 3].
+    (if a == 3 { b.max(c) } else { a.max(b) }) as u32
 }

@@ -18,6 +18,7 @@ class Data:
     validation: float = 0.2  # fractions of IDENTITIES
     test: float = 0.25
     jpeg_quality: int = 50  # the "compressed" test condition
+    forgeries_per_photo: int = 2  # test forgeries of each family made from each genuine test photo
     tiles: bool = True  # also look for faces in half-size tiles of large photos (group photos' small faces)
 
 
@@ -64,6 +65,9 @@ class Config:
     distill: Distill = field(default_factory=Distill)
     export_to_models: bool = False  # true: write the student into models/ and its manifest (the shipped run)
     model_id: str = "deepgate_student"
+    # The student derives from torchvision's MobileNetV2 ImageNet weights (BSD-3-Clause).
+    licence: str = "BSD-3-Clause"
+    licence_file: str = ""  # a file in models/ holding the licence text (the shipped run names one)
     path: Path = Path()
 
     @property

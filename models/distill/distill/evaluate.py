@@ -31,7 +31,7 @@ def export_student(config: Config) -> dict:
     mean, std = student.backbone.mean, student.backbone.std
     provenance = f"models/distill (config {config.path.name}, seed {config.seed}); see models/CARD.md"
     entry = runtime.manifest_entry(config.model_id, onnx, sha256_file(onnx), onnx.stat().st_size, size, mean, std,
-                                   provenance)
+                                   provenance, config.licence, config.licence_file)
     if config.export_to_models:
         runtime.write_manifest(runtime.MODELS / "manifest.toml", entry)
         manifest = runtime.MODELS / "manifest.toml"
@@ -61,9 +61,12 @@ def evaluate(config: Config) -> dict:
     crops = runtime.crops([test_dir / row["file"] for row in rows], run / "eval_crops", size=config.data.crop_size)
     usable = {crop.source: crop for crop in crops if crop.main and not crop.quality_issue}
     scored = [row for row in rows if str(test_dir / row["file"]) in usable]
-    python_scores = export.torch_probabilities(student, [usable[str(test_dir / row["file"])].file for row in scored])
-    for row, score in zip(scored, python_scores):
-        row["python"] = float(score)
+    crop_files = [usable[str(test_dir / row["file"])].file for row in scored]
+    python_scores = export.torch_probabilities(student, crop_files)
+    # The teacher on the same crops, for comparison only (it does not ship).
+    teacher_scores = export.torch_probabilities(load(config, config.teacher, "teacher"), crop_files)
+    for row, score, teacher_score in zip(scored, python_scores, teacher_scores):
+        row["python"], row["teacher"] = float(score), float(teacher_score)
     board = runtime.board_for(run, config.model_id, manifest)
     families = sorted({row["family"] for row in rows if row["label"] == "1"})
     results = {"model": config.model_id, "test_images": len(rows), "acquired": len(scored), "subsets": []}
@@ -80,10 +83,12 @@ def evaluate(config: Config) -> dict:
             ours = metrics.report([row["python"] for row in python_subset], [int(row["label"]) for row in python_subset])
             labels = faces.write_labels(config, subset, f"labels_{name}.csv")
             theirs = runtime.eval_json(board, labels)
-            results["subsets"].append({"subset": name, "python": ours, "runtime": theirs["metrics"],
+            teacher = metrics.report([row["teacher"] for row in python_subset], [int(row["label"]) for row in python_subset])
+            results["subsets"].append({"subset": name, "python": ours, "runtime": theirs["metrics"], "teacher": teacher,
                                        "runtime_failure_to_acquire": theirs["failure_to_acquire"]})
             print(f"{name}: python AUC {ours['auc']:.4f} EER {ours['eer']:.4f} | runtime AUC "
-                  f"{theirs['metrics']['auc']:.4f} EER {theirs['metrics']['eer']:.4f}", flush=True)
+                  f"{theirs['metrics']['auc']:.4f} EER {theirs['metrics']['eer']:.4f} | teacher AUC "
+                  f"{teacher['auc']:.4f}", flush=True)
     results["max_auc_difference"] = max(
         (abs(s["python"]["auc"] - s["runtime"]["auc"]) for s in results["subsets"]), default=0.0)
     (run / "evaluation.json").write_text(json.dumps(results, indent=2))

@@ -184,14 +184,16 @@ def make_test_set(config: Config, records: list[Face], real_fakes: list[sources.
         target = big[str(face.photo)]
         target_crop = read_rgb(target.file)
         save(photo, f"{number:03d}_genuine", 0, "genuine", face.identity)
-        source, mask = blend.self_blend_parts(target_crop, rng)
-        save(blend.paste_back(photo, source, mask, target.crop_to_photo), f"{number:03d}_sbi", 1, "sbi", face.identity)
         donors = [other for other in usable if other.identity != face.identity]
-        if donors:
-            donor = donors[rng.integers(len(donors))]
-            source, mask = blend.face_swap_parts(target_crop, read_rgb(big[str(donor.photo)].file), rng)
-            save(blend.paste_back(photo, source, mask, target.crop_to_photo), f"{number:03d}_faceswap", 1, "faceswap",
+        for variant in range(config.data.forgeries_per_photo):
+            source, mask = blend.self_blend_parts(target_crop, rng)
+            save(blend.paste_back(photo, source, mask, target.crop_to_photo), f"{number:03d}_sbi{variant}", 1, "sbi",
                  face.identity)
+            if donors:
+                donor = donors[rng.integers(len(donors))]
+                source, mask = blend.face_swap_parts(target_crop, read_rgb(big[str(donor.photo)].file), rng)
+                save(blend.paste_back(photo, source, mask, target.crop_to_photo), f"{number:03d}_faceswap{variant}", 1,
+                     "faceswap", face.identity)
     for number, photo in enumerate(real_fakes):
         save(read_rgb(photo.path), f"real_{number:03d}_{photo.family}", 1, photo.family, "unknown")
     with open(out / "labels.csv", "w", newline="") as file:

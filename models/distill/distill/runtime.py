@@ -76,7 +76,7 @@ def crops(inputs: list[Path], out: Path, size: int | None = None, board: Path = 
 
 
 def manifest_entry(model_id: str, file: Path, sha256: str, size: int, input_size: int, mean, std,
-                   provenance: str, licence: str = "Apache-2.0") -> str:
+                   provenance: str, licence: str = "Apache-2.0", licence_file: str = "") -> str:
     """The manifest entry of an exported classifier, in the format `models/manifest.toml` documents."""
     return f'''[[model]]
 id = "{model_id}"
@@ -85,7 +85,7 @@ file = "{file.name}"
 sha256 = "{sha256}"
 bytes = {size}
 licence = "{licence}"
-provenance = "{provenance}"
+{f'licence_file = "{licence_file}"' + chr(10) if licence_file else ""}provenance = "{provenance}"
 
 [model.input]
 name = "image"

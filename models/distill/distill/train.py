@@ -31,12 +31,12 @@ def split_crops(config: Config, split: str) -> list[np.ndarray]:
 
 
 def validation_set(config: Config) -> tuple[torch.Tensor, np.ndarray]:
-    """Validation faces (genuine) and one fixed SBI forgery of each, with labels."""
+    """Validation faces (genuine) and three fixed SBI forgeries of each, with labels."""
     crops = split_crops(config, "validation")
     if not crops:
         raise RuntimeError("no validation faces: the split needs at least three identities")
     rng = np.random.default_rng(config.seed + 2)
-    fakes = [blend.self_blend(crop, rng) for crop in crops]
+    fakes = [blend.self_blend(crop, rng) for crop in crops for _ in range(3)]  # three forgeries per face
     return _tensor(crops + fakes), np.array([0] * len(crops) + [1] * len(fakes))
 
 
@@ -206,9 +206,12 @@ def separability(config: Config) -> list[dict]:
     validation, validation_labels = validation_set(config)
     rows = []
     for name in config.separability:
-        spec = Model(backbone=name, pretrained=config.teacher.pretrained,
-                     clip_weights=config.teacher.clip_weights if name == "clip" else "")
-        if name == "clip" and not spec.clip_weights and config.teacher.pretrained:
+        # "mobilenet_v2:14": the features after 14 blocks (mid-level features keep blending traces that the
+        # last, most semantic layers pool away).
+        backbone, _, blocks = name.partition(":")
+        spec = Model(backbone=backbone, blocks=int(blocks or 17), pretrained=config.teacher.pretrained,
+                     clip_weights=config.teacher.clip_weights if backbone == "clip" else "")
+        if backbone == "clip" and not spec.clip_weights and config.teacher.pretrained:
             print("separability: clip skipped (no local weights given in teacher.clip_weights)")
             continue
         model = build(spec, config)
