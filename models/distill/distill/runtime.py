@@ -48,10 +48,13 @@ class Crop:
     crop_to_photo: tuple[float, float, float, float, float, float]
 
 
-def crops(inputs: list[Path], out: Path, size: int | None = None, board: Path = HOST_BOARD) -> list[Crop]:
+def crops(inputs: list[Path], out: Path, size: int | None = None, board: Path | None = None) -> list[Crop]:
     """`deepgate crops` over `inputs`: every face found, aligned as the runtime aligns it. Inputs the runtime
-    cannot read are reported by it and skipped (exit status 1 is accepted when some crops were written)."""
+    cannot read are reported by it and skipped (exit status 1 is accepted when some crops were written).
+    `board` None: the host board without a classifier (crops only; no model needed but the detector)."""
     out.mkdir(parents=True, exist_ok=True)
+    if board is None:
+        board = board_for(out / "board", None, MODELS / "manifest.toml")
     arguments = ["crops", "--board", str(board), "--out", str(out)]
     if size is not None:
         arguments += ["--size", str(size)]
@@ -124,7 +127,7 @@ def board_for(directory: Path, classifier: str | None, manifest: Path, inputs: l
     text = HOST_BOARD.read_text()
     text = text.replace('"../models/manifest.toml"', json.dumps(str(manifest)))
     text = text.replace('"../models/alignment.toml"', json.dumps(str(MODELS / "alignment.toml")))
-    text = re.sub(r'^classifier = ".*"\n', "", text, flags=re.M)
+    text = re.sub(r"^classifier = .*\n", "", text, flags=re.M)
     if classifier is not None:
         text = text.replace('detector = "blazeface_front_128"', f'detector = "blazeface_front_128"\nclassifier = "{classifier}"')
     text = text.replace('"../tests/', json.dumps(str(ROOT / "tests"))[:-1] + "/")

@@ -22,6 +22,10 @@ from .faces import load_faces, read_rgb
 from .sources import CACHE
 
 
+# Training runs on the GPU when torch sees one, else on the CPU; checkpoints are saved for the CPU either way.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _tensor(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images).astype(np.float32) / 255).permute(0, 3, 1, 2).contiguous()
 
@@ -70,9 +74,10 @@ def hypersphere_terms(embedding: torch.Tensor, labels: torch.Tensor) -> torch.Te
     """Metric learning on the unit sphere (Wang & Isola's alignment and uniformity): same-class embeddings pulled
     together, all embeddings spread over the sphere."""
     distances = torch.cdist(embedding, embedding).pow(2)
-    same = (labels[:, None] == labels[None, :]) & ~torch.eye(len(labels), dtype=torch.bool)
+    eye = torch.eye(len(labels), dtype=torch.bool, device=embedding.device)
+    same = (labels[:, None] == labels[None, :]) & ~eye
     alignment = distances[same].mean() if same.any() else distances.new_zeros(())
-    off = ~torch.eye(len(labels), dtype=torch.bool)
+    off = ~eye
     uniformity = torch.log(torch.exp(-2 * distances[off]).mean() + 1e-8)
     return alignment + uniformity
 
@@ -80,14 +85,16 @@ def hypersphere_terms(embedding: torch.Tensor, labels: torch.Tensor) -> torch.Te
 @torch.no_grad()
 def probabilities(model: Classifier, images: torch.Tensor, batch: int = 64) -> np.ndarray:
     model.eval()
-    out = [model(images[i : i + batch])[0].softmax(1)[:, 1] for i in range(0, len(images), batch)]
+    device = next(model.parameters()).device
+    out = [model(images[i : i + batch].to(device))[0].softmax(1)[:, 1].cpu() for i in range(0, len(images), batch)]
     return torch.cat(out).numpy()
 
 
 @torch.no_grad()
 def embeddings(model: Classifier, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
     model.eval()
-    return torch.cat([model(images[i : i + batch])[1] for i in range(0, len(images), batch)])
+    device = next(model.parameters()).device
+    return torch.cat([model(images[i : i + batch].to(device))[1].cpu() for i in range(0, len(images), batch)])
 
 
 def _parameters(model: Classifier, spec: Model) -> list:
@@ -100,7 +107,7 @@ def fit(config: Config, spec: Model, train: Train, name: str, teacher: Classifie
     """Trains the teacher (teacher=None) or the student (distilled from `teacher`); keeps the checkpoint with the
     best validation AUC (SBI, unseen identities). Writes <name>.pt and <name>.json into the run directory."""
     torch.manual_seed(config.seed)
-    model = build(spec, config)
+    model = build(spec, config).to(DEVICE)
     parameters = _parameters(model, spec)
     optimiser = torch.optim.AdamW(parameters, lr=train.learning_rate, weight_decay=train.weight_decay)
     crops = split_crops(config, "train")
@@ -109,13 +116,14 @@ def fit(config: Config, spec: Model, train: Train, name: str, teacher: Classifie
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, train.learning_rate, total_steps=steps, pct_start=0.15)
     history, best, started = [], (-1.0, -1), time.time()
     if teacher is not None:
-        teacher.eval()
+        teacher.to(DEVICE).eval()
     for epoch in range(train.epochs):
         model.train()
         if spec.tune == "norm":
             freeze_batch_statistics(model.backbone)
         losses = []
         for images, labels in training_batches(crops, train, config.seed, epoch):
+            images, labels = images.to(DEVICE), labels.to(DEVICE)
             logits, embedding, reconstruction = model(images)
             loss = F.cross_entropy(logits, labels)
             if spec.metric > 0:
@@ -143,7 +151,7 @@ def fit(config: Config, spec: Model, train: Train, name: str, teacher: Classifie
         print(f"{name} epoch {epoch}: loss {np.mean(losses):.4f}, validation AUC (SBI) {auc:.4f}", flush=True)
         if auc > best[0]:
             best = (auc, epoch)
-            torch.save(model.state_dict(), config.run_dir / f"{name}.pt")
+            torch.save({key: value.cpu() for key, value in model.state_dict().items()}, config.run_dir / f"{name}.pt")
     summary = {"name": name, "backbone": spec.backbone, "blocks": spec.blocks, "tune": spec.tune,
                "trainable_parameters": sum(p.numel() for p in parameters),
                "parameters": sum(p.numel() for p in model.parameters()),
@@ -192,7 +200,9 @@ def _fisher_ratio(x: torch.Tensor, y: np.ndarray) -> float:
 @torch.no_grad()
 def _frozen_features(model: Classifier, images: torch.Tensor) -> torch.Tensor:
     model.eval()
-    return torch.cat([model.encode(model.prepare(images[i : i + 32]))[0] for i in range(0, len(images), 32)])
+    device = next(model.parameters()).device
+    chunks = [model.encode(model.prepare(images[i : i + 32].to(device)))[0].cpu() for i in range(0, len(images), 32)]
+    return torch.cat(chunks)
 
 
 def separability(config: Config) -> list[dict]:
@@ -214,7 +224,7 @@ def separability(config: Config) -> list[dict]:
         if backbone == "clip" and not spec.clip_weights and config.teacher.pretrained:
             print("separability: clip skipped (no local weights given in teacher.clip_weights)")
             continue
-        model = build(spec, config)
+        model = build(spec, config).to(DEVICE)
         started = time.time()
         a, b = _frozen_features(model, train_images), _frozen_features(model, validation)
         rows.append({"backbone": name, "features": int(a.shape[1]),
