@@ -21,6 +21,17 @@ class Models(unittest.TestCase):
         self.assertEqual(tuple(logits.shape), (3, 2))
         np.testing.assert_allclose(embedding.norm(dim=1).detach().numpy(), 1.0, rtol=1e-5)
 
+    def test_clip_teacher_loads_hugging_face_weights_from_a_local_directory(self):
+        torch.manual_seed(1)
+        saved = ClipVision(tiny=True, image_size=32)
+        with tempfile.TemporaryDirectory() as directory:
+            saved.model.save_pretrained(directory)
+            loaded = ClipVision(Path(directory))
+        x = torch.rand(2, 3, 32, 32)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded.features(x), saved.features(x))
+        self.assertEqual(loaded.input_size, 32)
+
     def test_clip_refuses_to_run_without_weights(self):
         with self.assertRaises(ValueError):
             ClipVision()
