@@ -10,7 +10,8 @@ const HELP: &str = "\
 cargo xtask <task>
 
 tasks:
-  ci      the whole test suite as CI runs it: set-up, rustfmt check, clippy -D warnings, every test
+  ci      the whole test suite as CI runs it: set-up, rustfmt check, clippy -D warnings, every test,
+          the training pipeline's unit tests and its miniature end-to-end run
   setup   install what the build needs on a fresh machine (rustup components)
   distill <step|all|test> [config]
           the classifier's training pipeline (models/distill): faces, separability, teacher, student,
