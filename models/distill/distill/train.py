@@ -188,8 +188,11 @@ def _linear_probe_auc(train_x, train_y, test_x, test_y, seed: int) -> float:
         return metrics.auc((b @ weights + bias).numpy(), test_y)
 
 
-def _fisher_ratio(x: torch.Tensor, y: np.ndarray) -> float:
-    """Between-class over within-class scatter along the line joining the class means (standardised features)."""
+def _fisher_ratio(x: torch.Tensor, y: np.ndarray) -> float | None:
+    """Between-class over within-class scatter along the line joining the class means (standardised features);
+    None when a class has fewer than two samples."""
+    if min((y == 0).sum(), (y == 1).sum()) < 2:
+        return None
     x = (x - x.mean(0)) / (x.std(0) + 1e-6)
     real, fake = x[torch.tensor(y == 0)], x[torch.tensor(y == 1)]
     direction = F.normalize(fake.mean(0) - real.mean(0), dim=0)
