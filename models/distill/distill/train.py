@@ -244,6 +244,7 @@ def separability(config: Config) -> list[dict]:
         if backbone == "clip" and not spec.clip_weights and config.teacher.pretrained:
             print("separability: clip skipped (no local weights given in teacher.clip_weights)")
             continue
+        torch.manual_seed(config.seed)  # random-initialised candidates (tests) are the same in every run
         model = build(spec, config).to(DEVICE)
         started = time.time()
         a, b = _frozen_features(model, train_images), _frozen_features(model, validation)
