@@ -94,6 +94,9 @@ pub enum GateSection {
 pub struct AuditSection {
     /// The audit log file (JSON lines, hash-chained); created if missing, verified before appending.
     pub path: PathBuf,
+    /// Optional device key (`deepgate audit keygen`): every receipt is then signed with it.
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

@@ -79,7 +79,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Decision receipts: `verify FILE` checks a hash-chained audit log and names the first broken entry.
+    /// Decision receipts: `verify FILE` checks a hash-chained (optionally signed) audit log and names the
+    /// first broken entry; `keygen --out FILE` makes a device signing key.
     Audit {
         #[command(subcommand)]
         action: AuditAction,
@@ -90,8 +91,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum AuditAction {
-    /// Checks every entry's hash and order; exit status 1 at the first broken entry.
-    Verify { file: PathBuf },
+    /// Checks every entry's hash and order (and, with the device's public key, its signature); exit status 1
+    /// at the first broken entry.
+    Verify {
+        file: PathBuf,
+        /// The device's public key (hex, from `audit keygen`): every entry must be signed by it.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Makes a device signing key (mode 600) and prints its public key.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -111,7 +123,10 @@ fn main() -> ExitCode {
         Command::Bench { board, image, size, formats, frames, json } => {
             cli::bench::bench(&board, &image, &size, &formats, frames, json)
         }
-        Command::Audit { action: AuditAction::Verify { file } } => cli::audit::verify(&file),
+        Command::Audit { action: AuditAction::Verify { file, public_key } } => {
+            cli::audit::verify(&file, public_key.as_deref())
+        }
+        Command::Audit { action: AuditAction::Keygen { out } } => cli::audit::keygen(&out),
         Command::Probe => cli::probe::probe(),
     };
     match result {

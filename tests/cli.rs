@@ -466,6 +466,46 @@ fn run_keeps_hash_chained_receipts_that_audit_verify_checks() {
 }
 
 #[test]
+fn signed_receipts_verify_only_against_the_device_public_key() {
+    let directory = common::temp_dir("signed-audit");
+    let (log, key) = (directory.join("receipts.jsonl"), directory.join("device.key"));
+    let output = deepgate(&["audit", "keygen", "--out", key.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let public = String::from_utf8(output.stdout).unwrap().trim().to_string();
+    assert_eq!(public.len(), 64, "{public}");
+    let output = deepgate(&["audit", "keygen", "--out", key.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "an existing key is never overwritten");
+
+    let board = common::board(
+        None,
+        &[&common::fixture("faces/obama.jpg"), &common::fixture("scenes/coffee.png")],
+        &[("[runtime]", &format!("[audit]\npath = {log:?}\nkey = {key:?}\n\n[runtime]"))],
+    );
+    let output = deepgate(&["run", "--board", board.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let verify = |key: &str| deepgate(&["audit", "verify", "--public-key", key, log.to_str().unwrap()]);
+    let output = verify(&public);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let verification: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (verification["entries"].as_u64(), verification["signatures_checked"].as_u64()),
+        (Some(2), Some(2))
+    );
+
+    let other = directory.join("other.key");
+    let other_public = deepgate(&["audit", "keygen", "--out", other.to_str().unwrap()]).stdout;
+    let output = verify(String::from_utf8(other_public).unwrap().trim());
+    assert_eq!(output.status.code(), Some(1), "another device's key does not verify these receipts");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not signed by this key"));
+
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = deepgate(&["run", "--board", board.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2), "a key others can read is refused");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("chmod 600"));
+}
+
+#[test]
 fn the_shipped_classifier_decides_genuine_for_a_genuine_person_filmed_over_several_frames() {
     // One still is not enough evidence for the sequential test; a camera's frames are. A genuine face
     // filmed (here: a photo drifting across a 4:2:0 video, as a camera would deliver it) must end `genuine`.

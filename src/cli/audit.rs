@@ -1,15 +1,23 @@
-//! `deepgate audit verify FILE`: checks a decision-receipt log and pinpoints the first broken entry.
+//! `deepgate audit verify FILE [--public-key HEX]`: checks a decision-receipt log (and, with the device's
+//! public key, every entry's signature) and pinpoints the first broken entry. `deepgate audit keygen --out
+//! FILE`: makes a device signing key.
 
 use anyhow::Result;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn verify(file: &Path) -> Result<ExitCode> {
-    let verification = deepgate::gate::audit::verify(file)?;
+pub fn verify(file: &Path, public_key: Option<&str>) -> Result<ExitCode> {
+    let key = public_key.map(deepgate::gate::audit::parse_public_key).transpose()?;
+    let verification = deepgate::gate::audit::verify(file, key.as_ref())?;
     println!("{}", serde_json::to_string(&verification)?);
     Ok(match &verification.problem {
         None => {
-            eprintln!("{}: {} entries, chain intact", file.display(), verification.entries);
+            let signatures = if key.is_some() {
+                "every entry signed by the given key"
+            } else {
+                "signatures not checked (pass --public-key)"
+            };
+            eprintln!("{}: {} entries, chain intact, {signatures}", file.display(), verification.entries);
             ExitCode::SUCCESS
         }
         Some(problem) => {
@@ -21,4 +29,15 @@ pub fn verify(file: &Path) -> Result<ExitCode> {
             ExitCode::from(1)
         }
     })
+}
+
+pub fn keygen(out: &Path) -> Result<ExitCode> {
+    let public = deepgate::gate::audit::generate_signing_key(out)?;
+    println!("{public}");
+    eprintln!(
+        "{}: new device key (mode 600). Set `[audit] key` to it; verify receipts with \
+         `deepgate audit verify --public-key {public} LOG`",
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -119,7 +119,15 @@ fn open_audit(config: &BoardConfig, pipeline: &Pipeline, path: &Path) -> Result<
     }
     let (genuine_at, fake_at) = config.decision.thresholds();
     let thresholds = Thresholds { frame_threshold: config.decision.frame_threshold, genuine_at, fake_at };
-    let audit = AuditLog::open(path, &config.board.id, records, thresholds)?;
-    log::info!("decision receipts: {}", path.display());
+    let key = match config.audit.as_ref().and_then(|audit| audit.key.as_ref()) {
+        Some(key) => Some(deepgate::gate::audit::load_signing_key(&config.resolve(key))?),
+        None => None,
+    };
+    let signer = key.as_ref().map(deepgate::gate::audit::public_key_hex);
+    let audit = AuditLog::open(path, &config.board.id, records, thresholds, key)?;
+    match signer {
+        Some(public) => log::info!("decision receipts: {}, signed (public key {public})", path.display()),
+        None => log::info!("decision receipts: {} (unsigned)", path.display()),
+    }
     Ok(audit)
 }
