@@ -11,7 +11,7 @@ use crate::detect::{BlazeFaceDecoder, Face, MAX_FACES};
 use crate::frame::{Frame, PixelFormat};
 use crate::infer::Model;
 use crate::manifest::{Manifest, Role};
-use crate::preprocess::{cpu, Letterbox, RgbImage};
+use crate::preprocess::{cpu, Affine, Letterbox, RgbImage};
 use crate::quality::{Quality, QualityIssue, QualitySettings};
 use crate::timing::{Stage, StageTimes};
 use anyhow::{Context, Result};
@@ -203,10 +203,12 @@ impl Pipeline {
         self.classifier_crop.width
     }
 
-    /// Writes the aligned crop of `face` at `size` pixels into `out` (for `deepgate crops`).
-    pub fn crop(&self, frame: &Frame, face: &Face, out: &mut RgbImage) -> Result<()> {
+    /// Writes the aligned crop of `face` at `out`'s size into `out` (for `deepgate crops`) and returns the map
+    /// from crop to frame pixels it used.
+    pub fn crop(&self, frame: &Frame, face: &Face, out: &mut RgbImage) -> Result<Affine> {
         let map = self.models.alignment.crop_map(face, out.width)?;
-        cpu::warp(frame, &map, out)
+        cpu::warp(frame, &map, out)?;
+        Ok(map)
     }
 }
 

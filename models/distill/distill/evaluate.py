@@ -17,7 +17,7 @@ from pathlib import Path
 from . import export, faces, metrics, runtime
 from .sources import sha256_of as sha256_file
 from .config import Config
-from .train import load
+from .train import load, probabilities
 
 
 def export_student(config: Config) -> dict:
@@ -61,10 +61,10 @@ def evaluate(config: Config) -> dict:
     crops = runtime.crops([test_dir / row["file"] for row in rows], run / "eval_crops", size=config.data.crop_size)
     usable = {crop.source: crop for crop in crops if crop.main and not crop.quality_issue}
     scored = [row for row in rows if str(test_dir / row["file"]) in usable]
-    crop_files = [usable[str(test_dir / row["file"])].file for row in scored]
-    python_scores = export.torch_probabilities(student, crop_files)
+    images = export.read_crops([usable[str(test_dir / row["file"])].file for row in scored])
+    python_scores = probabilities(student, images)
     # The teacher on the same crops, for comparison only (it does not ship).
-    teacher_scores = export.torch_probabilities(load(config, config.teacher, "teacher"), crop_files)
+    teacher_scores = probabilities(load(config, config.teacher, "teacher"), images)
     for row, score, teacher_score in zip(scored, python_scores, teacher_scores):
         row["python"], row["teacher"] = float(score), float(teacher_score)
     board = runtime.board_for(run, config.model_id, manifest)

@@ -17,6 +17,8 @@ from torch import nn
 
 from . import runtime
 from .backbones import Classifier
+from .faces import read_rgb
+from .train import probabilities, tensor
 from .sources import sha256_of as sha256_file
 
 
@@ -53,20 +55,9 @@ def staging_models(directory: Path, onnx: Path, model_id: str, input_size: int, 
     return manifest
 
 
-def torch_probabilities(model: Classifier, crops: list[Path]) -> np.ndarray:
-    """PyTorch's fake probability for each 8-bit crop file, normalised as the manifest says."""
-    model = model.eval()
-    images = np.stack([np.asarray(_load(path), dtype=np.float32) / 255 for path in crops])
-    x = torch.from_numpy(images).permute(0, 3, 1, 2)
-    with torch.no_grad():
-        logits = model(x)[0]
-    return logits.softmax(1)[:, 1].numpy()
-
-
-def _load(path: Path):
-    from PIL import Image
-
-    return Image.open(path).convert("RGB")
+def read_crops(crops: list[Path]) -> torch.Tensor:
+    """The 8-bit crop files the runtime wrote, as one batch in [0, 1]."""
+    return tensor([read_rgb(path) for path in crops])
 
 
 def check_in_runtime(model: Classifier, manifest: Path, model_id: str, input_size: int, photos: list[Path],
@@ -78,7 +69,7 @@ def check_in_runtime(model: Classifier, manifest: Path, model_id: str, input_siz
     faces = [face for face in faces if face.fake_probability is not None]
     if not faces:
         raise RuntimeError("the runtime found no face to compare on")
-    ours = torch_probabilities(model, [face.file for face in faces])
+    ours = probabilities(model, read_crops([face.file for face in faces]))
     theirs = np.array([face.fake_probability for face in faces])
     difference = np.abs(ours - theirs)
     return {"faces": len(faces), "max_abs_difference": float(difference.max()),

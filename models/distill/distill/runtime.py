@@ -5,6 +5,7 @@ bench` check the exported student. Training therefore sees exactly what deployme
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import re
@@ -17,9 +18,10 @@ MODELS = ROOT / "models"
 HOST_BOARD = ROOT / "board" / "host.toml"
 
 
+@functools.cache
 def binary() -> Path:
-    """The release `deepgate` binary (`DEEPGATE` overrides), built with cargo when it is missing or older than
-    the sources."""
+    """The release `deepgate` binary (`DEEPGATE` overrides), built with cargo once per process when it is
+    missing or older than the sources."""
     override = os.environ.get("DEEPGATE")
     if override:
         return Path(override)

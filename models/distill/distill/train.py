@@ -26,7 +26,8 @@ from .sources import CACHE
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _tensor(images: list[np.ndarray]) -> torch.Tensor:
+def tensor(images: list[np.ndarray]) -> torch.Tensor:
+    """8-bit H×W×3 images → one float NCHW batch in [0, 1]."""
     return torch.from_numpy(np.stack(images).astype(np.float32) / 255).permute(0, 3, 1, 2).contiguous()
 
 
@@ -41,13 +42,19 @@ def validation_set(config: Config) -> tuple[torch.Tensor, np.ndarray]:
         raise RuntimeError("no validation faces: the split needs at least three identities")
     rng = np.random.default_rng(config.seed + 2)
     fakes = [blend.self_blend(crop, rng) for crop in crops for _ in range(3)]  # three forgeries per face
-    return _tensor(crops + fakes), np.array([0] * len(crops) + [1] * len(fakes))
+    return tensor(crops + fakes), np.array([0] * len(crops) + [1] * len(fakes))
+
+
+def _crops_per_epoch(train: Train, crops: int) -> int:
+    """How many crops an epoch draws (each once genuine, once forged): one pass over the training faces, or
+    enough for `steps_per_epoch` batches."""
+    return train.steps_per_epoch * train.batch // 2 if train.steps_per_epoch else crops
 
 
 def training_batches(crops: list[np.ndarray], train: Train, seed: int, epoch: int):
     """One epoch: every crop as genuine and as an SBI fake, shuffled, augmented alike, in batches."""
     rng = np.random.default_rng([seed, epoch])
-    count = train.steps_per_epoch * train.batch // 2 if train.steps_per_epoch else len(crops)
+    count = _crops_per_epoch(train, len(crops))
     chosen = rng.permutation(np.resize(np.arange(len(crops)), count))
     samples = [(index, label) for index in chosen for label in (0, 1)]
     order = rng.permutation(len(samples))
@@ -58,7 +65,7 @@ def training_batches(crops: list[np.ndarray], train: Train, seed: int, epoch: in
             image = blend.self_blend(crops[index], rng) if label else crops[index]
             images.append(blend.camera_augment(image, rng))
             labels.append(label)
-        yield _tensor(images), torch.tensor(labels)
+        yield tensor(images), torch.tensor(labels)
 
 
 def build(model: Model, config: Config) -> Classifier:
@@ -90,13 +97,6 @@ def probabilities(model: Classifier, images: torch.Tensor, batch: int = 64) -> n
     return torch.cat(out).numpy()
 
 
-@torch.no_grad()
-def embeddings(model: Classifier, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    model.eval()
-    device = next(model.parameters()).device
-    return torch.cat([model(images[i : i + batch].to(device))[1].cpu() for i in range(0, len(images), batch)])
-
-
 def _parameters(model: Classifier, spec: Model) -> list:
     if spec.tune == "norm":
         return norm_tuning(model)
@@ -112,7 +112,7 @@ def fit(config: Config, spec: Model, train: Train, name: str, teacher: Classifie
     optimiser = torch.optim.AdamW(parameters, lr=train.learning_rate, weight_decay=train.weight_decay)
     crops = split_crops(config, "train")
     validation, validation_labels = validation_set(config)
-    steps = max(1, train.epochs * -(-2 * (train.steps_per_epoch * train.batch // 2 or len(crops)) // train.batch))
+    steps = max(1, train.epochs * -(-2 * _crops_per_epoch(train, len(crops)) // train.batch))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, train.learning_rate, total_steps=steps, pct_start=0.15)
     history, best, started = [], (-1.0, -1), time.time()
     if teacher is not None:
@@ -231,7 +231,7 @@ def separability(config: Config) -> list[dict]:
     clustering scores on validation (Fisher ratio, silhouette). This table chooses the teacher."""
     rng = np.random.default_rng(config.seed + 3)
     crops = split_crops(config, "train")
-    train_images = _tensor(crops + [blend.camera_augment(blend.self_blend(c, rng), rng) for c in crops])
+    train_images = tensor(crops + [blend.camera_augment(blend.self_blend(c, rng), rng) for c in crops])
     train_labels = np.array([0] * len(crops) + [1] * len(crops))
     validation, validation_labels = validation_set(config)
     rows = []

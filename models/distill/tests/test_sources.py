@@ -37,7 +37,7 @@ class Sources(unittest.TestCase):
             path = Path(directory) / "archive.tar.gz"
             path.write_bytes(b"not what was pinned")
             with self.assertRaises(sources.SourceError) as caught:
-                sources._check(path, "0" * 64)
+                sources.check_sha256(path, "0" * 64)
             self.assertIn("0" * 64, str(caught.exception))
             self.assertIn(sources.sha256_of(path), str(caught.exception))
 
