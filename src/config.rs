@@ -87,6 +87,23 @@ pub enum GateSection {
     Stdout,
     /// JSON lines over TCP to a controller, with reconnection and a bounded queue.
     Tcp { address: String, queue: usize },
+    /// An OSDP peripheral device on a serial (RS-485) line, polled by the access controller; Secure Channel
+    /// enforced (`gate::osdp`).
+    Osdp {
+        /// The serial device (`/dev/ttyUSB0`); relative paths are relative to the config file.
+        device: PathBuf,
+        baud: u32,
+        /// The PD address on the bus, 0 to 126.
+        address: u8,
+        /// The site key (SCBK) file: 32 hexadecimal digits, mode 600.
+        key: PathBuf,
+        /// true: accept the public default key until the controller sets the site key (commissioning only).
+        install_mode: bool,
+        /// IEEE OUI of manufacturer replies, 6 hexadecimal digits.
+        vendor_code: String,
+        /// How long the "genuine" and "attack" inputs stay active after a verdict.
+        hold_ms: u32,
+    },
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -201,6 +218,9 @@ impl BoardConfig {
                     .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()),
                 "gate.address `{address}` must be host:port"
             );
+        }
+        if let GateSection::Osdp { baud, address, hold_ms, vendor_code, .. } = &self.gate {
+            crate::gate::osdp::validate(*baud, *address, *hold_ms, vendor_code)?;
         }
         if let Some(classifier) = &self.models.classifier {
             ensure!(!classifier.is_empty(), "models.classifier must be a model id (omit the key for none)");

@@ -11,6 +11,7 @@ pub mod detect;
 pub mod eval;
 pub mod frame;
 pub mod gate;
+pub mod health;
 pub mod infer;
 pub mod manifest;
 pub mod pipeline;

@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use deepgate::config::{BoardConfig, GateSection, SourceSection};
 use deepgate::frame::Frame;
 use deepgate::gate::audit::{AuditLog, ModelRecord, Thresholds};
+use deepgate::gate::osdp::{OsdpGate, OsdpSettings};
 use deepgate::gate::stdout::StdoutGate;
 use deepgate::gate::tcp::TcpGate;
 use deepgate::gate::Gate;
@@ -30,6 +31,7 @@ pub fn run(board: &Path) -> Result<ExitCode> {
     let mut gate: Box<dyn Gate> = match &config.gate {
         GateSection::Stdout => Box::new(StdoutGate::default()),
         GateSection::Tcp { address, queue } => Box::new(TcpGate::start(address, *queue)?),
+        GateSection::Osdp { .. } => Box::new(OsdpGate::start(&osdp_settings(&config, &pipeline)?)?),
     };
     log::info!("gate: {}; backend: {:?}", gate.describe(), config.runtime.backend);
     let mut audit = match &config.audit {
@@ -102,6 +104,28 @@ pub fn run(board: &Path) -> Result<ExitCode> {
         frame_time.map_or(0.0, |summary| summary.median_ms)
     );
     Ok(if failures > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// The OSDP gate's settings from the board config: paths resolved, the classifier's identity for replies.
+fn osdp_settings(config: &BoardConfig, pipeline: &Pipeline) -> Result<OsdpSettings> {
+    let GateSection::Osdp { device, baud, address, key, install_mode, vendor_code, hold_ms } = &config.gate
+    else {
+        anyhow::bail!("the board's gate is not OSDP");
+    };
+    let mut model = [0u8; 8];
+    if let Some(classifier) = &pipeline.models().classifier {
+        model = deepgate::gate::from_hex::<8>(&classifier.entry().sha256[..16], "the classifier's sha256")?;
+    }
+    Ok(OsdpSettings {
+        device: config.resolve(device),
+        baud: *baud,
+        address: *address,
+        key: config.resolve(key),
+        install_mode: *install_mode,
+        vendor_code: deepgate::gate::osdp::parse_vendor_code(vendor_code)?,
+        hold: Duration::from_millis(u64::from(*hold_ms)),
+        model,
+    })
 }
 
 /// Opens the audit log with the facts every receipt records: board, model checksums, thresholds.

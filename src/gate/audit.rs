@@ -11,8 +11,8 @@
 //! 64 hex characters and must not be readable by group or others.
 
 use crate::decide::Verdict;
-use crate::gate::Decision;
-use anyhow::{bail, ensure, Context, Result};
+use crate::gate::{from_hex, to_hex, Decision};
+use anyhow::{bail, Context, Result};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -75,37 +75,9 @@ struct LineIn<'a> {
     signature: Option<String>,
 }
 
-fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn from_hex<const N: usize>(text: &str, what: &str) -> Result<[u8; N]> {
-    let text = text.trim();
-    ensure!(
-        text.len() == 2 * N && text.bytes().all(|b| b.is_ascii_hexdigit()),
-        "{what} must be {} hexadecimal digits",
-        2 * N
-    );
-    let mut bytes = [0u8; N];
-    for (index, byte) in bytes.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * index..2 * index + 2], 16)?;
-    }
-    Ok(bytes)
-}
-
 /// Reads a device key file (64 hex characters of secret seed), refusing one that group or others can read.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey> {
-    use std::os::unix::fs::PermissionsExt;
-    let metadata =
-        std::fs::metadata(path).with_context(|| format!("reading audit signing key {}", path.display()))?;
-    ensure!(
-        metadata.permissions().mode() & 0o077 == 0,
-        "audit signing key {} is readable by group or others (mode {:o}); chmod 600 it",
-        path.display(),
-        metadata.permissions().mode() & 0o777
-    );
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading audit signing key {}", path.display()))?;
+    let text = super::read_private_file(path, "audit signing key")?;
     let seed = from_hex::<32>(&text, &format!("audit signing key {}", path.display()))?;
     Ok(SigningKey::from_bytes(&seed))
 }

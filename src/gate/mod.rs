@@ -1,6 +1,7 @@
-//! The gate: where verdicts go (stdout, a TCP controller; OSDP and relays later), and their JSON form.
+//! The gate: where verdicts go (stdout, a TCP controller, an OSDP controller), and their JSON form.
 
 pub mod audit;
+pub mod osdp;
 pub mod stdout;
 pub mod tcp;
 
@@ -89,4 +90,40 @@ pub trait Gate: Send {
 
     /// A name for logs: "stdout", "tcp 10.0.0.5:4000".
     fn describe(&self) -> &str;
+}
+
+/// Reads a secret (a device key) from `path`, refusing a file that group or others can read: a key others can
+/// read is a key others can use. `what` names the key in errors.
+pub fn read_private_file(path: &std::path::Path, what: &str) -> Result<String> {
+    use anyhow::{ensure, Context};
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::metadata(path).with_context(|| format!("reading {what} {}", path.display()))?;
+    let mode = metadata.permissions().mode();
+    ensure!(
+        mode & 0o077 == 0,
+        "{what} {} is readable by group or others (mode {:o}); chmod 600 it",
+        path.display(),
+        mode & 0o777
+    );
+    std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
+}
+
+/// Lower-case hexadecimal, as keys, hashes and signatures are written in files and on the command line.
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Exactly `N` bytes from `2N` hexadecimal digits (surrounding white space ignored); `what` names the value.
+pub fn from_hex<const N: usize>(text: &str, what: &str) -> Result<[u8; N]> {
+    let text = text.trim();
+    anyhow::ensure!(
+        text.len() == 2 * N && text.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{what} must be {} hexadecimal digits",
+        2 * N
+    );
+    let mut bytes = [0u8; N];
+    for (index, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * index..2 * index + 2], 16)?;
+    }
+    Ok(bytes)
 }

@@ -17,10 +17,18 @@ fn cargo() -> String {
 
 /// Runs a command in the workspace root, echoing it, and fails if it fails.
 fn run(program: &str, arguments: &[&str]) -> Result<()> {
-    eprintln!("\n$ {program} {}", arguments.join(" "));
+    run_with(program, arguments, &[])
+}
+
+/// `run` with environment variables set for the command.
+fn run_with(program: &str, arguments: &[&str], environment: &[(&str, &std::path::Path)]) -> Result<()> {
+    let variables: Vec<String> =
+        environment.iter().map(|(name, value)| format!("{name}={} ", value.display())).collect();
+    eprintln!("\n$ {}{program} {}", variables.concat(), arguments.join(" "));
     let start = Instant::now();
     let status = Command::new(program)
         .args(arguments)
+        .envs(environment.iter().copied())
         .current_dir(root())
         .status()
         .with_context(|| format!("starting {program}"))?;
@@ -60,7 +68,9 @@ pub fn ci() -> Result<()> {
     let cargo = cargo();
     run(&cargo, &["fmt", "--all", "--check"])?;
     run(&cargo, &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
-    run(&cargo, &["test", "--workspace", "--locked"])?;
+    // The OSDP interoperability test talks to a real control panel: PyPI's libosdp, in its own environment.
+    let panel_python = crate::distill::python_environment(&root().join("tests/osdp"))?;
+    run_with(&cargo, &["test", "--workspace", "--locked"], &[("DEEPGATE_OSDP_PYTHON", &panel_python)])?;
     // The training pipeline: its unit tests, then the whole pipeline in miniature (fixtures, tiny models).
     // The debug binary is already built by the tests; the smoke run needs no release build.
     let binary = deepgate_binary(false)?;

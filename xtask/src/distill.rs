@@ -11,24 +11,30 @@ fn distill_dir() -> PathBuf {
     root().join("models/distill")
 }
 
-/// The environment's python, installing the pinned requirements when they are missing or have changed.
+/// The training pipeline's python, installing its pinned requirements when they are missing or have changed.
 pub fn environment() -> Result<PathBuf> {
-    let directory = distill_dir();
+    python_environment(&distill_dir())
+}
+
+/// The python of the virtual environment `directory/.venv`, created from `directory/requirements.txt` (pinned)
+/// when it is missing, and re-created when that file has changed since.
+pub fn python_environment(directory: &std::path::Path) -> Result<PathBuf> {
     let venv = directory.join(".venv");
     let python = venv.join("bin/python");
-    let requirements = std::fs::read_to_string(directory.join("requirements.txt"))
-        .context("reading models/distill/requirements.txt")?;
+    let requirements_path = directory.join("requirements.txt");
+    let requirements = std::fs::read_to_string(&requirements_path)
+        .with_context(|| format!("reading {}", requirements_path.display()))?;
     let stamp = venv.join("requirements.installed");
     if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == requirements) {
         return Ok(python);
     }
-    eprintln!("xtask distill: installing models/distill/requirements.txt into {} (once)", venv.display());
+    eprintln!("xtask: installing {} into {} (once)", requirements_path.display(), venv.display());
     let system_python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     check(Command::new(&system_python).args(["-m", "venv"]).arg(&venv), "creating the virtual environment")?;
     check(
         Command::new(&python)
             .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
-            .arg(directory.join("requirements.txt")),
+            .arg(&requirements_path),
         "installing the pinned requirements",
     )?;
     std::fs::write(&stamp, requirements)?;

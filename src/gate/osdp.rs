@@ -1,0 +1,899 @@
+//! The OSDP gate: deepgate as an OSDP peripheral device (PD) on an RS-485 line, polled by the access controller
+//! (the control panel, CP). The protocol and its Secure Channel are libosdp's (the `libosdp` crate); this module
+//! owns the serial port, the policy (secure channel or nothing), what the controller is told, and the counts.
+//!
+//! What the controller sees (documented for integrators in ARCHITECTURE.md, "OSDP mapping"):
+//!
+//! | OSDP item | meaning |
+//! |---|---|
+//! | input 0 (osdp_ISTATR) | active for `hold_ms` after a `genuine` verdict: a genuine face is present |
+//! | input 1 | active for `hold_ms` after a `fake` verdict: a presentation or injection attack was detected |
+//! | input 2 | active while the kiosk cannot decide (camera lost, model invalid, overloaded): treat as not ready |
+//! | tamper (osdp_LSTATR) | active while the camera is lost or a refused (virtual or changed) camera is offered |
+//! | osdp_MFGREP, kind 1 | every verdict in detail (layout below) |
+//! | osdp_MFGREP, kind 2 | every change of the runtime's health state |
+//!
+//! Verdict reply (`vendor_code` from the config, little-endian): `[1, decision, p_lo, p_hi, frames_lo,
+//! frames_hi, seen_lo, seen_hi, first_frame (8 bytes), model (8 bytes)]` where decision is 0 genuine, 1 fake,
+//! 2 uncertain, 3 no face; p is the mean fake probability × 10000 (0xFFFF: none classified); model is the first
+//! 8 bytes of the classifier's sha256. Health reply: `[2, state, tamper, not_ready]` (state codes:
+//! `health::State::code`). A CP may also ask: manufacturer command `[2]` is answered with the health reply.
+//!
+//! Security: the PD enforces Secure Channel (AES-128, the site key SCBK from a private key file). The public
+//! default key SCBK-D is accepted only with `install_mode = true`, where the controller is expected to set the
+//! site key (osdp_KEYSET), which is written to the key file (mode 600, atomically) and used from then on. A
+//! verdict produced while no secure channel is up is not sent, later or ever (it is about a person who has
+//! gone): it is counted as `undelivered`. Bad checksums, bad MACs, replays and oversized frames are refused by
+//! libosdp; the wire is also inspected here so that each kind of refusal is counted (see `WireStats`).
+
+use super::{encode_line, from_hex, Decision, Gate, Line, VerdictMessage};
+use crate::health::Health;
+use anyhow::{bail, ensure, Context, Result};
+use libosdp::{
+    Channel, ChannelError, OsdpCommand, OsdpEvent, OsdpEventMfgReply, OsdpFlag, OsdpStatusReport,
+    OsdpStatusReportType, PdCapEntity, PdCapability, PdId, PdInfoBuilder, PeripheralDevice,
+};
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// libosdp must be refreshed at least every 50 ms; the thread wakes this often when idle.
+const REFRESH: Duration = Duration::from_millis(5);
+/// Verdicts and health changes waiting for the OSDP thread; beyond this `report` drops and counts.
+const QUEUE: usize = 64;
+/// The largest frame either side may send: libosdp's packet buffer. Longer frames are refused and counted.
+pub const MAX_FRAME: usize = 256;
+/// Baud rates OSDP defines.
+pub const BAUD_RATES: [u32; 6] = [9600, 19200, 38400, 57600, 115200, 230400];
+/// Events libosdp's PD holds (its event slab); more are refused with an error.
+const LIBOSDP_EVENTS: u64 = 4;
+/// Events waiting for the controller to collect them, here.
+const PENDING: usize = 32;
+/// Reply codes that carry an event: osdp_LSTATR, osdp_ISTATR, osdp_MFGREP.
+const EVENT_REPLIES: [u8; 3] = [0x48, 0x4A, 0x90];
+/// The secure channel's public default key (SIA OSDP 2.2, 0x30 to 0x3F): only ever used in install mode.
+const SCBK_D: [u8; 16] =
+    [0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3A, 0x3B, 0x3C, 0x3D, 0x3E, 0x3F];
+/// Number of inputs the PD reports (see the table above).
+const INPUTS: usize = 3;
+const MFG_VERDICT: u8 = 1;
+const MFG_HEALTH: u8 = 2;
+/// osdp_NAK reply code and the reasons it carries (SIA OSDP 2.2, table "NAK error codes").
+const REPLY_NAK: u8 = 0x41;
+const NAK_REASONS: usize = 10;
+
+/// The OSDP settings from the board config, paths resolved.
+#[derive(Clone, Debug)]
+pub struct OsdpSettings {
+    /// The serial device of the RS-485 adapter (`/dev/ttyUSB0`, `/dev/ttyTHS1`).
+    pub device: PathBuf,
+    pub baud: u32,
+    /// The PD address on the bus, 0 to 126.
+    pub address: u8,
+    /// The site key file (32 hexadecimal digits, mode 600).
+    pub key: PathBuf,
+    /// Accept the public default key SCBK-D until the controller sets the site key.
+    pub install_mode: bool,
+    /// IEEE OUI for manufacturer replies and the PD identity.
+    pub vendor_code: [u8; 3],
+    /// How long inputs 0 and 1 stay active after a verdict.
+    pub hold: Duration,
+    /// The first 8 bytes of the classifier's sha256 (zeros without a classifier).
+    pub model: [u8; 8],
+}
+
+/// Counts of what crossed the wire, one direction each, and of what the gate did. Read with `OsdpGate::stats`.
+#[derive(Debug, Default)]
+pub struct WireStats {
+    /// Complete frames with a good checksum or CRC.
+    pub frames: AtomicU64,
+    /// Frames whose checksum or CRC was wrong (refused by libosdp too).
+    pub bad_check: AtomicU64,
+    /// Frames announcing more than `MAX_FRAME` bytes, or fewer than a header.
+    pub oversized: AtomicU64,
+    /// Bytes outside any frame (line noise, a second master, garbage).
+    pub garbage: AtomicU64,
+    /// osdp_NAK replies by reason code (index 0: reason unreadable because encrypted or out of range).
+    /// Reason 1 is a bad check, 4 a sequence error (replays), 6 secure channel conditions not met (bad MAC,
+    /// plain commands while the secure channel is enforced).
+    pub naks: [AtomicU64; NAK_REASONS],
+    /// Replies that carried an event (status or manufacturer reply).
+    pub event_replies: AtomicU64,
+}
+
+/// What the gate did; all counters only grow.
+#[derive(Debug, Default)]
+pub struct GateStats {
+    /// Verdicts given to the controller over the secure channel.
+    pub delivered: AtomicU64,
+    /// Verdicts not sent because no secure channel was up.
+    pub undelivered: AtomicU64,
+    /// Verdicts dropped because the OSDP thread's queue was full.
+    pub dropped: AtomicU64,
+    /// Secure channel sessions established.
+    pub secure_sessions: AtomicU64,
+    /// Site keys set by the controller (osdp_KEYSET).
+    pub keys_set: AtomicU64,
+    /// Commands refused by the application (unsupported COMSET, unknown manufacturer command, key not stored).
+    pub refused_commands: AtomicU64,
+}
+
+/// All counters of one OSDP gate.
+#[derive(Debug, Default)]
+pub struct OsdpStats {
+    /// Bytes from the controller.
+    pub received: WireStats,
+    /// Bytes to the controller.
+    pub sent: WireStats,
+    pub gate: GateStats,
+    /// Whether a secure channel is up now.
+    pub secure: AtomicBool,
+}
+
+impl OsdpStats {
+    /// One line for logs.
+    pub fn summary(&self) -> String {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let naks: Vec<String> = self
+            .sent
+            .naks
+            .iter()
+            .enumerate()
+            .filter(|(_, count)| load(count) > 0)
+            .map(|(reason, count)| format!("{reason}:{}", load(count)))
+            .collect();
+        format!(
+            "{} verdicts delivered, {} undelivered (no secure channel), {} dropped; {} secure sessions, {} keys \
+             set; from the controller: {} frames, {} bad checks, {} oversized, {} garbage bytes; NAKs sent by \
+             reason [{}]; {} commands refused",
+            load(&self.gate.delivered),
+            load(&self.gate.undelivered),
+            load(&self.gate.dropped),
+            load(&self.gate.secure_sessions),
+            load(&self.gate.keys_set),
+            load(&self.received.frames),
+            load(&self.received.bad_check),
+            load(&self.received.oversized),
+            load(&self.received.garbage),
+            naks.join(" "),
+            load(&self.gate.refused_commands),
+        )
+    }
+}
+
+/// A verdict as the OSDP thread needs it: fixed size, so queuing allocates nothing.
+#[derive(Clone, Copy, Debug)]
+struct Report {
+    decision: Decision,
+    fake_probability: Option<f32>,
+    frames: u32,
+    frames_seen: u32,
+    first_frame: u64,
+}
+
+enum Message {
+    Verdict(Report),
+    Health(Health),
+}
+
+/// The OSDP gate. `report` and `set_health` only queue; the thread named "gate-osdp" owns the PD and the port.
+pub struct OsdpGate {
+    sender: Option<SyncSender<Message>>,
+    stats: Arc<OsdpStats>,
+    thread: Option<JoinHandle<()>>,
+    description: String,
+    /// Kept for the JSON line size check every gate applies, so a verdict refused elsewhere is refused here.
+    line: Line,
+}
+
+impl OsdpGate {
+    /// Opens the serial port and starts the PD. Fails when the port cannot be opened or configured, or the key
+    /// file is missing, unreadable, readable by others or malformed (a missing key is accepted only in install
+    /// mode).
+    pub fn start(settings: &OsdpSettings) -> Result<OsdpGate> {
+        ensure!(
+            BAUD_RATES.contains(&settings.baud),
+            "OSDP baud rate {} is not one of {BAUD_RATES:?}",
+            settings.baud
+        );
+        ensure!(settings.address <= 126, "OSDP address {} must be 0 to 126", settings.address);
+        // In install mode without a site key yet, the PD starts on SCBK-D, the public default key the standard
+        // defines for commissioning (libosdp needs a key whenever the secure channel is enforced).
+        let key = match settings.key.exists() || !settings.install_mode {
+            true => read_key(&settings.key)?,
+            false => SCBK_D,
+        };
+        let port = serialport::new(settings.device.to_string_lossy(), settings.baud)
+            .timeout(Duration::ZERO)
+            .open_native()
+            .with_context(|| format!("opening OSDP serial port {}", settings.device.display()))?;
+        let stats = Arc::new(OsdpStats::default());
+        let channel = SerialChannel {
+            port,
+            stats: Arc::clone(&stats),
+            incoming: Inspector::default(),
+            outgoing: Inspector::default(),
+        };
+        let mut flags = OsdpFlag::EnforceSecure;
+        if settings.install_mode {
+            flags |= OsdpFlag::InstallMode;
+        }
+        let info = PdInfoBuilder::new()
+            .name("deepgate")
+            .and_then(|info| info.address(i32::from(settings.address)))
+            .and_then(|info| info.baud_rate(settings.baud as i32))
+            .map_err(|error| anyhow::anyhow!("OSDP settings: {error}"))?
+            .flag(flags)
+            .id(&identity(settings.vendor_code))
+            .capabilities(&[
+                PdCapability::ContactStatusMonitoring(PdCapEntity::new(1, INPUTS as u8)),
+                PdCapability::CommunicationSecurity(PdCapEntity::new(1, 1)),
+            ])
+            .secure_channel_key(key);
+        let state = Arc::new(PanelState::default());
+        let mut pd = PeripheralDevice::new(info, Box::new(channel))
+            .map_err(|error| anyhow::anyhow!("starting the OSDP peripheral device: {error}"))?;
+        pd.set_command_callback(command_handler(settings, Arc::clone(&state), Arc::clone(&stats)));
+        if settings.install_mode {
+            log::warn!(
+                "OSDP install mode: the public default key is accepted until the controller sets the site key \
+                 (written to {}); leave install mode once it has",
+                settings.key.display()
+            );
+        }
+
+        let (sender, receiver) = std::sync::mpsc::sync_channel(QUEUE);
+        let description = format!(
+            "osdp {} at {} baud, address {}",
+            settings.device.display(),
+            settings.baud,
+            settings.address
+        );
+        let thread = std::thread::Builder::new()
+            .name("gate-osdp".into())
+            .spawn({
+                let stats = Arc::clone(&stats);
+                let settings = settings.clone();
+                move || serve(pd, &receiver, &settings, &state, &stats)
+            })
+            .context("starting the OSDP thread")?;
+        Ok(OsdpGate { sender: Some(sender), stats, thread: Some(thread), description, line: Line::new() })
+    }
+
+    pub fn stats(&self) -> &OsdpStats {
+        &self.stats
+    }
+
+    /// Tells the controller about a change of the runtime's health (inputs, tamper, a health reply).
+    pub fn set_health(&mut self, health: Health) {
+        self.send(Message::Health(health));
+    }
+
+    fn send(&mut self, message: Message) {
+        let Some(sender) = &self.sender else { return };
+        match sender.try_send(message) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.stats.gate.dropped.fetch_add(1, Ordering::Relaxed);
+                log::warn!("{}: queue full, a message to the controller was dropped", self.description);
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.stats.gate.dropped.fetch_add(1, Ordering::Relaxed);
+                log::error!("{}: the OSDP thread has stopped", self.description);
+            }
+        }
+    }
+}
+
+impl Gate for OsdpGate {
+    fn report(&mut self, verdict: &VerdictMessage<'_>) -> Result<()> {
+        encode_line(verdict, &mut self.line)?;
+        self.send(Message::Verdict(Report {
+            decision: verdict.decision,
+            fake_probability: verdict.fake_probability,
+            frames: verdict.frames,
+            frames_seen: verdict.frames_seen,
+            first_frame: verdict.first_frame,
+        }));
+        Ok(())
+    }
+
+    fn flush(&mut self, timeout: Duration) -> Result<()> {
+        // Events wait in libosdp for the controller's next poll (at most 200 ms apart on a live bus).
+        let end = Instant::now() + timeout.min(Duration::from_millis(500));
+        while Instant::now() < end && self.thread.as_ref().is_some_and(|thread| !thread.is_finished()) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> &str {
+        &self.description
+    }
+}
+
+impl Drop for OsdpGate {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after it has handled what is queued.
+        self.sender = None;
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!("{}: the OSDP thread panicked", self.description);
+            }
+        }
+        log::info!("{}: {}", self.description, self.stats.summary());
+    }
+}
+
+/// Reads the site key file: 32 hexadecimal digits, private.
+fn read_key(path: &Path) -> Result<[u8; 16]> {
+    let text = super::read_private_file(path, "OSDP site key")?;
+    from_hex::<16>(&text, &format!("OSDP site key {}", path.display()))
+}
+
+/// Writes a site key set by the controller: a temporary file (mode 600) renamed over the old one, then the
+/// directory synced, so a power cut leaves the old key or the new one, never half of one.
+fn store_key(path: &Path, key: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let temporary = path.with_extension("new");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("creating {}", temporary.display()))?;
+    writeln!(file, "{}", super::to_hex(key)).and_then(|()| file.sync_all())?;
+    std::fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))?;
+    if let Some(directory) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        std::fs::File::open(directory).and_then(|directory| directory.sync_all())?;
+    }
+    Ok(())
+}
+
+/// The PD identity the controller reads with osdp_ID: our vendor code, model 1, the crate version.
+fn identity(vendor_code: [u8; 3]) -> PdId {
+    let version = |text: &str| text.parse::<u8>().unwrap_or(0);
+    PdId {
+        version: 1,
+        model: 1,
+        vendor_code: (vendor_code[0], vendor_code[1], vendor_code[2]),
+        serial_number: [0; 4],
+        firmware_version: (
+            version(env!("CARGO_PKG_VERSION_MAJOR")),
+            version(env!("CARGO_PKG_VERSION_MINOR")),
+            version(env!("CARGO_PKG_VERSION_PATCH")),
+        ),
+    }
+}
+
+/// What the controller reads with osdp_ISTAT and osdp_LSTAT, shared between the OSDP thread (which changes it)
+/// and libosdp's command callback (which answers with it).
+#[derive(Default)]
+struct PanelState {
+    /// Bit i: input i active.
+    inputs: AtomicU8,
+    tamper: AtomicBool,
+    /// The last health state's code, for the manufacturer health query.
+    health: AtomicU8,
+}
+
+impl PanelState {
+    fn input_report(&self) -> OsdpStatusReport {
+        let mut report = [0u8; 64];
+        let inputs = self.inputs.load(Ordering::Relaxed);
+        for (index, entry) in report.iter_mut().take(INPUTS).enumerate() {
+            *entry = (inputs >> index) & 1;
+        }
+        OsdpStatusReport { type_: OsdpStatusReportType::Input, nr_entries: INPUTS, report }
+    }
+
+    fn local_report(&self) -> OsdpStatusReport {
+        let mut report = [0u8; 64];
+        report[0] = u8::from(self.tamper.load(Ordering::Relaxed));
+        // report[1] is power: the kiosk has no supply monitor, so it always reads normal.
+        OsdpStatusReport { type_: OsdpStatusReportType::Local, nr_entries: 2, report }
+    }
+
+    fn health_reply(&self) -> Vec<u8> {
+        let inputs = self.inputs.load(Ordering::Relaxed);
+        vec![
+            MFG_HEALTH,
+            self.health.load(Ordering::Relaxed),
+            u8::from(self.tamper.load(Ordering::Relaxed)),
+            (inputs >> 2) & 1,
+        ]
+    }
+}
+
+/// libosdp's command callback: answers status queries from `state`, stores a site key, answers the health
+/// query; refuses (NAK) what this PD does not do. Returns 0 to ACK, a negative number to NAK, a positive one
+/// to send the (rewritten) manufacturer command back as a manufacturer reply.
+fn command_handler(
+    settings: &OsdpSettings,
+    state: Arc<PanelState>,
+    stats: Arc<OsdpStats>,
+) -> impl FnMut(&mut OsdpCommand) -> i32 {
+    let key_path = settings.key.clone();
+    let vendor_code = settings.vendor_code;
+    move |command| match command {
+        OsdpCommand::Status(report) => {
+            *report = match report.type_ {
+                OsdpStatusReportType::Input => state.input_report(),
+                OsdpStatusReportType::Local => state.local_report(),
+                _ => {
+                    stats.gate.refused_commands.fetch_add(1, Ordering::Relaxed);
+                    return -1;
+                }
+            };
+            0
+        }
+        OsdpCommand::KeySet(keyset) => match store_key(&key_path, &keyset.data) {
+            Ok(()) => {
+                stats.gate.keys_set.fetch_add(1, Ordering::Relaxed);
+                log::info!("OSDP: the controller set a new site key; stored in {}", key_path.display());
+                0
+            }
+            Err(error) => {
+                stats.gate.refused_commands.fetch_add(1, Ordering::Relaxed);
+                log::error!("OSDP: a new site key could not be stored, refused: {error:#}");
+                -1
+            }
+        },
+        OsdpCommand::Mfg(mfg) if mfg.vendor_code == (vendor_code[0], vendor_code[1], vendor_code[2]) => {
+            if mfg.data.first() == Some(&MFG_HEALTH) {
+                mfg.data = state.health_reply();
+                1
+            } else {
+                stats.gate.refused_commands.fetch_add(1, Ordering::Relaxed);
+                log::warn!("OSDP: unknown manufacturer command {:02x?} refused", mfg.data.first());
+                -1
+            }
+        }
+        other => {
+            stats.gate.refused_commands.fetch_add(1, Ordering::Relaxed);
+            log::warn!("OSDP: command {other:?} is not supported by this PD; refused");
+            -1
+        }
+    }
+}
+
+/// The OSDP thread: refreshes libosdp, turns verdicts and health changes into events, releases held inputs.
+///
+/// libosdp holds only `LIBOSDP_EVENTS` events (each leaves with one poll reply), so events wait in `pending`
+/// (bounded, oldest dropped and counted) and are handed over as the controller collects them: the outgoing
+/// inspector counts event replies on the wire.
+fn serve(
+    mut pd: PeripheralDevice,
+    receiver: &Receiver<Message>,
+    settings: &OsdpSettings,
+    state: &PanelState,
+    stats: &OsdpStats,
+) {
+    let mut pending: VecDeque<OsdpEvent> = VecDeque::with_capacity(PENDING);
+    let push = |pending: &mut VecDeque<OsdpEvent>, event: OsdpEvent| {
+        if pending.len() == PENDING {
+            pending.pop_front();
+            stats.gate.dropped.fetch_add(1, Ordering::Relaxed);
+            log::warn!("OSDP: the controller collects events too slowly; the oldest waiting one was dropped");
+        }
+        pending.push_back(event);
+    };
+    let replies = || stats.sent.event_replies.load(Ordering::Relaxed);
+    let mfg = |data: Vec<u8>| {
+        let [a, b, c] = settings.vendor_code;
+        OsdpEvent::MfgReply(OsdpEventMfgReply { vendor_code: (a, b, c), data })
+    };
+    // Events handed to libosdp, and the event replies counted on the wire when that count started.
+    let (mut handed, mut replies_before) = (0u64, replies());
+    // When inputs 0 and 1 are released again.
+    let mut release: Option<Instant> = None;
+    let mut secure = false;
+    loop {
+        pd.refresh();
+        let now_secure = pd.is_sc_active();
+        if now_secure != secure {
+            secure = now_secure;
+            stats.secure.store(secure, Ordering::Relaxed);
+            if secure {
+                stats.gate.secure_sessions.fetch_add(1, Ordering::Relaxed);
+                log::info!("OSDP: secure channel established with the controller");
+                // The controller may have missed changes while the channel was down: tell it the present.
+                push(&mut pending, OsdpEvent::Status(state.input_report()));
+                push(&mut pending, OsdpEvent::Status(state.local_report()));
+            } else {
+                // Events queued for a channel that is gone are stale by the time another is up.
+                pending.clear();
+                pd.flush_events();
+                (handed, replies_before) = (0, replies());
+                log::warn!(
+                    "OSDP: secure channel lost; verdicts are withheld until the controller re-establishes it"
+                );
+            }
+        }
+        match receiver.recv_timeout(REFRESH) {
+            Ok(Message::Verdict(report)) if !secure => {
+                stats.gate.undelivered.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "OSDP: no secure channel with the controller; a {} verdict was not sent",
+                    report.decision.name()
+                );
+            }
+            Ok(Message::Verdict(report)) => {
+                let bits = match report.decision {
+                    Decision::Genuine => 0b01,
+                    Decision::Fake => 0b10,
+                    Decision::Uncertain | Decision::NoFace => 0,
+                };
+                let before = state.inputs.load(Ordering::Relaxed);
+                state.inputs.store(before & !0b11 | bits, Ordering::Relaxed);
+                if bits != 0 {
+                    release = Some(Instant::now() + settings.hold);
+                }
+                if state.inputs.load(Ordering::Relaxed) != before {
+                    push(&mut pending, OsdpEvent::Status(state.input_report()));
+                }
+                push(&mut pending, mfg(verdict_reply(&report, &settings.model).to_vec()));
+                stats.gate.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Message::Health(health)) => {
+                let inputs =
+                    state.inputs.load(Ordering::Relaxed) & 0b11 | u8::from(!health.can_decide()) << 2;
+                if inputs != state.inputs.swap(inputs, Ordering::Relaxed) {
+                    push(&mut pending, OsdpEvent::Status(state.input_report()));
+                }
+                if health.tamper() != state.tamper.swap(health.tamper(), Ordering::Relaxed) {
+                    push(&mut pending, OsdpEvent::Status(state.local_report()));
+                }
+                state.health.store(health.state.code(), Ordering::Relaxed);
+                // Kept while no channel is up: it is the present state, unlike a verdict about someone gone.
+                push(&mut pending, mfg(state.health_reply()));
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if release.is_some_and(|at| Instant::now() >= at) {
+            release = None;
+            state.inputs.fetch_and(!0b11, Ordering::Relaxed);
+            push(&mut pending, OsdpEvent::Status(state.input_report()));
+        }
+        while secure && handed.saturating_sub(replies() - replies_before) < LIBOSDP_EVENTS {
+            let Some(event) = pending.pop_front() else { break };
+            match pd.notify_event(event.clone()) {
+                Ok(()) => handed += 1,
+                Err(_) => {
+                    pending.push_front(event);
+                    break;
+                }
+            }
+        }
+    }
+    // A last refresh round so that the controller's next polls can still collect what was just queued.
+    let end = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < end {
+        pd.refresh();
+        while let Some(event) = pending.pop_front().filter(|_| secure) {
+            if pd.notify_event(event).is_err() {
+                break;
+            }
+        }
+        std::thread::sleep(REFRESH);
+    }
+}
+
+/// The manufacturer reply for a verdict (layout in the module documentation).
+fn verdict_reply(report: &Report, model: &[u8; 8]) -> [u8; 24] {
+    let mut data = [0u8; 24];
+    data[0] = MFG_VERDICT;
+    data[1] = match report.decision {
+        Decision::Genuine => 0,
+        Decision::Fake => 1,
+        Decision::Uncertain => 2,
+        Decision::NoFace => 3,
+    };
+    let probability = report
+        .fake_probability
+        .filter(|p| p.is_finite())
+        .map_or(0xFFFF, |p| (p.clamp(0.0, 1.0) * 10000.0).round() as u16);
+    data[2..4].copy_from_slice(&probability.to_le_bytes());
+    data[4..6].copy_from_slice(&(report.frames.min(0xFFFF) as u16).to_le_bytes());
+    data[6..8].copy_from_slice(&(report.frames_seen.min(0xFFFF) as u16).to_le_bytes());
+    data[8..16].copy_from_slice(&report.first_frame.to_le_bytes());
+    data[16..24].copy_from_slice(model);
+    data
+}
+
+/// The serial port as libosdp's channel: non-blocking reads, and every byte both ways seen by an inspector.
+struct SerialChannel {
+    port: serialport::TTYPort,
+    stats: Arc<OsdpStats>,
+    incoming: Inspector,
+    outgoing: Inspector,
+}
+
+impl Channel for SerialChannel {
+    fn get_id(&self) -> i32 {
+        0
+    }
+
+    fn read(&mut self, buffer: &mut [u8]) -> Result<usize, ChannelError> {
+        match self.port.read(buffer) {
+            Ok(count) => {
+                self.incoming.feed(&buffer[..count], &self.stats.received);
+                Ok(count)
+            }
+            Err(error)
+                if matches!(error.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) =>
+            {
+                Err(ChannelError::WouldBlock)
+            }
+            Err(error) => {
+                log::error!("OSDP serial port: {error}");
+                Err(ChannelError::TransportError)
+            }
+        }
+    }
+
+    fn write(&mut self, buffer: &[u8]) -> Result<usize, ChannelError> {
+        match self.port.write(buffer) {
+            Ok(count) => {
+                self.outgoing.feed(&buffer[..count], &self.stats.sent);
+                Ok(count)
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => Err(ChannelError::WouldBlock),
+            Err(error) => {
+                log::error!("OSDP serial port: {error}");
+                Err(ChannelError::TransportError)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), ChannelError> {
+        // Discards unread input: libosdp calls this to resynchronise after a broken frame.
+        serialport::SerialPort::clear(&self.port, serialport::ClearBuffer::Input)
+            .map_err(|_| ChannelError::TransportError)
+    }
+
+    fn close(&mut self) -> Result<(), ChannelError> {
+        Ok(())
+    }
+}
+
+/// Follows OSDP framing on one direction of the wire to count frames and refusals; it never changes a byte
+/// (libosdp does the protocol). A frame: SOM 0x53, address, length (2 bytes, little-endian, the whole frame),
+/// control (bit 2: CRC-16 instead of an 8-bit checksum; bit 3: a security block follows), [security block],
+/// code, data, [MAC], check.
+#[derive(Default)]
+struct Inspector {
+    buffer: heapless::Vec<u8, MAX_FRAME>,
+}
+
+const SOM: u8 = 0x53;
+/// The mark byte OSDP allows before a frame.
+const MARK: u8 = 0xFF;
+/// SOM, address, two length bytes, control, code, and a 1-byte checksum.
+const MIN_FRAME: usize = 7;
+
+impl Inspector {
+    fn feed(&mut self, mut bytes: &[u8], stats: &WireStats) {
+        while !bytes.is_empty() {
+            if self.buffer.is_empty() {
+                // Between frames: skip to the next start of message.
+                let start = bytes.iter().position(|&byte| byte == SOM).unwrap_or(bytes.len());
+                let noise = bytes[..start].iter().filter(|&&byte| byte != MARK).count();
+                stats.garbage.fetch_add(noise as u64, Ordering::Relaxed);
+                bytes = &bytes[start..];
+                if bytes.is_empty() {
+                    return;
+                }
+            }
+            let wanted = if self.buffer.len() < 4 {
+                4 - self.buffer.len()
+            } else {
+                let length = usize::from(u16::from_le_bytes([self.buffer[2], self.buffer[3]]));
+                if !(MIN_FRAME..=MAX_FRAME).contains(&length) {
+                    stats.oversized.fetch_add(1, Ordering::Relaxed);
+                    self.resynchronise(stats);
+                    continue;
+                }
+                length - self.buffer.len()
+            };
+            let take = wanted.min(bytes.len());
+            // Cannot fail: `wanted` keeps the buffer within MAX_FRAME.
+            let _ = self.buffer.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            let length = (self.buffer.len() >= 4)
+                .then(|| usize::from(u16::from_le_bytes([self.buffer[2], self.buffer[3]])));
+            if length == Some(self.buffer.len()) {
+                self.finish(stats);
+            }
+        }
+    }
+
+    /// A complete frame is in the buffer: check it and count.
+    fn finish(&mut self, stats: &WireStats) {
+        let frame = &self.buffer[..];
+        let control = frame[4];
+        let good = if control & 0x04 != 0 {
+            let (body, check) = frame.split_at(frame.len() - 2);
+            crc16(body) == u16::from_le_bytes([check[0], check[1]])
+        } else {
+            frame.iter().fold(0u8, |sum, &byte| sum.wrapping_add(byte)) == 0
+        };
+        if !good {
+            stats.bad_check.fetch_add(1, Ordering::Relaxed);
+            self.resynchronise(stats);
+            return;
+        }
+        stats.frames.fetch_add(1, Ordering::Relaxed);
+        let code_at = 5 + if control & 0x08 != 0 { usize::from(frame[5]) } else { 0 };
+        if frame.get(code_at).is_some_and(|code| EVENT_REPLIES.contains(code)) {
+            stats.event_replies.fetch_add(1, Ordering::Relaxed);
+        }
+        if frame.get(code_at) == Some(&REPLY_NAK) {
+            // Security block types 0x17 and 0x18 carry encrypted data: the reason cannot be read then.
+            let encrypted = control & 0x08 != 0 && matches!(frame.get(6), Some(0x17 | 0x18));
+            let reason = match frame.get(code_at + 1) {
+                Some(&reason) if !encrypted && usize::from(reason) < NAK_REASONS => usize::from(reason),
+                _ => 0,
+            };
+            stats.naks[reason].fetch_add(1, Ordering::Relaxed);
+        }
+        self.buffer.clear();
+    }
+
+    /// Drops the start of message that led to a broken frame and looks for the next one in what followed it.
+    fn resynchronise(&mut self, stats: &WireStats) {
+        let rest: heapless::Vec<u8, MAX_FRAME> = self.buffer.iter().skip(1).copied().collect();
+        self.buffer.clear();
+        self.feed(&rest, stats);
+    }
+}
+
+/// CRC-16 as OSDP defines it (CRC-16/AUG-CCITT: polynomial 0x1021, initial value 0x1D0F).
+fn crc16(bytes: &[u8]) -> u16 {
+    bytes.iter().fold(0x1D0F, |mut crc: u16, &byte| {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 { crc << 1 ^ 0x1021 } else { crc << 1 };
+        }
+        crc
+    })
+}
+
+/// Parses a vendor code as the config writes it: 6 hexadecimal digits.
+pub fn parse_vendor_code(text: &str) -> Result<[u8; 3]> {
+    from_hex::<3>(text, "gate.vendor_code")
+}
+
+/// Refuses OSDP settings that cannot work, naming the key.
+pub fn validate(baud: u32, address: u8, hold_ms: u32, vendor_code: &str) -> Result<()> {
+    if !BAUD_RATES.contains(&baud) {
+        bail!("gate.baud {baud} must be one of {BAUD_RATES:?}");
+    }
+    ensure!(address <= 126, "gate.address {address} must be 0 to 126 (127 is the broadcast address)");
+    ensure!((100..=60_000).contains(&hold_ms), "gate.hold_ms {hold_ms} must be 100 to 60000");
+    parse_vendor_code(vendor_code)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(address: u8, control: u8, code: u8, data: &[u8]) -> Vec<u8> {
+        let crc = control & 0x04 != 0;
+        let length = 6 + data.len() + if crc { 2 } else { 1 };
+        let mut frame = vec![SOM, address, length as u8, (length >> 8) as u8, control, code];
+        frame.extend_from_slice(data);
+        if crc {
+            let check = crc16(&frame);
+            frame.extend_from_slice(&check.to_le_bytes());
+        } else {
+            let sum = frame.iter().fold(0u8, |sum, &byte| sum.wrapping_add(byte));
+            frame.push(sum.wrapping_neg());
+        }
+        frame
+    }
+
+    #[test]
+    fn crc16_is_osdp_s_check() {
+        // CRC-16/AUG-CCITT's published check value for "123456789".
+        assert_eq!(crc16(b"123456789"), 0xE5CC);
+    }
+
+    #[test]
+    fn the_inspector_counts_good_frames_bad_checks_oversized_frames_and_noise() {
+        let stats = WireStats::default();
+        let mut inspector = Inspector::default();
+        let poll = frame(5, 0x04, 0x60, &[]);
+        let mut corrupt = frame(5, 0x04, 0x61, &[0]);
+        corrupt[6] ^= 0x40;
+        let mut stream = vec![MARK];
+        stream.extend_from_slice(&poll);
+        stream.extend_from_slice(b"noise");
+        stream.extend_from_slice(&corrupt);
+        stream.extend_from_slice(&[SOM, 5, 0x00, 0x10, 0x04]); // announces 4096 bytes
+        stream.extend_from_slice(&frame(5, 0x00, 0x60, &[]));
+        // Fed one byte at a time and all at once, the counts are the same.
+        for byte in &stream {
+            inspector.feed(std::slice::from_ref(byte), &stats);
+        }
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        assert_eq!(load(&stats.frames), 2);
+        assert_eq!(load(&stats.bad_check), 1);
+        assert_eq!(load(&stats.oversized), 1);
+        // "noise" minus its 'S' (taken for a start of message, then dropped as a broken frame).
+        assert!(load(&stats.garbage) >= 4, "{}", load(&stats.garbage));
+
+        let again = WireStats::default();
+        Inspector::default().feed(&stream, &again);
+        assert_eq!(
+            (load(&again.frames), load(&again.bad_check), load(&again.oversized)),
+            (load(&stats.frames), load(&stats.bad_check), load(&stats.oversized))
+        );
+    }
+
+    #[test]
+    fn naks_are_counted_by_reason_unless_encrypted() {
+        let stats = WireStats::default();
+        let mut inspector = Inspector::default();
+        inspector.feed(&frame(0x85, 0x04, REPLY_NAK, &[0x04]), &stats); // sequence error
+        inspector.feed(&frame(0x85, 0x04, REPLY_NAK, &[0x06]), &stats); // SC conditions not met
+                                                                        // With a security block of type 0x18 (encrypted data), the reason is not readable.
+        inspector.feed(&frame(0x85, 0x0C, 0x02, &[0x18, REPLY_NAK, 0x99]), &stats);
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        assert_eq!((load(&stats.naks[4]), load(&stats.naks[6])), (1, 1));
+        assert_eq!(load(&stats.frames), 3);
+    }
+
+    #[test]
+    fn verdict_replies_have_the_documented_layout() {
+        let report = Report {
+            decision: Decision::Fake,
+            fake_probability: Some(0.8731),
+            frames: 7,
+            frames_seen: 70_000,
+            first_frame: 0x0102_0304_0506_0708,
+        };
+        let data = verdict_reply(&report, &[0xAA; 8]);
+        assert_eq!(data[0..2], [MFG_VERDICT, 1]);
+        assert_eq!(u16::from_le_bytes([data[2], data[3]]), 8731);
+        assert_eq!(u16::from_le_bytes([data[4], data[5]]), 7);
+        assert_eq!(u16::from_le_bytes([data[6], data[7]]), 0xFFFF, "saturates, never wraps");
+        assert_eq!(u64::from_le_bytes(data[8..16].try_into().unwrap()), 0x0102_0304_0506_0708);
+        assert_eq!(data[16..24], [0xAA; 8]);
+        let none = verdict_reply(&Report { fake_probability: None, ..report }, &[0; 8]);
+        assert_eq!(u16::from_le_bytes([none[2], none[3]]), 0xFFFF);
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_naming_the_key() {
+        assert!(validate(115_200, 5, 1000, "0a1b2c").is_ok());
+        let message = |result: Result<()>| format!("{:#}", result.unwrap_err());
+        assert!(message(validate(12_345, 5, 1000, "0a1b2c")).contains("gate.baud"));
+        assert!(message(validate(9600, 127, 1000, "0a1b2c")).contains("gate.address"));
+        assert!(message(validate(9600, 5, 10, "0a1b2c")).contains("gate.hold_ms"));
+        assert!(message(validate(9600, 5, 1000, "xyz")).contains("gate.vendor_code"));
+    }
+
+    #[test]
+    fn a_stored_site_key_replaces_the_old_one_privately() {
+        use std::os::unix::fs::PermissionsExt;
+        let directory = std::env::temp_dir().join(format!("deepgate-osdp-key-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let path = directory.join("site.key");
+        store_key(&path, &[0x11; 16]).unwrap();
+        store_key(&path, &[0x22; 16]).unwrap();
+        assert_eq!(read_key(&path).unwrap(), [0x22; 16]);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(format!("{:#}", read_key(&path).unwrap_err()).contains("chmod 600"));
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+}
