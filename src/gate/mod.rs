@@ -1,6 +1,7 @@
 //! The gate: where verdicts go (stdout, a TCP controller; OSDP and relays later), and their JSON form.
 
 pub mod audit;
+pub mod spool;
 pub mod stdout;
 pub mod tcp;
 
