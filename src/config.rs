@@ -85,8 +85,17 @@ impl DetectorSection {
 pub enum GateSection {
     /// JSON lines on standard output.
     Stdout,
-    /// JSON lines over TCP to a controller, with reconnection and a bounded queue.
-    Tcp { address: String, queue: usize },
+    /// JSON lines over TCP to a controller, with reconnection, kept in an on-disk spool until acknowledged
+    /// (`src/gate/tcp.rs` states the protocol).
+    Tcp {
+        /// The controller, `host:port`.
+        address: String,
+        /// Verdicts kept until the controller acknowledges them, 1 to 4096; when full, the oldest is dropped.
+        queue: usize,
+        /// The spool file (created if missing, in an existing directory). A spool on a RAM file system
+        /// (`/run/...`) is the explicit choice of keeping verdicts across controller outages but not reboots.
+        spool: PathBuf,
+    },
     /// An OSDP peripheral device on a serial (RS-485) line, polled by the access controller; Secure Channel
     /// enforced (`gate::osdp`).
     Osdp {
@@ -210,8 +219,14 @@ impl BoardConfig {
             "decision.max_session_frames must be between decision.max_frames and 100000"
         );
         ensure!((1..=1000).contains(&decision.lost_frames), "decision.lost_frames must be 1 to 1000");
-        if let GateSection::Tcp { address, queue } = &self.gate {
-            ensure!((1..=4096).contains(queue), "gate.queue must be 1 to 4096 verdicts");
+        if let GateSection::Tcp { address, queue, spool } = &self.gate {
+            let most = crate::gate::spool::MAX_CAPACITY;
+            ensure!((1..=most).contains(queue), "gate.queue must be 1 to {most} verdicts");
+            ensure!(
+                spool.file_name().is_some() && !spool.to_string_lossy().ends_with('/'),
+                "gate.spool `{}` must name a file",
+                spool.display()
+            );
             ensure!(
                 address
                     .rsplit_once(':')
@@ -394,14 +409,33 @@ mod tests {
             ("id = \"host\"", "id = \"\"", "board.id"),
             (
                 "kind = \"stdout\"",
-                "kind = \"tcp\"\naddress = \"controller.local\"\nqueue = 16",
+                "kind = \"tcp\"\naddress = \"controller.local\"\nqueue = 16\nspool = \"gate.spool\"",
                 "gate.address",
             ),
-            ("kind = \"stdout\"", "kind = \"tcp\"\naddress = \":9000\"\nqueue = 16", "gate.address"),
             (
                 "kind = \"stdout\"",
-                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 0",
+                "kind = \"tcp\"\naddress = \":9000\"\nqueue = 16\nspool = \"gate.spool\"",
+                "gate.address",
+            ),
+            (
+                "kind = \"stdout\"",
+                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 0\nspool = \"gate.spool\"",
                 "gate.queue",
+            ),
+            (
+                "kind = \"stdout\"",
+                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 4097\nspool = \"gate.spool\"",
+                "gate.queue",
+            ),
+            (
+                "kind = \"stdout\"",
+                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16\nspool = \"\"",
+                "gate.spool",
+            ),
+            (
+                "kind = \"stdout\"",
+                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16\nspool = \"/var/lib/\"",
+                "gate.spool",
             ),
         ];
         for (old, new, key) in cases {
@@ -411,11 +445,26 @@ mod tests {
 
     #[test]
     fn a_valid_tcp_gate_is_accepted() {
+        let text = host_with(
+            "kind = \"stdout\"",
+            "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16\nspool = \"../var/gate.spool\"",
+        );
+        let mut config =
+            BoardConfig::parse(&text).expect("a tcp gate with host:port, a queue and a spool is valid");
+        config.directory = PathBuf::from("/etc/deepgate/board");
+        let GateSection::Tcp { address, queue, spool } = &config.gate else {
+            panic!("gate is {:?}", config.gate)
+        };
+        assert_eq!((address.as_str(), *queue), ("controller.local:9000", 16));
+        assert_eq!(config.resolve(spool), PathBuf::from("/etc/deepgate/var/gate.spool"));
+    }
+
+    #[test]
+    fn a_tcp_gate_without_a_spool_is_refused_naming_the_key() {
+        // There is no memory-only TCP gate: a spool on a RAM file system is that choice, made explicitly.
         let text =
             host_with("kind = \"stdout\"", "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16");
-        let config = BoardConfig::parse(&text).expect("a tcp gate with host:port and a queue is valid");
-        let GateSection::Tcp { address, queue } = &config.gate else { panic!("gate is {:?}", config.gate) };
-        assert_eq!((address.as_str(), *queue), ("controller.local:9000", 16));
+        assert_rejected_naming(&text, "spool");
     }
 
     #[test]
@@ -494,7 +543,7 @@ mod tests {
         std::fs::create_dir_all(&directory).unwrap();
         std::fs::write(directory.join("base.toml"), host_text()).unwrap();
         let child = "inherit = \"base.toml\"\n[board]\nid = \"door-2\"\n[decision]\nevidence_weight = 0.5\n\
-                     [gate]\nkind = \"tcp\"\naddress = \"10.0.0.5:4000\"\nqueue = 32\n";
+                     [gate]\nkind = \"tcp\"\naddress = \"10.0.0.5:4000\"\nqueue = 32\nspool = \"gate.spool\"\n";
         std::fs::write(directory.join("child.toml"), child).unwrap();
         let config = BoardConfig::load(&directory.join("child.toml")).unwrap();
         assert_eq!(config.board.id, "door-2");

@@ -1,6 +1,7 @@
 //! Steady state is allocation-free: after warm-up, processing a frame allocates nothing on the heap outside
 //! tract's inference call (which allocates its tensors on every run; counted and reported separately), for
 //! every raw camera pixel format, with faces found, aligned, classified and decided, and verdicts encoded.
+//! Reporting a verdict to the TCP gate (stored and synced in its spool) allocates nothing either.
 //!
 //! A counting global allocator sees every allocation of this test process; the test runs its frames on one
 //! thread and counts only that thread's allocations.
@@ -146,4 +147,32 @@ fn steady_state_frames_allocate_nothing_outside_inference() {
         assert_eq!(inference_per_frame.first(), inference_per_frame.last(), "{}", format.name());
         pipeline.finish();
     }
+}
+
+#[test]
+fn reporting_to_the_tcp_gate_allocates_nothing() {
+    use deepgate::gate::tcp::{TcpGate, TcpGateSettings};
+    use deepgate::gate::{Decision, Gate};
+    // No controller: every verdict stays in the spool, the case where reporting does the most work (short of
+    // a full spool, whose drops now and then rewrite the file).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let spool = common::temp_dir("allocation-spool").join("gate.spool");
+    let mut gate = TcpGate::start(TcpGateSettings::new(&format!("127.0.0.1:{port}"), &spool, 64)).unwrap();
+    let message = |index: u64| VerdictMessage {
+        kind: "verdict",
+        source: "allocation-test",
+        decision: Decision::Genuine,
+        fake_probability: Some(0.125),
+        frames: 3,
+        frames_seen: 4,
+        first_frame: index,
+        last_frame: index + 3,
+        reason: "a sentence of reason",
+    };
+    gate.report(&message(0)).unwrap();
+    for index in 1..=20 {
+        let (ours, _) = allocations(|| gate.report(&message(index)).unwrap());
+        assert_eq!(ours, 0, "report {index} made {ours} heap allocations");
+    }
+    assert_eq!(gate.stats().queued, 21);
 }

@@ -218,25 +218,52 @@ fn run_stops_cleanly_on_sigterm() {
 }
 
 #[test]
-fn the_tcp_gate_delivers_verdicts_to_a_controller() {
+fn the_tcp_gate_delivers_verdicts_to_a_controller_that_acknowledges_them() {
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
+    let spool = common::temp_dir("cli-spool").join("gate.spool");
     let board = common::board(
         None,
         &[&common::fixture("faces/astronaut.png"), &common::fixture("scenes/coffee.png")],
-        &[("kind = \"stdout\" ", &format!("kind = \"tcp\"\naddress = \"{address}\"\nqueue = 16 "))],
+        &[(
+            "kind = \"stdout\" ",
+            &format!("kind = \"tcp\"\naddress = \"{address}\"\nqueue = 16\nspool = {spool:?} "),
+        )],
     );
-    let output = deepgate(&["run", "--board", board.to_str().unwrap()]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.stdout.is_empty(), "verdicts go to the controller, not stdout");
-    let (connection, _) = listener.accept().unwrap();
-    let lines: Vec<Value> = BufReader::new(connection)
-        .lines()
-        .map(|line| serde_json::from_str(&line.unwrap()).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 2, "{lines:#?}");
-    assert_eq!(lines[0]["decision"], "uncertain");
-    assert_eq!(lines[1]["decision"], "no_face");
+    // A controller that acknowledges every line, for two runs of the runtime, one connection each.
+    let controller = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for _ in 0..2 {
+            let (connection, _) = listener.accept().unwrap();
+            let mut writer = connection.try_clone().unwrap();
+            for line in BufReader::new(connection).lines() {
+                let line: Value = serde_json::from_str(&line.unwrap()).unwrap();
+                writeln!(writer, "{{\"ack\":{}}}", line["id"]).unwrap();
+                lines.push(line);
+            }
+        }
+        lines
+    });
+    for _ in 0..2 {
+        let output = deepgate(&["run", "--board", board.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert!(
+            !stderr.contains("not acknowledged"),
+            "every verdict was acknowledged before the end: {stderr}"
+        );
+        assert!(output.stdout.is_empty(), "verdicts go to the controller, not stdout");
+    }
+    let lines = controller.join().unwrap();
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    // Ids go on across runs: the spool remembers them even when it is empty.
+    let ids: Vec<&Value> = lines.iter().map(|line| &line["id"]).collect();
+    assert_eq!(ids, [1, 2, 3, 4], "{lines:#?}");
+    for pair in lines.chunks(2) {
+        assert_eq!(pair[0]["decision"], "uncertain");
+        assert_eq!(pair[1]["decision"], "no_face");
+    }
 }
 
 #[test]

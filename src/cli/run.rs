@@ -9,7 +9,7 @@ use deepgate::frame::Frame;
 use deepgate::gate::audit::{AuditLog, ModelRecord, Thresholds};
 use deepgate::gate::osdp::{OsdpGate, OsdpSettings};
 use deepgate::gate::stdout::StdoutGate;
-use deepgate::gate::tcp::TcpGate;
+use deepgate::gate::tcp::{TcpGate, TcpGateSettings};
 use deepgate::gate::Gate;
 use deepgate::pipeline::Pipeline;
 use std::path::Path;
@@ -30,7 +30,9 @@ pub fn run(board: &Path) -> Result<ExitCode> {
     let (config, mut pipeline) = super::start(board)?;
     let mut gate: Box<dyn Gate> = match &config.gate {
         GateSection::Stdout => Box::new(StdoutGate::default()),
-        GateSection::Tcp { address, queue } => Box::new(TcpGate::start(address, *queue)?),
+        GateSection::Tcp { address, queue, spool } => {
+            Box::new(TcpGate::start(TcpGateSettings::new(address, &config.resolve(spool), *queue))?)
+        }
         GateSection::Osdp { .. } => Box::new(OsdpGate::start(&osdp_settings(&config, &pipeline)?)?),
     };
     log::info!("gate: {}; backend: {:?}", gate.describe(), config.runtime.backend);

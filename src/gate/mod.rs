@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod osdp;
+pub mod spool;
 pub mod stdout;
 pub mod tcp;
 
