@@ -1,6 +1,7 @@
-//! The gate: where verdicts go (stdout, a TCP controller; OSDP and relays later), and their JSON form.
+//! The gate: where verdicts go (stdout, a TCP controller, a door relay; OSDP later), and their JSON form.
 
 pub mod audit;
+pub mod relay;
 pub mod stdout;
 pub mod tcp;
 
