@@ -1,6 +1,6 @@
-//! The door relay driven by verdicts, faults and its watchdog, observed on a recording line: which writes reach
-//! the relay, in what order and when. Timing bounds are generous (a loaded two-core machine): lower bounds are
-//! exact because a pulse may never end early, upper bounds only catch a pulse that does not end.
+//! The door relay driven by verdicts, faults and its watchdog, observed on a recording line: which writes
+//! reach the relay, in what order and when. Timing bounds are generous (a loaded two-core machine): lower
+//! bounds are exact because a pulse may never end early, upper bounds only catch a pulse that does not end.
 
 use deepgate::gate::relay::{DoorMode, DoorState, RecordingLine, RelayGate, RelaySettings};
 use deepgate::gate::{Decision, Gate, VerdictMessage};
@@ -75,7 +75,8 @@ fn stays(line: &RecordingLine, expected: &[bool], quiet: Duration) {
 fn a_genuine_verdict_energises_a_strike_for_the_pulse_then_releases_it() {
     let (mut relay, line) = start(DoorMode::FailSecure, DoorState::Locked, 200, 5000);
     assert!(relay.describe().contains("recording line (fail_secure, pulse 200 ms"), "{}", relay.describe());
-    // The fault state (locked: released) is written at start; feeding locks the door, which is the same write.
+    // The fault state (locked: released) is written at start; feeding locks the door, which is the same
+    // write.
     wait_for(&line, &[false]);
     relay.feed();
     let reported = Instant::now();

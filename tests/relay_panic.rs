@@ -1,5 +1,5 @@
-//! The relay's panic hook, in a test binary of its own because the hook is process-wide: a panic on any thread
-//! puts the door into its fault state at once, latched until the process restarts.
+//! The relay's panic hook, in a test binary of its own because the hook is process-wide: a panic on any
+//! thread puts the door into its fault state at once, latched until the process restarts.
 
 use deepgate::gate::relay::{
     install_panic_hook, DoorMode, DoorState, RecordingLine, RelayGate, RelaySettings,

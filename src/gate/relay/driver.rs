@@ -175,14 +175,11 @@ impl Shared {
         match lock_patiently(&self.output) {
             Some(mut output) => {
                 if let Err(error) = output.apply(self.settings.fault_energised()) {
-                    log::error!(
-                        "relay {}: writing the fault state after a panic: {error:#}",
-                        self.description
-                    );
+                    log::error!("{}: writing the fault state after a panic: {error:#}", self.description);
                 }
             }
             None => {
-                log::error!("relay {}: line busy during a panic; fault state not written", self.description)
+                log::error!("{}: line busy during a panic; fault state not written", self.description)
             }
         }
     }
@@ -242,7 +239,7 @@ impl RelayGate {
         if settings.fault_state != settings.mode.unpowered() {
             log::warn!(
                 "{description}: the fault state differs from the door's unpowered state ({}): a crash, \
-                 SIGKILL or power loss leaves the door {} while handled faults leave it {}",
+                 SIGKILL or power loss can leave the door {} while handled faults leave it {}",
                 settings.mode.unpowered().name(),
                 settings.mode.unpowered().name(),
                 settings.fault_state.name()
@@ -313,6 +310,7 @@ impl RelayGate {
         self.shared.wake.notify_one();
     }
 
+    /// The counters, read under one lock.
     pub fn stats(&self) -> RelayStats {
         lock(&self.shared.state).stats
     }
