@@ -3,6 +3,7 @@
 
 use crate::decide::DecisionSettings;
 use crate::detect::DetectorSettings;
+use crate::gate::relay::RelayConfig;
 use crate::quality::QualitySettings;
 use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
@@ -22,6 +23,9 @@ pub struct BoardConfig {
     /// Decision receipts (hash-chained audit log); absent: none are kept.
     #[serde(default)]
     pub audit: Option<AuditSection>,
+    /// The door relay on a GPIO line (`gate::relay`), next to the `[gate]` report; absent: no relay.
+    #[serde(default)]
+    pub relay: Option<RelayConfig>,
     /// The directory relative paths are resolved against (the config file's); not a key.
     #[serde(skip)]
     pub directory: PathBuf,
@@ -236,6 +240,9 @@ impl BoardConfig {
         }
         if let GateSection::Osdp { baud, address, hold_ms, vendor_code, .. } = &self.gate {
             crate::gate::osdp::validate(*baud, *address, *hold_ms, vendor_code)?;
+        }
+        if let Some(relay) = &self.relay {
+            relay.validate()?;
         }
         if let Some(classifier) = &self.models.classifier {
             ensure!(!classifier.is_empty(), "models.classifier must be a model id (omit the key for none)");

@@ -8,6 +8,7 @@ use deepgate::config::{BoardConfig, GateSection, SourceSection};
 use deepgate::frame::Frame;
 use deepgate::gate::audit::{AuditLog, ModelRecord, Thresholds};
 use deepgate::gate::osdp::{OsdpGate, OsdpSettings};
+use deepgate::gate::relay::RelayGate;
 use deepgate::gate::stdout::StdoutGate;
 use deepgate::gate::tcp::{TcpGate, TcpGateSettings};
 use deepgate::gate::Gate;
@@ -36,6 +37,15 @@ pub fn run(board: &Path) -> Result<ExitCode> {
         GateSection::Osdp { .. } => Box::new(OsdpGate::start(&osdp_settings(&config, &pipeline)?)?),
     };
     log::info!("gate: {}; backend: {:?}", gate.describe(), config.runtime.backend);
+    // The door relay gets every verdict too; it holds its fault state until the first frame feeds it, and
+    // again when it is dropped at the end of this function (end of input, signal, unwinding).
+    let mut relay = match &config.relay {
+        Some(section) => Some(RelayGate::open(section)?),
+        None => None,
+    };
+    if let Some(relay) = &relay {
+        log::info!("{}", relay.describe());
+    }
     let mut audit = match &config.audit {
         Some(section) => Some(open_audit(&config, &pipeline, &config.resolve(&section.path))?),
         None => None,
@@ -61,10 +71,22 @@ pub fn run(board: &Path) -> Result<ExitCode> {
                 true
             };
             let mut emit = |event: Event| match event {
-                Event::Frame { .. } => {}
+                Event::Frame { .. } => {
+                    // Each processed frame feeds the relay's watchdog; failed frames do not.
+                    if let Some(relay) = &relay {
+                        relay.feed();
+                    }
+                }
                 Event::Verdict { source, verdict } => {
                     verdicts += 1;
-                    if let Err(error) = gate.report(&verdict_message(source, verdict)) {
+                    let message = verdict_message(source, verdict);
+                    // The door first: the stdout gate writes synchronously and may wait on its reader.
+                    if let Some(relay) = relay.as_mut() {
+                        if let Err(error) = relay.report(&message) {
+                            log::error!("{}: {error:#}", relay.describe());
+                        }
+                    }
+                    if let Err(error) = gate.report(&message) {
                         log::error!("gate {}: {error:#}", gate.describe());
                     }
                     if let Some(audit) = audit.as_mut() {
@@ -97,6 +119,8 @@ pub fn run(board: &Path) -> Result<ExitCode> {
     if stop.load(Ordering::Relaxed) {
         log::info!("stopping on signal");
     }
+    // The door goes to its fault state now, not after the gate's flush.
+    drop(relay);
     if let Err(error) = gate.flush(Duration::from_secs(2)) {
         log::warn!("gate {}: {error:#}", gate.describe());
     }

@@ -1,7 +1,9 @@
-//! The gate: where verdicts go (stdout, a TCP controller, an OSDP controller), and their JSON form.
+//! The gate: where verdicts go (stdout, a TCP controller, an OSDP controller, a door relay), and their JSON
+//! form.
 
 pub mod audit;
 pub mod osdp;
+pub mod relay;
 pub mod spool;
 pub mod stdout;
 pub mod tcp;

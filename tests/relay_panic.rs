@@ -1,0 +1,55 @@
+//! The relay's panic hook, in a test binary of its own because the hook is process-wide: a panic on any
+//! thread puts the door into its fault state at once, latched until the process restarts.
+
+use deepgate::gate::relay::{
+    install_panic_hook, DoorMode, DoorState, RecordingLine, RelayGate, RelaySettings,
+};
+use deepgate::gate::{Decision, Gate, VerdictMessage};
+use std::time::{Duration, Instant};
+
+#[test]
+fn a_panic_on_another_thread_latches_the_fault_state() {
+    install_panic_hook();
+    let line = RecordingLine::default();
+    let settings = RelaySettings {
+        mode: DoorMode::FailSafe,
+        fault_state: DoorState::Unlocked,
+        pulse: Duration::from_millis(200),
+        watchdog: Duration::from_secs(5),
+    };
+    let mut relay = RelayGate::start(Box::new(line.clone()), settings).unwrap();
+    relay.feed();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while line.energised() != Some(true) {
+        assert!(Instant::now() < deadline, "the first feed did not lock the maglock");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+
+    // Not the relay's owner: nothing unwinds into the relay, only the hook can act.
+    let worker = std::thread::spawn(|| panic!("a worker panicked (deliberately, in a test)"));
+    assert!(worker.join().is_err());
+    // The hook ran on the panicking thread before it finished: no wait needed.
+    assert_eq!(line.energised(), Some(false), "the maglock was not released into its fault state");
+
+    // Latched: neither a feed nor clear_fault ends it, and a genuine verdict is refused.
+    relay.feed();
+    relay.clear_fault();
+    let verdict = VerdictMessage {
+        kind: "verdict",
+        source: "camera",
+        decision: Decision::Genuine,
+        fake_probability: Some(0.1),
+        frames: 5,
+        frames_seen: 5,
+        first_frame: 1,
+        last_frame: 5,
+        reason: "test",
+    };
+    relay.report(&verdict).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        line.writes().iter().map(|&(_, energised)| energised).collect::<Vec<_>>(),
+        [false, true, false]
+    );
+    assert_eq!(relay.stats().refused, 1);
+}
