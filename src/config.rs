@@ -140,6 +140,14 @@ pub enum Backend {
 pub struct RuntimeSection {
     /// Where preprocessing and inference run; "cpu" is always available.
     pub backend: Backend,
+    /// A frame taking longer than this, capture to decision, is slow; `overload_frames` slow frames in a row
+    /// make the runtime `overloaded` (the controller is told), as many fast ones in a row end it.
+    pub frame_budget_ms: f32,
+    pub overload_frames: u32,
+    /// When a model fails its checks at start: 0 ends `deepgate run` (status 2); N > 0 keeps the runtime up
+    /// in the `model_invalid` state, the door in its fault state and the controller told, and tries to load
+    /// the models again every N seconds (a fixed model deployed is picked up).
+    pub model_retry_s: u32,
 }
 
 /// Largest config file accepted: a board config is a page of text, anything bigger is a mistake or hostile.
@@ -238,6 +246,10 @@ impl BoardConfig {
                 "gate.address `{address}` must be host:port"
             );
         }
+        let runtime = &self.runtime;
+        in_range("runtime.frame_budget_ms", runtime.frame_budget_ms, 1.0, 60_000.0)?;
+        ensure!((1..=1000).contains(&runtime.overload_frames), "runtime.overload_frames must be 1 to 1000");
+        ensure!(runtime.model_retry_s <= 3600, "runtime.model_retry_s must be 0 (exit) to 3600 seconds");
         if let GateSection::Osdp { baud, address, hold_ms, vendor_code, .. } = &self.gate {
             crate::gate::osdp::validate(*baud, *address, *hold_ms, vendor_code)?;
         }
@@ -399,6 +411,7 @@ mod tests {
         assert_rejected_naming(&host_with("lost_frames = 5", ""), "lost_frames");
         assert_rejected_naming(&host_with("score_threshold = 0.75", ""), "score_threshold");
         assert_rejected_naming(&host_with("backend = \"cpu\"", ""), "backend");
+        assert_rejected_naming(&host_with("model_retry_s = 0 ", ""), "model_retry_s");
     }
 
     #[test]
@@ -408,6 +421,9 @@ mod tests {
             ("max_false_accept = 0.01", "max_false_accept = 0.9", "decision.max_false_accept"),
             ("min_frames = 1", "min_frames = 31", "decision.max_frames"),
             ("lost_frames = 5", "lost_frames = 0", "decision.lost_frames"),
+            ("frame_budget_ms = 500.0", "frame_budget_ms = 0.0", "runtime.frame_budget_ms"),
+            ("overload_frames = 10", "overload_frames = 0", "runtime.overload_frames"),
+            ("model_retry_s = 0 ", "model_retry_s = 99999 ", "runtime.model_retry_s"),
             ("frame_rate = 0.0", "frame_rate = -1.0", "source.frame_rate"),
             ("frame_rate = 0.0", "frame_rate = nan", "source.frame_rate"),
             ("frame_rate = 0.0", "frame_rate = inf", "source.frame_rate"),

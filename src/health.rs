@@ -114,6 +114,34 @@ impl Health {
     }
 }
 
+/// What the runtime does on a change of health, in one place: logs it, tells the controller through the gate,
+/// and puts the door relay in its fault state while the runtime cannot decide (or takes it out again).
+pub fn apply(
+    health: Health,
+    gate: &mut dyn crate::gate::Gate,
+    relay: Option<&crate::gate::relay::RelayGate>,
+) {
+    let active: Vec<&str> = health.active().map(State::name).collect();
+    if health.state == State::Normal {
+        log::info!("health: normal");
+    } else {
+        log::warn!(
+            "health: {} (active: {}); {}",
+            health.state.name(),
+            active.join(", "),
+            if health.can_decide() { "verdicts go on" } else { "no verdicts; door in its fault state" }
+        );
+    }
+    gate.set_health(health);
+    if let Some(relay) = relay {
+        if health.door_in_fault_state() {
+            relay.fault(health.state.name());
+        } else {
+            relay.clear_fault();
+        }
+    }
+}
+
 /// Overload detection: the frame loop is overloaded when `window` consecutive frames exceed the budget, and
 /// recovers when `window` consecutive frames are within it (hysteresis, so one slow frame is not a state).
 #[derive(Clone, Copy, Debug)]

@@ -147,6 +147,8 @@ impl Panel {
 struct Kiosk {
     child: Child,
     stderr: PathBuf,
+    /// The board's models directory (a copy: tests may damage it).
+    models: PathBuf,
 }
 
 impl Kiosk {
@@ -157,6 +159,18 @@ impl Kiosk {
         key: &Path,
         install_mode: bool,
         edits: &[(&str, &str)],
+    ) -> Kiosk {
+        Kiosk::start_with(directory, panel, key, install_mode, edits, |_| {})
+    }
+
+    /// `start`, with `prepare` given the board's models directory before the kiosk starts.
+    fn start_with(
+        directory: &Path,
+        panel: &mut Panel,
+        key: &Path,
+        install_mode: bool,
+        edits: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
     ) -> Kiosk {
         let pty = panel.pty.clone();
         let video = directory.join("astronaut.y4m");
@@ -172,6 +186,8 @@ impl Kiosk {
         all_edits.push(("kind = \"stdout\"", &gate));
         all_edits.extend_from_slice(edits);
         let board = common::board(None, &[&video], &all_edits);
+        let models = board.parent().unwrap().to_path_buf();
+        prepare(&models);
         let stderr = directory.join(format!("deepgate-{}.err", std::process::id()));
         let child = Command::new(env!("CARGO_BIN_EXE_deepgate"))
             .args(["run", "--board", board.to_str().unwrap()])
@@ -180,7 +196,7 @@ impl Kiosk {
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
             .unwrap();
-        let kiosk = Kiosk { child, stderr };
+        let kiosk = Kiosk { child, stderr, models };
         let end = Instant::now() + Duration::from_secs(60);
         while !kiosk.log().contains("gate: osdp") {
             assert!(Instant::now() < end, "deepgate did not start its OSDP gate:\n{}", kiosk.log());
@@ -373,4 +389,125 @@ fn install_mode_takes_the_site_key_from_the_panel_and_uses_it_from_then_on() {
     panel.wait_for("a verdict over the new key", Duration::from_secs(60), |line| is_mfg(line, 1));
     kiosk.stop();
     panel.stop();
+}
+
+#[test]
+fn the_controller_sees_each_health_state_as_inputs_tamper_and_a_health_reply() {
+    use deepgate::gate::osdp::{OsdpGate, OsdpSettings};
+    use deepgate::gate::Gate;
+    use deepgate::health::{Event, Monitor, OverloadPolicy};
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(python) = panel_python() else { return };
+    let directory = common::temp_dir("osdp-health");
+    let key = key_file(&directory, KEY);
+    let mut panel = Panel::start(&python, &directory, &["--scbk", KEY]);
+    let settings = OsdpSettings {
+        device: PathBuf::from(&panel.pty),
+        baud: 115_200,
+        address: ADDRESS.parse().unwrap(),
+        key,
+        install_mode: false,
+        vendor_code: [0x0a, 0x1b, 0x2c],
+        hold: Duration::from_millis(400),
+        model: [0; 8],
+    };
+    let mut gate = OsdpGate::start(&settings).unwrap();
+    panel.send("start");
+    panel.wait_for("the secure channel", Duration::from_secs(30), |line| line["secure"] == true);
+    assert_eq!(gate.link_up(), Some(true));
+
+    // (event, state code, tamper, not ready): what a controller can act on in each state.
+    let steps = [
+        (Event::GpuFailed, 1, "00", "00"),
+        (Event::GateLinkDown, 2, "00", "00"),
+        (Event::ModelInvalid, 4, "00", "01"),
+        (Event::CameraLost, 5, "01", "01"),
+        (Event::CameraBack, 4, "00", "01"),
+        (Event::ModelValid, 2, "00", "00"),
+        (Event::GateLinkUp, 1, "00", "00"),
+    ];
+    let mut monitor = Monitor::new(OverloadPolicy { budget_ms: 100.0, window: 3 });
+    for (event, code, tamper, not_ready) in steps {
+        let health = monitor.observe(event).expect("each step changes the health");
+        let start = panel.seen.len();
+        gate.set_health(health);
+        let expected = format!("02{code:02x}{tamper}{not_ready}");
+        let reply = panel.wait_from(
+            start,
+            &format!("health {expected} after {event:?}"),
+            Duration::from_secs(10),
+            |line| is_mfg(line, 2),
+        );
+        assert_eq!(reply["data"], expected, "after {event:?}");
+        // The status the controller reads back itself (osdp_ISTAT / osdp_LSTAT answers) agrees.
+        let inputs = panel.seen[start..].iter().rev().find_map(input_report).map(str::to_string);
+        if let Some(inputs) = inputs {
+            assert_eq!(&inputs[4..6], not_ready, "input 2 after {event:?}");
+        }
+        let local = panel.seen[start..].iter().rev().find(|line| line["type"] == "local").cloned();
+        if let Some(local) = local {
+            assert_eq!(&local["report"].as_str().unwrap()[0..2], tamper, "tamper after {event:?}");
+        }
+    }
+    drop(gate);
+    panel.stop();
+}
+
+#[test]
+fn a_model_that_fails_its_checks_keeps_the_kiosk_up_telling_the_controller_until_it_is_fixed() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(python) = panel_python() else { return };
+    let directory = common::temp_dir("osdp-model-invalid");
+    let key = key_file(&directory, KEY);
+    let mut panel = Panel::start(&python, &directory, &["--scbk", KEY]);
+    // The board's models directory is a copy (common::board); damage its classifier there.
+    let retry = [("model_retry_s = 0 ", "model_retry_s = 1 ")];
+    let kiosk = Kiosk::start_with(&directory, &mut panel, &key, false, &retry, |models| {
+        let path = models.join("deepgate_student.onnx");
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        std::fs::write(models.join("good.onnx"), bytes).unwrap();
+    });
+    panel.wait_for("the secure channel", Duration::from_secs(30), |line| line["secure"] == true);
+    let reply = panel.wait_for("the model_invalid health reply", Duration::from_secs(20), |line| {
+        is_mfg(line, 2) && line["data"] == "02040001"
+    });
+    assert!(!panel.seen.iter().any(|line| is_mfg(line, 1)), "no verdicts without a valid model: {reply}");
+    panel.wait_for("input 2 (not ready)", Duration::from_secs(5), |line| {
+        input_report(line).is_some_and(|report| report.ends_with("01"))
+    });
+
+    // The fixed model is deployed: the next retry picks it up, the controller hears `normal`, verdicts flow.
+    let models = kiosk.models.clone();
+    std::fs::rename(models.join("good.onnx"), models.join("deepgate_student.onnx")).unwrap();
+    let start = panel.seen.len();
+    panel.wait_from(start, "the normal health reply", Duration::from_secs(20), |line| {
+        is_mfg(line, 2) && line["data"] == "02000000"
+    });
+    panel.wait_from(start, "a verdict once the model is valid", Duration::from_secs(60), |line| {
+        is_mfg(line, 1)
+    });
+    let log = kiosk.stop();
+    panel.stop();
+    assert!(log.contains("health: model_invalid"), "{log}");
+}
+
+#[test]
+fn a_lost_serial_line_is_logged_once_retried_and_the_kiosk_carries_on() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(python) = panel_python() else { return };
+    let directory = common::temp_dir("osdp-line-lost");
+    let key = key_file(&directory, KEY);
+    let mut panel = Panel::start(&python, &directory, &["--scbk", KEY]);
+    let kiosk = Kiosk::start(&directory, &mut panel, &key, false, &[]);
+    panel.wait_for("the secure channel", Duration::from_secs(30), |line| line["secure"] == true);
+    // The panel goes, and its end of the line with it (an RS-485 adapter pulled out, as the kiosk sees it).
+    panel.stop();
+    std::thread::sleep(Duration::from_secs(4));
+    let log = kiosk.stop();
+    assert!(count(&log, "serial port failures") >= 1, "{log}");
+    let complaints =
+        log.lines().filter(|line| line.contains("OSDP serial port") && line.contains("ERROR")).count();
+    assert!(complaints <= 2, "the failure is logged once, not on every poll ({complaints} lines):\n{log}");
+    assert!(log.contains("health: gate_link_down"), "the link loss reaches the failure policy:\n{log}");
 }

@@ -125,6 +125,16 @@ impl Controller {
         self.send(format!("{{\"ack\":{id}}}\n").as_bytes());
     }
 
+    /// The next line, which must be a health line (no id: health is not spooled or acknowledged).
+    fn health(&mut self) -> Value {
+        let mut text = String::new();
+        assert!(self.reader.read_line(&mut text).unwrap() > 0, "the gate closed the connection");
+        let value: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["type"], "health", "{text}");
+        assert!(value.get("id").is_none(), "{text}");
+        value
+    }
+
     /// Waits for the gate to close the connection, with nothing more sent.
     fn expect_closed(&mut self) {
         let mut rest = String::new();
@@ -405,4 +415,35 @@ fn bad_settings_are_refused_clearly() {
     let _running = start(&address, &spool, 16);
     let second = message(&address, &spool, 16);
     assert!(second.contains("in use by another process"), "{second}");
+}
+
+#[test]
+fn the_controller_hears_each_health_change_and_the_current_health_on_every_connection() {
+    use deepgate::health::{Event, Monitor, OverloadPolicy};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut gate = start(&listener.local_addr().unwrap().to_string(), &spool_in("health"), 16);
+    let mut monitor = Monitor::new(OverloadPolicy { budget_ms: 100.0, window: 3 });
+    let mut first = Controller::accept(&listener);
+    gate.set_health(monitor.observe(Event::CameraLost).unwrap());
+    let health = first.health();
+    assert_eq!(
+        (&health["state"], &health["code"], &health["can_decide"], &health["tamper"]),
+        (&Value::from("camera_lost"), &Value::from(5), &Value::from(false), &Value::from(true)),
+        "{health}"
+    );
+    gate.set_health(monitor.observe(Event::GpuFailed).unwrap());
+    let health = first.health();
+    assert_eq!(health["active"], serde_json::json!(["gpu_lost", "camera_lost"]), "{health}");
+    // Verdicts and health lines share the connection; acknowledgements concern verdicts only.
+    report(&mut gate, 1..=1);
+    first.expect(1..=1);
+    first.ack(1);
+    wait_for(&gate, "the acknowledgement", |stats| stats.acked == 1);
+
+    // A new connection (the controller restarted) starts with the current health, then what is owed.
+    drop(first);
+    gate.set_health(monitor.observe(Event::CameraBack).unwrap());
+    let mut second = Controller::accept(&listener);
+    let health = second.health();
+    assert_eq!((&health["state"], &health["can_decide"]), (&Value::from("gpu_lost"), &Value::from(true)));
 }

@@ -12,7 +12,10 @@ use deepgate::gate::relay::RelayGate;
 use deepgate::gate::stdout::StdoutGate;
 use deepgate::gate::tcp::{TcpGate, TcpGateSettings};
 use deepgate::gate::Gate;
-use deepgate::pipeline::Pipeline;
+use deepgate::health::{self, Event as HealthEvent, Monitor, OverloadPolicy};
+use deepgate::manifest::{Manifest, Role};
+use deepgate::pipeline::{Models, Pipeline};
+use std::cell::Cell;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,13 +31,14 @@ pub fn run(board: &Path) -> Result<ExitCode> {
             .context("installing the signal handler")?;
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing the signal handler")?;
     }
-    let (config, mut pipeline) = super::start(board)?;
+    let config = BoardConfig::load(board)?;
+    log::info!("board `{}`: {}", config.board.id, config.board.description);
     let mut gate: Box<dyn Gate> = match &config.gate {
         GateSection::Stdout => Box::new(StdoutGate::default()),
         GateSection::Tcp { address, queue, spool } => {
             Box::new(TcpGate::start(TcpGateSettings::new(address, &config.resolve(spool), *queue))?)
         }
-        GateSection::Osdp { .. } => Box::new(OsdpGate::start(&osdp_settings(&config, &pipeline)?)?),
+        GateSection::Osdp { .. } => Box::new(OsdpGate::start(&osdp_settings(&config)?)?),
     };
     log::info!("gate: {}; backend: {:?}", gate.describe(), config.runtime.backend);
     // The door relay gets every verdict too; it holds its fault state until the first frame feeds it, and
@@ -46,6 +50,15 @@ pub fn run(board: &Path) -> Result<ExitCode> {
     if let Some(relay) = &relay {
         log::info!("{}", relay.describe());
     }
+    let mut monitor = Monitor::new(OverloadPolicy {
+        budget_ms: config.runtime.frame_budget_ms,
+        window: config.runtime.overload_frames,
+    });
+    let Some(mut pipeline) = load_pipeline(&config, &stop, &mut monitor, gate.as_mut(), relay.as_ref())?
+    else {
+        log::info!("stopping on signal before the models were valid");
+        return Ok(ExitCode::from(2));
+    };
     let mut audit = match &config.audit {
         Some(section) => Some(open_audit(&config, &pipeline, &config.resolve(&section.path))?),
         None => None,
@@ -55,6 +68,8 @@ pub fn run(board: &Path) -> Result<ExitCode> {
 
     let (mut frames, mut verdicts, mut failures) = (0u64, 0u64, 0u64);
     let mut next_due = Instant::now();
+    // When the frame being processed was taken from the source (after pacing): its time to a decision.
+    let frame_start = Cell::new(Instant::now());
     'stream: loop {
         let frames_before_pass = frames;
         for path in paths {
@@ -68,6 +83,7 @@ pub fn run(board: &Path) -> Result<ExitCode> {
                     next_due = next_due.max(Instant::now().checked_sub(period).unwrap_or(next_due)) + period;
                 }
                 frames += 1;
+                frame_start.set(Instant::now());
                 true
             };
             let mut emit = |event: Event| match event {
@@ -75,6 +91,15 @@ pub fn run(board: &Path) -> Result<ExitCode> {
                     // Each processed frame feeds the relay's watchdog; failed frames do not.
                     if let Some(relay) = &relay {
                         relay.feed();
+                    }
+                    let ms = frame_start.get().elapsed().as_secs_f32() * 1000.0;
+                    let mut changed = monitor.observe(HealthEvent::FrameTime { ms });
+                    if let Some(up) = gate.link_up() {
+                        let event = if up { HealthEvent::GateLinkUp } else { HealthEvent::GateLinkDown };
+                        changed = monitor.observe(event).or(changed);
+                    }
+                    if let Some(health) = changed {
+                        health::apply(health, gate.as_mut(), relay.as_ref());
                     }
                 }
                 Event::Verdict { source, verdict } => {
@@ -132,15 +157,18 @@ pub fn run(board: &Path) -> Result<ExitCode> {
     Ok(if failures > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// The OSDP gate's settings from the board config: paths resolved, the classifier's identity for replies.
-fn osdp_settings(config: &BoardConfig, pipeline: &Pipeline) -> Result<OsdpSettings> {
+/// The OSDP gate's settings from the board config: paths resolved, the configured classifier's identity (from
+/// the manifest, so that it is known even when the model file itself fails its checks) for replies.
+fn osdp_settings(config: &BoardConfig) -> Result<OsdpSettings> {
     let GateSection::Osdp { device, baud, address, key, install_mode, vendor_code, hold_ms } = &config.gate
     else {
         anyhow::bail!("the board's gate is not OSDP");
     };
     let mut model = [0u8; 8];
-    if let Some(classifier) = &pipeline.models().classifier {
-        model = deepgate::gate::from_hex::<8>(&classifier.entry().sha256[..16], "the classifier's sha256")?;
+    if let Some(id) = &config.models.classifier {
+        let manifest = Manifest::load(&config.resolve(&config.models.manifest))?;
+        let entry = manifest.get(id, Role::Classifier)?;
+        model = deepgate::gate::from_hex::<8>(&entry.sha256[..16], "the classifier's sha256")?;
     }
     Ok(OsdpSettings {
         device: config.resolve(device),
@@ -152,6 +180,47 @@ fn osdp_settings(config: &BoardConfig, pipeline: &Pipeline) -> Result<OsdpSettin
         hold: Duration::from_millis(u64::from(*hold_ms)),
         model,
     })
+}
+
+/// Loads the models and builds the pipeline. When a model fails its checks and `runtime.model_retry_s` is 0,
+/// that is the error (exit status 2). Otherwise the runtime enters `model_invalid` (controller told, door in
+/// its fault state) and tries again every `model_retry_s` seconds until the models are valid, or a signal
+/// comes (`None`).
+fn load_pipeline(
+    config: &BoardConfig,
+    stop: &AtomicBool,
+    monitor: &mut Monitor,
+    gate: &mut dyn Gate,
+    relay: Option<&RelayGate>,
+) -> Result<Option<Pipeline>> {
+    loop {
+        let error = match Models::load(config).and_then(|models| Pipeline::new(config, models)) {
+            Ok(pipeline) => {
+                if let Some(health) = monitor.observe(HealthEvent::ModelValid) {
+                    health::apply(health, gate, relay);
+                }
+                return Ok(Some(pipeline));
+            }
+            Err(error) if config.runtime.model_retry_s == 0 => return Err(error),
+            Err(error) => error,
+        };
+        log::error!("{error:#}; trying again in {} s", config.runtime.model_retry_s);
+        if let Some(health) = monitor.observe(HealthEvent::ModelInvalid) {
+            health::apply(health, gate, relay);
+        }
+        let again = Instant::now() + Duration::from_secs(u64::from(config.runtime.model_retry_s));
+        while Instant::now() < again {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            // The relay's watchdog is fed while waiting: the door is held in its fault state by `fault`,
+            // and the watchdog would only say the same thing again.
+            if let Some(relay) = relay {
+                relay.feed();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 /// Opens the audit log with the facts every receipt records: board, model checksums, thresholds.

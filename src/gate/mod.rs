@@ -93,6 +93,15 @@ pub trait Gate: Send {
 
     /// A name for logs: "stdout", "tcp 10.0.0.5:4000".
     fn describe(&self) -> &str;
+
+    /// Whether the link to the controller is up (TCP connected, OSDP secure channel established); `None` for
+    /// a gate without one (stdout, the relay). Called once per frame: must be cheap.
+    fn link_up(&self) -> Option<bool> {
+        None
+    }
+
+    /// A change of the runtime's health (`health::Monitor`): gates that can tell their controller, do.
+    fn set_health(&mut self, _health: crate::health::Health) {}
 }
 
 /// Reads a secret (a device key) from `path`, refusing a file that group or others can read: a key others can

@@ -133,6 +133,8 @@ pub struct OsdpStats {
     pub gate: GateStats,
     /// Whether a secure channel is up now.
     pub secure: AtomicBool,
+    /// Times the serial port failed and was closed to be opened again.
+    pub port_failures: AtomicU64,
 }
 
 impl OsdpStats {
@@ -150,7 +152,7 @@ impl OsdpStats {
         format!(
             "{} verdicts delivered, {} undelivered (no secure channel), {} dropped; {} secure sessions, {} keys \
              set; from the controller: {} frames, {} bad checks, {} oversized, {} garbage bytes; NAKs sent by \
-             reason [{}]; {} commands refused",
+             reason [{}]; {} commands refused; {} serial port failures",
             load(&self.gate.delivered),
             load(&self.gate.undelivered),
             load(&self.gate.dropped),
@@ -162,6 +164,7 @@ impl OsdpStats {
             load(&self.received.garbage),
             naks.join(" "),
             load(&self.gate.refused_commands),
+            load(&self.port_failures),
         )
     }
 }
@@ -208,13 +211,13 @@ impl OsdpGate {
             true => read_key(&settings.key)?,
             false => SCBK_D,
         };
-        let port = serialport::new(settings.device.to_string_lossy(), settings.baud)
-            .timeout(Duration::ZERO)
-            .open_native()
-            .with_context(|| format!("opening OSDP serial port {}", settings.device.display()))?;
+        let port = open_port(&settings.device, settings.baud)?;
         let stats = Arc::new(OsdpStats::default());
         let channel = SerialChannel {
-            port,
+            port: Some(port),
+            device: settings.device.clone(),
+            baud: settings.baud,
+            reopen_at: Instant::now(),
             stats: Arc::clone(&stats),
             incoming: Inspector::default(),
             outgoing: Inspector::default(),
@@ -269,11 +272,6 @@ impl OsdpGate {
         &self.stats
     }
 
-    /// Tells the controller about a change of the runtime's health (inputs, tamper, a health reply).
-    pub fn set_health(&mut self, health: Health) {
-        self.send(Message::Health(health));
-    }
-
     fn send(&mut self, message: Message) {
         let Some(sender) = &self.sender else { return };
         match sender.try_send(message) {
@@ -314,6 +312,15 @@ impl Gate for OsdpGate {
 
     fn describe(&self) -> &str {
         &self.description
+    }
+
+    fn link_up(&self) -> Option<bool> {
+        Some(self.stats.secure.load(Ordering::Relaxed))
+    }
+
+    /// Tells the controller about a change of the runtime's health (inputs, tamper, a health reply).
+    fn set_health(&mut self, health: Health) {
+        self.send(Message::Health(health));
     }
 }
 
@@ -609,11 +616,63 @@ fn verdict_reply(report: &Report, model: &[u8; 8]) -> [u8; 24] {
 }
 
 /// The serial port as libosdp's channel: non-blocking reads, and every byte both ways seen by an inspector.
+/// A port that fails (a USB RS-485 adapter unplugged) is closed, logged once, and opened again every
+/// `REOPEN` until it is back; meanwhile the channel reads nothing and writes nowhere, so the controller's
+/// polls time out and the secure channel drops, which the health monitor sees as the link going down.
 struct SerialChannel {
-    port: serialport::TTYPort,
+    port: Option<serialport::TTYPort>,
+    device: PathBuf,
+    baud: u32,
+    /// When to try opening a failed port again.
+    reopen_at: Instant,
     stats: Arc<OsdpStats>,
     incoming: Inspector,
     outgoing: Inspector,
+}
+
+/// How often a failed serial port is opened again.
+const REOPEN: Duration = Duration::from_secs(1);
+
+/// Opens the serial port raw at `baud`, reads never waiting.
+fn open_port(device: &Path, baud: u32) -> Result<serialport::TTYPort> {
+    serialport::new(device.to_string_lossy(), baud)
+        .timeout(Duration::ZERO)
+        .open_native()
+        .with_context(|| format!("opening OSDP serial port {}", device.display()))
+}
+
+impl SerialChannel {
+    /// The open port, opening it again when it failed and `REOPEN` has passed.
+    fn port(&mut self) -> Option<&mut serialport::TTYPort> {
+        if self.port.is_none() && Instant::now() >= self.reopen_at {
+            match open_port(&self.device, self.baud) {
+                Ok(port) => {
+                    log::info!("OSDP serial port {} is back", self.device.display());
+                    self.port = Some(port);
+                }
+                Err(_) => self.reopen_at = Instant::now() + REOPEN,
+            }
+        }
+        self.port.as_mut()
+    }
+
+    fn failed(&mut self, error: &std::io::Error) -> ChannelError {
+        log::error!(
+            "OSDP serial port {}: {error}; closed, opening it again every {} s",
+            self.device.display(),
+            REOPEN.as_secs()
+        );
+        self.stats.port_failures.fetch_add(1, Ordering::Relaxed);
+        self.port = None;
+        self.reopen_at = Instant::now() + REOPEN;
+        // Half a frame from before the failure must not be joined to what comes after it.
+        (self.incoming, self.outgoing) = (Inspector::default(), Inspector::default());
+        ChannelError::WouldBlock
+    }
+}
+
+fn would_block(error: &std::io::Error) -> bool {
+    matches!(error.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
 }
 
 impl Channel for SerialChannel {
@@ -622,41 +681,38 @@ impl Channel for SerialChannel {
     }
 
     fn read(&mut self, buffer: &mut [u8]) -> Result<usize, ChannelError> {
-        match self.port.read(buffer) {
+        let Some(port) = self.port() else { return Err(ChannelError::WouldBlock) };
+        match port.read(buffer) {
             Ok(count) => {
                 self.incoming.feed(&buffer[..count], &self.stats.received);
                 Ok(count)
             }
-            Err(error)
-                if matches!(error.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock) =>
-            {
-                Err(ChannelError::WouldBlock)
-            }
-            Err(error) => {
-                log::error!("OSDP serial port: {error}");
-                Err(ChannelError::TransportError)
-            }
+            Err(error) if would_block(&error) => Err(ChannelError::WouldBlock),
+            Err(error) => Err(self.failed(&error)),
         }
     }
 
     fn write(&mut self, buffer: &[u8]) -> Result<usize, ChannelError> {
-        match self.port.write(buffer) {
+        // With no port, the bytes are gone as on a cut line: the controller hears nothing and retries.
+        let Some(port) = self.port() else { return Ok(buffer.len()) };
+        match port.write(buffer) {
             Ok(count) => {
                 self.outgoing.feed(&buffer[..count], &self.stats.sent);
                 Ok(count)
             }
-            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => Err(ChannelError::WouldBlock),
-            Err(error) => {
-                log::error!("OSDP serial port: {error}");
-                Err(ChannelError::TransportError)
-            }
+            Err(error) if would_block(&error) => Err(ChannelError::WouldBlock),
+            Err(error) => Err(self.failed(&error)),
         }
     }
 
     fn flush(&mut self) -> Result<(), ChannelError> {
         // Discards unread input: libosdp calls this to resynchronise after a broken frame.
-        serialport::SerialPort::clear(&self.port, serialport::ClearBuffer::Input)
-            .map_err(|_| ChannelError::TransportError)
+        if let Some(port) = self.port.as_ref() {
+            if let Err(error) = serialport::SerialPort::clear(port, serialport::ClearBuffer::Input) {
+                log::warn!("OSDP serial port {}: discarding input: {error}", self.device.display());
+            }
+        }
+        Ok(())
     }
 
     fn close(&mut self) -> Result<(), ChannelError> {

@@ -143,6 +143,11 @@ struct State {
     stats: TcpGateStats,
     /// Verdicts dropped since the last line sent: the drop warning is logged once per burst, when this leaves zero.
     dropped_in_burst: u64,
+    /// The runtime's current health as a line with its newline (empty until the first change), and a number
+    /// that grows with each change: each connection sends the current one once, and again when it changes.
+    /// Health lines carry no id and are not spooled or acknowledged: only the present state matters.
+    health: Frame,
+    health_version: u64,
 }
 
 /// Locks the shared state. A poisoned lock is taken over rather than propagated: every change to the state is
@@ -208,6 +213,8 @@ impl TcpGate {
                 connection: None,
                 stats: TcpGateStats { dropped: recovery.dropped, ..TcpGateStats::default() },
                 dropped_in_burst: 0,
+                health: Frame::new(),
+                health_version: 0,
             }),
             work: Condvar::new(),
             progress: Condvar::new(),
@@ -295,6 +302,37 @@ impl Gate for TcpGate {
 
     fn describe(&self) -> &str {
         &self.description
+    }
+
+    fn link_up(&self) -> Option<bool> {
+        Some(lock(&self.shared.state).connection.is_some())
+    }
+
+    /// Queues `{"type":"health","state":...,"code":N,"active":[...],"can_decide":bool,"tamper":bool}` for
+    /// the controller (ARCHITECTURE.md, "Failure policy").
+    fn set_health(&mut self, health: crate::health::Health) {
+        let active: heapless::Vec<&str, 8> = health.active().map(crate::health::State::name).collect();
+        let message = serde_json::json!({
+            "type": "health",
+            "state": health.state.name(),
+            "code": health.state.code(),
+            "active": active.as_slice(),
+            "can_decide": health.can_decide(),
+            "tamper": health.tamper(),
+        });
+        if let Err(error) = encode_line(&message, &mut self.line) {
+            log::error!("gate {}: {error:#}", self.description);
+            return;
+        }
+        {
+            let mut state = lock(&self.shared.state);
+            state.health.clear();
+            // Cannot fail: a health line is far shorter than a verdict line.
+            let _ = state.health.extend_from_slice(&self.line);
+            let _ = state.health.push(b'\n');
+            state.health_version += 1;
+        }
+        self.shared.work.notify_one();
     }
 }
 
@@ -430,6 +468,12 @@ fn connect(address: &str) -> Result<TcpStream> {
 
 /// Sends the spool's verdicts in order, from the oldest unacknowledged, and applies acknowledgements, until
 /// `stop` (Ok) or a connection or protocol error (Err).
+/// What `serve` writes next.
+enum Next {
+    Health(u64),
+    Verdict(u64),
+}
+
 fn serve(
     shared: &Shared,
     stream: &mut TcpStream,
@@ -443,6 +487,8 @@ fn serve(
     let mut written = 0u64;
     // Since when acknowledgements are owed without any arriving; None while none are owed.
     let mut owed_since: Option<Instant> = None;
+    // The health version written on this connection (0: none yet, so the current one goes first).
+    let mut health_written = 0u64;
     loop {
         // Acknowledgements first, and a closed connection found before the next line is written into it.
         let polled = acks.poll(stream, *highest_sent);
@@ -476,24 +522,39 @@ fn serve(
             if owed_since.is_some_and(|since| since.elapsed() >= ack_timeout) {
                 return Err(Misbehaved(format!("no acknowledgement within {ack_timeout:?}")).into());
             }
-            match state.spool.first_after(written) {
-                Some(record) => {
-                    encode_frame(record.id, &record.line, &mut frame)?;
-                    Some(record.id)
-                }
-                None => {
-                    // Nothing to send: wait for a report, and read again soon while acknowledgements are owed,
-                    // less often when idle, only to notice a closed connection.
-                    let pause = if owed_since.is_some() { ACK_POLL } else { IDLE_CHECK };
-                    let state = wait(&shared.work, state, pause);
-                    if state.stop {
-                        return Ok(());
+            if state.health_version != health_written && !state.health.is_empty() {
+                frame.clear();
+                // Cannot fail: both are frames of the same size.
+                let _ = frame.extend_from_slice(&state.health);
+                Some(Next::Health(state.health_version))
+            } else {
+                match state.spool.first_after(written) {
+                    Some(record) => {
+                        encode_frame(record.id, &record.line, &mut frame)?;
+                        Some(Next::Verdict(record.id))
                     }
-                    None
+                    None => {
+                        // Nothing to send: wait for a report, and read again soon while acknowledgements are
+                        // owed, less often when idle, only to notice a closed connection.
+                        let pause = if owed_since.is_some() { ACK_POLL } else { IDLE_CHECK };
+                        let state = wait(&shared.work, state, pause);
+                        if state.stop {
+                            return Ok(());
+                        }
+                        None
+                    }
                 }
             }
         };
-        let Some(id) = next else { continue };
+        let id = match next {
+            None => continue,
+            Some(Next::Health(version)) => {
+                stream.write_all(&frame).context("writing a health line")?;
+                health_written = version;
+                continue;
+            }
+            Some(Next::Verdict(id)) => id,
+        };
         stream.write_all(&frame).context("writing a verdict line")?;
         written = id;
         owed_since.get_or_insert_with(Instant::now);
