@@ -55,10 +55,12 @@ const LIBOSDP_EVENTS: u64 = 4;
 /// Events waiting for the controller to collect them, here.
 const PENDING: usize = 32;
 /// Reply codes that carry an event: osdp_LSTATR, osdp_ISTATR, osdp_MFGREP.
-const EVENT_REPLIES: [u8; 3] = [0x48, 0x4A, 0x90];
+const EVENT_REPLIES: [u8; 3] = [0x48, 0x49, 0x90];
 /// The secure channel's public default key (SIA OSDP 2.2, 0x30 to 0x3F): only ever used in install mode.
 const SCBK_D: [u8; 16] =
     [0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36, 0x37, 0x38, 0x39, 0x3A, 0x3B, 0x3C, 0x3D, 0x3E, 0x3F];
+/// A controller polls at least every 200 ms; this long without a good frame from it is a link down.
+const LINK_SILENCE: Duration = Duration::from_secs(2);
 /// Number of inputs the PD reports (see the table above).
 const INPUTS: usize = 3;
 const MFG_VERDICT: u8 = 1;
@@ -104,6 +106,8 @@ pub struct WireStats {
     pub naks: [AtomicU64; NAK_REASONS],
     /// Replies that carried an event (status or manufacturer reply).
     pub event_replies: AtomicU64,
+    /// When the last good frame passed, in milliseconds since `OsdpStats::epoch`.
+    pub last_frame_ms: AtomicU64,
 }
 
 /// What the gate did; all counters only grow.
@@ -124,8 +128,10 @@ pub struct GateStats {
 }
 
 /// All counters of one OSDP gate.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct OsdpStats {
+    /// The time `last_frame_ms` counts from.
+    pub epoch: Instant,
     /// Bytes from the controller.
     pub received: WireStats,
     /// Bytes to the controller.
@@ -135,6 +141,19 @@ pub struct OsdpStats {
     pub secure: AtomicBool,
     /// Times the serial port failed and was closed to be opened again.
     pub port_failures: AtomicU64,
+}
+
+impl Default for OsdpStats {
+    fn default() -> Self {
+        OsdpStats {
+            epoch: Instant::now(),
+            received: WireStats::default(),
+            sent: WireStats::default(),
+            gate: GateStats::default(),
+            secure: AtomicBool::default(),
+            port_failures: AtomicU64::default(),
+        }
+    }
 }
 
 impl OsdpStats {
@@ -314,8 +333,12 @@ impl Gate for OsdpGate {
         &self.description
     }
 
+    /// Up while a secure channel is established and the controller was heard from within `LINK_SILENCE`: a
+    /// cut line leaves libosdp's secure channel nominally up until its own timeout.
     fn link_up(&self) -> Option<bool> {
-        Some(self.stats.secure.load(Ordering::Relaxed))
+        let heard = self.stats.received.last_frame_ms.load(Ordering::Relaxed);
+        let silent = (self.stats.epoch.elapsed().as_millis() as u64).saturating_sub(heard);
+        Some(self.stats.secure.load(Ordering::Relaxed) && silent < LINK_SILENCE.as_millis() as u64)
     }
 
     /// Tells the controller about a change of the runtime's health (inputs, tamper, a health reply).
@@ -498,6 +521,8 @@ fn serve(
     };
     // Events handed to libosdp, and the event replies counted on the wire when that count started.
     let (mut handed, mut replies_before) = (0u64, replies());
+    // The event replies counted last, and when that count last moved.
+    let (mut last_seen, mut last_progress) = (replies(), Instant::now());
     // When inputs 0 and 1 are released again.
     let mut release: Option<Instant> = None;
     let mut secure = false;
@@ -569,6 +594,16 @@ fn serve(
             state.inputs.fetch_and(!0b11, Ordering::Relaxed);
             push(&mut pending, OsdpEvent::Status(state.input_report()));
         }
+        // Should the count ever be wrong (libosdp dropping events itself, say), a second without any event
+        // reply ends the wait: at worst one refused hand-over a second, never a queue stuck for good.
+        let seen = replies();
+        if seen != last_seen {
+            (last_seen, last_progress) = (seen, Instant::now());
+        } else if handed > seen.saturating_sub(replies_before)
+            && last_progress.elapsed() > Duration::from_secs(1)
+        {
+            (handed, replies_before, last_progress) = (0, seen, Instant::now());
+        }
         while secure && handed.saturating_sub(replies() - replies_before) < LIBOSDP_EVENTS {
             let Some(event) = pending.pop_front() else { break };
             match pd.notify_event(event.clone()) {
@@ -584,10 +619,13 @@ fn serve(
     let end = Instant::now() + Duration::from_millis(300);
     while Instant::now() < end {
         pd.refresh();
-        while let Some(event) = pending.pop_front().filter(|_| secure) {
+        while secure && handed.saturating_sub(replies() - replies_before) < LIBOSDP_EVENTS {
+            let Some(event) = pending.pop_front() else { break };
             if pd.notify_event(event).is_err() {
+                pending.clear();
                 break;
             }
+            handed += 1;
         }
         std::thread::sleep(REFRESH);
     }
@@ -684,7 +722,7 @@ impl Channel for SerialChannel {
         let Some(port) = self.port() else { return Err(ChannelError::WouldBlock) };
         match port.read(buffer) {
             Ok(count) => {
-                self.incoming.feed(&buffer[..count], &self.stats.received);
+                self.incoming.feed(&buffer[..count], &self.stats.received, self.stats.epoch);
                 Ok(count)
             }
             Err(error) if would_block(&error) => Err(ChannelError::WouldBlock),
@@ -697,7 +735,7 @@ impl Channel for SerialChannel {
         let Some(port) = self.port() else { return Ok(buffer.len()) };
         match port.write(buffer) {
             Ok(count) => {
-                self.outgoing.feed(&buffer[..count], &self.stats.sent);
+                self.outgoing.feed(&buffer[..count], &self.stats.sent, self.stats.epoch);
                 Ok(count)
             }
             Err(error) if would_block(&error) => Err(ChannelError::WouldBlock),
@@ -736,7 +774,7 @@ const MARK: u8 = 0xFF;
 const MIN_FRAME: usize = 7;
 
 impl Inspector {
-    fn feed(&mut self, mut bytes: &[u8], stats: &WireStats) {
+    fn feed(&mut self, mut bytes: &[u8], stats: &WireStats, epoch: Instant) {
         while !bytes.is_empty() {
             if self.buffer.is_empty() {
                 // Between frames: skip to the next start of message.
@@ -754,7 +792,7 @@ impl Inspector {
                 let length = usize::from(u16::from_le_bytes([self.buffer[2], self.buffer[3]]));
                 if !(MIN_FRAME..=MAX_FRAME).contains(&length) {
                     stats.oversized.fetch_add(1, Ordering::Relaxed);
-                    self.resynchronise(stats);
+                    self.resynchronise(stats, epoch);
                     continue;
                 }
                 length - self.buffer.len()
@@ -766,13 +804,13 @@ impl Inspector {
             let length = (self.buffer.len() >= 4)
                 .then(|| usize::from(u16::from_le_bytes([self.buffer[2], self.buffer[3]])));
             if length == Some(self.buffer.len()) {
-                self.finish(stats);
+                self.finish(stats, epoch);
             }
         }
     }
 
     /// A complete frame is in the buffer: check it and count.
-    fn finish(&mut self, stats: &WireStats) {
+    fn finish(&mut self, stats: &WireStats, epoch: Instant) {
         let frame = &self.buffer[..];
         let control = frame[4];
         let good = if control & 0x04 != 0 {
@@ -783,10 +821,11 @@ impl Inspector {
         };
         if !good {
             stats.bad_check.fetch_add(1, Ordering::Relaxed);
-            self.resynchronise(stats);
+            self.resynchronise(stats, epoch);
             return;
         }
         stats.frames.fetch_add(1, Ordering::Relaxed);
+        stats.last_frame_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         let code_at = 5 + if control & 0x08 != 0 { usize::from(frame[5]) } else { 0 };
         if frame.get(code_at).is_some_and(|code| EVENT_REPLIES.contains(code)) {
             stats.event_replies.fetch_add(1, Ordering::Relaxed);
@@ -804,10 +843,10 @@ impl Inspector {
     }
 
     /// Drops the start of message that led to a broken frame and looks for the next one in what followed it.
-    fn resynchronise(&mut self, stats: &WireStats) {
+    fn resynchronise(&mut self, stats: &WireStats, epoch: Instant) {
         let rest: heapless::Vec<u8, MAX_FRAME> = self.buffer.iter().skip(1).copied().collect();
         self.buffer.clear();
-        self.feed(&rest, stats);
+        self.feed(&rest, stats, epoch);
     }
 }
 
@@ -878,7 +917,7 @@ mod tests {
         stream.extend_from_slice(&frame(5, 0x00, 0x60, &[]));
         // Fed one byte at a time and all at once, the counts are the same.
         for byte in &stream {
-            inspector.feed(std::slice::from_ref(byte), &stats);
+            inspector.feed(std::slice::from_ref(byte), &stats, Instant::now());
         }
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         assert_eq!(load(&stats.frames), 2);
@@ -888,7 +927,7 @@ mod tests {
         assert!(load(&stats.garbage) >= 4, "{}", load(&stats.garbage));
 
         let again = WireStats::default();
-        Inspector::default().feed(&stream, &again);
+        Inspector::default().feed(&stream, &again, Instant::now());
         assert_eq!(
             (load(&again.frames), load(&again.bad_check), load(&again.oversized)),
             (load(&stats.frames), load(&stats.bad_check), load(&stats.oversized))
@@ -899,10 +938,10 @@ mod tests {
     fn naks_are_counted_by_reason_unless_encrypted() {
         let stats = WireStats::default();
         let mut inspector = Inspector::default();
-        inspector.feed(&frame(0x85, 0x04, REPLY_NAK, &[0x04]), &stats); // sequence error
-        inspector.feed(&frame(0x85, 0x04, REPLY_NAK, &[0x06]), &stats); // SC conditions not met
-                                                                        // With a security block of type 0x18 (encrypted data), the reason is not readable.
-        inspector.feed(&frame(0x85, 0x0C, 0x02, &[0x18, REPLY_NAK, 0x99]), &stats);
+        inspector.feed(&frame(0x85, 0x04, REPLY_NAK, &[0x04]), &stats, Instant::now()); // sequence error
+        inspector.feed(&frame(0x85, 0x04, REPLY_NAK, &[0x06]), &stats, Instant::now()); // SC conditions not met
+                                                                                        // With a security block of type 0x18 (encrypted data), the reason is not readable.
+        inspector.feed(&frame(0x85, 0x0C, 0x02, &[0x18, REPLY_NAK, 0x99]), &stats, Instant::now());
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         assert_eq!((load(&stats.naks[4]), load(&stats.naks[6])), (1, 1));
         assert_eq!(load(&stats.frames), 3);
