@@ -73,21 +73,19 @@ pub enum Event {
     },
 }
 
-/// The runtime's health at one moment: the active faults and the state they add up to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The runtime's health at one moment: the active faults; the state they add up to is derived from them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Health {
-    pub state: State,
     /// Bit `State::code()` set for every active fault.
     faults: u8,
 }
 
-impl Default for Health {
-    fn default() -> Self {
-        Health { state: State::Normal, faults: 0 }
-    }
-}
-
 impl Health {
+    /// The most severe active fault, or `Normal`.
+    pub fn state(&self) -> State {
+        self.active().last().unwrap_or(State::Normal)
+    }
+
     pub fn is_active(&self, state: State) -> bool {
         self.faults & state.bit() != 0
     }
@@ -122,12 +120,12 @@ pub fn apply(
     relay: Option<&crate::gate::relay::RelayGate>,
 ) {
     let active: Vec<&str> = health.active().map(State::name).collect();
-    if health.state == State::Normal {
+    if health.state() == State::Normal {
         log::info!("health: normal");
     } else {
         log::warn!(
             "health: {} (active: {}); {}",
-            health.state.name(),
+            health.state().name(),
             active.join(", "),
             if health.can_decide() { "verdicts go on" } else { "no verdicts; door in its fault state" }
         );
@@ -135,7 +133,7 @@ pub fn apply(
     gate.set_health(health);
     if let Some(relay) = relay {
         if health.door_in_fault_state() {
-            relay.fault(health.state.name());
+            relay.fault(health.state().name());
         } else {
             relay.clear_fault();
         }
@@ -204,11 +202,6 @@ impl Monitor {
         } else {
             self.health.faults &= !state.bit();
         }
-        self.health.state = State::ALL
-            .into_iter()
-            .rev()
-            .find(|state| *state != State::Normal && self.health.is_active(*state))
-            .unwrap_or(State::Normal);
     }
 }
 
@@ -232,7 +225,7 @@ mod tests {
         for (event, state, decides, tamper, fault) in table {
             let mut monitor = monitor();
             let health = monitor.observe(event).expect("a change");
-            assert_eq!(health.state, state, "{event:?}");
+            assert_eq!(health.state(), state, "{event:?}");
             assert_eq!(
                 (health.can_decide(), health.tamper(), health.door_in_fault_state()),
                 (decides, tamper, fault),
@@ -250,15 +243,18 @@ mod tests {
         monitor.observe(Event::GateLinkDown);
         monitor.observe(Event::CameraLost);
         monitor.observe(Event::GpuFailed);
-        assert_eq!(monitor.health().state, State::CameraLost);
+        assert_eq!(monitor.health().state(), State::CameraLost);
         assert_eq!(
             monitor.health().active().collect::<Vec<_>>(),
             [State::GpuLost, State::GateLinkDown, State::CameraLost]
         );
-        assert_eq!(monitor.observe(Event::CameraBack).map(|health| health.state), Some(State::GateLinkDown));
-        assert_eq!(monitor.observe(Event::GateLinkUp).map(|health| health.state), Some(State::GpuLost));
+        assert_eq!(
+            monitor.observe(Event::CameraBack).map(|health| health.state()),
+            Some(State::GateLinkDown)
+        );
+        assert_eq!(monitor.observe(Event::GateLinkUp).map(|health| health.state()), Some(State::GpuLost));
         // The GPU is not given back during a run: the CPU path stays until restart.
-        assert_eq!(monitor.health().state, State::GpuLost);
+        assert_eq!(monitor.health().state(), State::GpuLost);
     }
 
     #[test]
@@ -268,14 +264,14 @@ mod tests {
             assert_eq!(monitor.observe(Event::FrameTime { ms }), None, "no three slow frames in a row yet");
         }
         let health = monitor.observe(Event::FrameTime { ms: 150.0 }).expect("overloaded");
-        assert_eq!(health.state, State::Overloaded);
+        assert_eq!(health.state(), State::Overloaded);
         assert!(health.can_decide(), "an overloaded kiosk still decides");
         assert_eq!(monitor.observe(Event::FrameTime { ms: f32::NAN }), None, "a NaN time counts as slow");
         for _ in 0..2 {
             assert_eq!(monitor.observe(Event::FrameTime { ms: 10.0 }), None);
         }
         assert_eq!(
-            monitor.observe(Event::FrameTime { ms: 10.0 }).map(|health| health.state),
+            monitor.observe(Event::FrameTime { ms: 10.0 }).map(|health| health.state()),
             Some(State::Normal)
         );
     }
@@ -287,9 +283,9 @@ mod tests {
             monitor.observe(Event::FrameTime { ms: 500.0 });
         }
         assert_eq!(
-            monitor.observe(Event::ModelInvalid).map(|health| health.state),
+            monitor.observe(Event::ModelInvalid).map(|health| health.state()),
             Some(State::ModelInvalid)
         );
-        assert_eq!(monitor.observe(Event::ModelValid).map(|health| health.state), Some(State::Overloaded));
+        assert_eq!(monitor.observe(Event::ModelValid).map(|health| health.state()), Some(State::Overloaded));
     }
 }

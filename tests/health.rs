@@ -103,9 +103,9 @@ fn each_state_puts_the_door_and_the_controller_where_the_policy_says() {
                 health::apply(changed, &mut gate, Some(&relay));
             }
         }
-        assert_eq!(health.state, state);
+        assert_eq!(health.state(), state);
         if state != State::Normal {
-            assert_eq!(gate.told.last().map(|told| told.state), Some(state), "the controller is told");
+            assert_eq!(gate.told.last().map(|told| told.state()), Some(state), "the controller is told");
         }
         if door_fault {
             assert!(settles_at(&line, false), "{state:?}: the maglock releases into its fault state");
@@ -119,7 +119,7 @@ fn each_state_puts_the_door_and_the_controller_where_the_policy_says() {
             let back = if state == State::CameraLost { Event::CameraBack } else { Event::ModelValid };
             let recovered = monitor.observe(back).expect("a change");
             health::apply(recovered, &mut gate, Some(&relay));
-            assert_eq!(gate.told.last().map(|told| told.state), Some(State::Normal));
+            assert_eq!(gate.told.last().map(|told| told.state()), Some(State::Normal));
             relay.feed();
             assert!(settles_at(&line, true), "{state:?}: locked again after recovery");
             assert!(

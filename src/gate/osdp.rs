@@ -582,7 +582,7 @@ fn serve(
                 if health.tamper() != state.tamper.swap(health.tamper(), Ordering::Relaxed) {
                     push(&mut pending, OsdpEvent::Status(state.local_report()));
                 }
-                state.health.store(health.state.code(), Ordering::Relaxed);
+                state.health.store(health.state().code(), Ordering::Relaxed);
                 // Kept while no channel is up: it is the present state, unlike a verdict about someone gone.
                 push(&mut pending, mfg(state.health_reply()));
             }
@@ -604,31 +604,39 @@ fn serve(
         {
             (handed, replies_before, last_progress) = (0, seen, Instant::now());
         }
-        while secure && handed.saturating_sub(replies() - replies_before) < LIBOSDP_EVENTS {
-            let Some(event) = pending.pop_front() else { break };
-            match pd.notify_event(event.clone()) {
-                Ok(()) => handed += 1,
-                Err(_) => {
-                    pending.push_front(event);
-                    break;
-                }
-            }
+        if secure {
+            hand_over(&mut pd, &mut pending, &mut handed, replies() - replies_before);
         }
     }
     // A last refresh round so that the controller's next polls can still collect what was just queued.
     let end = Instant::now() + Duration::from_millis(300);
     while Instant::now() < end {
         pd.refresh();
-        while secure && handed.saturating_sub(replies() - replies_before) < LIBOSDP_EVENTS {
-            let Some(event) = pending.pop_front() else { break };
-            if pd.notify_event(event).is_err() {
-                pending.clear();
-                break;
-            }
-            handed += 1;
+        // No retries now: a refusal would only repeat libosdp's error every few milliseconds.
+        if secure && !hand_over(&mut pd, &mut pending, &mut handed, replies() - replies_before) {
+            pending.clear();
         }
         std::thread::sleep(REFRESH);
     }
+}
+
+/// Hands waiting events to libosdp while it has room: `handed` events given, `collected` of them seen leaving
+/// in event replies on the wire. Returns false when libosdp refused one, which then stays first in `pending`.
+fn hand_over(
+    pd: &mut PeripheralDevice,
+    pending: &mut VecDeque<OsdpEvent>,
+    handed: &mut u64,
+    collected: u64,
+) -> bool {
+    while handed.saturating_sub(collected) < LIBOSDP_EVENTS {
+        let Some(event) = pending.pop_front() else { break };
+        if pd.notify_event(event.clone()).is_err() {
+            pending.push_front(event);
+            return false;
+        }
+        *handed += 1;
+    }
+    true
 }
 
 /// The manufacturer reply for a verdict (layout in the module documentation).

@@ -314,8 +314,8 @@ impl Gate for TcpGate {
         let active: heapless::Vec<&str, 8> = health.active().map(crate::health::State::name).collect();
         let message = serde_json::json!({
             "type": "health",
-            "state": health.state.name(),
-            "code": health.state.code(),
+            "state": health.state().name(),
+            "code": health.state().code(),
             "active": active.as_slice(),
             "can_decide": health.can_decide(),
             "tamper": health.tamper(),
