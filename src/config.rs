@@ -53,6 +53,34 @@ pub enum SourceSection {
         #[serde(default)]
         frame_rate: f32,
     },
+    /// A V4L2 camera (`src/capture/v4l2`), streamed through mmap buffers until SIGINT/SIGTERM.
+    V4l2 {
+        /// The device node (`/dev/video0`). Absent: the one capture device matching the pins below is found
+        /// among /dev/video* (then `bus_info` is required). Whatever is given, the identity of the camera
+        /// first opened is kept for the run: a different device is never accepted.
+        #[serde(default)]
+        device: Option<PathBuf>,
+        /// Identity pins, as VIDIOC_QUERYCAP reports them (`deepgate probe` lists them).
+        #[serde(default)]
+        driver: Option<String>,
+        #[serde(default)]
+        card: Option<String>,
+        #[serde(default)]
+        bus_info: Option<String>,
+        /// YUYV, UYVY, NV12, MJPEG, GREY, RGB24 or BGR24.
+        format: String,
+        width: u32,
+        height: u32,
+        /// Frames per second asked of the driver.
+        frame_rate: f32,
+        /// The lowest rate accepted from the driver; absent: any rate is accepted (and logged).
+        #[serde(default)]
+        min_frame_rate: Option<f32>,
+        /// mmap buffers, 2 to 32; the driver must give exactly this many.
+        buffers: u32,
+        /// true: accept virtual devices (vivid, v4l2loopback): tests and demos only.
+        allow_virtual: bool,
+    },
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -196,6 +224,7 @@ impl BoardConfig {
                     "source.frame_rate {frame_rate} must be between 0 (unpaced) and 1000"
                 );
             }
+            SourceSection::V4l2 { .. } => validate_v4l2(&self.source)?,
         }
         let detector = &self.detector;
         in_range("detector.score_threshold", detector.score_threshold, 0.05, 1.0)?;
@@ -261,6 +290,60 @@ impl BoardConfig {
         }
         Ok(())
     }
+}
+
+/// The `[source] kind = "v4l2"` keys: each value checked, the key named.
+fn validate_v4l2(source: &SourceSection) -> Result<()> {
+    let SourceSection::V4l2 {
+        device,
+        driver,
+        card,
+        bus_info,
+        format,
+        width,
+        height,
+        frame_rate,
+        min_frame_rate,
+        buffers,
+        allow_virtual: _,
+    } = source
+    else {
+        return Ok(());
+    };
+    ensure!(
+        device.is_some() || bus_info.is_some(),
+        "source: a v4l2 source needs source.device or source.bus_info (or both) to know which camera is meant"
+    );
+    if let Some(device) = device {
+        ensure!(
+            device.is_absolute() && device.file_name().is_some(),
+            "source.device `{}` must be an absolute device path such as /dev/video0",
+            device.display()
+        );
+    }
+    // QUERYCAP's fields are 16, 32 and 32 bytes with a terminating NUL: a longer pin could never match.
+    for (key, value, longest) in [("driver", driver, 15), ("card", card, 31), ("bus_info", bus_info, 31)] {
+        if let Some(value) = value {
+            ensure!(
+                !value.is_empty() && value.len() <= longest,
+                "source.{key} `{value}` must be 1 to {longest} bytes (as VIDIOC_QUERYCAP reports it; omit the key \
+                 to match any)"
+            );
+        }
+    }
+    ensure!(
+        crate::frame::PixelFormat::from_name(format).is_some(),
+        "source.format `{format}` must be one of YUYV, UYVY, NV12, MJPEG, GREY, RGB24, BGR24"
+    );
+    let most = crate::frame::MAX_DIMENSION;
+    ensure!((1..=most).contains(width), "source.width {width} must be 1 to {most}");
+    ensure!((1..=most).contains(height), "source.height {height} must be 1 to {most}");
+    in_range("source.frame_rate", *frame_rate, 1.0, 1000.0)?;
+    if let Some(minimum) = min_frame_rate {
+        in_range("source.min_frame_rate", *minimum, 0.1, *frame_rate)?;
+    }
+    ensure!((2..=32).contains(buffers), "source.buffers {buffers} must be 2 to 32");
+    Ok(())
 }
 
 /// Longest chain of `inherit`s followed; longer is a mistake or a cycle.
@@ -387,7 +470,9 @@ mod tests {
     fn host_config_parses() {
         let config = BoardConfig::parse(&host_text()).expect("board/host.toml is valid");
         assert_eq!(config.board.id, "host");
-        let SourceSection::Replay { paths, repeat, frame_rate } = &config.source;
+        let SourceSection::Replay { paths, repeat, frame_rate } = &config.source else {
+            panic!("host.toml replays: {:?}", config.source)
+        };
         assert_eq!(paths.len(), 2);
         assert!(!repeat);
         assert_eq!(*frame_rate, 0.0);

@@ -85,8 +85,21 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
-    /// Prints what this machine offers (CPU features, CUDA, cameras) as JSON.
+    /// Prints what this machine offers (CPU features, CUDA, cameras with their identity and formats) as JSON.
     Probe,
+    /// Opens the board's V4L2 camera as `run` does, captures frames and prints one JSON line describing the
+    /// camera, the accepted mode and the frame counters; exit status 0 when all frames arrived, 1 if not,
+    /// 2 when the config or the camera is refused.
+    Capture {
+        /// A board config with `[source] kind = "v4l2"`.
+        #[arg(long)]
+        board: PathBuf,
+        #[arg(long, default_value_t = 30)]
+        frames: u64,
+        /// Write each frame's raw bytes into this directory (created if missing) for inspection.
+        #[arg(long)]
+        save: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -128,6 +141,7 @@ fn main() -> ExitCode {
         }
         Command::Audit { action: AuditAction::Keygen { out } } => cli::audit::keygen(&out),
         Command::Probe => cli::probe::probe(),
+        Command::Capture { board, frames, save } => cli::capture::capture(&board, frames, save.as_deref()),
     };
     match result {
         Ok(code) => code,

@@ -2,21 +2,36 @@
 
 pub mod replay;
 pub mod synthetic;
+pub mod v4l2;
 pub mod y4m;
 
 use crate::frame::Frame;
 use anyhow::Result;
 
 /// Where frames come from. A source owns its buffers and lends one frame at a time; the frame is valid until
-/// the next call.
+/// the next call (a camera's buffer goes back to the driver then).
+///
+/// Two kinds of source: finite ones (files: `camera_up` is `None`), whose `Ok(None)` is the end of the stream,
+/// and live ones (a camera: `camera_up` is `Some`), which never end. A live source's `next_frame` returns
+/// within about a quarter of a second whatever happens (it never sleeps out a whole back-off or waits for a
+/// frame without a time-out), with `Ok(None)` when it has no frame now (none yet, or the camera lost and not
+/// back yet), so the caller can check its stop flag and `camera_up` between calls.
 pub trait FrameSource {
-    /// The next frame, `Ok(None)` at the end of the stream. An error concerns the current input only (a file
-    /// that cannot be read, a truncated video frame, a camera fault): the source moves past it, so the caller
-    /// reports the error and asks again.
+    /// The next frame; `Ok(None)`: the end of a finite source, "no frame now" from a live one. An error
+    /// concerns the current input or frame only (a file that cannot be read, a truncated video frame, a
+    /// defective camera frame, a frame time-out): the source moves past it, so the caller reports the error and
+    /// asks again.
     fn next_frame(&mut self) -> Result<Option<Frame<'_>>>;
 
     /// A name for logs and reports: a file path or a device.
     fn describe(&self) -> &str;
+
+    /// Whether the camera is streaming: `Some(false)` while it is lost, refused (a swapped or virtual device)
+    /// or being re-opened, `Some(true)` while it delivers; `None` for a source with no camera to lose (files).
+    /// Mirrors `Gate::link_up`; cheap, asked after every `next_frame`.
+    fn camera_up(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// Helpers shared by the capture backends' unit tests.

@@ -90,19 +90,60 @@ fn cuda() -> serde_json::Value {
     })
 }
 
+/// Every /dev/video* node: its identity as VIDIOC_QUERYCAP reports it (the values `[source]`'s `driver`,
+/// `card` and `bus_info` pins take), whether deepgate counts it as virtual, whether it is a streaming capture
+/// node, and the formats and frame sizes it offers. Nodes that cannot be opened are listed with the error.
 fn cameras() -> Vec<serde_json::Value> {
-    let Ok(entries) = std::fs::read_dir("/sys/class/video4linux") else { return Vec::new() };
-    let mut cameras: Vec<serde_json::Value> = entries
-        .flatten()
-        .map(|entry| {
-            let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
-            let device = Path::new("/dev").join(entry.file_name());
-            let driver = std::fs::read_link(entry.path().join("device/driver"))
-                .ok()
-                .and_then(|link| link.file_name().map(|n| n.to_string_lossy().into_owned()));
-            json!({ "device": device.display().to_string(), "name": name.trim(), "driver": driver })
+    use deepgate::capture::v4l2::{device::Device, identity, negotiate};
+    video_nodes_or_sysfs()
+        .into_iter()
+        .map(|path| {
+            let device_name = path.display().to_string();
+            let opened = Device::open(&path).and_then(|device| Ok((device.query_caps()?, device)));
+            match opened {
+                Err(error) => json!({ "device": device_name, "error": error.to_string() }),
+                Ok((caps, device)) => {
+                    let capture = caps.is_streaming_capture();
+                    let formats: Vec<serde_json::Value> = if capture {
+                        device
+                            .formats()
+                            .into_iter()
+                            .map(|(code, description)| {
+                                json!({
+                                    "fourcc": negotiate::fourcc_text(code),
+                                    "format": negotiate::format_of(code).map(|format| format.name()),
+                                    "description": description,
+                                    "sizes": device.frame_sizes(code),
+                                })
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    json!({
+                        "device": device_name,
+                        "driver": caps.identity.driver,
+                        "card": caps.identity.card,
+                        "bus_info": caps.identity.bus_info,
+                        "virtual": identity::is_virtual(&caps.identity.driver),
+                        "capture": capture,
+                        "formats": formats,
+                    })
+                }
+            }
         })
-        .collect();
-    cameras.sort_by_key(|camera| camera["device"].as_str().unwrap_or_default().to_string());
-    cameras
+        .collect()
+}
+
+/// The /dev/video* nodes (numeric order); where /dev lists none, those sysfs knows about.
+fn video_nodes_or_sysfs() -> Vec<std::path::PathBuf> {
+    let nodes = deepgate::capture::v4l2::device::video_nodes();
+    if !nodes.is_empty() {
+        return nodes;
+    }
+    let Ok(entries) = std::fs::read_dir("/sys/class/video4linux") else { return Vec::new() };
+    let mut nodes: Vec<std::path::PathBuf> =
+        entries.flatten().map(|entry| Path::new("/dev").join(entry.file_name())).collect();
+    nodes.sort();
+    nodes
 }

@@ -3,6 +3,7 @@
 use super::output::{error_line, frame_line, print, verdict_line};
 use anyhow::Result;
 use deepgate::capture::replay::open_input;
+use deepgate::capture::FrameSource;
 use deepgate::decide::Verdict;
 use deepgate::frame::Frame;
 use deepgate::pipeline::{FaceResult, Pipeline};
@@ -20,6 +21,8 @@ pub fn replay(board: &Path, inputs: &[PathBuf], timings: bool) -> Result<ExitCod
             }
             Event::Verdict { source, verdict } => print(&verdict_line(source, verdict)),
             Event::Error { source, error } => print(&error_line(source, error)),
+            // Files have no camera to lose.
+            Event::Camera { .. } => {}
         });
         failed |= played != Played::Finished { ok: true };
     }
@@ -34,6 +37,9 @@ pub enum Event<'a> {
     Frame { frame: &'a Frame<'a>, faces: &'a [FaceResult] },
     Verdict { source: &'a str, verdict: &'a Verdict },
     Error { source: &'a str, error: &'a anyhow::Error },
+    /// A live source's camera went away (`up: false`: lost, refused, re-opening) or came back (`up: true`).
+    /// An open session is abandoned without a verdict when the camera goes: it concerns frames from before.
+    Camera { source: &'a str, up: bool },
 }
 
 /// How `play_input` ended.
@@ -45,38 +51,69 @@ pub enum Played {
     Stopped,
 }
 
-/// Plays one input (image, directory or video) through the pipeline: the one place that knows where person
-/// sessions begin and end (each still image is its own session, a video one stream). `before_frame` sees each
-/// frame read and may stop the play (`run` paces frames and watches for signals there); `emit` receives every
-/// frame result, verdict and error.
+/// Plays one input (image, directory or video) through the pipeline (`play_source` on what it opens).
 pub fn play_input(
     pipeline: &mut Pipeline,
     input: &Path,
-    before_frame: &mut dyn FnMut(&Frame) -> bool,
+    before_frame: &mut dyn FnMut(Option<&Frame>) -> bool,
     emit: &mut dyn FnMut(Event),
 ) -> Played {
     let input_name = input.display().to_string();
-    let mut source = match open_input(input) {
-        Ok(source) => source,
+    match open_input(input) {
+        Ok(mut source) => play_source(pipeline, source.as_mut(), input_name, before_frame, emit),
         Err(error) => {
             emit(Event::Error { source: &input_name, error: &error });
-            return Played::Finished { ok: false };
+            Played::Finished { ok: false }
         }
-    };
+    }
+}
+
+/// Plays a source through the pipeline: the one place that knows where person sessions begin and end (each
+/// still image is its own session; a video, or a camera, is one stream, cut where a frame says
+/// `discontinuity`, e.g. after a camera re-open). `before_frame` sees each frame read (and, for a live source,
+/// `None` when it has no frame now) and may stop the play (`run` paces frames and watches for signals there);
+/// `emit` receives every frame result, verdict, error and camera change. `session_source` names the input for
+/// a verdict before any frame (its storage is reused per frame).
+pub fn play_source(
+    pipeline: &mut Pipeline,
+    source: &mut dyn FrameSource,
+    mut session_source: String,
+    before_frame: &mut dyn FnMut(Option<&Frame>) -> bool,
+    emit: &mut dyn FnMut(Event),
+) -> Played {
     let mut ok = true;
-    // The source of the open session: the file a still came from, or the video.
-    let mut session_source = input_name;
+    // A live source is taken as up until it says otherwise, so a camera that is not there at start is
+    // reported at once.
+    let mut camera_was_up = true;
     loop {
         let frame = match source.next_frame() {
             Ok(Some(frame)) => frame,
-            Ok(None) => break,
+            Ok(None) => {
+                // A finite source: the end. A live one: no frame now.
+                let Some(up) = source.camera_up() else { break };
+                camera_change(pipeline, up, &mut camera_was_up, source.describe(), emit);
+                if !before_frame(None) {
+                    return Played::Stopped;
+                }
+                continue;
+            }
             Err(error) => {
                 emit(Event::Error { source: source.describe(), error: &error });
                 ok = false;
+                if let Some(up) = source.camera_up() {
+                    camera_change(pipeline, up, &mut camera_was_up, source.describe(), emit);
+                    if !before_frame(None) {
+                        return Played::Stopped;
+                    }
+                }
                 continue;
             }
         };
-        if !before_frame(&frame) {
+        if !camera_was_up {
+            camera_was_up = true;
+            emit(Event::Camera { source: frame.source, up: true });
+        }
+        if !before_frame(Some(&frame)) {
             return Played::Stopped;
         }
         if frame.discontinuity {
@@ -104,6 +141,26 @@ pub fn play_input(
         emit(Event::Verdict { source: &session_source, verdict: &verdict });
     }
     Played::Finished { ok }
+}
+
+/// Reports a live source's camera going (`up` false) or coming back. A person session open when the camera
+/// goes is abandoned without a verdict: no decision is made on a camera that may have been tampered with, and
+/// the person has likely gone by the time it is back.
+fn camera_change(
+    pipeline: &mut Pipeline,
+    up: bool,
+    camera_was_up: &mut bool,
+    source: &str,
+    emit: &mut dyn FnMut(Event),
+) {
+    if up == *camera_was_up {
+        return;
+    }
+    *camera_was_up = up;
+    if !up && pipeline.finish().is_some() {
+        log::warn!("{source}: the camera went during a person session; session abandoned without a verdict");
+    }
+    emit(Event::Camera { source, up });
 }
 
 pub fn print_timings(pipeline: &Pipeline) {

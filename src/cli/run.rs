@@ -2,8 +2,10 @@
 //! board's gate; SIGINT or SIGTERM ends it cleanly between frames.
 
 use super::output::verdict_message;
-use super::replay::{play_input, Event, Played};
+use super::replay::{play_input, play_source, Event, Played};
 use anyhow::{Context, Result};
+use deepgate::capture::v4l2::{OpenError, V4l2Settings, V4l2Source};
+use deepgate::capture::FrameSource;
 use deepgate::config::{BoardConfig, GateSection, SourceSection};
 use deepgate::frame::Frame;
 use deepgate::gate::audit::{AuditLog, ModelRecord, Thresholds};
@@ -63,84 +65,125 @@ pub fn run(board: &Path) -> Result<ExitCode> {
         Some(section) => Some(open_audit(&config, &pipeline, &config.resolve(&section.path))?),
         None => None,
     };
-    let SourceSection::Replay { paths, repeat, frame_rate } = &config.source;
-    let period = (*frame_rate > 0.0).then(|| Duration::from_secs_f32(1.0 / frame_rate));
-
-    let (mut frames, mut verdicts, mut failures) = (0u64, 0u64, 0u64);
-    let mut next_due = Instant::now();
+    let (mut frames, mut verdicts, mut withheld, mut failures) = (0u64, 0u64, 0u64, 0u64);
     // When the frame being processed was taken from the source (after pacing): its time to a decision.
     let frame_start = Cell::new(Instant::now());
-    'stream: loop {
-        let frames_before_pass = frames;
-        for path in paths {
-            let mut before_frame = |_: &Frame| {
+    let mut emit = |event: Event| match event {
+        Event::Frame { .. } => {
+            // Each processed frame feeds the relay's watchdog; failed frames do not.
+            if let Some(relay) = &relay {
+                relay.feed();
+            }
+            let ms = frame_start.get().elapsed().as_secs_f32() * 1000.0;
+            let mut changed = monitor.observe(HealthEvent::FrameTime { ms });
+            if let Some(up) = gate.link_up() {
+                let event = if up { HealthEvent::GateLinkUp } else { HealthEvent::GateLinkDown };
+                changed = monitor.observe(event).or(changed);
+            }
+            if let Some(health) = changed {
+                health::apply(health, gate.as_mut(), relay.as_ref());
+            }
+        }
+        Event::Verdict { source, verdict } => {
+            if !monitor.health().can_decide() {
+                // The failure policy: no verdicts while the runtime cannot decide (camera lost).
+                withheld += 1;
+                log::warn!("{source}: verdict withheld: {}", monitor.health().state().name());
+                return;
+            }
+            verdicts += 1;
+            let message = verdict_message(source, verdict);
+            // The door first: the stdout gate writes synchronously and may wait on its reader.
+            if let Some(relay) = relay.as_mut() {
+                if let Err(error) = relay.report(&message) {
+                    log::error!("{}: {error:#}", relay.describe());
+                }
+            }
+            if let Err(error) = gate.report(&message) {
+                log::error!("gate {}: {error:#}", gate.describe());
+            }
+            if let Some(audit) = audit.as_mut() {
+                if let Err(error) = audit.append(source, verdict) {
+                    log::error!("{error:#}");
+                }
+            }
+        }
+        Event::Error { source, error } => {
+            log::error!("{source}: {error:#}");
+            failures += 1;
+        }
+        Event::Camera { source, up } => {
+            log::info!("{source}: camera {}", if up { "streaming" } else { "lost: no verdicts until it is back" });
+            let event = if up { HealthEvent::CameraBack } else { HealthEvent::CameraLost };
+            if let Some(health) = monitor.observe(event) {
+                health::apply(health, gate.as_mut(), relay.as_ref());
+            }
+        }
+    };
+    let live = match &config.source {
+        SourceSection::Replay { paths, repeat, frame_rate } => {
+            let period = (*frame_rate > 0.0).then(|| Duration::from_secs_f32(1.0 / frame_rate));
+            let mut next_due = Instant::now();
+            'stream: loop {
+                let frames_before_pass = frames;
+                for path in paths {
+                    let mut before_frame = |frame: Option<&Frame>| {
+                        if stop.load(Ordering::Relaxed) {
+                            return false;
+                        }
+                        if frame.is_none() {
+                            return true;
+                        }
+                        if let Some(period) = period {
+                            std::thread::sleep(next_due.saturating_duration_since(Instant::now()));
+                            // Late frames do not build up a debt of frames to rush through.
+                            next_due =
+                                next_due.max(Instant::now().checked_sub(period).unwrap_or(next_due)) + period;
+                        }
+                        frames += 1;
+                        frame_start.set(Instant::now());
+                        true
+                    };
+                    if play_input(&mut pipeline, &config.resolve(path), &mut before_frame, &mut emit)
+                        == Played::Stopped
+                    {
+                        break 'stream;
+                    }
+                }
+                if !repeat {
+                    break;
+                }
+                if frames == frames_before_pass {
+                    // Repeating inputs that give no frame would spin forever: stop and say why.
+                    log::error!("no input of source.paths gave a frame; not repeating");
+                    failures += 1;
+                    break;
+                }
+            }
+            false
+        }
+        SourceSection::V4l2 { .. } => {
+            // A refusal at the first open (a virtual device not allowed, a format or rate the driver cannot
+            // give, another buffer count) is a configuration error: exit status 2. A camera that is absent or
+            // not the pinned one is `camera_lost` (the controller told) and retried until it is back.
+            let settings = V4l2Settings::from_config(&config.source)
+                .context("source: the v4l2 settings are invalid")?;
+            let mut camera = V4l2Source::open(settings, false).map_err(OpenError::into_error)?;
+            let name = camera.describe().to_string();
+            let mut before_frame = |frame: Option<&Frame>| {
                 if stop.load(Ordering::Relaxed) {
                     return false;
                 }
-                if let Some(period) = period {
-                    std::thread::sleep(next_due.saturating_duration_since(Instant::now()));
-                    // Late frames do not build up a debt of frames to rush through.
-                    next_due = next_due.max(Instant::now().checked_sub(period).unwrap_or(next_due)) + period;
+                if frame.is_some() {
+                    frames += 1;
+                    frame_start.set(Instant::now());
                 }
-                frames += 1;
-                frame_start.set(Instant::now());
                 true
             };
-            let mut emit = |event: Event| match event {
-                Event::Frame { .. } => {
-                    // Each processed frame feeds the relay's watchdog; failed frames do not.
-                    if let Some(relay) = &relay {
-                        relay.feed();
-                    }
-                    let ms = frame_start.get().elapsed().as_secs_f32() * 1000.0;
-                    let mut changed = monitor.observe(HealthEvent::FrameTime { ms });
-                    if let Some(up) = gate.link_up() {
-                        let event = if up { HealthEvent::GateLinkUp } else { HealthEvent::GateLinkDown };
-                        changed = monitor.observe(event).or(changed);
-                    }
-                    if let Some(health) = changed {
-                        health::apply(health, gate.as_mut(), relay.as_ref());
-                    }
-                }
-                Event::Verdict { source, verdict } => {
-                    verdicts += 1;
-                    let message = verdict_message(source, verdict);
-                    // The door first: the stdout gate writes synchronously and may wait on its reader.
-                    if let Some(relay) = relay.as_mut() {
-                        if let Err(error) = relay.report(&message) {
-                            log::error!("{}: {error:#}", relay.describe());
-                        }
-                    }
-                    if let Err(error) = gate.report(&message) {
-                        log::error!("gate {}: {error:#}", gate.describe());
-                    }
-                    if let Some(audit) = audit.as_mut() {
-                        if let Err(error) = audit.append(source, verdict) {
-                            log::error!("{error:#}");
-                        }
-                    }
-                }
-                Event::Error { source, error } => {
-                    log::error!("{source}: {error:#}");
-                    failures += 1;
-                }
-            };
-            if play_input(&mut pipeline, &config.resolve(path), &mut before_frame, &mut emit)
-                == Played::Stopped
-            {
-                break 'stream;
-            }
+            play_source(&mut pipeline, &mut camera, name, &mut before_frame, &mut emit);
+            true
         }
-        if !repeat {
-            break;
-        }
-        if frames == frames_before_pass {
-            // Repeating inputs that give no frame would spin forever: stop and say why.
-            log::error!("no input of source.paths gave a frame; not repeating");
-            failures += 1;
-            break;
-        }
-    }
+    };
     if stop.load(Ordering::Relaxed) {
         log::info!("stopping on signal");
     }
@@ -151,10 +194,12 @@ pub fn run(board: &Path) -> Result<ExitCode> {
     }
     let frame_time = pipeline.times.summary().into_iter().find(|summary| summary.stage == "frame");
     log::info!(
-        "{frames} frames, {verdicts} verdicts, {failures} failures; median frame {:.1} ms",
+        "{frames} frames, {verdicts} verdicts ({withheld} withheld), {failures} failures; median frame {:.1} ms",
         frame_time.map_or(0.0, |summary| summary.median_ms)
     );
-    Ok(if failures > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    // A camera run ends only on a signal, which is its normal end: frame errors (time-outs, dropped frames)
+    // are in the summary lines, not the status. An input that failed ends a replay run with status 1.
+    Ok(if failures > 0 && !live { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 /// The OSDP gate's settings from the board config: paths resolved, the configured classifier's identity (from

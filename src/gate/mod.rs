@@ -67,6 +67,34 @@ pub fn encode_line<T: Serialize>(value: &T, line: &mut Line) -> Result<()> {
         .map_err(|error| anyhow::anyhow!("gate message does not fit in {MAX_LINE} bytes: {error}"))
 }
 
+/// The health line every gate that speaks JSON sends on a change of health (ARCHITECTURE.md, "Failure
+/// policy"): `{"type":"health","state":"camera_lost","code":5,"active":["camera_lost"],"can_decide":false,
+/// "tamper":true}`. No id: it is not spooled or acknowledged.
+#[derive(Serialize)]
+struct HealthMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    state: &'static str,
+    code: u8,
+    active: &'a [&'static str],
+    can_decide: bool,
+    tamper: bool,
+}
+
+/// Writes the health line of `health` (no newline) into `line`: the one encoder of the TCP and stdout gates.
+pub fn encode_health(health: crate::health::Health, line: &mut Line) -> Result<()> {
+    let active: heapless::Vec<&'static str, 8> = health.active().map(crate::health::State::name).collect();
+    let message = HealthMessage {
+        kind: "health",
+        state: health.state().name(),
+        code: health.state().code(),
+        active: &active,
+        can_decide: health.can_decide(),
+        tamper: health.tamper(),
+    };
+    encode_line(&message, line)
+}
+
 /// `io::Write` over a `Line` that fails, instead of growing, when the line is full.
 struct LineWriter<'a>(&'a mut Line);
 

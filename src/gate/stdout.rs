@@ -1,4 +1,5 @@
-//! The stdout gate: one JSON line per verdict, for development and for pipes into other programs.
+//! The stdout gate: one JSON line per verdict, and one health line per change of health (the same line the
+//! TCP gate sends), for development and for pipes into other programs.
 
 use super::{encode_line, Gate, Line, VerdictMessage};
 use anyhow::{Context, Result};
@@ -25,5 +26,20 @@ impl Gate for StdoutGate {
 
     fn describe(&self) -> &str {
         "stdout"
+    }
+
+    /// `{"type":"health",...}` (`gate::encode_health`), printed on each change of health only: a run that
+    /// stays normal prints verdict lines alone.
+    fn set_health(&mut self, health: crate::health::Health) {
+        let written = super::encode_health(health, &mut self.line).and_then(|()| {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&self.line)
+                .and_then(|()| out.write_all(b"\n"))
+                .and_then(|()| out.flush())
+                .context("writing a health line to stdout")
+        });
+        if let Err(error) = written {
+            log::error!("gate stdout: {error:#}");
+        }
     }
 }

@@ -311,16 +311,7 @@ impl Gate for TcpGate {
     /// Queues `{"type":"health","state":...,"code":N,"active":[...],"can_decide":bool,"tamper":bool}` for
     /// the controller (ARCHITECTURE.md, "Failure policy").
     fn set_health(&mut self, health: crate::health::Health) {
-        let active: heapless::Vec<&str, 8> = health.active().map(crate::health::State::name).collect();
-        let message = serde_json::json!({
-            "type": "health",
-            "state": health.state().name(),
-            "code": health.state().code(),
-            "active": active.as_slice(),
-            "can_decide": health.can_decide(),
-            "tamper": health.tamper(),
-        });
-        if let Err(error) = encode_line(&message, &mut self.line) {
+        if let Err(error) = super::encode_health(health, &mut self.line) {
             log::error!("gate {}: {error:#}", self.description);
             return;
         }
