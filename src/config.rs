@@ -487,7 +487,7 @@ mod tests {
     fn unknown_keys_are_errors_naming_the_key() {
         assert_rejected_naming(&format!("colour = \"red\"\n{}", host_text()), "colour");
         assert_rejected_naming(&host_with("[decision]", "[decision]\nsmoothing = 0.5"), "smoothing");
-        assert_rejected_naming(&host_with("[source]", "[source]\nloop = true"), "loop");
+        assert_rejected_naming(&host_with("kind = \"replay\"", "kind = \"replay\"\nloop = true"), "loop");
         assert_rejected_naming(&format!("{}\n[extra]\nanswer = 42\n", host_text()), "extra");
     }
 
@@ -678,5 +678,70 @@ mod tests {
         std::fs::write(directory.join("away.toml"), "inherit = \"../etc/passwd\"\n").unwrap();
         let error = format!("{:#}", BoardConfig::load(&directory.join("away.toml")).unwrap_err());
         assert!(error.contains("same directory"), "{error}");
+    }
+
+    /// host.toml with its `[source]` replaced by a v4l2 source made of `keys`.
+    fn v4l2_config(keys: &str) -> String {
+        let text = host_text();
+        let start = text.find("[source]").unwrap();
+        let end = text.find("[models]").unwrap();
+        format!("{}[source]\nkind = \"v4l2\"\n{keys}\n{}", &text[..start], &text[end..])
+    }
+
+    const V4L2_KEYS: &str = "device = \"/dev/video0\"\nformat = \"YUYV\"\nwidth = 640\nheight = 480\n\
+                             frame_rate = 30.0\nbuffers = 4\nallow_virtual = false";
+
+    #[test]
+    fn a_v4l2_source_parses_with_its_pins() {
+        let text = v4l2_config(&format!(
+            "{V4L2_KEYS}\ndriver = \"uvcvideo\"\ncard = \"HD Webcam\"\nbus_info = \"usb-1\"\nmin_frame_rate = 15.0"
+        ));
+        let config = BoardConfig::parse(&text).expect("valid");
+        let settings = crate::capture::v4l2::V4l2Settings::from_config(&config.source).expect("v4l2");
+        assert_eq!(settings.device.as_deref(), Some(Path::new("/dev/video0")));
+        assert_eq!(settings.pins.driver.as_deref(), Some("uvcvideo"));
+        assert_eq!(settings.pins.bus_info.as_deref(), Some("usb-1"));
+        assert_eq!(settings.requested.format, crate::frame::PixelFormat::Yuyv);
+        assert_eq!((settings.requested.width, settings.requested.height, settings.buffers), (640, 480, 4));
+        assert_eq!((settings.frame_rate, settings.min_frame_rate), (30.0, Some(15.0)));
+        assert!(!settings.allow_virtual);
+        // bus_info alone (no device) is enough: the device is found by scanning.
+        let scan = V4L2_KEYS.replace("device = \"/dev/video0\"", "bus_info = \"usb-1\"");
+        assert!(BoardConfig::parse(&v4l2_config(&scan)).is_ok());
+    }
+
+    #[test]
+    fn v4l2_keys_are_strict_and_every_value_is_checked_naming_the_key() {
+        assert_rejected_naming(&v4l2_config(&format!("{V4L2_KEYS}\nexposure = 3")), "exposure");
+        for key in ["format", "width", "height", "frame_rate", "buffers", "allow_virtual"] {
+            let without: Vec<&str> = V4L2_KEYS.lines().filter(|line| !line.starts_with(key)).collect();
+            assert_rejected_naming(&v4l2_config(&without.join("\n")), key);
+        }
+        let cases = [
+            ("format = \"YUYV\"", "format = \"H264\"", "source.format"),
+            ("width = 640", "width = 0", "source.width"),
+            ("height = 480", "height = 20000", "source.height"),
+            ("frame_rate = 30.0", "frame_rate = 0.0", "source.frame_rate"),
+            ("frame_rate = 30.0", "frame_rate = nan", "source.frame_rate"),
+            ("buffers = 4", "buffers = 1", "source.buffers"),
+            ("buffers = 4", "buffers = 33", "source.buffers"),
+            ("device = \"/dev/video0\"", "device = \"video0\"", "source.device"),
+            ("device = \"/dev/video0\"", "device = \"/dev/video0\"\ndriver = \"\"", "source.driver"),
+            (
+                "device = \"/dev/video0\"",
+                "device = \"/dev/video0\"\ndriver = \"a-driver-name-too-long\"",
+                "source.driver",
+            ),
+            (
+                "device = \"/dev/video0\"",
+                "device = \"/dev/video0\"\nmin_frame_rate = 60.0",
+                "source.min_frame_rate",
+            ),
+            ("device = \"/dev/video0\"", "card = \"HD Webcam\"", "source.bus_info"),
+        ];
+        for (old, new, key) in cases {
+            assert_eq!(V4L2_KEYS.matches(old).count(), 1, "{old}");
+            assert_rejected_naming(&v4l2_config(&V4L2_KEYS.replacen(old, new, 1)), key);
+        }
     }
 }

@@ -44,7 +44,8 @@ pub fn capture(board: &Path, frames: u64, save: Option<&Path>) -> Result<ExitCod
                 if let Some(directory) = save {
                     let name = format!("frame-{:06}.{}", frame.sequence, extension(frame.format));
                     if let Err(error) = std::fs::write(directory.join(&name), frame.data) {
-                        saved_error.get_or_insert(format!("writing {}: {error}", directory.join(&name).display()));
+                        saved_error
+                            .get_or_insert(format!("writing {}: {error}", directory.join(&name).display()));
                     }
                 }
                 delivered += 1;

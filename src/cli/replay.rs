@@ -34,12 +34,24 @@ pub fn replay(board: &Path, inputs: &[PathBuf], timings: bool) -> Result<ExitCod
 
 /// What playing an input produces, in order.
 pub enum Event<'a> {
-    Frame { frame: &'a Frame<'a>, faces: &'a [FaceResult] },
-    Verdict { source: &'a str, verdict: &'a Verdict },
-    Error { source: &'a str, error: &'a anyhow::Error },
+    Frame {
+        frame: &'a Frame<'a>,
+        faces: &'a [FaceResult],
+    },
+    Verdict {
+        source: &'a str,
+        verdict: &'a Verdict,
+    },
+    Error {
+        source: &'a str,
+        error: &'a anyhow::Error,
+    },
     /// A live source's camera went away (`up: false`: lost, refused, re-opening) or came back (`up: true`).
     /// An open session is abandoned without a verdict when the camera goes: it concerns frames from before.
-    Camera { source: &'a str, up: bool },
+    Camera {
+        source: &'a str,
+        up: bool,
+    },
 }
 
 /// How `play_input` ended.
@@ -169,6 +181,159 @@ pub fn print_timings(pipeline: &Pipeline) {
         eprintln!(
             "{:<22} {:>7} {:>11.3} {:>9.3} {:>9.3}",
             summary.stage, summary.count, summary.median_ms, summary.min_ms, summary.max_ms
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deepgate::capture::FrameSource;
+    use deepgate::frame::PixelFormat;
+    use std::collections::VecDeque;
+
+    /// What the fake camera does on each `next_frame` call.
+    #[derive(Clone, Copy)]
+    enum Step {
+        Frame,
+        /// No frame now, camera lost.
+        Lost,
+    }
+
+    /// A live source scripted step by step, lending one photo as its frames.
+    struct FakeCamera {
+        script: VecDeque<Step>,
+        photo: Vec<u8>,
+        width: u32,
+        height: u32,
+        up: bool,
+        delivered: u64,
+        discontinuity: bool,
+    }
+
+    impl FrameSource for FakeCamera {
+        fn next_frame(&mut self) -> anyhow::Result<Option<Frame<'_>>> {
+            match self.script.pop_front() {
+                Some(Step::Frame) => {
+                    if !self.up {
+                        self.discontinuity = true;
+                    }
+                    self.up = true;
+                    let frame = Frame {
+                        format: PixelFormat::Rgb24,
+                        width: self.width,
+                        height: self.height,
+                        stride: self.width as usize * 3,
+                        data: &self.photo,
+                        source: "/dev/video-fake",
+                        sequence: self.delivered,
+                        timestamp_ns: self.delivered * 33_000_000,
+                        discontinuity: self.discontinuity,
+                    };
+                    self.delivered += 1;
+                    self.discontinuity = false;
+                    Ok(Some(frame))
+                }
+                Some(Step::Lost) => {
+                    self.up = false;
+                    Ok(None)
+                }
+                None => anyhow::bail!("script over"),
+            }
+        }
+
+        fn describe(&self) -> &str {
+            "/dev/video-fake"
+        }
+
+        fn camera_up(&self) -> Option<bool> {
+            Some(self.up)
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Frame { sequence: u64 },
+        Verdict,
+        Camera { up: bool },
+        Idle,
+    }
+
+    #[test]
+    fn a_live_source_that_goes_and_comes_back_reports_it_abandons_the_stream_and_resumes() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let (_config, mut pipeline) = super::super::start(&root.join("board/host.toml")).expect("pipeline");
+        // A scene without a face: its frames never end a session on their own, so every verdict seen would
+        // be one made at a camera change (a no_face verdict from the abandoned stream), which must not come.
+        let mut still = open_input(&root.join("tests/fixtures/scenes/coffee.png")).expect("photo");
+        let frame = still.next_frame().expect("decodes").expect("a frame");
+        assert_eq!(frame.format, PixelFormat::Rgb24);
+        let (width, height, photo) = (frame.width, frame.height, frame.data.to_vec());
+        // Lost at start, three frames, lost for three calls, two frames, then stop.
+        let mut script = vec![Step::Lost, Step::Lost];
+        script.extend([Step::Frame; 3]);
+        script.extend([Step::Lost; 3]);
+        script.extend([Step::Frame; 2]);
+        let calls = script.len();
+        // The last call loses the camera again; `before_frame` then stops the play.
+        script.push(Step::Lost);
+        let mut camera = FakeCamera {
+            script: script.into(),
+            photo,
+            width,
+            height,
+            up: true,
+            delivered: 0,
+            discontinuity: true,
+        };
+        let mut seen = Vec::new();
+        let mut asked = 0;
+        let played = {
+            let seen = std::cell::RefCell::new(&mut seen);
+            play_source(
+                &mut pipeline,
+                &mut camera,
+                "/dev/video-fake".into(),
+                &mut |frame| {
+                    asked += 1;
+                    if frame.is_none() {
+                        seen.borrow_mut().push(Seen::Idle);
+                    }
+                    asked <= calls
+                },
+                &mut |event| {
+                    seen.borrow_mut().push(match event {
+                        Event::Frame { frame, .. } => Seen::Frame { sequence: frame.sequence },
+                        Event::Verdict { .. } => Seen::Verdict,
+                        Event::Camera { up, .. } => Seen::Camera { up },
+                        Event::Error { error, .. } => panic!("unexpected error {error:#}"),
+                    })
+                },
+            )
+        };
+        assert_eq!(played, Played::Stopped, "a live source ends only when asked to stop");
+        use Seen::*;
+        assert_eq!(
+            seen,
+            [
+                Camera { up: false },
+                Idle,
+                Idle,
+                Camera { up: true },
+                Frame { sequence: 0 },
+                Frame { sequence: 1 },
+                Frame { sequence: 2 },
+                // The session open on frames 0-2 is abandoned: no verdict about a camera that went.
+                Camera { up: false },
+                Idle,
+                Idle,
+                Idle,
+                Camera { up: true },
+                Frame { sequence: 3 },
+                Frame { sequence: 4 },
+                Camera { up: false },
+                Idle,
+            ]
         );
     }
 }

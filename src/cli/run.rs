@@ -113,7 +113,10 @@ pub fn run(board: &Path) -> Result<ExitCode> {
             failures += 1;
         }
         Event::Camera { source, up } => {
-            log::info!("{source}: camera {}", if up { "streaming" } else { "lost: no verdicts until it is back" });
+            log::info!(
+                "{source}: camera {}",
+                if up { "streaming" } else { "lost: no verdicts until it is back" }
+            );
             let event = if up { HealthEvent::CameraBack } else { HealthEvent::CameraLost };
             if let Some(health) = monitor.observe(event) {
                 health::apply(health, gate.as_mut(), relay.as_ref());
@@ -166,8 +169,8 @@ pub fn run(board: &Path) -> Result<ExitCode> {
             // A refusal at the first open (a virtual device not allowed, a format or rate the driver cannot
             // give, another buffer count) is a configuration error: exit status 2. A camera that is absent or
             // not the pinned one is `camera_lost` (the controller told) and retried until it is back.
-            let settings = V4l2Settings::from_config(&config.source)
-                .context("source: the v4l2 settings are invalid")?;
+            let settings =
+                V4l2Settings::from_config(&config.source).context("source: the v4l2 settings are invalid")?;
             let mut camera = V4l2Source::open(settings, false).map_err(OpenError::into_error)?;
             let name = camera.describe().to_string();
             let mut before_frame = |frame: Option<&Frame>| {

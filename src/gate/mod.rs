@@ -167,3 +167,29 @@ pub fn from_hex<const N: usize>(text: &str, what: &str) -> Result<[u8; N]> {
     }
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{Event, Monitor, OverloadPolicy};
+
+    #[test]
+    fn the_health_line_says_state_code_faults_and_consequences() {
+        let mut monitor = Monitor::new(OverloadPolicy { budget_ms: 100.0, window: 3 });
+        monitor.observe(Event::GateLinkDown);
+        let health = monitor.observe(Event::CameraLost).expect("a change");
+        let mut line = Line::new();
+        encode_health(health, &mut line).expect("fits");
+        assert_eq!(
+            std::str::from_utf8(&line).unwrap(),
+            r#"{"type":"health","state":"camera_lost","code":5,"active":["gate_link_down","camera_lost"],"can_decide":false,"tamper":true}"#
+        );
+        let health = monitor.observe(Event::CameraBack).expect("a change");
+        encode_health(health, &mut line).expect("fits");
+        let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            (value["state"].as_str(), value["can_decide"].as_bool()),
+            (Some("gate_link_down"), Some(true))
+        );
+    }
+}

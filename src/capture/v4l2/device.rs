@@ -246,7 +246,9 @@ impl Stream {
         request.count = count;
         request.type_ = V4L2_BUF_TYPE_VIDEO_CAPTURE;
         request.memory = V4L2_MEMORY_MMAP;
-        device.ioctl(vidioc::VIDIOC_REQBUFS, &mut request).map_err(|e| StartError::Io("VIDIOC_REQBUFS", e))?;
+        device
+            .ioctl(vidioc::VIDIOC_REQBUFS, &mut request)
+            .map_err(|e| StartError::Io("VIDIOC_REQBUFS", e))?;
         // From here on, `Drop` releases whatever was set up, on every early return.
         let mut stream = Stream { device, buffers: Vec::new(), held: None };
         if request.count != count {
@@ -282,7 +284,10 @@ impl Stream {
             stream.queue(index).map_err(|e| StartError::Io("VIDIOC_QBUF", e))?;
         }
         let mut kind = V4L2_BUF_TYPE_VIDEO_CAPTURE;
-        stream.device.ioctl(vidioc::VIDIOC_STREAMON, &mut kind).map_err(|e| StartError::Io("VIDIOC_STREAMON", e))?;
+        stream
+            .device
+            .ioctl(vidioc::VIDIOC_STREAMON, &mut kind)
+            .map_err(|e| StartError::Io("VIDIOC_STREAMON", e))?;
         Ok(stream)
     }
 
@@ -312,15 +317,21 @@ impl Stream {
     /// Waits at most `timeout_ms` for a filled buffer: `Ok(true)` when one is ready. POLLERR/POLLHUP (the
     /// device gone, streaming stopped by the driver) is an error.
     pub fn wait(&self, timeout_ms: i32) -> io::Result<bool> {
-        let mut descriptor =
-            libc::pollfd { fd: self.device.file.as_raw_fd(), events: libc::POLLIN | libc::POLLPRI, revents: 0 };
+        let mut descriptor = libc::pollfd {
+            fd: self.device.file.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLPRI,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd, and the count says one.
         let ready = unsafe { libc::poll(&mut descriptor, 1, timeout_ms) };
         if ready < 0 {
             return Err(io::Error::last_os_error());
         }
         if descriptor.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
-            return Err(io::Error::other(format!("poll reports an error (revents {:#x})", descriptor.revents)));
+            return Err(io::Error::other(format!(
+                "poll reports an error (revents {:#x})",
+                descriptor.revents
+            )));
         }
         Ok(ready > 0 && descriptor.revents & libc::POLLIN != 0)
     }
@@ -340,13 +351,17 @@ impl Stream {
         }
         let index = buffer.index as usize;
         if index >= self.buffers.len() {
-            return Err(io::Error::other(format!("the driver dequeued buffer {index} of {}", self.buffers.len())));
+            return Err(io::Error::other(format!(
+                "the driver dequeued buffer {index} of {}",
+                self.buffers.len()
+            )));
         }
         self.held = Some(index);
         let monotonic = buffer.flags & V4L2_BUF_FLAG_TIMESTAMP_MASK == V4L2_BUF_FLAG_TIMESTAMP_MONOTONIC;
         let (seconds, microseconds) = (buffer.timestamp.tv_sec, buffer.timestamp.tv_usec);
-        let timestamp_ns = (monotonic && (seconds > 0 || microseconds > 0) && seconds >= 0 && microseconds >= 0)
-            .then(|| seconds as u64 * 1_000_000_000 + microseconds as u64 * 1000);
+        let timestamp_ns =
+            (monotonic && (seconds > 0 || microseconds > 0) && seconds >= 0 && microseconds >= 0)
+                .then(|| seconds as u64 * 1_000_000_000 + microseconds as u64 * 1000);
         Ok(Some(Dequeued {
             index,
             bytes_used: buffer.bytesused,

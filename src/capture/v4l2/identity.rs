@@ -74,9 +74,7 @@ impl Pins {
 impl fmt::Display for Pins {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut first = true;
-        for (key, value) in
-            [("driver", &self.driver), ("card", &self.card), ("bus_info", &self.bus_info)]
-        {
+        for (key, value) in [("driver", &self.driver), ("card", &self.card), ("bus_info", &self.bus_info)] {
             if let Some(value) = value {
                 write!(f, "{}{key} `{value}`", if first { "" } else { ", " })?;
                 first = false;
@@ -174,7 +172,8 @@ mod tests {
         let swapped = identity("v4l2 loopback", "Dummy video device (0x0000)", "platform:v4l2loopback-000");
         let all = Pins::exactly(&camera);
         let message = all.mismatch(&swapped).expect("a different device");
-        for part in ["source.driver: expected `uvcvideo`, found `v4l2 loopback`", "source.card", "source.bus_info"]
+        for part in
+            ["source.driver: expected `uvcvideo`, found `v4l2 loopback`", "source.card", "source.bus_info"]
         {
             assert!(message.contains(part), "{message}");
         }

@@ -52,11 +52,7 @@ impl V4l2Settings {
         Some(V4l2Settings {
             device: device.clone(),
             pins: Pins { driver: driver.clone(), card: card.clone(), bus_info: bus_info.clone() },
-            requested: Requested {
-                format: PixelFormat::from_name(format)?,
-                width: *width,
-                height: *height,
-            },
+            requested: Requested { format: PixelFormat::from_name(format)?, width: *width, height: *height },
             frame_rate: *frame_rate,
             min_frame_rate: *min_frame_rate,
             buffers: *buffers,
@@ -321,7 +317,10 @@ impl V4l2Source {
         let message = format!("{:#}", error.error());
         let delay = self.backoff.next_delay();
         if message != self.last_failure {
-            log::error!("{message}; camera lost, retrying (back-off up to {} s)", counters::MAX_RETRY.as_secs());
+            log::error!(
+                "{message}; camera lost, retrying (back-off up to {} s)",
+                counters::MAX_RETRY.as_secs()
+            );
             self.last_failure = message;
         } else {
             log::debug!("{message}; next try in {} ms", delay.as_millis());
@@ -400,7 +399,11 @@ impl V4l2Source {
         let path = &open.opened.path;
         if dequeued.flags & device::V4L2_BUF_FLAG_ERROR != 0 {
             self.counters.errors += 1;
-            bail!("{path}: the driver flagged buffer {} (sequence {}) as corrupt; dropped", dequeued.index, dequeued.sequence);
+            bail!(
+                "{path}: the driver flagged buffer {} (sequence {}) as corrupt; dropped",
+                dequeued.index,
+                dequeued.sequence
+            );
         }
         let buffer = open.stream.buffer(dequeued.index);
         let mode = open.opened.mode;

@@ -26,7 +26,9 @@ pub fn format_of(code: [u8; 4]) -> Option<PixelFormat> {
 
 /// A four-character code as text ("YUYV"); unprintable bytes as `?`.
 pub fn fourcc_text(code: [u8; 4]) -> String {
-    code.iter().map(|&byte| if byte.is_ascii_graphic() || byte == b' ' { byte as char } else { '?' }).collect()
+    code.iter()
+        .map(|&byte| if byte.is_ascii_graphic() || byte == b' ' { byte as char } else { '?' })
+        .collect()
 }
 
 /// `V4L2_FIELD_NONE`: progressive frames, the only field order deepgate reads.
@@ -303,8 +305,13 @@ mod tests {
         assert_eq!(payload(&mjpeg, 40, 64, &buffer), Ok(10), "zero padding after EOI is cut");
         assert_eq!(payload(&mjpeg, 8, 64, &buffer), Err(Defect::Corrupt { used: 8 }), "cut before EOI");
         assert_eq!(jpeg_length(&[0xFF, 0xD8, 0xFF, 0xD9]), Some(4));
-        for bad in [&[][..], &[0, 0, 0][..], &[0xFF, 0xD9, 0xFF, 0xD9][..], &[0xFF, 0xD8, 1, 2][..], &[0xFF, 0xD9][..]]
-        {
+        for bad in [
+            &[][..],
+            &[0, 0, 0][..],
+            &[0xFF, 0xD9, 0xFF, 0xD9][..],
+            &[0xFF, 0xD8, 1, 2][..],
+            &[0xFF, 0xD9][..],
+        ] {
             assert_eq!(jpeg_length(bad), None, "{bad:?}");
         }
         assert_eq!(payload(&mjpeg, 0, 64, &buffer), Err(Defect::Corrupt { used: 0 }));
