@@ -472,7 +472,10 @@ impl FrameSource for V4l2Source {
 }
 
 impl Drop for V4l2Source {
+    /// The run's camera summary, in one line.
     fn drop(&mut self) {
-        log::info!("camera {}: {}", self.description, self.counters);
+        if self.opened_once || self.counters != Counters::default() {
+            log::info!("camera {}: {}", self.description, self.counters);
+        }
     }
 }
