@@ -50,7 +50,50 @@ pub fn test_aarch64() -> Result<()> {
     for (test, _) in TESTS.iter().filter(|(_, reason)| reason.is_none()) {
         arguments.extend(["--test", test]);
     }
-    run(&cargo(), &arguments).context(cross_hint())
+    run(&cargo(), &arguments).context(cross_hint())?;
+    smoke_run()
+}
+
+/// Runs the release binary (the one `dist` bundles) on a sample photo under the same runner, and checks from
+/// tract's own start-up log that it chose NEON kernels: tract logs its CPU detection at info level, and an
+/// "SVE" line would mean the runner's CPU pin is gone and the tests above measured kernels no Orin has.
+fn smoke_run() -> Result<()> {
+    let photo = "tests/fixtures/faces/astronaut.png";
+    let arguments =
+        [&["run", "--quiet"], PROFILE.as_slice(), &["--bin", "deepgate", "--", "replay", photo]].concat();
+    eprintln!("\n$ RUST_LOG=tract_linalg=info,warn cargo {}", arguments.join(" "));
+    let output = std::process::Command::new(cargo())
+        .args(&arguments)
+        .env("RUST_LOG", "tract_linalg=info,warn")
+        .current_dir(crate::ci::root())
+        .output()
+        .context("starting cargo run")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        bail!("the aarch64 binary failed on {photo} ({}):\n{stderr}", output.status);
+    }
+    // A verdict with a fake probability: the detector found the face and the classifier judged it.
+    let judged =
+        |line: &str| line.contains("\"type\":\"verdict\"") && !line.contains("\"fake_probability\":null");
+    if !stdout.lines().any(judged) {
+        bail!("the aarch64 binary judged no face on {photo}:\n{stdout}\n{stderr}");
+    }
+    let tract: Vec<&str> = stderr.lines().filter(|line| line.contains("tract_linalg")).collect();
+    if tract.iter().any(|line| line.contains("SVE")) {
+        bail!(
+            "tract chose SVE kernels under qemu-user, which no Jetson has: is the runner's `-cpu neoverse-n1` in \
+             .cargo/config.toml?\n{}",
+            tract.join("\n")
+        );
+    }
+    eprintln!(
+        "test-aarch64: the release binary gave its verdict on {photo}; tract's CPU detection (no SVE):"
+    );
+    for line in tract {
+        eprintln!("  {line}");
+    }
+    Ok(())
 }
 
 fn cross_hint() -> String {
