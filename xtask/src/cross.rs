@@ -127,9 +127,50 @@ pub fn check_aarch64_elf(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// The newest glibc a Jetson has: JetPack 6 is Ubuntu 22.04, glibc 2.35. This machine's cross glibc (Debian
+/// bookworm) is 2.36, so a dependency that starts using a newer symbol would link here and fail to start there.
+const BOARD_GLIBC_MINOR: u32 = 35;
+
+/// Checks that the binary needs no glibc symbol version newer than the board's. The versions a binary needs are
+/// named in its dynamic string table (`GLIBC_2.34`, ...); a byte scan finds them without an ELF parser.
+pub fn check_glibc(path: &std::path::Path) -> Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let newest = glibc_versions(&bytes).max();
+    if let Some(minor) = newest.filter(|minor| *minor > BOARD_GLIBC_MINOR) {
+        bail!(
+            "{} needs GLIBC_2.{minor}, newer than the board's glibc 2.{BOARD_GLIBC_MINOR} (JetPack 6, Ubuntu 22.04): \
+             it would not start there; find the dependency that needs it (`aarch64-linux-gnu-objdump -T`)",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The minor numbers of every `GLIBC_2.N` name in the bytes.
+fn glibc_versions(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    const PREFIX: &[u8] = b"GLIBC_2.";
+    bytes.windows(PREFIX.len()).enumerate().filter(|(_, window)| *window == PREFIX).filter_map(
+        |(start, _)| {
+            let digits: Vec<u8> = bytes[start + PREFIX.len()..]
+                .iter()
+                .copied()
+                .take_while(u8::is_ascii_digit)
+                .take(3)
+                .collect();
+            std::str::from_utf8(&digits).ok()?.parse().ok()
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
-    use super::check_aarch64_elf;
+    use super::{check_aarch64_elf, glibc_versions};
+
+    #[test]
+    fn glibc_versions_are_read_from_the_names() {
+        let bytes = b"\0GLIBC_2.17\0GLIBC_2.35\0GLIBC_2.3.4\0GLIBC_PRIVATE\0GLIBC_2.";
+        assert_eq!(glibc_versions(bytes).collect::<Vec<_>>(), [17, 35, 3]);
+    }
 
     #[test]
     fn the_elf_check_refuses_anything_but_aarch64() {

@@ -37,6 +37,7 @@ pub fn dist(arguments: &[String]) -> Result<()> {
     let mut files = bundle_files(board)?;
     let binary = crate::cross::build_binary()?;
     crate::cross::check_aarch64_elf(&binary)?;
+    crate::cross::check_glibc(&binary)?;
     files.insert("bin/deepgate".into(), Source { path: binary, mode: 0o755 });
 
     let (mtime, mtime_origin) = source_date()?;
