@@ -7,13 +7,13 @@ use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 /// Integration tests run on aarch64, and why each one that is left out is left out. Real inference runs
-/// through tract's aarch64 (NEON) kernels in `faces`, `models`, `allocation` and `hostile`.
+/// through tract's aarch64 (NEON) kernels in `faces`, `models` and `allocation` (whose per-run allocation counts
+/// depend on the kernels' packing buffers).
 const TESTS: &[(&str, Option<&str>)] = &[
     ("faces", None),
     ("models", None),
     ("allocation", None),
     ("health", None),
-    ("hostile", None),
     ("relay", None),
     ("relay_panic", None),
     ("tcp_gate", None),
@@ -25,6 +25,13 @@ const TESTS: &[(&str, Option<&str>)] = &[
         ),
     ),
     ("osdp", Some("drives a control panel written in Python (PyPI libosdp), a host-only program")),
+    (
+        "hostile",
+        Some(
+            "decodes thousands of corrupted files in portable Rust (no aarch64-specific code path): 2 minutes \
+             under qemu-user for what the x86_64 run already shows",
+        ),
+    ),
 ];
 
 /// The build settings shared by `dist` and `test-aarch64`: the same profile and target, so that the
