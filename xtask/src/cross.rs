@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 /// Integration tests run on aarch64, and why each one that is left out is left out. Real inference runs
-/// through tract's aarch64 (NEON) kernels in `faces`, `models` and `allocation` (whose per-run allocation counts
-/// depend on the kernels' packing buffers).
+/// through tract's aarch64 (NEON) kernels in `faces`, `models` and `allocation` (which counts tract's
+/// allocations on the aarch64 code path).
 const TESTS: &[(&str, Option<&str>)] = &[
     ("faces", None),
     ("models", None),
