@@ -1,4 +1,5 @@
-//! The CI job and the set-up it needs. `.ci/run` and the README's test command both call `cargo xtask ci`.
+//! The CI job (`.ci/run` and the README's test command both call `cargo xtask ci`), and the helpers the other
+//! tasks share: the workspace root, the target directory, running a command.
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -11,17 +12,25 @@ pub fn root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
-fn cargo() -> String {
+pub fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
+/// Where cargo puts build outputs: `CARGO_TARGET_DIR` when set (as cargo reads it), else `target/`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(directory) if !directory.is_empty() => root().join(directory),
+        _ => root().join("target"),
+    }
+}
+
 /// Runs a command in the workspace root, echoing it, and fails if it fails.
-fn run(program: &str, arguments: &[&str]) -> Result<()> {
+pub fn run(program: &str, arguments: &[&str]) -> Result<()> {
     run_with(program, arguments, &[])
 }
 
 /// `run` with environment variables set for the command.
-fn run_with(program: &str, arguments: &[&str], environment: &[(&str, &std::path::Path)]) -> Result<()> {
+pub fn run_with(program: &str, arguments: &[&str], environment: &[(&str, &std::path::Path)]) -> Result<()> {
     let variables: Vec<String> =
         environment.iter().map(|(name, value)| format!("{name}={} ", value.display())).collect();
     eprintln!("\n$ {}{program} {}", variables.concat(), arguments.join(" "));
@@ -39,19 +48,6 @@ fn run_with(program: &str, arguments: &[&str], environment: &[(&str, &std::path:
     Ok(())
 }
 
-/// A fresh machine has Rust from rustup and nothing else: add the components the checks use. The runtime
-/// itself needs no system package yet (tract, image and the rest are pure Rust); tasks that do (the V4L2
-/// build's libclang, the aarch64 cross linker) install theirs where they need them.
-pub fn setup() -> Result<()> {
-    let has = |tool: &str| {
-        Command::new(cargo()).args([tool, "--version"]).output().is_ok_and(|output| output.status.success())
-    };
-    if !has("fmt") || !has("clippy") {
-        run("rustup", &["component", "add", "rustfmt", "clippy"])?;
-    }
-    Ok(())
-}
-
 /// Builds the `deepgate` binary (release, or the test profile's, whose dependencies are optimised too) and
 /// returns its path: the training pipeline drives it.
 pub fn deepgate_binary(release: bool) -> Result<PathBuf> {
@@ -60,11 +56,11 @@ pub fn deepgate_binary(release: bool) -> Result<PathBuf> {
         arguments.push("--release");
     }
     run(&cargo(), &arguments)?;
-    Ok(root().join(if release { "target/release/deepgate" } else { "target/debug/deepgate" }))
+    Ok(target_dir().join(if release { "release/deepgate" } else { "debug/deepgate" }))
 }
 
 pub fn ci() -> Result<()> {
-    setup()?;
+    crate::setup::setup()?;
     let cargo = cargo();
     run(&cargo, &["fmt", "--all", "--check"])?;
     run(&cargo, &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
@@ -76,6 +72,10 @@ pub fn ci() -> Result<()> {
     let binary = deepgate_binary(false)?;
     crate::distill::distill_with(&["test".into()], &binary)?;
     crate::distill::distill_with(&["all".into(), "configs/smoke.toml".into()], &binary)?;
+    // The Jetson build: the bundle a board installs, then the tests that matter on the board run on that same
+    // aarch64 release build under qemu-user (the dependencies compile once for both).
+    crate::dist::dist(&["--board".into(), "jetson-orin-nano".into()])?;
+    crate::cross::test_aarch64()?;
     eprintln!("\nci: all checks passed");
     Ok(())
 }

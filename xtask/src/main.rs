@@ -1,7 +1,10 @@
 //! `cargo xtask <task>`: the project's own tooling (set-up, CI). Only dispatch lives here; one file per task.
 
 mod ci;
+mod cross;
+mod dist;
 mod distill;
+mod setup;
 mod tidy;
 
 use std::process::ExitCode;
@@ -11,8 +14,16 @@ cargo xtask <task>
 
 tasks:
   ci      the whole test suite as CI runs it: set-up, rustfmt check, clippy -D warnings, every test,
-          the training pipeline's unit tests and its miniature end-to-end run
-  setup   install what the build needs on a fresh machine (rustup components)
+          the training pipeline's unit tests and its miniature end-to-end run, then the Jetson build
+          (dist --board jetson-orin-nano) and its tests under qemu-user (test-aarch64)
+  setup   install what every task needs on a fresh Debian machine, only what is missing: Debian packages
+          (libclang, the aarch64 cross toolchain, qemu), the aarch64 Rust target, rustfmt and clippy
+  dist --board <name>
+          the Jetson bundle: target/dist/deepgate-<version>-<name>-aarch64.tar.gz (aarch64 release binary,
+          board config, models, systemd unit, SHA256SUMS); <name> is a board/<name>.toml
+  test-aarch64
+          the library's unit tests and the board's integration tests on the aarch64 release build, under
+          qemu-user with the CPU pinned to a Neoverse-N1 (NEON, no SVE, like Orin's Cortex-A78AE)
   distill <step|all|test> [config]
           the classifier's training pipeline (models/distill): faces, separability, teacher, student,
           export, evaluate; config defaults to configs/full.toml (the shipped student's recipe)
@@ -22,7 +33,9 @@ fn main() -> ExitCode {
     let task = std::env::args().nth(1);
     let result = match task.as_deref() {
         Some("ci") => ci::ci(),
-        Some("setup") => ci::setup(),
+        Some("setup") => setup::setup(),
+        Some("dist") => dist::dist(&std::env::args().skip(2).collect::<Vec<_>>()),
+        Some("test-aarch64") => cross::test_aarch64(),
         Some("distill") => distill::distill(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprint!("{HELP}");
