@@ -38,7 +38,12 @@ pub fn dist(arguments: &[String]) -> Result<()> {
     let binary = crate::cross::build_binary()?;
     crate::cross::check_aarch64_elf(&binary)?;
     crate::cross::check_glibc(&binary)?;
-    files.insert("bin/deepgate".into(), Source { path: binary, mode: 0o755 });
+    // The release profile keeps line tables for readable backtraces here (140 MB); the board gets the binary
+    // without debug sections (about 30 MB) but with its symbols, so a backtrace there still names functions.
+    let stripped = binary.with_file_name("deepgate.dist");
+    crate::ci::run("aarch64-linux-gnu-strip", &["--strip-debug", "-o", path_str(&stripped)?, path_str(&binary)?])
+        .context("stripping debug sections from the aarch64 binary (aarch64-linux-gnu-strip, from binutils-aarch64-linux-gnu: run `cargo xtask setup`)")?;
+    files.insert("bin/deepgate".into(), Source { path: stripped, mode: 0o755 });
 
     let (mtime, mtime_origin) = source_date()?;
     let directory = target_dir().join("dist");
@@ -55,6 +60,10 @@ pub fn dist(arguments: &[String]) -> Result<()> {
         hex(&Sha256::digest(&bytes))
     );
     Ok(())
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str().with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
 /// Boards a bundle can be made for: every `board/*.toml` whose source is a camera, not a replay of files.
