@@ -3,10 +3,11 @@
 mod ci;
 mod distill;
 mod tidy;
+mod vm;
 
 use std::process::ExitCode;
 
-const HELP: &str = "\
+pub(crate) const HELP: &str = "\
 cargo xtask <task>
 
 tasks:
@@ -16,6 +17,10 @@ tasks:
   distill <step|all|test> [config]
           the classifier's training pipeline (models/distill): faces, separability, teacher, student,
           export, evaluate; config defaults to configs/full.toml (the shipped student's recipe)
+  vm-test [--arch x86_64|aarch64|all] [--timeout SECONDS] [-- TEST FILTERS]
+          boot Debian's kernel under qemu (x86_64 and aarch64 guests, default all) and run tests/vm_guest.rs
+          inside against the vivid and v4l2loopback drivers; kernel, headers and modules are cached in
+          <target>/vm-cache
 ";
 
 fn main() -> ExitCode {
@@ -23,6 +28,7 @@ fn main() -> ExitCode {
     let result = match task.as_deref() {
         Some("ci") => ci::ci(),
         Some("setup") => ci::setup(),
+        Some("vm-test") => vm::vm_test(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("distill") => distill::distill(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprint!("{HELP}");
