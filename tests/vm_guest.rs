@@ -550,7 +550,10 @@ fn a_different_camera_at_the_same_path_is_not_taken_for_the_pinned_one() {
     assert!(!lines.iter().any(|line| is_health(line, "normal")), "recovered onto another camera: {lines:#?}");
     assert!(!lines.iter().any(is_verdict), "verdicts from another camera: {lines:#?}");
     let stderr = running.stderr();
-    assert!(stderr.contains("identity"), "no log line says the camera's identity changed:\n{stderr}");
+    assert!(
+        stderr.contains("is not the pinned camera"),
+        "no log line says the device at the path is not the pinned camera:\n{stderr}"
+    );
     run_tool("rmmod", &["v4l2loopback"]);
     vivid_bind(true);
     running.wait_for("normal when vivid is back", Duration::from_secs(60), |line| is_health(line, "normal"));

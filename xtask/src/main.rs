@@ -17,10 +17,10 @@ tasks:
   distill <step|all|test> [config]
           the classifier's training pipeline (models/distill): faces, separability, teacher, student,
           export, evaluate; config defaults to configs/full.toml (the shipped student's recipe)
-  vm-test [--arch x86_64|aarch64|all] [--timeout SECONDS] [-- TEST FILTERS]
+  vm-test [--arch x86_64|aarch64|all] [--timeout SECONDS] [--prepare-only] [-- TEST FILTERS]
           boot Debian's kernel under qemu (x86_64 and aarch64 guests, default all) and run tests/vm_guest.rs
           inside against the vivid and v4l2loopback drivers; kernel, headers and modules are cached in
-          <target>/vm-cache
+          <target>/vm-cache (--prepare-only fills the cache and stops)
 ";
 
 fn main() -> ExitCode {

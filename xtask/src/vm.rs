@@ -142,6 +142,8 @@ struct Options {
     timeout: Duration,
     /// Passed to the guest test program (test name filters).
     test_arguments: Vec<String>,
+    /// Only fill the cache (kernel, headers, modules, busybox): a set-up step can warm it.
+    prepare_only: bool,
 }
 
 fn parse_options(arguments: &[String]) -> Result<Options> {
@@ -149,6 +151,7 @@ fn parse_options(arguments: &[String]) -> Result<Options> {
         arches: vec![Arch::X86_64, Arch::Aarch64],
         timeout: Duration::from_secs(600),
         test_arguments: vec![],
+        prepare_only: false,
     };
     let mut arguments = arguments.iter();
     while let Some(argument) = arguments.next() {
@@ -165,6 +168,7 @@ fn parse_options(arguments: &[String]) -> Result<Options> {
                 let seconds = arguments.next().and_then(|value| value.parse().ok());
                 options.timeout = Duration::from_secs(seconds.context("--timeout takes seconds")?);
             }
+            "--prepare-only" => options.prepare_only = true,
             "--" => options.test_arguments = arguments.by_ref().cloned().collect(),
             other => bail!("vm-test: unknown argument {other}\n{}", crate::HELP),
         }
@@ -195,6 +199,15 @@ pub fn vm_test(arguments: &[String]) -> Result<()> {
         let busybox = debian::busybox(arch, &packages, &cache)?;
         let loopback = debian::v4l2loopback(arch, &packages, &kernel, &cache)?;
         let prepared = prepare.elapsed();
+        if options.prepare_only {
+            eprintln!(
+                "vm-test {}: kernel {}, busybox and v4l2loopback ready ({:.1} s)",
+                arch.name(),
+                kernel.release,
+                prepared.as_secs_f64()
+            );
+            continue;
+        }
         let (deepgate, guest_tests) = build(arch)?;
         let prepare = Instant::now();
         let work = cache.join(arch.name());

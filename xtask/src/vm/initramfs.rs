@@ -223,7 +223,8 @@ pub fn build(contents: &Contents, directory: &Path) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// `/init`: mounts, loads vivid, runs the guest tests one at a time (they load and unload modules), prints
+/// `/init`: mounts, loads vivid, runs the guest tests one at a time (they load and unload modules) with their
+/// output on the console (what deepgate printed is in the log even when a test passes), prints
 /// the status line the host reads, and powers off; on x86_64 the status also leaves through isa-debug-exit.
 fn init_script(contents: &Contents, loads: &str) -> String {
     let arguments: String = contents.test_arguments.iter().map(|argument| format!(" '{argument}'")).collect();
@@ -246,7 +247,7 @@ fn init_script(contents: &Contents, loads: &str) -> String {
          cd {GUEST_ROOT}\n\
          DEEPGATE_VM_GUEST=1 DEEPGATE_BIN=/bin/deepgate DEEPGATE_VM_ROOT={GUEST_ROOT} \
          DEEPGATE_VM_MODULES={GUEST_MODULES} RUST_BACKTRACE=1 \
-         /bin/vm_guest --test-threads=1{arguments}\n\
+         /bin/vm_guest --test-threads=1 --nocapture{arguments}\n\
          rc=$?\n\
          echo \"vm-guest: tests ended at $(cut -d' ' -f1 /proc/uptime) s\"\n\
          echo \"{STATUS_MARKER}$rc\"\n\
