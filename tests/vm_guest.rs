@@ -420,6 +420,20 @@ impl Running {
         lines
     }
 
+    /// Waits until the runtime logs that the camera streams (models load first; under emulation that takes
+    /// tens of seconds), so that what a test observes afterwards is about frames.
+    fn wait_until_streaming(&self, timeout: Duration) {
+        let start = Instant::now();
+        while !self.stderr().contains("camera streaming") {
+            assert!(
+                start.elapsed() < timeout,
+                "the camera did not stream within {timeout:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
@@ -468,6 +482,7 @@ fn face_photos_through_a_loopback_camera_get_verdicts() {
                   allow_virtual = true";
     let board = board(&guest, "loopback-faces", source, "");
     let mut running = Running::start(&guest, &board);
+    running.wait_until_streaming(Duration::from_secs(120));
     let scene = running.collect(Duration::from_secs(20));
     assert!(
         !scene.iter().any(|line| is_verdict(line) && line["decision"] == "genuine"),
@@ -496,8 +511,8 @@ fn vivid_source(pins: &str) -> String {
 fn run_on_vivid(guest: &Guest, name: &str, pins: &str) -> Running {
     let board = board(guest, name, &vivid_source(pins), "");
     let mut running = Running::start(guest, &board);
-    // Model loading takes a while under emulation; frames flow once it is done.
-    running.collect(Duration::from_secs(15));
+    running.wait_until_streaming(Duration::from_secs(120));
+    running.collect(Duration::from_secs(3));
     assert!(running.child.try_wait().unwrap().is_none(), "deepgate run ended early:\n{}", running.stderr());
     running
 }
