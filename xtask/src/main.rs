@@ -6,10 +6,11 @@ mod dist;
 mod distill;
 mod setup;
 mod tidy;
+mod vm;
 
 use std::process::ExitCode;
 
-const HELP: &str = "\
+pub(crate) const HELP: &str = "\
 cargo xtask <task>
 
 tasks:
@@ -27,6 +28,10 @@ tasks:
   distill <step|all|test> [config]
           the classifier's training pipeline (models/distill): faces, separability, teacher, student,
           export, evaluate; config defaults to configs/full.toml (the shipped student's recipe)
+  vm-test [--arch x86_64|aarch64|all] [--timeout SECONDS] [--prepare-only] [-- TEST FILTERS]
+          boot Debian's kernel under qemu (x86_64 and aarch64 guests, default all) and run tests/vm_guest.rs
+          inside against the vivid and v4l2loopback drivers; kernel, headers and modules are cached in
+          <target>/vm-cache (--prepare-only fills the cache and stops)
 ";
 
 fn main() -> ExitCode {
@@ -36,6 +41,7 @@ fn main() -> ExitCode {
         Some("setup") => setup::setup(),
         Some("dist") => dist::dist(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("test-aarch64") => cross::test_aarch64(),
+        Some("vm-test") => vm::vm_test(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("distill") => distill::distill(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprint!("{HELP}");

@@ -1,0 +1,414 @@
+//! `cargo xtask vm-test`: Debian's real kernel booted under qemu (TCG) for an x86_64 and an aarch64 guest,
+//! with an initramfs holding the project's binaries; tests/vm_guest.rs runs inside against the kernel's vivid
+//! driver and a v4l2loopback device fed with face photos. ARCHITECTURE.md, "Tests with real drivers".
+
+mod cpio;
+mod debian;
+mod initramfs;
+
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A guest architecture and everything that differs between the two.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    /// This machine (the tooling runs on x86_64 Debian).
+    pub fn host() -> Arch {
+        if cfg!(target_arch = "aarch64") {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// Debian's architecture name.
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+
+    /// The kernel build's ARCH.
+    fn kernel_arch(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+
+    fn cross_prefix(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-linux-gnu-",
+            Arch::Aarch64 => "aarch64-linux-gnu-",
+        }
+    }
+
+    fn strip(self) -> String {
+        if self == Arch::host() {
+            "strip".into()
+        } else {
+            format!("{}strip", self.cross_prefix())
+        }
+    }
+
+    fn binutils_package(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "binutils",
+            Arch::Aarch64 => "binutils-aarch64-linux-gnu",
+        }
+    }
+
+    /// Where the host keeps this architecture's glibc (Debian's cross packages for a foreign one).
+    fn library_directories(self) -> &'static [&'static str] {
+        match (self, Arch::host() == self) {
+            (Arch::X86_64, true) => &["/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"],
+            (Arch::Aarch64, true) => &["/lib/aarch64-linux-gnu", "/usr/lib/aarch64-linux-gnu"],
+            (Arch::X86_64, false) => &["/usr/x86_64-linux-gnu/lib"],
+            (Arch::Aarch64, false) => &["/usr/aarch64-linux-gnu/lib"],
+        }
+    }
+
+    /// Where the guest's loader looks first (Debian's multiarch directory, built into its ld.so).
+    fn guest_library_directory(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "/lib/x86_64-linux-gnu",
+            Arch::Aarch64 => "/lib/aarch64-linux-gnu",
+        }
+    }
+
+    /// The host file that is the guest's dynamic loader `interpreter` (an absolute guest path).
+    fn host_library_path(self, interpreter: &str) -> Result<PathBuf> {
+        let path = if self == Arch::host() {
+            PathBuf::from(interpreter)
+        } else {
+            let name = Path::new(interpreter).file_name().context("interpreter has a file name")?;
+            Path::new(self.library_directories()[0]).join(name)
+        };
+        if !path.exists() {
+            bail!(
+                "the loader {} is missing (Debian package libc6-dev-{}-cross)",
+                path.display(),
+                self.debian()
+            );
+        }
+        Ok(path)
+    }
+
+    fn rust_target(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-unknown-linux-gnu",
+            Arch::Aarch64 => "aarch64-unknown-linux-gnu",
+        }
+    }
+
+    fn qemu(self) -> (&'static str, &'static str) {
+        match self {
+            Arch::X86_64 => ("qemu-system-x86_64", "qemu-system-x86"),
+            Arch::Aarch64 => ("qemu-system-aarch64", "qemu-system-arm"),
+        }
+    }
+
+    /// Machine-specific qemu arguments. aarch64: the `virt` board with a Cortex-A57 (Jetson Nano/TX2 class,
+    /// NEON without SVE, so tract picks the kernels a Jetson runs); x86_64: isa-debug-exit carries the status.
+    fn qemu_arguments(self) -> (&'static [&'static str], &'static str) {
+        match self {
+            Arch::X86_64 => (
+                &["-accel", "tcg", "-cpu", "max", "-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"],
+                "console=ttyS0",
+            ),
+            Arch::Aarch64 => (&["-M", "virt", "-accel", "tcg", "-cpu", "cortex-a57"], "console=ttyAMA0"),
+        }
+    }
+}
+
+struct Options {
+    arches: Vec<Arch>,
+    timeout: Duration,
+    /// Passed to the guest test program (test name filters).
+    test_arguments: Vec<String>,
+    /// Only fill the cache (kernel, headers, modules, busybox): a set-up step can warm it.
+    prepare_only: bool,
+}
+
+fn parse_options(arguments: &[String]) -> Result<Options> {
+    let mut options = Options {
+        arches: vec![Arch::X86_64, Arch::Aarch64],
+        timeout: Duration::from_secs(600),
+        test_arguments: vec![],
+        prepare_only: false,
+    };
+    let mut arguments = arguments.iter();
+    while let Some(argument) = arguments.next() {
+        match argument.as_str() {
+            "--arch" => {
+                options.arches = match arguments.next().map(String::as_str) {
+                    Some("x86_64") => vec![Arch::X86_64],
+                    Some("aarch64") => vec![Arch::Aarch64],
+                    Some("all") => vec![Arch::X86_64, Arch::Aarch64],
+                    other => bail!("--arch takes x86_64, aarch64 or all, not {other:?}"),
+                }
+            }
+            "--timeout" => {
+                let seconds = arguments.next().and_then(|value| value.parse().ok());
+                options.timeout = Duration::from_secs(seconds.context("--timeout takes seconds")?);
+            }
+            "--prepare-only" => options.prepare_only = true,
+            "--" => options.test_arguments = arguments.by_ref().cloned().collect(),
+            other => bail!("vm-test: unknown argument {other}\n{}", crate::HELP),
+        }
+    }
+    Ok(options)
+}
+
+fn target_directory() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::ci::root().join("target"))
+}
+
+pub fn vm_test(arguments: &[String]) -> Result<()> {
+    let options = parse_options(arguments)?;
+    let cache = target_directory().join("vm-cache");
+    let mut results = Vec::new();
+    for &arch in &options.arches {
+        let (qemu, package) = arch.qemu();
+        if Command::new(qemu).arg("--version").output().is_err() {
+            bail!("{qemu} is missing: apt-get install --no-install-recommends {package}");
+        }
+        // The Debian side first: a missing package fails in seconds, before a long build.
+        let prepare = Instant::now();
+        debian::ensure_architecture(arch)?;
+        let packages = debian::resolve(arch)?;
+        let kernel = debian::kernel(arch, &packages, &cache)?;
+        let busybox = debian::busybox(arch, &packages, &cache)?;
+        let loopback = debian::v4l2loopback(arch, &packages, &kernel, &cache)?;
+        let prepared = prepare.elapsed();
+        if options.prepare_only {
+            eprintln!(
+                "vm-test {}: kernel {}, busybox and v4l2loopback ready ({:.1} s)",
+                arch.name(),
+                kernel.release,
+                prepared.as_secs_f64()
+            );
+            continue;
+        }
+        let (deepgate, guest_tests) = build(arch)?;
+        let prepare = Instant::now();
+        let work = cache.join(arch.name());
+        let contents = initramfs::Contents {
+            arch,
+            kernel: &kernel,
+            busybox: &busybox,
+            loopback: Some(&loopback),
+            deepgate: &deepgate,
+            guest_tests: &guest_tests,
+            test_arguments: &options.test_arguments,
+        };
+        let initramfs = initramfs::build(&contents, &work)?;
+        eprintln!(
+            "vm-test {}: kernel {} ({}), initramfs {} MiB, prepared in {:.1} s",
+            arch.name(),
+            kernel.release,
+            kernel.version,
+            std::fs::metadata(&initramfs)?.len() >> 20,
+            (prepared + prepare.elapsed()).as_secs_f64()
+        );
+        let log = work.join("console.log");
+        let boot = Instant::now();
+        let status = boot_guest(arch, &kernel.vmlinuz, &initramfs, &log, options.timeout);
+        let seconds = boot.elapsed().as_secs_f64();
+        eprintln!(
+            "vm-test {}: guest ran {seconds:.1} s (boot to power-off); console log {}",
+            arch.name(),
+            log.display()
+        );
+        results.push((arch, seconds, status, log));
+    }
+    let mut failed = Vec::new();
+    for (arch, seconds, status, log) in &results {
+        match status {
+            Ok(0) => eprintln!("vm-test {}: passed ({seconds:.0} s)", arch.name()),
+            Ok(rc) => failed.push(format!(
+                "{}: the guest tests exited with {rc}; see {}",
+                arch.name(),
+                log.display()
+            )),
+            Err(error) => failed.push(format!("{}: {error:#}; see {}", arch.name(), log.display())),
+        }
+    }
+    if !failed.is_empty() {
+        bail!("vm-test failed:\n  {}", failed.join("\n  "));
+    }
+    Ok(())
+}
+
+/// Builds `deepgate` and the guest test program for `arch` and returns their paths. One `cargo test --no-run`
+/// builds both (an integration test's build includes the package's binaries). x86_64: the dev profile (its
+/// dependencies are optimised); aarch64: release, the build that ships to a Jetson.
+fn build(arch: Arch) -> Result<(PathBuf, PathBuf)> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut arguments = vec![
+        "test",
+        "--locked",
+        "--no-run",
+        "--test",
+        "vm_guest",
+        "--message-format=json-render-diagnostics",
+    ];
+    if arch != Arch::host() {
+        arguments.extend(["--release", "--target", arch.rust_target()]);
+    }
+    eprintln!("\n$ {cargo} {}", arguments.join(" "));
+    let start = Instant::now();
+    let output = Command::new(&cargo)
+        .args(&arguments)
+        .current_dir(crate::ci::root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("starting cargo")?;
+    eprintln!("({:.0} s)", start.elapsed().as_secs_f64());
+    if !output.status.success() {
+        bail!("building the guest programs for {} failed", arch.name());
+    }
+    let (mut deepgate, mut guest_tests) = (None, None);
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Some(executable) = message["executable"].as_str() else { continue };
+        let kinds = message["target"]["kind"].as_array().cloned().unwrap_or_default();
+        match (message["target"]["name"].as_str(), kinds.first().and_then(|kind| kind.as_str())) {
+            (Some("deepgate"), Some("bin")) => deepgate = Some(PathBuf::from(executable)),
+            (Some("vm_guest"), Some("test")) => guest_tests = Some(PathBuf::from(executable)),
+            _ => {}
+        }
+    }
+    Ok((
+        deepgate.context("cargo named no deepgate binary")?,
+        guest_tests.context("cargo named no vm_guest test executable")?,
+    ))
+}
+
+/// Boots the guest, copying its console into `log` (and onto standard error) line by line, and returns the
+/// guest test program's exit status read from the console (`/init` prints it last).
+fn boot_guest(arch: Arch, kernel: &Path, initramfs: &Path, log: &Path, timeout: Duration) -> Result<i32> {
+    let (qemu, _) = arch.qemu();
+    let (machine, console) = arch.qemu_arguments();
+    let append = format!("{console} panic=-1 quiet loglevel=4 rdinit=/init");
+    let mut command = Command::new(qemu);
+    // Two vCPUs (qemu runs them on two host threads): the tests run deepgate beside a frame writer.
+    command
+        .args(machine)
+        .args(["-smp", "2", "-m", "1024", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", &append])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    eprintln!("\n$ {command:?}");
+    let mut child = command.spawn().with_context(|| format!("starting {qemu}"))?;
+    let mut file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let stdout = child.stdout.take().context("qemu's console")?;
+    let stderr = child.stderr.take().context("qemu's standard error")?;
+    let prefix = format!("[{}] ", arch.name());
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    let console = std::thread::spawn(move || -> Result<Option<i32>> {
+        let mut status = None;
+        // The serial console ends lines with "\r\n"; the log keeps plain lines. Bytes that are not UTF-8
+        // (a garbled boot message) must not stop the copy.
+        for line in std::io::BufReader::new(stdout).split(b'\n') {
+            let line = line?;
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches('\r');
+            writeln!(file, "{line}")?;
+            eprintln!("{prefix}{line}");
+            if let Some(value) = line.strip_prefix(initramfs::STATUS_MARKER) {
+                status = value.trim().parse().ok();
+            }
+        }
+        file.flush()?;
+        Ok(status)
+    });
+    let deadline = Instant::now() + timeout;
+    let exit = loop {
+        if let Some(exit) = child.try_wait()? {
+            break Some(exit);
+        }
+        if Instant::now() > deadline {
+            // Our own child: stopped by its handle, nothing else.
+            child.kill().ok();
+            child.wait().ok();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let status = console.join().map_err(|_| anyhow::anyhow!("console reader panicked"))??;
+    let qemu_errors = errors.join().unwrap_or_default();
+    let Some(exit) = exit else {
+        print_tail(log);
+        bail!("the {} guest did not finish within {} s", arch.name(), timeout.as_secs());
+    };
+    let Some(status) = status else {
+        print_tail(log);
+        bail!("the {} guest printed no exit status ({qemu} {exit}): {}", arch.name(), qemu_errors.trim());
+    };
+    // On x86_64 isa-debug-exit makes qemu's own status (value << 1) | 1: it must agree with the console.
+    if arch == Arch::X86_64 && exit.code() != Some(((status << 1) | 1) & 0xff) {
+        print_tail(log);
+        bail!("qemu exited with {exit}, but the console says the guest tests exited with {status}");
+    }
+    if status != 0 {
+        print_tail(log);
+    }
+    Ok(status)
+}
+
+fn print_tail(log: &Path) {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    eprintln!("--- last lines of {} ---", log.display());
+    for line in &lines[lines.len().saturating_sub(40)..] {
+        eprintln!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_choose_guests_timeout_and_test_filters() {
+        let parse =
+            |text: &str| parse_options(&text.split_whitespace().map(String::from).collect::<Vec<_>>());
+        assert_eq!(parse("").unwrap().arches, [Arch::X86_64, Arch::Aarch64]);
+        let options = parse("--arch aarch64 --timeout 30 -- vivid --nocapture").unwrap();
+        assert_eq!(options.arches, [Arch::Aarch64]);
+        assert_eq!(options.timeout, Duration::from_secs(30));
+        assert_eq!(options.test_arguments, ["vivid", "--nocapture"]);
+        assert!(parse("--arch riscv64").is_err());
+    }
+}
