@@ -424,7 +424,7 @@ impl Running {
     /// tens of seconds), so that what a test observes afterwards is about frames.
     fn wait_until_streaming(&self, timeout: Duration) {
         let start = Instant::now();
-        while !self.stderr().contains("camera streaming") {
+        while !self.stderr().contains("streaming, first frame after opening") {
             assert!(
                 start.elapsed() < timeout,
                 "the camera did not stream within {timeout:?}:\n{}",
