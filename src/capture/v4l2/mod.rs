@@ -370,8 +370,15 @@ impl V4l2Source {
                 return Ok(None);
             }
         };
-        if !ready {
-            self.waited += slice;
+        // POLLIN answered by a DQBUF that finds nothing (EAGAIN) spends the slice too: a driver that keeps
+        // saying "ready" without a buffer must end in the frame time-out, not in a silent busy loop.
+        let dequeued = if ready { open.stream.dequeue() } else { Ok(None) };
+        if matches!(dequeued, Ok(None)) {
+            let spent = if ready { slice.min(Duration::from_millis(10)) } else { slice };
+            if ready {
+                std::thread::sleep(spent);
+            }
+            self.waited += spent;
             if self.waited < open.timeout {
                 return Ok(None);
             }
@@ -385,7 +392,7 @@ impl V4l2Source {
             }
             bail!(message);
         }
-        let dequeued = match open.stream.dequeue() {
+        let dequeued = match dequeued {
             Ok(Some(dequeued)) => dequeued,
             Ok(None) => return Ok(None),
             Err(error) => {
