@@ -42,6 +42,26 @@ impl Classifier {
     /// The probability that the face in `crop` is fake.
     pub fn fake_probability(&mut self, crop: &RgbImage) -> Result<f32> {
         self.model.set_input_image(crop)?;
+        self.judge()
+    }
+
+    /// The same for a crop already normalised into the model's input layout (the GPU path's crops).
+    pub fn fake_probability_of_input(&mut self, input: &[f32]) -> Result<f32> {
+        self.model.write_input(|_, values| {
+            anyhow::ensure!(
+                values.len() == input.len(),
+                "crop tensor of {} values for an input of {}",
+                input.len(),
+                values.len()
+            );
+            values.copy_from_slice(input);
+            Ok(())
+        })?;
+        self.judge()
+    }
+
+    /// Runs the model on its current input and reads the fake probability.
+    fn judge(&mut self) -> Result<f32> {
         let outputs = self.model.run()?;
         let values = outputs
             .first()

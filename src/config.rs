@@ -157,17 +157,32 @@ pub struct AuditSection {
     pub key: Option<PathBuf>,
 }
 
+/// Where the pixel work (colour conversion, letterbox, face crops) runs.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Backend {
+    /// Always the CPU; the GPU is never touched.
     Cpu,
+    /// The GPU when one is usable (driver, NVRTC, a device), else the CPU, said once in the log.
+    Auto,
+    /// The GPU is expected (a Jetson): as `auto`, but running without it is a fault the controller is told
+    /// (`gpu_lost`), at start as when the GPU fails during the run.
+    Cuda,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSection {
-    /// Where preprocessing and inference run; "cpu" is always available.
+    /// Where the pixel work runs; see `Backend`. Inference runs on the CPU (tract).
     pub backend: Backend,
+    /// GPU path: read frames from mapped pinned host memory instead of copying them to the device. For Tegra
+    /// boards, whose GPU shares the board's memory; off by default.
+    #[serde(default)]
+    pub zero_copy: bool,
+    /// GPU path: where compiled kernels are kept between runs (default: systemd's cache directory, else
+    /// `$XDG_CACHE_HOME/deepgate/kernels`, else `~/.cache/deepgate/kernels`).
+    #[serde(default)]
+    pub kernel_cache: Option<PathBuf>,
     /// A frame taking longer than this, capture to decision, is slow; `overload_frames` slow frames in a row
     /// make the runtime `overloaded` (the controller is told), as many fast ones in a row end it.
     pub frame_budget_ms: f32,

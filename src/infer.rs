@@ -1,6 +1,6 @@
 //! Model loading through tract: checksum first, then parse, pin the input shape, optimise once, warm up.
 
-use crate::manifest::{Manifest, ModelEntry};
+use crate::manifest::{InputSpec, Manifest, ModelEntry};
 use crate::preprocess::{normalise_into, RgbImage};
 use anyhow::{bail, ensure, Context, Result};
 use sha2::{Digest, Sha256};
@@ -115,6 +115,14 @@ impl Model {
         let mut view = self.input.try_as_plain_ram_mut().context("model input tensor is not in RAM")?;
         let values = view.as_slice_mut::<f32>().context("model input tensor is not f32")?;
         normalise_into(image, &self.entry.input, values)
+    }
+
+    /// Lets `write` fill the input tensor's values itself (already normalised as the spec it is given says):
+    /// the GPU path's output, or a crop tensor made for this model.
+    pub fn write_input(&mut self, write: impl FnOnce(&InputSpec, &mut [f32]) -> Result<()>) -> Result<()> {
+        let mut view = self.input.try_as_plain_ram_mut().context("model input tensor is not in RAM")?;
+        let values = view.as_slice_mut::<f32>().context("model input tensor is not f32")?;
+        write(&self.entry.input, values)
     }
 
     /// Runs the model on the current input and returns its outputs in manifest order.

@@ -23,6 +23,8 @@ pub fn replay(board: &Path, inputs: &[PathBuf], timings: bool) -> Result<ExitCod
             Event::Error { source, error } => print(&error_line(source, error)),
             // Files have no camera to lose.
             Event::Camera { .. } => {}
+            // Logged; the frame was finished on the CPU and so are the next.
+            Event::GpuLost { error } => log::error!("{error:#}"),
         });
         failed |= played != Played::Finished { ok: true };
     }
@@ -51,6 +53,11 @@ pub enum Event<'a> {
     Camera {
         source: &'a str,
         up: bool,
+    },
+    /// The GPU path failed (or, with backend "cuda", was missing at start): the pipeline finished the frame on
+    /// the CPU and carries on there. Reported once, right after that frame's results.
+    GpuLost {
+        error: &'a anyhow::Error,
     },
 }
 
@@ -147,6 +154,9 @@ pub fn play_source(
                 emit(Event::Error { source: frame.source, error: &error });
                 ok = false;
             }
+        }
+        if let Some(error) = pipeline.take_gpu_failure() {
+            emit(Event::GpuLost { error: &error });
         }
     }
     if let Some(verdict) = pipeline.finish() {
@@ -306,7 +316,9 @@ mod tests {
                         Event::Frame { frame, .. } => Seen::Frame { sequence: frame.sequence },
                         Event::Verdict { .. } => Seen::Verdict,
                         Event::Camera { up, .. } => Seen::Camera { up },
-                        Event::Error { error, .. } => panic!("unexpected error {error:#}"),
+                        Event::Error { error, .. } | Event::GpuLost { error } => {
+                            panic!("unexpected error {error:#}")
+                        }
                     })
                 },
             )

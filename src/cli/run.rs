@@ -112,6 +112,12 @@ pub fn run(board: &Path) -> Result<ExitCode> {
             log::error!("{source}: {error:#}");
             failures += 1;
         }
+        Event::GpuLost { error } => {
+            log::error!("{error:#}");
+            if let Some(health) = monitor.observe(HealthEvent::GpuFailed) {
+                health::apply(health, gate.as_mut(), relay.as_ref());
+            }
+        }
         Event::Camera { source, up } => {
             log::info!(
                 "{source}: camera {}",

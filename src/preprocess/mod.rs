@@ -15,6 +15,7 @@
 //! - Normalisation: value = (pixel / 255 − mean) / std per channel, in the model's channel order and layout.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::manifest::{ChannelOrder, InputSpec, Layout};
 use anyhow::{ensure, Result};

@@ -59,6 +59,19 @@ pub fn deepgate_binary(release: bool) -> Result<PathBuf> {
     Ok(target_dir().join(if release { "release/deepgate" } else { "debug/deepgate" }))
 }
 
+/// The folder holding libnvrtc.so.12 from PyPI's NVRTC wheel, installed into tests/nvrtc/.venv (once).
+fn nvrtc_library_directory() -> Result<PathBuf> {
+    let python = crate::distill::python_environment(&root().join("tests/nvrtc"))?;
+    let venv_lib = python.parent().and_then(|bin| bin.parent()).context("venv layout")?.join("lib");
+    for entry in std::fs::read_dir(&venv_lib).with_context(|| format!("reading {}", venv_lib.display()))? {
+        let directory = entry?.path().join("site-packages/nvidia/cuda_nvrtc/lib");
+        if directory.join("libnvrtc.so.12").exists() {
+            return Ok(directory);
+        }
+    }
+    bail!("no libnvrtc.so.12 under {} after installing tests/nvrtc/requirements.txt", venv_lib.display())
+}
+
 pub fn ci() -> Result<()> {
     crate::setup::setup()?;
     let cargo = cargo();
@@ -66,7 +79,18 @@ pub fn ci() -> Result<()> {
     run(&cargo, &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
     // The OSDP interoperability test talks to a real control panel: PyPI's libosdp, in its own environment.
     let panel_python = crate::distill::python_environment(&root().join("tests/osdp"))?;
-    run_with(&cargo, &["test", "--workspace", "--locked"], &[("DEEPGATE_OSDP_PYTHON", &panel_python)])?;
+    // The CUDA kernels are compiled by NVRTC in the tests (no GPU needed): PyPI's NVRTC wheel, found by the
+    // loader through LD_LIBRARY_PATH; DEEPGATE_REQUIRE_NVRTC turns its absence into a failure, not a skip.
+    let nvrtc = nvrtc_library_directory()?;
+    run_with(
+        &cargo,
+        &["test", "--workspace", "--locked"],
+        &[
+            ("DEEPGATE_OSDP_PYTHON", &panel_python),
+            ("LD_LIBRARY_PATH", &nvrtc),
+            ("DEEPGATE_REQUIRE_NVRTC", std::path::Path::new("1")),
+        ],
+    )?;
     // The training pipeline: its unit tests, then the whole pipeline in miniature (fixtures, tiny models).
     // The debug binary is already built by the tests; the smoke run needs no release build.
     let binary = deepgate_binary(false)?;

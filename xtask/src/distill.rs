@@ -33,7 +33,8 @@ pub fn python_environment(directory: &std::path::Path) -> Result<PathBuf> {
     check(Command::new(&system_python).args(["-m", "venv"]).arg(&venv), "creating the virtual environment")?;
     check(
         Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            // No wheel cache: torch's wheels are ~3 GB that would stay on disk beside the installed copy.
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-cache-dir", "-r"])
             .arg(&requirements_path),
         "installing the pinned requirements",
     )?;
