@@ -79,6 +79,25 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The preprocessing on the CPU reference and on the CUDA kernels side by side (and, with `--torch PYTHON`,
+    /// the same work in PyTorch on the same GPU): per-stage medians, ratios, the letterbox kernel's bandwidth.
+    BenchGpu {
+        #[arg(long, default_value = DEFAULT_BOARD)]
+        board: PathBuf,
+        #[arg(long, default_value = "tests/fixtures/faces/obama.jpg")]
+        image: PathBuf,
+        #[arg(long, default_value = "1920x1080")]
+        size: String,
+        #[arg(long, value_delimiter = ',', default_value = "YUYV,NV12,RGB24")]
+        formats: Vec<String>,
+        #[arg(long, default_value_t = 200)]
+        frames: usize,
+        /// A Python with PyTorch (CUDA) to run the same preprocessing the PyTorch way, in the same run.
+        #[arg(long)]
+        torch: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Decision receipts: `verify FILE` checks a hash-chained (optionally signed) audit log and names the
     /// first broken entry; `keygen --out FILE` makes a device signing key.
     Audit {
@@ -135,6 +154,9 @@ fn main() -> ExitCode {
         }
         Command::Bench { board, image, size, formats, frames, json } => {
             cli::bench::bench(&board, &image, &size, &formats, frames, json)
+        }
+        Command::BenchGpu { board, image, size, formats, frames, torch, json } => {
+            cli::bench_gpu::bench_gpu(&board, &image, &size, &formats, frames, torch.as_deref(), json)
         }
         Command::Audit { action: AuditAction::Verify { file, public_key } } => {
             cli::audit::verify(&file, public_key.as_deref())

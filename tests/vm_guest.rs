@@ -281,7 +281,8 @@ impl Drop for Writer {
     }
 }
 
-/// A fixture photo as YUYV 640x480 frames: scaled to fit `scale` of the height, on grey, drifting a few
+/// A fixture photo as YUYV 640x480 frames: scaled so that its longer side is `scale` times the frame's height
+/// (above 1 it is cropped by the frame, as a person close to the camera is), centred on grey, drifting a few
 /// pixels from frame to frame as a hand-held photo or a person does in front of a camera.
 fn photo_frames(guest: &Guest, fixture: &str, scale: f32, count: u32) -> Vec<Vec<u8>> {
     let photo = image::open(guest.root.join("tests/fixtures").join(fixture)).unwrap().to_rgb8();
@@ -295,8 +296,9 @@ fn photo_frames(guest: &Guest, fixture: &str, scale: f32, count: u32) -> Vec<Vec
     (0..count)
         .map(|index| {
             let mut canvas = image::RgbImage::from_pixel(WIDTH, HEIGHT, image::Rgb([128, 128, 128]));
-            let x = (WIDTH - width) / 2 - 4 * count / 2 + 4 * index;
-            image::imageops::replace(&mut canvas, &photo, i64::from(x), i64::from((HEIGHT - height) / 2));
+            let x =
+                (i64::from(WIDTH) - i64::from(width)) / 2 - 4 * i64::from(count) / 2 + 4 * i64::from(index);
+            image::imageops::replace(&mut canvas, &photo, x, (i64::from(HEIGHT) - i64::from(height)) / 2);
             yuyv(&canvas)
         })
         .collect()
@@ -488,8 +490,9 @@ fn face_photos_through_a_loopback_camera_get_verdicts() {
         !scene.iter().any(|line| is_verdict(line) && line["decision"] == "genuine"),
         "a scene without a face was let through: {scene:#?}"
     );
-    // Then a genuine face is filmed: it must be let through within a bounded time.
-    writer.show(photo_frames(&guest, "faces/astronaut.png", 0.9, 6));
+    // Then a genuine face is filmed: it must be let through within a bounded time. The face must be large in
+    // the frame, as at a kiosk (BlazeFace's front model misses faces under about a fifth of the frame).
+    writer.show(photo_frames(&guest, "faces/astronaut.png", 1.2, 6));
     let lines = running.wait_for("a verdict on the filmed face", Duration::from_secs(120), is_verdict);
     let verdict = lines.last().unwrap();
     assert_eq!(verdict["decision"], "genuine", "{verdict}\nstderr:\n{}", running.stderr());

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 /// Parses "640x480".
-fn parse_size(text: &str) -> Result<(u32, u32)> {
+pub(super) fn parse_size(text: &str) -> Result<(u32, u32)> {
     let (width, height) =
         text.split_once('x').with_context(|| format!("size `{text}` must be WIDTHxHEIGHT"))?;
     let size = (width.parse::<u32>()?, height.parse::<u32>()?);
@@ -18,7 +18,7 @@ fn parse_size(text: &str) -> Result<(u32, u32)> {
     Ok(size)
 }
 
-fn parse_format(text: &str) -> Result<PixelFormat> {
+pub(super) fn parse_format(text: &str) -> Result<PixelFormat> {
     PixelFormat::from_name(text).with_context(|| {
         format!("unknown pixel format `{text}` (RGB24, BGR24, GREY, YUYV, UYVY, NV12, MJPEG)")
     })

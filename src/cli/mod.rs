@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_gpu;
 pub mod capture;
 pub mod crops;
 pub mod eval;

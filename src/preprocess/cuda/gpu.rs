@@ -337,6 +337,53 @@ impl CudaKernels {
     fn uploaded(&self) -> Result<DgFrame> {
         self.described.context("no frame uploaded")
     }
+
+    /// Launches dg_letterbox on the uploaded frame into the device's detector buffer; returns the values written.
+    fn launch_letterbox(&mut self, map: &Affine, spec: &InputSpec) -> Result<usize> {
+        let frame = self.uploaded()?;
+        let (width, height) = spec.image_size();
+        let (w, h) = super::abi::output_size(width, height)?;
+        let len = width * height * 3;
+        Staged::ensure(&mut self.detector, &self.context, &self.stream, len)?;
+        let staged = self.detector.as_mut().context("no detector buffer")?;
+        let (map, taps, norm) = (DgMap::from(map), map.taps() as i32, DgNorm::of(spec));
+        let (grid_x, grid_y) = grid(width as u32, height as u32);
+        let config =
+            LaunchConfig { grid_dim: (grid_x, grid_y, 1), block_dim: (BLOCK, BLOCK, 1), shared_mem_bytes: 0 };
+        let mut launch = self.stream.launch_builder(&self.letterbox);
+        launch.arg(&frame).arg(&map).arg(&taps).arg(&norm).arg(&w).arg(&h).arg(&mut staged.device);
+        // SAFETY: the arguments match dg_letterbox's parameters in type and order; the output holds w*h*3
+        // floats and the frame buffer `frame.bytes` bytes; the kernel checks both.
+        unsafe { launch.launch(config) }.map_err(driver_error).context("launching dg_letterbox")?;
+        Ok(len)
+    }
+
+    /// The letterbox kernel alone, timed with CUDA events over `repeats` back-to-back launches on the uploaded
+    /// frame: milliseconds per launch (for `deepgate bench --gpu`).
+    pub fn letterbox_kernel_ms(&mut self, map: &Affine, spec: &InputSpec, repeats: u32) -> Result<f32> {
+        let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = self.context.new_event(timing).map_err(driver_error)?;
+        let end = self.context.new_event(timing).map_err(driver_error)?;
+        start.record(&self.stream).map_err(driver_error)?;
+        for _ in 0..repeats.max(1) {
+            self.launch_letterbox(map, spec)?;
+        }
+        end.record(&self.stream).map_err(driver_error)?;
+        let total = start.elapsed_ms(&end).map_err(driver_error)?;
+        Ok(total / repeats.max(1) as f32)
+    }
+
+    /// The device memory's peak bandwidth in GB/s: twice (double data rate) its clock times its bus width.
+    pub fn peak_bandwidth_gbps(&self) -> Result<f64> {
+        use sys::CUdevice_attribute::{
+            CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH, CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE,
+        };
+        let clock_khz =
+            self.context.attribute(CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE).map_err(driver_error)?;
+        let bus_bits =
+            self.context.attribute(CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH).map_err(driver_error)?;
+        Ok(2.0 * f64::from(clock_khz) * 1e3 * f64::from(bus_bits) / 8.0 / 1e9)
+    }
 }
 
 impl Kernels for CudaKernels {
@@ -396,26 +443,12 @@ impl Kernels for CudaKernels {
     }
 
     fn letterbox(&mut self, map: &Affine, spec: &InputSpec, out: &mut [f32]) -> Result<()> {
-        let frame = self.uploaded()?;
-        let (width, height) = spec.image_size();
-        let (w, h) = super::abi::output_size(width, height)?;
-        let len = width * height * 3;
-        ensure!(out.len() == len, "detector input of {} values for {width}x{height}", out.len());
-        Staged::ensure(&mut self.detector, &self.context, &self.stream, len)?;
-        let staged = self.detector.as_mut().expect("ensured");
-        let (map, taps, norm) = (DgMap::from(map), map.taps() as i32, DgNorm::of(spec));
-        let (grid_x, grid_y) = grid(width as u32, height as u32);
-        let config =
-            LaunchConfig { grid_dim: (grid_x, grid_y, 1), block_dim: (BLOCK, BLOCK, 1), shared_mem_bytes: 0 };
-        let mut launch = self.stream.launch_builder(&self.letterbox);
-        launch.arg(&frame).arg(&map).arg(&taps).arg(&norm).arg(&w).arg(&h).arg(&mut staged.device);
-        // SAFETY: the arguments match dg_letterbox's parameters in type and order; the output holds w*h*3
-        // floats and the frame buffer `frame.bytes` bytes; the kernel checks both.
-        unsafe { launch.launch(config) }.map_err(driver_error).context("launching dg_letterbox")?;
-        let host = &mut staged.host;
-        self.stream.memcpy_dtoh(&staged.device.slice(0..len), host).map_err(driver_error)?;
+        let len = self.launch_letterbox(map, spec)?;
+        ensure!(out.len() == len, "detector input of {} values, the spec needs {len}", out.len());
+        let staged = self.detector.as_mut().context("no detector buffer")?;
+        self.stream.memcpy_dtoh(&staged.device.slice(0..len), &mut staged.host).map_err(driver_error)?;
         self.stream.synchronize().map_err(driver_error).context("dg_letterbox")?;
-        out.copy_from_slice(&host.as_slice().map_err(driver_error)?[..len]);
+        out.copy_from_slice(&staged.host.as_slice().map_err(driver_error)?[..len]);
         Ok(())
     }
 
