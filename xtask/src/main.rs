@@ -15,8 +15,9 @@ cargo xtask <task>
 
 tasks:
   ci      the whole test suite as CI runs it: set-up, rustfmt check, clippy -D warnings, every test,
-          the training pipeline's unit tests and its miniature end-to-end run, then the Jetson build
-          (dist --board jetson-orin-nano) and its tests under qemu-user (test-aarch64)
+          (the CUDA kernels compiled by NVRTC from PyPI), the training pipeline's unit tests and its
+          miniature end-to-end run, the Jetson build (dist --board jetson-orin-nano) and its tests under
+          qemu-user (test-aarch64), then vm-test for both guests
   setup   install what every task needs on a fresh Debian machine, only what is missing: Debian packages
           (libclang, the aarch64 cross toolchain, qemu), the aarch64 Rust target, rustfmt and clippy
   dist --board <name>
