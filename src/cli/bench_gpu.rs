@@ -47,19 +47,8 @@ fn time(frames: usize, mut work: impl FnMut() -> Result<()>) -> Result<f64> {
 fn face_maps(width: u32, height: u32, side: usize) -> Vec<Affine> {
     (0..FACES)
         .map(|index| {
-            let scale = height as f32 / 3.0 / side as f32;
-            let angle = 0.1 * index as f32 - 0.1;
-            let (sin, cos) = angle.sin_cos();
             let (cx, cy) = (width as f32 * (index as f32 + 1.0) / (FACES as f32 + 1.0), height as f32 / 2.0);
-            let half = side as f32 / 2.0;
-            Affine {
-                a: scale * cos,
-                b: -scale * sin,
-                c: scale * sin,
-                d: scale * cos,
-                tx: cx - scale * (cos * half - sin * half),
-                ty: cy - scale * (sin * half + cos * half),
-            }
+            Affine::square_crop(cx, cy, height as f32 / 3.0 / side as f32, 0.1 * index as f32 - 0.1, side)
         })
         .collect()
 }

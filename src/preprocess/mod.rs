@@ -59,6 +59,22 @@ impl Affine {
         (self.a * x + self.b * y + self.tx, self.c * x + self.d * y + self.ty)
     }
 
+    /// The map of a `side`-pixel square crop centred on source point (`cx`, `cy`), rotated by `angle`
+    /// radians, each crop pixel spanning `scale` source pixels (for tests and benchmarks; real face crops
+    /// come from the alignment).
+    pub fn square_crop(cx: f32, cy: f32, scale: f32, angle: f32, side: usize) -> Affine {
+        let (sin, cos) = angle.sin_cos();
+        let half = side as f32 / 2.0;
+        Affine {
+            a: scale * cos,
+            b: -scale * sin,
+            c: scale * sin,
+            d: scale * cos,
+            tx: cx - scale * (cos * half - sin * half),
+            ty: cy - scale * (sin * half + cos * half),
+        }
+    }
+
     /// Samples per axis each output pixel averages (see the module documentation).
     pub fn taps(&self) -> u32 {
         let span = (self.a * self.d - self.b * self.c).abs().sqrt();

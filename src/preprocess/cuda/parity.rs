@@ -34,19 +34,9 @@ fn spec(width: usize, height: usize, layout: Layout, colour: ChannelOrder) -> In
 fn random_crop(random: &mut XorShift, width: u32, height: u32, side: usize) -> Affine {
     let angle = (random.below(2000) as f32 / 1000.0 - 1.0) * 0.6;
     let face = (width.min(height) as f32) * (0.2 + random.below(1000) as f32 / 1000.0);
-    let scale = face / side as f32;
-    let (sin, cos) = angle.sin_cos();
     let cx = random.below(width as usize + 1) as f32;
     let cy = random.below(height as usize + 1) as f32;
-    let half = side as f32 / 2.0;
-    Affine {
-        a: scale * cos,
-        b: -scale * sin,
-        c: scale * sin,
-        d: scale * cos,
-        tx: cx - scale * (cos * half - sin * half),
-        ty: cy - scale * (sin * half + cos * half),
-    }
+    Affine::square_crop(cx, cy, face / side as f32, angle, side)
 }
 
 /// Compares `actual` with the reference tensor in 8-bit steps (|Δ| · 255 · std); returns the largest, infinite
