@@ -204,7 +204,8 @@ impl Pipeline {
         let main = self.decider.select_main(&self.faces);
         self.results.clear();
         let mark = Instant::now();
-        // Every crop of the frame in one GPU launch, when the GPU path is up; else each on the CPU below.
+        // Every crop of the frame in one GPU launch (timed as the classifier-crop stage), when the GPU path is
+        // up; else each on the CPU below.
         let crops_on_gpu = !self.faces.is_empty() && {
             let (jobs, faces, models) = (&mut self.crop_jobs, &self.faces, &self.models);
             let (tensors, images) = (&mut self.crop_tensors, &mut self.crop_images);
@@ -213,9 +214,13 @@ impl Pipeline {
                 gpu_crops(kernels, faces, models, size, jobs, tensors, images)
             })
         };
+        if crops_on_gpu {
+            self.times.record(Stage::ClassifierCrop, mark.elapsed());
+        }
         let (quality_len, tensor_len) = (QUALITY_CROP * QUALITY_CROP * 3, self.classifier_crop.data.len());
         let mut aligned_index = 0;
         for (index, face) in self.faces.iter().enumerate() {
+            let mark = Instant::now();
             let alignment = &self.models.alignment;
             let (quality, issue, aligned) = match alignment.crop_map(face, QUALITY_CROP) {
                 Ok(map) => {
@@ -238,8 +243,6 @@ impl Pipeline {
                 if crops_on_gpu {
                     let start = aligned_index * tensor_len;
                     let tensor = &self.crop_tensors[start..start + tensor_len];
-                    self.times.record(Stage::ClassifierCrop, mark.elapsed());
-                    let mark = Instant::now();
                     fake_probability = Some(classifier.fake_probability_of_input(tensor)?);
                     self.times.record(Stage::Classifier, mark.elapsed());
                 } else {
