@@ -73,11 +73,10 @@ pub fn compile(arch: &str) -> Result<Vec<u8>> {
 fn compile_source(source: &str, arch: &str) -> Result<Vec<u8>> {
     ensure!(nvrtc_present(), "no NVRTC library (libnvrtc) on this machine");
     let program = CString::new(source).context("kernel source holds a NUL byte")?;
-    let name = CString::new("deepgate_kernels.cu").expect("no NUL");
+    let name = c"deepgate_kernels.cu";
     let nvrtc_error =
         |what: &str, error: nvrtc::result::NvrtcError| anyhow::anyhow!("NVRTC {what}: {error:?}");
-    let handle =
-        nvrtc::result::create_program(&program, Some(&name)).map_err(|e| nvrtc_error("create", e))?;
+    let handle = nvrtc::result::create_program(&program, Some(name)).map_err(|e| nvrtc_error("create", e))?;
     let mut options: Vec<String> = source::OPTIONS.iter().map(|option| option.to_string()).collect();
     options.push(format!("--gpu-architecture={arch}"));
     // SAFETY: `handle` is a live program; it is destroyed on every path below.
@@ -417,7 +416,9 @@ impl Kernels for CudaKernels {
                 .map_err(driver_error)?;
                 self.frame = Some(FrameBuffer::Mapped { host, device_pointer });
             }
-            let Some(FrameBuffer::Mapped { host, device_pointer }) = &mut self.frame else { unreachable!() };
+            let Some(FrameBuffer::Mapped { host, device_pointer }) = &mut self.frame else {
+                bail!("the mapped frame buffer is missing")
+            };
             // The previous frame's kernels finished (every launch is followed by a synchronize).
             host.as_mut_slice().map_err(driver_error)?[..len].copy_from_slice(frame.data);
             *device_pointer
@@ -426,7 +427,9 @@ impl Kernels for CudaKernels {
                 self.frame = None;
                 self.frame = Some(FrameBuffer::Copied(Staged::new(&self.context, &self.stream, len)?));
             }
-            let Some(FrameBuffer::Copied(staged)) = &mut self.frame else { unreachable!() };
+            let Some(FrameBuffer::Copied(staged)) = &mut self.frame else {
+                bail!("the device frame buffer is missing")
+            };
             let host = &mut staged.host.as_mut_slice().map_err(driver_error)?[..len];
             host.copy_from_slice(frame.data);
             let mut device = staged.device.slice_mut(0..len);
@@ -468,8 +471,10 @@ impl Kernels for CudaKernels {
         ensure!(tensors.len() >= floats && images.len() >= bytes, "crop outputs too small");
         Staged::ensure(&mut self.tensors, &self.context, &self.stream, floats)?;
         Staged::ensure(&mut self.images, &self.context, &self.stream, bytes)?;
-        let (staged_tensors, staged_images) =
-            (self.tensors.as_mut().expect("ensured"), self.images.as_mut().expect("ensured"));
+        let (staged_tensors, staged_images) = (
+            self.tensors.as_mut().context("no tensor buffer")?,
+            self.images.as_mut().context("no image buffer")?,
+        );
         let count = self.plan.len() as i32;
         self.stream
             .memcpy_htod(self.plan.as_slice(), &mut self.jobs.slice_mut(0..self.plan.len()))
