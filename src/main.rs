@@ -105,7 +105,12 @@ enum Command {
         action: AuditAction,
     },
     /// Prints what this machine offers (CPU features, CUDA, cameras with their identity and formats) as JSON.
-    Probe,
+    Probe {
+        /// Also open the GPU path as `run` would (loads libcuda and libnvrtc, compiles or loads the kernels
+        /// into the kernel cache) and report the device, or why the GPU path cannot be used.
+        #[arg(long)]
+        gpu: bool,
+    },
     /// Opens the board's V4L2 camera as `run` does, captures frames and prints one JSON line describing the
     /// camera, the accepted mode and the frame counters; exit status 0 when all frames arrived, 1 if not,
     /// 2 when the config or the camera is refused.
@@ -162,7 +167,7 @@ fn main() -> ExitCode {
             cli::audit::verify(&file, public_key.as_deref())
         }
         Command::Audit { action: AuditAction::Keygen { out } } => cli::audit::keygen(&out),
-        Command::Probe => cli::probe::probe(),
+        Command::Probe { gpu } => cli::probe::probe(gpu),
         Command::Capture { board, frames, save } => cli::capture::capture(&board, frames, save.as_deref()),
     };
     match result {

@@ -412,6 +412,21 @@ fn probe_describes_the_machine_as_json() {
     assert!(probe["cpu_features"].is_array());
     assert!(probe["cuda"]["usable"].is_boolean());
     assert!(probe["cameras"].is_array());
+    assert!(probe.get("gpu").is_none(), "without --gpu no driver library is loaded");
+}
+
+#[test]
+fn probe_gpu_opens_the_gpu_path_or_says_why_not() {
+    let output = deepgate(&["probe", "--gpu"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let probe: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let gpu = &probe["gpu"];
+    if gpu["usable"] == true {
+        assert!(gpu["arch"].as_str().unwrap().starts_with("sm_"), "{gpu}");
+        assert!(gpu["kernels"].as_str().is_some(), "{gpu}");
+    } else {
+        assert!(!gpu["error"].as_str().unwrap().is_empty(), "{gpu}");
+    }
 }
 
 #[test]

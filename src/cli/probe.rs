@@ -1,13 +1,14 @@
 //! `deepgate probe`: what this machine offers, read from the system without touching any driver library
-//! (loading libcuda to ask would itself be a risk on a broken install).
+//! (loading libcuda to ask would itself be a risk on a broken install). `--gpu` does load it, on purpose: it
+//! opens the GPU path exactly as `run` does, which is how a board is commissioned.
 
 use anyhow::Result;
 use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub fn probe() -> Result<ExitCode> {
-    let value = json!({
+pub fn probe(gpu: bool) -> Result<ExitCode> {
+    let mut value = json!({
         "arch": std::env::consts::ARCH,
         "os": std::env::consts::OS,
         "cpus": std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -16,8 +17,42 @@ pub fn probe() -> Result<ExitCode> {
         "cameras": cameras(),
         "deepgate": env!("CARGO_PKG_VERSION"),
     });
+    if gpu {
+        value["gpu"] = gpu_path();
+    }
     println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The GPU path opened as `run` opens it (backend "auto", the default kernel cache): the device, its
+/// architecture and peak bandwidth and where the kernels came from; or why it cannot be used.
+fn gpu_path() -> serde_json::Value {
+    #[cfg(feature = "cuda")]
+    {
+        use deepgate::preprocess::cuda::gpu;
+        let opened = gpu::probe().and_then(|()| {
+            gpu::CudaKernels::new(gpu::GpuOptions { cache: gpu::default_cache(), ..Default::default() })
+        });
+        match opened {
+            Ok(kernels) => {
+                let info = kernels.info();
+                json!({
+                    "usable": true,
+                    "device": info.name,
+                    "arch": info.arch(),
+                    "memory_mib": info.memory_mib,
+                    "integrated": info.integrated,
+                    "driver": info.driver,
+                    "nvrtc": format!("{}.{}", info.nvrtc.0, info.nvrtc.1),
+                    "kernels": kernels.kernels_from(),
+                    "peak_gbps": kernels.peak_bandwidth_gbps().ok(),
+                })
+            }
+            Err(error) => json!({ "usable": false, "error": format!("{error:#}") }),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    json!({ "usable": false, "error": "this build has no CUDA path (built without the `cuda` feature)" })
 }
 
 fn cpu_features() -> Vec<&'static str> {
@@ -86,7 +121,7 @@ fn cuda() -> serde_json::Value {
         "devices": devices,
         "driver": driver,
         "tegra_release": tegra,
-        "used_by_this_build": false,
+        "used_by_this_build": cfg!(feature = "cuda"),
     })
 }
 

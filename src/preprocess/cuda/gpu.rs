@@ -272,6 +272,8 @@ pub struct CudaKernels {
     tensors: Option<Staged<f32>>,
     images: Option<Staged<u8>>,
     uploads: u64,
+    /// Where the kernels came from: the cache file, or NVRTC and how long it took.
+    kernels_from: String,
 }
 
 impl CudaKernels {
@@ -326,11 +328,17 @@ impl CudaKernels {
             tensors: None,
             images: None,
             uploads: 0,
+            kernels_from: how,
         })
     }
 
     pub fn info(&self) -> &DeviceInfo {
         &self.info
+    }
+
+    /// Where the kernels came from: the cache file, or NVRTC and how long it took.
+    pub fn kernels_from(&self) -> &str {
+        &self.kernels_from
     }
 
     fn uploaded(&self) -> Result<DgFrame> {
