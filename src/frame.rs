@@ -101,6 +101,29 @@ pub struct Frame<'a> {
 }
 
 impl<'a> Frame<'a> {
+    /// A single frame with no history (sequence 0, time 0, not a discontinuity), as tests and benchmarks
+    /// make them; sources set the timing fields themselves.
+    pub fn still(
+        format: PixelFormat,
+        width: u32,
+        height: u32,
+        stride: usize,
+        data: &'a [u8],
+        source: &'a str,
+    ) -> Frame<'a> {
+        Frame {
+            format,
+            width,
+            height,
+            stride,
+            data,
+            source,
+            sequence: 0,
+            timestamp_ns: 0,
+            discontinuity: false,
+        }
+    }
+
     /// Checks that the geometry is sane and the buffer holds the whole frame, so that no pixel access can
     /// fall outside `data`. Every consumer may rely on a frame that passed this check.
     pub fn validate(&self) -> Result<()> {

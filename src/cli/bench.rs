@@ -44,17 +44,7 @@ pub fn bench(
     for format in formats {
         let stride = format.min_stride(width);
         let data = camera_frame(photo.as_raw(), width, height, format, stride)?;
-        let mut frame = Frame {
-            format,
-            width,
-            height,
-            stride,
-            data: &data,
-            source: "bench",
-            sequence: 0,
-            timestamp_ns: 0,
-            discontinuity: false,
-        };
+        let mut frame = Frame::still(format, width, height, stride, &data, "bench");
         // Warm-up, then measure; a session restart every frame budget keeps the classifier path busy.
         for sequence in 0..5 {
             frame.sequence = sequence;

@@ -118,17 +118,7 @@ pub fn bench_gpu(
         for format in formats {
             let stride = format.min_stride(width);
             let data = camera_frame(photo.as_raw(), width, height, format, stride)?;
-            let frame = Frame {
-                format,
-                width,
-                height,
-                stride,
-                data: &data,
-                source: "bench",
-                sequence: 0,
-                timestamp_ns: 0,
-                discontinuity: false,
-            };
+            let frame = Frame::still(format, width, height, stride, &data, "bench");
             let map = Letterbox::fit(width, height, input_w, input_h).to_source_map();
             let mut input = vec![0f32; input_w * input_h * 3];
             let mut image = RgbImage::new(input_w, input_h);

@@ -69,17 +69,7 @@ pub fn check(kernels: &mut dyn Kernels, tolerance: f32) -> Result<String> {
             for padding in [0usize, 7] {
                 let stride = format.min_stride(width) + padding;
                 let data = random.bytes(format.frame_bytes(stride, height));
-                let frame = Frame {
-                    format,
-                    width,
-                    height,
-                    stride,
-                    data: &data,
-                    source: "parity",
-                    sequence: 0,
-                    timestamp_ns: 0,
-                    discontinuity: false,
-                };
+                let frame = Frame::still(format, width, height, stride, &data, "parity");
                 let context = format!("{} {width}x{height} stride {stride}", format.name());
                 kernels.upload(&frame)?;
                 // Letterboxes: the detector's 128 square, an odd non-square input, an upscale.
