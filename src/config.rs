@@ -239,7 +239,13 @@ impl BoardConfig {
                     "source.frame_rate {frame_rate} must be between 0 (unpaced) and 1000"
                 );
             }
-            SourceSection::V4l2 { .. } => validate_v4l2(&self.source)?,
+            SourceSection::V4l2 { format, .. } => {
+                // The settings the source will use, checked key by key; `None` only for an unknown format.
+                let settings = crate::capture::v4l2::V4l2Settings::from_config(&self.source).with_context(|| {
+                    format!("source.format `{format}` must be one of YUYV, UYVY, NV12, MJPEG, GREY, RGB24, BGR24")
+                })?;
+                validate_v4l2(&settings)?;
+            }
         }
         let detector = &self.detector;
         in_range("detector.score_threshold", detector.score_threshold, 0.05, 1.0)?;
@@ -307,24 +313,13 @@ impl BoardConfig {
     }
 }
 
-/// The `[source] kind = "v4l2"` keys: each value checked, the key named.
-fn validate_v4l2(source: &SourceSection) -> Result<()> {
-    let SourceSection::V4l2 {
-        device,
-        driver,
-        card,
-        bus_info,
-        format,
-        width,
-        height,
-        frame_rate,
-        min_frame_rate,
-        buffers,
-        allow_virtual: _,
-    } = source
-    else {
-        return Ok(());
-    };
+/// The `[source] kind = "v4l2"` keys (as the source's settings, the format already known): each value
+/// checked, the key named.
+fn validate_v4l2(settings: &crate::capture::v4l2::V4l2Settings) -> Result<()> {
+    let (device, pins) = (&settings.device, &settings.pins);
+    let (bus_info, width, height) = (&pins.bus_info, &settings.requested.width, &settings.requested.height);
+    let (frame_rate, min_frame_rate, buffers) =
+        (&settings.frame_rate, &settings.min_frame_rate, &settings.buffers);
     ensure!(
         device.is_some() || bus_info.is_some(),
         "source: a v4l2 source needs source.device or source.bus_info (or both) to know which camera is meant"
@@ -337,7 +332,9 @@ fn validate_v4l2(source: &SourceSection) -> Result<()> {
         );
     }
     // QUERYCAP's fields are 16, 32 and 32 bytes with a terminating NUL: a longer pin could never match.
-    for (key, value, longest) in [("driver", driver, 15), ("card", card, 31), ("bus_info", bus_info, 31)] {
+    for (key, value, longest) in
+        [("driver", &pins.driver, 15), ("card", &pins.card, 31), ("bus_info", bus_info, 31)]
+    {
         if let Some(value) = value {
             ensure!(
                 !value.is_empty() && value.len() <= longest,
@@ -346,10 +343,6 @@ fn validate_v4l2(source: &SourceSection) -> Result<()> {
             );
         }
     }
-    ensure!(
-        crate::frame::PixelFormat::from_name(format).is_some(),
-        "source.format `{format}` must be one of YUYV, UYVY, NV12, MJPEG, GREY, RGB24, BGR24"
-    );
     let most = crate::frame::MAX_DIMENSION;
     ensure!((1..=most).contains(width), "source.width {width} must be 1 to {most}");
     ensure!((1..=most).contains(height), "source.height {height} must be 1 to {most}");

@@ -31,7 +31,8 @@ pub struct V4l2Settings {
 }
 
 impl V4l2Settings {
-    /// The settings of a V4L2 source section (`None` for another kind). The format name was validated.
+    /// The settings of a V4L2 source section: `None` for another kind or an unknown format name (the board
+    /// config's validation checks the rest of these settings, so a loaded config always has them).
     pub fn from_config(section: &SourceSection) -> Option<V4l2Settings> {
         let SourceSection::V4l2 {
             device,
