@@ -132,11 +132,27 @@ pub struct CropJob {
     pub rgb: bool,
 }
 
-/// Lays the jobs out one after another in the two output buffers; returns the kernel's crops and how many
-/// floats and bytes the buffers need.
-pub fn plan_crops(jobs: &[CropJob], crops: &mut Vec<DgCrop>) -> Result<(usize, usize)> {
+/// How one launch of the crops kernel covers its jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CropPlan {
+    /// Floats of the tensor buffer and bytes of the image buffer the crops fill.
+    pub floats: usize,
+    pub bytes: usize,
+    /// Blocks along x and y: enough for the widest and the tallest crop (grid z is the crop).
+    pub grid: (u32, u32),
+}
+
+/// Lays the jobs out one after another in the two output buffers (into `crops`, the kernel's job list) and
+/// checks that outputs of `tensor_len` floats and `image_len` bytes hold them.
+pub fn plan_crops(
+    jobs: &[CropJob],
+    tensor_len: usize,
+    image_len: usize,
+    crops: &mut Vec<DgCrop>,
+) -> Result<CropPlan> {
     crops.clear();
     let (mut floats, mut bytes) = (0usize, 0usize);
+    let (mut widest, mut tallest) = (0u32, 0u32);
     for job in jobs {
         let (width, height) = output_size(job.width, job.height)?;
         let values = job.width * job.height * 3;
@@ -150,6 +166,11 @@ pub fn plan_crops(jobs: &[CropJob], crops: &mut Vec<DgCrop>) -> Result<(usize, u
             offset: *offset as u64,
         });
         *offset += values;
+        (widest, tallest) = (widest.max(width as u32), tallest.max(height as u32));
     }
-    Ok((floats, bytes))
+    ensure!(
+        tensor_len >= floats && image_len >= bytes,
+        "crop outputs of {tensor_len} floats and {image_len} bytes; the crops need {floats} and {bytes}"
+    );
+    Ok(CropPlan { floats, bytes, grid: grid(widest, tallest) })
 }

@@ -5,7 +5,7 @@
 //! machines without CUDA; but its calls panic when a library is missing, so `probe` checks first, and nothing
 //! here touches cudarc before `probe` has said yes.
 
-use super::abi::{grid, plan_crops, CropJob, DgCrop, DgFrame, DgMap, DgNorm, BLOCK};
+use super::abi::{grid, plan_crops, CropJob, CropPlan, DgCrop, DgFrame, DgMap, DgNorm, BLOCK};
 use super::source;
 use super::Kernels;
 use crate::frame::Frame;
@@ -475,8 +475,8 @@ impl Kernels for CudaKernels {
             return Ok(());
         }
         ensure!(jobs.len() <= MAX_CROPS, "{} crops in one launch, at most {MAX_CROPS}", jobs.len());
-        let (floats, bytes) = plan_crops(jobs, &mut self.plan)?;
-        ensure!(tensors.len() >= floats && images.len() >= bytes, "crop outputs too small");
+        let CropPlan { floats, bytes, grid: (grid_x, grid_y) } =
+            plan_crops(jobs, tensors.len(), images.len(), &mut self.plan)?;
         Staged::ensure(&mut self.tensors, &self.context, &self.stream, floats)?;
         Staged::ensure(&mut self.images, &self.context, &self.stream, bytes)?;
         let (staged_tensors, staged_images) = (
@@ -487,9 +487,6 @@ impl Kernels for CudaKernels {
         self.stream
             .memcpy_htod(self.plan.as_slice(), &mut self.jobs.slice_mut(0..self.plan.len()))
             .map_err(driver_error)?;
-        let widest = jobs.iter().map(|job| job.width).max().unwrap_or(1) as u32;
-        let tallest = jobs.iter().map(|job| job.height).max().unwrap_or(1) as u32;
-        let (grid_x, grid_y) = grid(widest, tallest);
         let config = LaunchConfig {
             grid_dim: (grid_x, grid_y, count as u32),
             block_dim: (BLOCK, BLOCK, 1),

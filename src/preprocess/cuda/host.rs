@@ -2,7 +2,7 @@
 //! the same argument structs as the CUDA launches: the kernels' logic checked on any machine, GPU or not.
 //! Tests only.
 
-use super::abi::{grid, plan_crops, CropJob, DgCrop, DgFrame, DgMap, DgNorm, BLOCK};
+use super::abi::{plan_crops, CropJob, DgCrop, DgFrame, DgMap, DgNorm, BLOCK};
 use super::Kernels;
 use crate::frame::Frame;
 use crate::manifest::InputSpec;
@@ -100,11 +100,7 @@ impl Kernels for HostKernels {
         tensors: &mut [f32],
         images: &mut [u8],
     ) -> Result<()> {
-        let (floats, bytes) = plan_crops(jobs, &mut self.crops)?;
-        ensure!(tensors.len() >= floats && images.len() >= bytes, "crop outputs too small");
-        let widest = jobs.iter().map(|job| job.width).max().unwrap_or(0) as u32;
-        let tallest = jobs.iter().map(|job| job.height).max().unwrap_or(0) as u32;
-        let (grid_x, grid_y) = grid(widest, tallest);
+        let (grid_x, grid_y) = plan_crops(jobs, tensors.len(), images.len(), &mut self.crops)?.grid;
         let described = self.uploaded()?;
         // SAFETY: as for the letterbox; the kernel checks every crop against the buffer lengths passed.
         unsafe {
