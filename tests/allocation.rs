@@ -85,17 +85,7 @@ fn steady_state_frames_allocate_nothing_outside_inference() {
         let stride = format.min_stride(width) + 32;
         let data = deepgate::capture::synthetic::camera_frame(photo.as_raw(), width, height, format, stride)
             .unwrap();
-        let mut frame = Frame {
-            format,
-            width,
-            height,
-            stride,
-            data: &data,
-            source: "allocation-test",
-            sequence: 0,
-            timestamp_ns: 0,
-            discontinuity: false,
-        };
+        let mut frame = Frame::still(format, width, height, stride, &data, "allocation-test");
         // Warm-up: first frames may size buffers inside tract.
         for sequence in 0..3 {
             frame.sequence = sequence;

@@ -243,17 +243,7 @@ mod tests {
     use crate::testing::XorShift;
 
     fn frame(format: PixelFormat, width: u32, height: u32, stride: usize, data: &[u8]) -> Frame<'_> {
-        Frame {
-            format,
-            width,
-            height,
-            stride,
-            data,
-            source: "test",
-            sequence: 0,
-            timestamp_ns: 0,
-            discontinuity: false,
-        }
+        Frame::still(format, width, height, stride, data, "test")
     }
 
     fn identity() -> Affine {
