@@ -43,8 +43,9 @@ impl RgbImage {
 }
 
 /// An affine map from output pixel coordinates to source pixel coordinates:
-/// source = [a b; c d] · output + [tx ty].
+/// source = [a b; c d] · output + [tx ty]. `repr(C)`: the CUDA kernels take it as their `DgMap` (warp.cuh).
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[repr(C)]
 pub struct Affine {
     pub a: f32,
     pub b: f32,

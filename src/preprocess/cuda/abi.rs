@@ -7,6 +7,10 @@ use crate::manifest::{ChannelOrder, InputSpec, Layout};
 use crate::preprocess::Affine;
 use anyhow::{bail, ensure, Result};
 
+// The sizes the C structs have (warp.cuh, crops.cu); a field added on one side only fails the build.
+const _: () = assert!(std::mem::size_of::<DgFrame>() == 32 && std::mem::size_of::<Affine>() == 24);
+const _: () = assert!(std::mem::size_of::<DgNorm>() == 32 && std::mem::size_of::<DgCrop>() == 48);
+
 /// Threads per block along x and y: 16 × 16 = 256 threads, one per output pixel.
 pub const BLOCK: u32 = 16;
 
@@ -22,18 +26,6 @@ pub struct DgFrame {
     pub format: i32,
 }
 
-/// `DgMap`: output → source, as `Affine`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct DgMap {
-    pub a: f32,
-    pub b: f32,
-    pub c: f32,
-    pub d: f32,
-    pub tx: f32,
-    pub ty: f32,
-}
-
 /// `DgNorm`: the model input's normalisation, channel order and layout.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -46,9 +38,10 @@ pub struct DgNorm {
 
 /// `DgCrop`: one crop of the crops kernel.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DgCrop {
-    pub map: DgMap,
+    /// `DgMap`: `Affine` has its layout (`repr(C)`, six floats in the same order).
+    pub map: Affine,
     pub taps: i32,
     pub width: i32,
     pub height: i32,
@@ -85,12 +78,6 @@ impl DgFrame {
             stride: small(frame.stride, "stride")?,
             format,
         })
-    }
-}
-
-impl From<&Affine> for DgMap {
-    fn from(map: &Affine) -> DgMap {
-        DgMap { a: map.a, b: map.b, c: map.c, d: map.d, tx: map.tx, ty: map.ty }
     }
 }
 
@@ -158,7 +145,7 @@ pub fn plan_crops(
         let values = job.width * job.height * 3;
         let offset = if job.rgb { &mut bytes } else { &mut floats };
         crops.push(DgCrop {
-            map: DgMap::from(&job.map),
+            map: job.map,
             taps: job.map.taps() as i32,
             width,
             height,

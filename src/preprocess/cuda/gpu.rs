@@ -5,7 +5,7 @@
 //! machines without CUDA; but its calls panic when a library is missing, so `probe` checks first, and nothing
 //! here touches cudarc before `probe` has said yes.
 
-use super::abi::{grid, plan_crops, CropJob, CropPlan, DgCrop, DgFrame, DgMap, DgNorm, BLOCK};
+use super::abi::{grid, plan_crops, CropJob, CropPlan, DgCrop, DgFrame, DgNorm, BLOCK};
 use super::source;
 use super::Kernels;
 use crate::frame::Frame;
@@ -24,7 +24,7 @@ use std::time::Instant;
 
 // SAFETY: plain `repr(C)` values whose layout matches the kernels' structs (warp.cuh, crops.cu).
 unsafe impl DeviceRepr for DgFrame {}
-unsafe impl DeviceRepr for DgMap {}
+unsafe impl DeviceRepr for Affine {}
 unsafe impl DeviceRepr for DgNorm {}
 unsafe impl DeviceRepr for DgCrop {}
 // SAFETY: all-zero bytes are a valid DgCrop (numbers only).
@@ -353,7 +353,7 @@ impl CudaKernels {
         let len = width * height * 3;
         Staged::ensure(&mut self.detector, &self.context, &self.stream, len)?;
         let staged = self.detector.as_mut().context("no detector buffer")?;
-        let (map, taps, norm) = (DgMap::from(map), map.taps() as i32, DgNorm::of(spec));
+        let (map, taps, norm) = (*map, map.taps() as i32, DgNorm::of(spec));
         let (grid_x, grid_y) = grid(width as u32, height as u32);
         let config =
             LaunchConfig { grid_dim: (grid_x, grid_y, 1), block_dim: (BLOCK, BLOCK, 1), shared_mem_bytes: 0 };

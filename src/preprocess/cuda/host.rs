@@ -2,7 +2,7 @@
 //! the same argument structs as the CUDA launches: the kernels' logic checked on any machine, GPU or not.
 //! Tests only.
 
-use super::abi::{plan_crops, CropJob, DgCrop, DgFrame, DgMap, DgNorm, BLOCK};
+use super::abi::{plan_crops, CropJob, DgCrop, DgFrame, DgNorm, BLOCK};
 use super::Kernels;
 use crate::frame::Frame;
 use crate::manifest::InputSpec;
@@ -12,7 +12,7 @@ use anyhow::{ensure, Context, Result};
 extern "C" {
     fn dg_host_letterbox(
         frame: DgFrame,
-        map: DgMap,
+        map: Affine,
         taps: i32,
         norm: DgNorm,
         width: i32,
@@ -80,7 +80,7 @@ impl Kernels for HostKernels {
         unsafe {
             dg_host_letterbox(
                 described,
-                DgMap::from(map),
+                *map,
                 map.taps() as i32,
                 DgNorm::of(spec),
                 w,
