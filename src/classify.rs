@@ -34,6 +34,14 @@ impl Classifier {
         &self.model.entry
     }
 
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn model_mut(&mut self) -> &mut Model {
+        &mut self.model
+    }
+
     /// The crop size the classifier wants (width, height).
     pub fn crop_size(&self) -> (usize, usize) {
         self.model.entry.input.image_size()

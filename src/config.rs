@@ -170,11 +170,30 @@ pub enum Backend {
     Cuda,
 }
 
+/// Where one model's inference runs.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// tract on the CPU: the reference, and the default until a board's measurement says otherwise.
+    #[default]
+    Cpu,
+    /// tract's CUDA runtime, when the GPU is usable (else the CPU, and `backend` says whether that is a fault).
+    /// The CPU plan is kept loaded: a GPU failure during the run redoes that inference on it.
+    Cuda,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSection {
-    /// Where the pixel work runs; see `Backend`. Inference runs on the CPU (tract).
+    /// Where the pixel work runs; see `Backend`.
     pub backend: Backend,
+    /// Where the detector's and the classifier's inference run (`cpu` if absent). `cuda` needs a `backend`
+    /// that may use the GPU. Choose per model with `deepgate bench-gpu` on the board: small models can be
+    /// slower on the GPU than on the CPU (launches, CPU islands such as BlazeFace's MaxPool).
+    #[serde(default)]
+    pub detector_inference: Placement,
+    #[serde(default)]
+    pub classifier_inference: Placement,
     /// GPU path: read frames from mapped pinned host memory instead of copying them to the device. For Tegra
     /// boards, whose GPU shares the board's memory; off by default.
     #[serde(default)]
@@ -300,6 +319,15 @@ impl BoardConfig {
         in_range("runtime.frame_budget_ms", runtime.frame_budget_ms, 1.0, 60_000.0)?;
         ensure!((1..=1000).contains(&runtime.overload_frames), "runtime.overload_frames must be 1 to 1000");
         ensure!(runtime.model_retry_s <= 3600, "runtime.model_retry_s must be 0 (exit) to 3600 seconds");
+        for (key, placement) in [
+            ("detector_inference", runtime.detector_inference),
+            ("classifier_inference", runtime.classifier_inference),
+        ] {
+            ensure!(
+                placement == Placement::Cpu || runtime.backend != Backend::Cpu,
+                "runtime.{key} = \"cuda\" needs backend \"auto\" or \"cuda\": backend \"cpu\" never touches the GPU"
+            );
+        }
         if let GateSection::Osdp { baud, address, hold_ms, vendor_code, .. } = &self.gate {
             crate::gate::osdp::validate(*baud, *address, *hold_ms, vendor_code)?;
         }
@@ -486,6 +514,11 @@ mod tests {
         assert_eq!(*frame_rate, 0.0);
         assert!(matches!(config.gate, GateSection::Stdout));
         assert_eq!(config.runtime.backend, Backend::Cpu);
+        assert_eq!(
+            (config.runtime.detector_inference, config.runtime.classifier_inference),
+            (Placement::Cpu, Placement::Cpu),
+            "inference on the CPU when the keys are absent"
+        );
         assert_eq!(config.models.classifier.as_deref(), Some("deepgate_student"));
         assert_eq!((config.decision.min_frames, config.decision.max_frames), (1, 30));
         assert_eq!(config.detector.settings().score_threshold, 0.75);
@@ -517,6 +550,21 @@ mod tests {
             ("frame_budget_ms = 500.0", "frame_budget_ms = 0.0", "runtime.frame_budget_ms"),
             ("overload_frames = 10", "overload_frames = 0", "runtime.overload_frames"),
             ("model_retry_s = 0 ", "model_retry_s = 99999 ", "runtime.model_retry_s"),
+            (
+                "backend = \"cpu\"",
+                "backend = \"cpu\"\ndetector_inference = \"cuda\"",
+                "runtime.detector_inference",
+            ),
+            (
+                "backend = \"cpu\"",
+                "backend = \"cpu\"\nclassifier_inference = \"cuda\"",
+                "runtime.classifier_inference",
+            ),
+            (
+                "backend = \"cpu\"",
+                "backend = \"auto\"\nclassifier_inference = \"gpu\"",
+                "classifier_inference",
+            ),
             ("frame_rate = 0.0", "frame_rate = -1.0", "source.frame_rate"),
             ("frame_rate = 0.0", "frame_rate = nan", "source.frame_rate"),
             ("frame_rate = 0.0", "frame_rate = inf", "source.frame_rate"),

@@ -1,5 +1,6 @@
 //! Model loading through tract: checksum first, then parse, pin the input shape, optimise once, warm up.
 
+use crate::config::Placement;
 use crate::manifest::{InputSpec, Manifest, ModelEntry};
 use crate::preprocess::{normalise_into, RgbImage};
 use anyhow::{bail, ensure, Context, Result};
@@ -19,12 +20,22 @@ pub fn in_inference() -> bool {
     IN_INFERENCE.with(|flag| flag.get())
 }
 
-/// A loaded, optimised model with its input tensor allocated once.
+/// A loaded, optimised model with its input tensor allocated once: the CPU plan always, and with
+/// `Placement::Cuda` where the GPU is usable, a plan on tract's CUDA runtime that runs instead until it fails.
 pub struct Model {
     pub entry: ModelEntry,
     state: TypedSimpleState,
+    /// The plan on tract's CUDA runtime while it is healthy; the first error (or panic) drops it for good.
+    gpu: Option<Box<dyn State>>,
+    /// Why the GPU plan is not (or no longer) used, once: at load with `Placement::Cuda`, or during a run.
+    gpu_failure: Option<anyhow::Error>,
     input: Tensor,
 }
+
+/// How far a model's outputs on the GPU may be from the CPU plan's at load, relative to the largest output
+/// magnitude (at least 1): float reassociation and cuBLAS/cuDNN algorithms move values by far less; a wrong
+/// plan moves them by far more.
+pub const GPU_AGREEMENT: f32 = 1e-2;
 
 /// Reads a model file and checks its size and SHA-256 against the manifest before anything parses it.
 pub fn read_verified(path: &Path, entry: &ModelEntry) -> Result<Vec<u8>> {
@@ -52,8 +63,15 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl Model {
-    /// Loads `entry` from the manifest's directory: verify, parse, pin, optimise, warm up.
+    /// Loads `entry` from the manifest's directory on the CPU: verify, parse, pin, optimise, warm up.
     pub fn load(manifest: &Manifest, entry: &ModelEntry) -> Result<Model> {
+        Model::load_on(manifest, entry, Placement::Cpu)
+    }
+
+    /// Loads `entry` as `load` does, and with `Placement::Cuda` also prepares it on tract's CUDA runtime and
+    /// checks that plan against the CPU's on a test pattern. A model that cannot be placed on the GPU still
+    /// loads (on the CPU), with the reason kept for `take_gpu_failure`; only a bad model file is an error.
+    pub fn load_on(manifest: &Manifest, entry: &ModelEntry, placement: Placement) -> Result<Model> {
         let path = manifest.path_of(entry);
         let bytes = read_verified(&path, entry)?;
         let context = || format!("model `{}` ({})", entry.id, path.display());
@@ -80,7 +98,9 @@ impl Model {
         model
             .select_outputs_by_name(&output_names)
             .with_context(|| format!("{}: selecting outputs {output_names:?}", context()))?;
-        let typed = model.into_optimized().with_context(context)?;
+        let decluttered =
+            model.into_typed().and_then(|typed| typed.into_decluttered()).with_context(context)?;
+        let typed = decluttered.clone().into_optimized().with_context(context)?;
         for (index, spec) in entry.outputs.iter().enumerate() {
             let fact = typed.output_fact(index)?;
             let found: Option<Vec<usize>> = fact.shape.as_concrete().map(|dims| dims.to_vec());
@@ -95,26 +115,84 @@ impl Model {
         }
         let plan = typed.into_runnable().with_context(context)?;
         let state = TypedSimpleState::new(&plan).with_context(context)?;
-        let mut loaded = Model { entry: entry.clone(), state, input: Tensor::zero::<f32>(&shape)? };
+        let mut loaded = Model {
+            entry: entry.clone(),
+            state,
+            gpu: None,
+            gpu_failure: None,
+            input: Tensor::zero::<f32>(&shape)?,
+        };
         // The first runs pay for lazy initialisation inside tract; do them before the first real frame.
         for _ in 0..2 {
             loaded.run().with_context(|| format!("{}: warm-up run", context()))?;
         }
+        if placement == Placement::Cuda {
+            match loaded.place_on_gpu(decluttered) {
+                Ok(agreement) => log::info!(
+                    "model `{}`: inference on the GPU (tract CUDA runtime); outputs within {agreement:.2e} of the \
+                     CPU plan's on the test pattern",
+                    entry.id
+                ),
+                Err(error) => {
+                    loaded.gpu_failure = Some(error.context(format!("model `{}`: no GPU inference", entry.id)))
+                }
+            }
+        }
         log::info!(
-            "model `{}` loaded: {} sha256 {} input {:?}",
+            "model `{}` loaded: {} sha256 {} input {:?}, inference on the {}",
             entry.id,
             path.display(),
             entry.sha256,
-            shape
+            shape,
+            loaded.placement_name()
         );
         Ok(loaded)
     }
 
+    /// Prepares the model on tract's CUDA runtime, warms it up, and checks it against the CPU plan on a test
+    /// pattern. Returns the largest difference found (relative, as `GPU_AGREEMENT` states it).
+    fn place_on_gpu(&mut self, decluttered: TypedModel) -> Result<f32> {
+        let mut gpu = cuda_state(decluttered)?;
+        self.write_input(|_, values| {
+            fill_test_pattern(values);
+            Ok(())
+        })?;
+        let on_cpu = self.run()?;
+        let mut on_gpu = None;
+        for _ in 0..2 {
+            let input = self.input.clone().into_tvalue();
+            on_gpu = Some(crate::panics::contain("tract's CUDA runtime", || {
+                gpu.run(tvec!(input)).context("warm-up run on the GPU")
+            })?);
+        }
+        let on_gpu = on_gpu.context("no run")?;
+        let agreement = agreement(&self.entry, &on_cpu, &on_gpu)?;
+        self.write_input(|_, values| {
+            values.fill(0.0);
+            Ok(())
+        })?;
+        self.gpu = Some(gpu);
+        Ok(agreement)
+    }
+
+    /// "GPU" while the model's inference runs on tract's CUDA runtime, else "CPU".
+    pub fn placement_name(&self) -> &'static str {
+        if self.gpu.is_some() {
+            "GPU"
+        } else {
+            "CPU"
+        }
+    }
+
+    /// Why the model is not running on the GPU though its placement asked for it, once: at load, or the error
+    /// that made it drop the GPU plan during a run (that run was redone on the CPU, as is every one after).
+    pub fn take_gpu_failure(&mut self) -> Option<anyhow::Error> {
+        self.gpu_failure.take()
+    }
+
     /// Normalises `image` into the input tensor as the manifest says.
     pub fn set_input_image(&mut self, image: &RgbImage) -> Result<()> {
-        let mut view = self.input.try_as_plain_ram_mut().context("model input tensor is not in RAM")?;
-        let values = view.as_slice_mut::<f32>().context("model input tensor is not f32")?;
-        normalise_into(image, &self.entry.input, values)
+        self.write_input(|spec, values| normalise_into(image, spec, values))
     }
 
     /// Lets `write` fill the input tensor's values itself (already normalised as the spec it is given says):
@@ -125,14 +203,109 @@ impl Model {
         write(&self.entry.input, values)
     }
 
-    /// Runs the model on the current input and returns its outputs in manifest order.
+    /// Runs the model on the current input and returns its outputs in manifest order: on the GPU plan while it
+    /// is healthy; on its first error the same input is run on the CPU plan, which runs every later one too.
     pub fn run(&mut self) -> Result<TVec<TValue>> {
         IN_INFERENCE.with(|flag| flag.set(true));
-        let input = self.input.clone().into_tvalue();
-        let outputs = self.state.run(tvec!(input));
+        let mut outputs = None;
+        if let Some(gpu) = self.gpu.as_mut() {
+            let input = self.input.clone().into_tvalue();
+            match crate::panics::contain("tract's CUDA runtime", || gpu.run(tvec!(input))) {
+                Ok(found) => outputs = Some(found),
+                Err(error) => {
+                    self.gpu = None;
+                    self.gpu_failure = Some(error.context(format!(
+                        "model `{}`: inference on the GPU failed; the CPU takes over",
+                        self.entry.id
+                    )));
+                }
+            }
+        }
+        let outputs = match outputs {
+            Some(found) => Ok(found),
+            None => self.state.run(tvec!(self.input.clone().into_tvalue())),
+        };
         IN_INFERENCE.with(|flag| flag.set(false));
         outputs.with_context(|| format!("running model `{}`", self.entry.id))
     }
+}
+
+/// tract's CUDA runtime, if it can run here: the driver, a GPU and NVRTC (probed before anything touches
+/// them), then tract-cuda's own check (cudart, cuBLAS, cuDNN 9, a recent enough driver). Never panics.
+#[cfg(feature = "cuda")]
+pub fn cuda_runtime() -> Result<&'static dyn Runtime> {
+    // Linking the crate registers its runtime with tract (`runtime_for_name` finds it through `inventory`).
+    use tract_cuda as _;
+    crate::preprocess::cuda::gpu::probe()?;
+    crate::panics::contain("tract's CUDA runtime", || {
+        runtime_for_name("cuda")
+            .context("tract's CUDA runtime cannot run here")?
+            .context("tract's CUDA runtime is not in this build")
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn cuda_runtime() -> Result<&'static dyn Runtime> {
+    bail!("this build has no CUDA path (built without the `cuda` feature)")
+}
+
+/// The model's plan on tract's CUDA runtime, ready to run; or why it cannot be had here. tract-cuda's own
+/// panics (no context, no stream, no headers for its kernels) are contained.
+fn cuda_state(decluttered: TypedModel) -> Result<Box<dyn State>> {
+    let runtime = cuda_runtime()?;
+    crate::panics::contain("tract's CUDA runtime", || {
+        let plan = runtime.prepare(decluttered).context("preparing the model for tract's CUDA runtime")?;
+        plan.spawn()
+    })
+}
+
+/// A fixed input that exercises every channel and position: smooth waves in -1..1, no two values alike.
+pub fn fill_test_pattern(values: &mut [f32]) {
+    for (index, value) in values.iter_mut().enumerate() {
+        *value = ((index as f32) * 0.618_034).sin() * 0.9;
+    }
+}
+
+/// The largest difference between two runs' outputs, relative to the larger of 1 and the largest CPU output
+/// magnitude; an error naming the output if it passes `GPU_AGREEMENT`.
+fn agreement(entry: &ModelEntry, on_cpu: &[TValue], on_gpu: &[TValue]) -> Result<f32> {
+    ensure!(
+        on_cpu.len() == on_gpu.len(),
+        "the GPU plan gives {} outputs, the CPU plan {}",
+        on_gpu.len(),
+        on_cpu.len()
+    );
+    let mut worst = 0f32;
+    for ((spec, cpu), gpu) in entry.outputs.iter().zip(on_cpu).zip(on_gpu) {
+        let (cpu, gpu) = (cpu.try_as_plain_ram()?, gpu.try_as_plain_ram()?);
+        let (cpu, gpu) = (cpu.as_slice::<f32>()?, gpu.as_slice::<f32>()?);
+        ensure!(
+            cpu.len() == gpu.len(),
+            "output `{}`: {} values on the GPU, {} on the CPU",
+            spec.name,
+            gpu.len(),
+            cpu.len()
+        );
+        let scale = cpu.iter().fold(1f32, |most, value| most.max(value.abs()));
+        let mut difference = 0f32;
+        for (a, b) in cpu.iter().zip(gpu) {
+            // `max` would pass over a NaN: a value the CPU has and the GPU lacks is refused outright.
+            ensure!(
+                b.is_finite() || !a.is_finite(),
+                "output `{}` on the GPU holds {b} where the CPU has {a}",
+                spec.name
+            );
+            difference = difference.max((a - b).abs() / scale);
+        }
+        ensure!(
+            difference <= GPU_AGREEMENT,
+            "output `{}` on the GPU differs from the CPU plan's by {difference:.3e} (relative; at most \
+             {GPU_AGREEMENT:.0e} is accepted)",
+            spec.name
+        );
+        worst = worst.max(difference);
+    }
+    Ok(worst)
 }
 
 /// Gives every ConstantOfShape node without a `value` attribute the float32 zero the ONNX specification

@@ -14,6 +14,7 @@ pub mod gate;
 pub mod health;
 pub mod infer;
 pub mod manifest;
+pub mod panics;
 pub mod pipeline;
 pub mod preprocess;
 pub mod quality;

@@ -47,11 +47,11 @@ impl Models {
         let manifest = Manifest::load(&config.resolve(&config.models.manifest))?;
         let alignment = Alignment::load(&config.resolve(&config.models.alignment))?;
         let detector_entry = manifest.get(&config.models.detector, Role::Detector)?;
-        let detector = Model::load(&manifest, detector_entry)?;
+        let detector = Model::load_on(&manifest, detector_entry, config.runtime.detector_inference)?;
         let classifier = match &config.models.classifier {
             Some(id) => {
                 let entry = manifest.get(id, Role::Classifier)?;
-                Some(Classifier::new(Model::load(&manifest, entry)?)?)
+                Some(Classifier::new(Model::load_on(&manifest, entry, config.runtime.classifier_inference)?)?)
             }
             None => {
                 log::warn!(
@@ -61,6 +61,20 @@ impl Models {
             }
         };
         Ok(Models { manifest, detector, classifier, alignment })
+    }
+
+    /// The models, detector first.
+    pub fn each_mut(&mut self) -> impl Iterator<Item = &mut Model> {
+        std::iter::once(&mut self.detector).chain(self.classifier.as_mut().map(Classifier::model_mut))
+    }
+
+    /// Where each model's inference runs, for the log: `detector on the GPU, classifier on the CPU`.
+    pub fn placements(&self) -> String {
+        let mut text = format!("detector on the {}", self.detector.placement_name());
+        if let Some(classifier) = &self.classifier {
+            text += &format!(", classifier on the {}", classifier.model().placement_name());
+        }
+        text
     }
 }
 
@@ -127,7 +141,28 @@ impl Pipeline {
                 log::info!("backend \"auto\": no GPU path ({reason}); the CPU does the pixel work")
             }
         }
+        // A model whose placement asked for the GPU and did not get it: as for the pixel work.
+        let unplaced: Vec<anyhow::Error> =
+            pipeline.models.each_mut().filter_map(Model::take_gpu_failure).collect();
+        for error in unplaced {
+            if config.runtime.backend == Backend::Cuda {
+                log::error!("backend \"cuda\": {error:#}; that model runs on the CPU");
+                // Said here; the controller is told once (the first reason of several is kept).
+                pipeline.gpu_failure.get_or_insert(error);
+            } else {
+                log::info!("backend \"auto\": {error:#}; that model runs on the CPU");
+            }
+        }
+        log::info!("inference: {}", pipeline.models.placements());
         Ok(pipeline)
+    }
+
+    /// Keeps `error` for `take_gpu_failure` (the first of a frame; the others are logged).
+    fn note_gpu_failure(&mut self, error: anyhow::Error) {
+        match &self.gpu_failure {
+            None => self.gpu_failure = Some(error),
+            Some(_) => log::error!("{error:#}"),
+        }
     }
 
     /// Hands the pixel work to `kernels` (the GPU path) from the next frame on.
@@ -140,9 +175,15 @@ impl Pipeline {
         self.gpu.as_ref().map(|kernels| kernels.name())
     }
 
-    /// The error that made the pipeline drop the GPU path during the last frame, once. The frame itself was
-    /// finished on the CPU; so is every frame after it.
+    /// The error that made the pipeline drop the GPU path (pixel work or a model's inference) during the last
+    /// frame, once; a second one in the same frame is logged. The frame itself was finished on the CPU; so is
+    /// every frame after it.
     pub fn take_gpu_failure(&mut self) -> Option<anyhow::Error> {
+        let from_models: Vec<anyhow::Error> =
+            self.models.each_mut().filter_map(Model::take_gpu_failure).collect();
+        for error in from_models {
+            self.note_gpu_failure(error);
+        }
         self.gpu_failure.take()
     }
 
@@ -295,7 +336,7 @@ impl Pipeline {
     }
 }
 
-/// Runs `work` on the GPU path if there is one; on error drops the path for good (keeping the error for
+/// Runs `work` on the GPU path if there is one; on error (or a panic in the CUDA library) drops the path for good (keeping the error for
 /// `Pipeline::take_gpu_failure`) and returns false, so that the caller does the work on the CPU.
 fn on_gpu(
     gpu: &mut Option<Box<dyn Kernels>>,
@@ -303,7 +344,7 @@ fn on_gpu(
     work: impl FnOnce(&mut dyn Kernels) -> Result<()>,
 ) -> bool {
     let Some(kernels) = gpu.as_mut() else { return false };
-    match work(kernels.as_mut()) {
+    match crate::panics::contain("the CUDA library", || work(kernels.as_mut())) {
         Ok(()) => true,
         Err(error) => {
             let name = kernels.name();

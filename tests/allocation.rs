@@ -66,17 +66,45 @@ fn allocations(work: impl FnOnce()) -> (u64, u64) {
     (OURS.with(Cell::get), INFERENCE.with(Cell::get))
 }
 
-#[test]
-fn steady_state_frames_allocate_nothing_outside_inference() {
-    // The stand-in classifier makes the classifier path run too; a short decision budget makes verdicts come
-    // out during the measured frames.
+/// A pipeline on `backend`. The stand-in classifier makes the classifier path run too; a short decision budget
+/// makes verdicts come out during the measured frames.
+fn pipeline(backend: &str) -> Pipeline {
     let board = common::board(
         Some("stand_in"),
         &[],
-        &[("max_frames = 30 ", "max_frames = 3 "), ("max_session_frames = 90 ", "max_session_frames = 4 ")],
+        &[
+            ("max_frames = 30 ", "max_frames = 3 "),
+            ("max_session_frames = 90 ", "max_session_frames = 4 "),
+            ("backend = \"cpu\"", &format!("backend = \"{backend}\"")),
+        ],
     );
     let config = BoardConfig::load(&board).unwrap();
-    let mut pipeline = Pipeline::new(&config, Models::load(&config).unwrap()).unwrap();
+    Pipeline::new(&config, Models::load(&config).unwrap()).unwrap()
+}
+
+#[test]
+fn steady_state_frames_allocate_nothing_outside_inference() {
+    let mut pipeline = pipeline("cpu");
+    steady_state_frames_allocate_nothing(&mut pipeline);
+}
+
+/// The same with the pixel work on the GPU: uploads, launches (raw `cuLaunchKernel`, not cudarc's builder,
+/// which collects its arguments in a `Vec`) and read-backs into buffers allocated at start.
+#[test]
+fn steady_state_frames_on_the_gpu_allocate_nothing_outside_inference() {
+    let mut pipeline = pipeline("auto");
+    let Some(gpu) = pipeline.gpu() else {
+        eprintln!(
+            "SKIPPED steady_state_frames_on_the_gpu_allocate_nothing_outside_inference: no GPU path here"
+        );
+        return;
+    };
+    eprintln!("pixel work on {gpu}");
+    steady_state_frames_allocate_nothing(&mut pipeline);
+    assert!(pipeline.gpu().is_some(), "the GPU path did all the frames");
+}
+
+fn steady_state_frames_allocate_nothing(pipeline: &mut Pipeline) {
     let photo = image::open(common::fixture("faces/obama2.jpg")).unwrap().to_rgb8();
     let (width, height) = photo.dimensions();
     let mut line = Line::new();

@@ -427,6 +427,12 @@ fn probe_gpu_opens_the_gpu_path_or_says_why_not() {
     } else {
         assert!(!gpu["error"].as_str().unwrap().is_empty(), "{gpu}");
     }
+    let inference = &probe["gpu_inference"];
+    match inference["usable"].as_bool() {
+        Some(true) => assert!(gpu["usable"] == true, "tract's CUDA runtime without a usable GPU: {probe}"),
+        Some(false) => assert!(!inference["error"].as_str().unwrap().is_empty(), "{inference}"),
+        None => panic!("no gpu_inference verdict: {probe}"),
+    }
 }
 
 #[test]

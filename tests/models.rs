@@ -109,3 +109,60 @@ fn the_stand_in_classifier_yields_probabilities_and_verdicts() {
     assert_eq!(verdict.fake_probability, Some(probability));
     assert_eq!(verdict.frames_used, 1);
 }
+
+/// `Placement::Cuda` where tract's CUDA runtime can run: the model runs on the GPU, within `GPU_AGREEMENT` of
+/// the CPU plan on inputs it was not checked on at load. Where it cannot (no driver, GPU, cuDNN…): the model
+/// still loads and runs on the CPU, identical to a CPU-placed one, and the reason is kept, once, for the
+/// runtime to report.
+#[test]
+fn a_model_placed_on_the_gpu_runs_there_or_on_the_cpu_with_the_reason_kept() {
+    use deepgate::config::Placement;
+    use deepgate::infer::{cuda_runtime, fill_test_pattern, Model, GPU_AGREEMENT};
+    let manifest = Manifest::load(&common::root().join("models/manifest.toml")).unwrap();
+    let usable = cuda_runtime().map(|_| ()).map_err(|error| format!("{error:#}"));
+    if let Err(reason) = &usable {
+        eprintln!("no GPU inference here ({reason}): checking that placed models fall back to the CPU");
+    }
+    for (id, role) in [("blazeface_front_128", Role::Detector), ("deepgate_student", Role::Classifier)] {
+        let entry = manifest.get(id, role).unwrap();
+        let mut on_cpu = Model::load(&manifest, entry).unwrap();
+        let mut placed = Model::load_on(&manifest, entry, Placement::Cuda).unwrap();
+        assert_eq!(on_cpu.placement_name(), "CPU");
+        let failure = placed.take_gpu_failure().map(|error| format!("{error:#}"));
+        match &usable {
+            Ok(()) => assert_eq!((placed.placement_name(), failure), ("GPU", None)),
+            Err(reason) => {
+                assert_eq!(placed.placement_name(), "CPU");
+                let failure = failure.expect("the reason the model is not on the GPU is kept");
+                assert!(failure.contains(id) && failure.contains(reason.as_str()), "{failure}");
+            }
+        }
+        assert!(placed.take_gpu_failure().is_none(), "the reason is given once");
+
+        for shift in [0.0f32, 0.5, -0.7] {
+            for model in [&mut on_cpu, &mut placed] {
+                model
+                    .write_input(|_, values| {
+                        fill_test_pattern(values);
+                        values.iter_mut().for_each(|value| *value = (*value + shift).clamp(-1.0, 1.0));
+                        Ok(())
+                    })
+                    .unwrap();
+            }
+            let (expected, found) = (on_cpu.run().unwrap(), placed.run().unwrap());
+            for (expected, found) in expected.iter().zip(&found) {
+                let expected = expected.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
+                let found = found.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
+                let scale = expected.iter().fold(1f32, |most, value| most.max(value.abs()));
+                let worst = expected.iter().zip(&found).fold(0f32, |most, (a, b)| most.max((a - b).abs()));
+                match &usable {
+                    Ok(()) => assert!(
+                        worst <= GPU_AGREEMENT * scale && found.iter().all(|value| value.is_finite()),
+                        "{id} on the GPU: {worst} from the CPU (scale {scale})"
+                    ),
+                    Err(_) => assert_eq!(found, expected, "{id} falls back to exactly the CPU plan"),
+                }
+            }
+        }
+    }
+}

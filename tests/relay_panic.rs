@@ -25,6 +25,14 @@ fn a_panic_on_another_thread_latches_the_fault_state() {
         std::thread::sleep(Duration::from_millis(2));
     }
 
+    // A GPU library's panic that the runtime contains (and falls back from) is not a fault of the process.
+    let contained = deepgate::panics::contain("the CUDA library", || -> anyhow::Result<()> {
+        panic!("could not create a stream (deliberately, in a test)")
+    });
+    assert!(contained.unwrap_err().to_string().contains("could not create a stream"));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(line.energised(), Some(true), "a contained panic released the maglock");
+
     // Not the relay's owner: nothing unwinds into the relay, only the hook can act.
     let worker = std::thread::spawn(|| panic!("a worker panicked (deliberately, in a test)"));
     assert!(worker.join().is_err());

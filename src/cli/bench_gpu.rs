@@ -1,9 +1,14 @@
 //! `deepgate bench-gpu`: the preprocessing stages on the CPU reference and on the CUDA kernels, side by side in
 //! one run on the same frames, and (with `--torch PYTHON`) the same work done the way a Python user would do it
 //! in PyTorch on the same GPU: per-stage medians, their ratios, and the fused letterbox kernel's achieved
-//! bandwidth against the device's peak. Needs a GPU; says why not and exits 2 elsewhere.
+//! bandwidth against the device's peak. Then each model's inference on tract's CPU plan and on its CUDA runtime,
+//! with the placement (`[runtime] detector_inference` / `classifier_inference`) the figures call for. Needs a
+//! GPU; says why not and exits 2 elsewhere.
 // Without the `cuda` feature only the refusal remains of this command.
-#![cfg_attr(not(feature = "cuda"), allow(unused_imports, unused_variables, dead_code))]
+#![cfg_attr(
+    not(feature = "cuda"),
+    allow(unused_imports, unused_variables, dead_code, clippy::needless_return)
+)]
 
 use anyhow::{bail, Context, Result};
 use deepgate::capture::synthetic::camera_frame;
@@ -186,11 +191,72 @@ pub fn bench_gpu(
             }
             results.push(result);
         }
+        let mut inference = Vec::new();
+        for (id, role) in [
+            (config.models.detector.as_str(), Role::Detector),
+            (config.models.classifier.as_deref().unwrap_or(""), Role::Classifier),
+        ] {
+            let result = bench_inference(&manifest, manifest.get(id, role)?, frames)?;
+            if !json_output {
+                println!("{}", result["text"].as_str().unwrap_or_default());
+            }
+            inference.push(result);
+        }
         if json_output {
-            println!("{}", serde_json::to_string_pretty(&json!({ "device": device, "results": results }))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &json!({ "device": device, "results": results, "inference": inference })
+                )?
+            );
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// One model's inference on tract's CPU plan and on tract's CUDA runtime, side by side (median ms per run, the
+/// input a fixed pattern), and the placement the figures say to configure: the GPU only when it is at least 10%
+/// faster, since the CPU plan is the reference and needs no driver.
+#[cfg(feature = "cuda")]
+fn bench_inference(
+    manifest: &Manifest,
+    entry: &deepgate::manifest::ModelEntry,
+    frames: usize,
+) -> Result<serde_json::Value> {
+    use deepgate::config::Placement;
+    use deepgate::infer::{fill_test_pattern, Model};
+    let pattern = |model: &mut Model| {
+        model.write_input(|_, values| {
+            fill_test_pattern(values);
+            Ok(())
+        })
+    };
+    let mut on_cpu = Model::load(manifest, entry)?;
+    pattern(&mut on_cpu)?;
+    let cpu_ms = time(frames, || on_cpu.run().map(drop))?;
+    let mut on_gpu = Model::load_on(manifest, entry, Placement::Cuda)?;
+    if let Some(error) = on_gpu.take_gpu_failure() {
+        return Ok(json!({
+            "model": entry.id, "cpu_ms": cpu_ms, "gpu_ms": null, "placement": "cpu", "gpu_error": format!("{error:#}"),
+            "text": format!("  inference {}: CPU {cpu_ms:.3} ms; not on the GPU: {error:#}", entry.id),
+        }));
+    }
+    pattern(&mut on_gpu)?;
+    let gpu_ms = time(frames, || on_gpu.run().map(drop))?;
+    if let Some(error) = on_gpu.take_gpu_failure() {
+        bail!("{}: inference on the GPU failed while timing it: {error:#}", entry.id);
+    }
+    let placement = if gpu_ms * 1.1 <= cpu_ms { "cuda" } else { "cpu" };
+    Ok(json!({
+        "model": entry.id, "cpu_ms": cpu_ms, "gpu_ms": gpu_ms, "cpu_over_gpu": cpu_ms / gpu_ms, "placement": placement,
+        "text": format!(
+            "  inference {}: CPU {cpu_ms:.3} ms, GPU (tract CUDA) {gpu_ms:.3} ms, ratio CPU / GPU {:.2}x: \
+             configure {}_inference = \"{placement}\"",
+            entry.id,
+            cpu_ms / gpu_ms,
+            match entry.role { Role::Detector => "detector", Role::Classifier => "classifier" },
+        ),
+    }))
 }
 
 /// Runs the PyTorch version with `python` and returns its medians (ms): upload, letterbox, crops, total.

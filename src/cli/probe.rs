@@ -19,18 +19,24 @@ pub fn probe(gpu: bool) -> Result<ExitCode> {
     });
     if gpu {
         value["gpu"] = gpu_path();
+        value["gpu_inference"] = match deepgate::infer::cuda_runtime() {
+            Ok(_) => json!({ "usable": true, "runtime": "tract CUDA (cudart, cuBLAS, cuDNN found)" }),
+            Err(error) => json!({ "usable": false, "error": format!("{error:#}") }),
+        };
     }
     println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(ExitCode::SUCCESS)
 }
 
 /// The GPU path opened as `run` opens it (backend "auto", the default kernel cache): the device, its
-/// architecture and peak bandwidth and where the kernels came from; or why it cannot be used.
+/// architecture and peak bandwidth and where the kernels came from; or why it cannot be used. (`gpu_inference`
+/// beside it says whether tract's CUDA runtime finds its libraries; each model is checked when it loads.)
 fn gpu_path() -> serde_json::Value {
     #[cfg(feature = "cuda")]
     {
         use deepgate::preprocess::cuda::gpu;
-        let opened = gpu::probe().and_then(|()| {
+        let opened = deepgate::panics::contain("the CUDA library (opening the GPU)", || {
+            gpu::probe()?;
             gpu::CudaKernels::new(gpu::GpuOptions { cache: gpu::default_cache(), ..Default::default() })
         });
         match opened {

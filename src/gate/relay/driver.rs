@@ -189,14 +189,18 @@ impl Shared {
 static RELAYS: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 
 /// Installs (once per process) a panic hook that puts every relay into its fault state, latched, before the
-/// previous hook runs. `RelayGate::open` calls it; tests that start relays on recording lines do not, so that
+/// previous hook runs; except for a panic inside `crate::panics::contain`, which the runtime recovers from. `RelayGate::open` calls it; tests that start relays on recording lines do not, so that
 /// one failing test does not fault the relays of the others.
 pub fn install_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            fault_every_relay_on_panic();
+            // A GPU library's panic that the runtime catches and falls back from (`crate::panics::contain`)
+            // is an error like any other, not a broken process.
+            if !crate::panics::contained() {
+                fault_every_relay_on_panic();
+            }
             previous(info);
         }));
     });

@@ -13,8 +13,8 @@ use crate::manifest::InputSpec;
 use crate::preprocess::Affine;
 use anyhow::{bail, ensure, Context, Result};
 use cudarc::driver::{
-    sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, DriverError, LaunchConfig,
-    PinnedHostSlice, PushKernelArg, ValidAsZeroBits,
+    sys, CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, DriverError,
+    LaunchConfig, PinnedHostSlice, ValidAsZeroBits,
 };
 use cudarc::nvrtc;
 use std::ffi::CString;
@@ -219,6 +219,40 @@ pub struct GpuOptions {
 }
 
 /// A device buffer with its pinned host twin, grown on demand and otherwise reused frame after frame.
+/// One kernel argument as `cuLaunchKernel` takes it: a pointer to the argument's value, which must stay alive
+/// and unmoved until the launch call returns.
+fn arg<T>(value: &T) -> *mut std::ffi::c_void {
+    value as *const T as *mut std::ffi::c_void
+}
+
+/// Launches `function` on `stream` with `params` (from `arg`, in the kernel's parameter order). Unlike cudarc's
+/// launch builder, which collects its arguments and events in `Vec`s, this allocates nothing, so a frame's
+/// launches cost no heap allocation. The builder's events order work across streams; there is one stream here,
+/// which orders everything, and the device pointers' guards (`device_ptr`) still record their uses.
+///
+/// SAFETY: `params` must match the kernel's parameters in number, type and order, and every buffer it points
+/// into must outlive the work queued on `stream`.
+unsafe fn launch(
+    stream: &CudaStream,
+    function: &CudaFunction,
+    config: LaunchConfig,
+    params: &mut [*mut std::ffi::c_void],
+) -> Result<()> {
+    stream.context().bind_to_thread().map_err(driver_error)?;
+    // SAFETY: as the caller promised; the function and the stream belong to the context just bound.
+    unsafe {
+        cudarc::driver::result::launch_kernel(
+            function.cu_function(),
+            config.grid_dim,
+            config.block_dim,
+            config.shared_mem_bytes,
+            stream.cu_stream(),
+            params,
+        )
+    }
+    .map_err(driver_error)
+}
+
 struct Staged<T: DeviceRepr + ValidAsZeroBits> {
     device: CudaSlice<T>,
     host: PinnedHostSlice<T>,
@@ -357,11 +391,12 @@ impl CudaKernels {
         let (grid_x, grid_y) = grid(width as u32, height as u32);
         let config =
             LaunchConfig { grid_dim: (grid_x, grid_y, 1), block_dim: (BLOCK, BLOCK, 1), shared_mem_bytes: 0 };
-        let mut launch = self.stream.launch_builder(&self.letterbox);
-        launch.arg(&frame).arg(&map).arg(&taps).arg(&norm).arg(&w).arg(&h).arg(&mut staged.device);
+        let (out, _written) = staged.device.device_ptr_mut(&self.stream);
+        let mut params = [arg(&frame), arg(&map), arg(&taps), arg(&norm), arg(&w), arg(&h), arg(&out)];
         // SAFETY: the arguments match dg_letterbox's parameters in type and order; the output holds w*h*3
         // floats and the frame buffer `frame.bytes` bytes; the kernel checks both.
-        unsafe { launch.launch(config) }.map_err(driver_error).context("launching dg_letterbox")?;
+        unsafe { launch(&self.stream, &self.letterbox, config, &mut params) }
+            .context("launching dg_letterbox")?;
         Ok(len)
     }
 
@@ -443,7 +478,6 @@ impl Kernels for CudaKernels {
             let mut device = staged.device.slice_mut(0..len);
             self.stream.memcpy_htod(&*host, &mut device).map_err(driver_error)?;
             // The device address of the copy; the stream orders the kernels after the copy.
-            use cudarc::driver::DevicePtr;
             let (pointer, _guard) = staged.device.device_ptr(&self.stream);
             pointer
         };
@@ -494,19 +528,26 @@ impl Kernels for CudaKernels {
         };
         let norm = DgNorm::of(spec);
         let (tensor_len, image_len) = (staged_tensors.device.len() as u64, staged_images.device.len() as u64);
-        let mut launch = self.stream.launch_builder(&self.crops);
-        launch
-            .arg(&frame)
-            .arg(&self.jobs)
-            .arg(&count)
-            .arg(&norm)
-            .arg(&mut staged_tensors.device)
-            .arg(&tensor_len)
-            .arg(&mut staged_images.device)
-            .arg(&image_len);
-        // SAFETY: the arguments match dg_crops's parameters; every crop's offset and size were planned inside
-        // the buffers' lengths, which the kernel checks again.
-        unsafe { launch.launch(config) }.map_err(driver_error).context("launching dg_crops")?;
+        {
+            // The guards record these uses once the launch is queued, when they drop.
+            let (jobs, _read) = self.jobs.device_ptr(&self.stream);
+            let (tensor_out, _tensors_written) = staged_tensors.device.device_ptr_mut(&self.stream);
+            let (image_out, _images_written) = staged_images.device.device_ptr_mut(&self.stream);
+            let mut params = [
+                arg(&frame),
+                arg(&jobs),
+                arg(&count),
+                arg(&norm),
+                arg(&tensor_out),
+                arg(&tensor_len),
+                arg(&image_out),
+                arg(&image_len),
+            ];
+            // SAFETY: the arguments match dg_crops's parameters; every crop's offset and size were planned
+            // inside the buffers' lengths, which the kernel checks again.
+            unsafe { launch(&self.stream, &self.crops, config, &mut params) }
+                .context("launching dg_crops")?;
+        }
         if floats > 0 {
             self.stream
                 .memcpy_dtoh(&staged_tensors.device.slice(0..floats), &mut staged_tensors.host)

@@ -56,23 +56,11 @@ pub fn open(config: &crate::config::BoardConfig) -> std::result::Result<Option<B
             },
             fault_at: std::env::var("DEEPGATE_CUDA_FAULT_AT").ok().and_then(|value| value.parse().ok()),
         };
-        let opened =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> Result<Box<dyn Kernels>> {
-                gpu::probe()?;
-                Ok(Box::new(gpu::CudaKernels::new(options)?))
-            }));
-        match opened {
-            Ok(Ok(kernels)) => Ok(Some(kernels)),
-            Ok(Err(error)) => Err(format!("{error:#}")),
-            Err(panic) => Err(format!(
-                "the CUDA library panicked while opening the GPU: {}",
-                panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("(no message)")
-            )),
-        }
+        let opened = crate::panics::contain("the CUDA library (opening the GPU)", || {
+            gpu::probe()?;
+            Ok(Box::new(gpu::CudaKernels::new(options)?) as Box<dyn Kernels>)
+        });
+        opened.map(Some).map_err(|error| format!("{error:#}"))
     }
     #[cfg(not(feature = "cuda"))]
     {
