@@ -210,7 +210,16 @@ impl Model {
         let mut outputs = None;
         if let Some(gpu) = self.gpu.as_mut() {
             let input = self.input.clone().into_tvalue();
-            match crate::panics::contain("tract's CUDA runtime", || gpu.run(tvec!(input))) {
+            let run = || {
+                let outputs = gpu.run(tvec!(input))?;
+                // Bring the outputs back now (tract-cuda copies them on first read), so that a failed copy is
+                // this run's failure, redone on the CPU, rather than an error in whoever reads them.
+                for output in &outputs {
+                    output.try_as_plain_ram()?;
+                }
+                Ok(outputs)
+            };
+            match crate::panics::contain("tract's CUDA runtime", run) {
                 Ok(found) => outputs = Some(found),
                 Err(error) => {
                     self.gpu = None;

@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn deepgate(arguments: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_deepgate"))
+    Command::new(common::exe())
         .args(arguments)
         .current_dir(common::root())
         .env("RUST_LOG", "warn")
@@ -167,7 +167,7 @@ fn run_stops_cleanly_on_sigterm() {
         &[],
         &[("repeat = false", "repeat = true"), ("frame_rate = 0.0", "frame_rate = 20.0")],
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_deepgate"))
+    let mut child = Command::new(common::exe())
         .args(["run", "--board", board.to_str().unwrap()])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())

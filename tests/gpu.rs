@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn deepgate(arguments: &[&str], fault_at: Option<u64>) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_deepgate"));
+    let mut command = Command::new(common::exe());
     command.args(arguments).current_dir(common::root()).env("RUST_LOG", "info");
     if let Some(frame) = fault_at {
         command.env("DEEPGATE_CUDA_FAULT_AT", frame.to_string());

@@ -204,7 +204,7 @@ impl Kiosk {
         let models = board.parent().unwrap().to_path_buf();
         prepare(&models);
         let stderr = directory.join(format!("deepgate-{}.err", std::process::id()));
-        let child = Command::new(env!("CARGO_BIN_EXE_deepgate"))
+        let child = Command::new(common::exe())
             .args(["run", "--board", board.to_str().unwrap()])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -5,8 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// The source tree: where it was built, or `DEEPGATE_SOURCE_ROOT` for test binaries carried to another machine
+/// (`cargo xtask gpu-check`).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("DEEPGATE_SOURCE_ROOT")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
+/// The `deepgate` binary built with these tests, or `DEEPGATE_BIN` (as `root`).
+pub fn exe() -> PathBuf {
+    std::env::var_os("DEEPGATE_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_deepgate")), PathBuf::from)
 }
 
 pub fn fixture(name: &str) -> PathBuf {

@@ -4,6 +4,7 @@ mod ci;
 mod cross;
 mod dist;
 mod distill;
+mod gpu_check;
 mod setup;
 mod tidy;
 mod vm;
@@ -29,6 +30,10 @@ tasks:
   distill <step|all|test> [config]
           the classifier's training pipeline (models/distill): faces, separability, teacher, student,
           export, evaluate; config defaults to configs/full.toml (the shipped student's recipe)
+  gpu-check [--cuda cuda-13000|cuda-12020]
+          build deepgate and the tests whose GPU checks skip without a GPU (x86_64, that CUDA API version,
+          default cuda-13000), pack them into <target>/gpu-check with run.sh, which runs them on a GPU machine
+          that has no Rust (kernel parity, fault injection, GPU inference, allocations, bench-gpu)
   vm-test [--arch x86_64|aarch64|all] [--timeout SECONDS] [--prepare-only] [-- TEST FILTERS]
           boot Debian's kernel under qemu (x86_64 and aarch64 guests, default all) and run tests/vm_guest.rs
           inside against the vivid and v4l2loopback drivers; kernel, headers and modules are cached in
@@ -44,6 +49,7 @@ fn main() -> ExitCode {
         Some("test-aarch64") => cross::test_aarch64(),
         Some("vm-test") => vm::vm_test(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("distill") => distill::distill(&std::env::args().skip(2).collect::<Vec<_>>()),
+        Some("gpu-check") => gpu_check::gpu_check(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprint!("{HELP}");
             return ExitCode::from(2);
