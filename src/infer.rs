@@ -158,14 +158,8 @@ impl Model {
             Ok(())
         })?;
         let on_cpu = self.run()?;
-        let mut on_gpu = None;
-        for _ in 0..2 {
-            let input = self.input.clone().into_tvalue();
-            on_gpu = Some(crate::panics::contain("tract's CUDA runtime", || {
-                gpu.run(tvec!(input)).context("warm-up run on the GPU")
-            })?);
-        }
-        let on_gpu = on_gpu.context("no run")?;
+        run_on_gpu(gpu.as_mut(), &self.input).context("warm-up run on the GPU")?;
+        let on_gpu = run_on_gpu(gpu.as_mut(), &self.input).context("second run on the GPU")?;
         let agreement = agreement(&self.entry, &on_cpu, &on_gpu)?;
         self.write_input(|_, values| {
             values.fill(0.0);
@@ -209,17 +203,7 @@ impl Model {
         IN_INFERENCE.with(|flag| flag.set(true));
         let mut outputs = None;
         if let Some(gpu) = self.gpu.as_mut() {
-            let input = self.input.clone().into_tvalue();
-            let run = || {
-                let outputs = gpu.run(tvec!(input))?;
-                // Bring the outputs back now (tract-cuda copies them on first read), so that a failed copy is
-                // this run's failure, redone on the CPU, rather than an error in whoever reads them.
-                for output in &outputs {
-                    output.try_as_plain_ram()?;
-                }
-                Ok(outputs)
-            };
-            match crate::panics::contain("tract's CUDA runtime", run) {
+            match run_on_gpu(gpu.as_mut(), &self.input) {
                 Ok(found) => outputs = Some(found),
                 Err(error) => {
                     self.gpu = None;
@@ -237,6 +221,19 @@ impl Model {
         IN_INFERENCE.with(|flag| flag.set(false));
         outputs.with_context(|| format!("running model `{}`", self.entry.id))
     }
+}
+
+/// One run of a GPU plan on `input`, its panics contained. The outputs are brought back here (tract-cuda copies
+/// them on first read), so that a failed copy is this run's failure, redone on the CPU, and not an error in
+/// whoever reads them.
+fn run_on_gpu(gpu: &mut dyn State, input: &Tensor) -> Result<TVec<TValue>> {
+    crate::panics::contain("tract's CUDA runtime", || {
+        let outputs = gpu.run(tvec!(input.clone().into_tvalue()))?;
+        for output in &outputs {
+            output.try_as_plain_ram()?;
+        }
+        Ok(outputs)
+    })
 }
 
 /// tract's CUDA runtime, if it can run here: the driver, a GPU and NVRTC (probed before anything touches
