@@ -530,5 +530,15 @@ mod fallback {
         assert_eq!(failures, vec![fail_from as usize], "one report, at the failing frame");
         assert!(failing.gpu().is_none(), "the failed path is not used again");
         assert_eq!(lines, reference);
+
+        // A panic inside the GPU library instead of an error: contained, and the same as a failure.
+        let mut panicking = pipeline();
+        let mut kernels = HostKernels::default();
+        kernels.panic_at = Some(fail_from);
+        panicking.use_gpu(Box::new(kernels));
+        let (lines, failures) = play(&mut panicking);
+        assert_eq!(failures, vec![fail_from as usize - 1], "one report, at the panicking frame");
+        assert!(panicking.gpu().is_none());
+        assert_eq!(lines, reference);
     }
 }

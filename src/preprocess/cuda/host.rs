@@ -46,6 +46,8 @@ pub struct HostKernels {
     described: Option<DgFrame>,
     /// Test switch: fail every call from this upload on (counting from 0), as a dead GPU would.
     pub fail_from: Option<u64>,
+    /// Test switch: panic at this upload, as cudarc or tract-cuda do on some failures.
+    pub panic_at: Option<u64>,
     uploads: u64,
 }
 
@@ -64,6 +66,7 @@ impl Kernels for HostKernels {
         self.described = None;
         self.uploads += 1;
         ensure!(self.fail_from.is_none_or(|from| self.uploads <= from), "injected fault");
+        assert!(self.panic_at != Some(self.uploads), "injected panic");
         self.frame.clear();
         self.frame.extend_from_slice(frame.data);
         self.described = Some(DgFrame::describe(frame, self.frame.as_ptr() as u64)?);
