@@ -162,6 +162,7 @@ pub fn bench_gpu(
                 "gpu_ms": { "upload": upload, "letterbox": gpu_letterbox, "crops": gpu_crops,
                             "letterbox_kernel": kernel_ms },
                 "letterbox_kernel_gbps": achieved, "peak_gbps": peak,
+                "letterbox_overhead_ms": gpu_letterbox - kernel_ms,
                 "torch_ms": torch_result,
                 "torch_over_ours": torch_result.as_ref().and_then(|t| t["total"].as_f64()).map(|t| t / ours),
             });
@@ -171,6 +172,13 @@ pub fn bench_gpu(
                 println!(
                     "  CUDA kernels:  upload {upload:.3} ms, letterbox {gpu_letterbox:.3} ms (kernel alone \
                      {kernel_ms:.4} ms: {achieved:.1} GB/s of {peak:.0} GB/s peak), crops {gpu_crops:.3} ms"
+                );
+                // What a CUDA graph could save at most: the letterbox stage's time outside its kernel (launch,
+                // read-back, synchronisation), against the kernel's own.
+                println!(
+                    "  letterbox stage outside the kernel (launch, read-back, sync): {:.4} ms against {kernel_ms:.4} \
+                     ms in it",
+                    gpu_letterbox - kernel_ms
                 );
                 println!(
                     "  ratio CPU / CUDA: letterbox {:.1}x, crops {:.1}x",
