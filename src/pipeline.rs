@@ -336,8 +336,9 @@ impl Pipeline {
     }
 }
 
-/// Runs `work` on the GPU path if there is one; on error (or a panic in the CUDA library) drops the path for good (keeping the error for
-/// `Pipeline::take_gpu_failure`) and returns false, so that the caller does the work on the CPU.
+/// Runs `work` on the GPU path if there is one; on error (or a panic in the CUDA library) drops the path for
+/// good (keeping the error for `Pipeline::take_gpu_failure`) and returns false, so that the caller does the
+/// work on the CPU.
 fn on_gpu(
     gpu: &mut Option<Box<dyn Kernels>>,
     failure: &mut Option<anyhow::Error>,

@@ -90,7 +90,7 @@ pub fn bench_gpu(
             eprintln!("deepgate bench-gpu: no usable GPU here ({reason:#})");
             return Ok(ExitCode::from(2));
         }
-        gpu::CudaKernels::new(gpu::GpuOptions { cache: gpu::default_cache(), ..Default::default() })?
+        gpu::CudaKernels::open(gpu::GpuOptions { cache: gpu::default_cache(), ..Default::default() })?
     };
     #[cfg(not(feature = "cuda"))]
     {

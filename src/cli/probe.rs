@@ -35,11 +35,7 @@ fn gpu_path() -> serde_json::Value {
     #[cfg(feature = "cuda")]
     {
         use deepgate::preprocess::cuda::gpu;
-        let opened = deepgate::panics::contain("the CUDA library (opening the GPU)", || {
-            gpu::probe()?;
-            gpu::CudaKernels::new(gpu::GpuOptions { cache: gpu::default_cache(), ..Default::default() })
-        });
-        match opened {
+        match gpu::CudaKernels::open(gpu::GpuOptions { cache: gpu::default_cache(), ..Default::default() }) {
             Ok(kernels) => {
                 let info = kernels.info();
                 json!({

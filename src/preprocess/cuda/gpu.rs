@@ -218,7 +218,6 @@ pub struct GpuOptions {
     pub fault_at: Option<u64>,
 }
 
-/// A device buffer with its pinned host twin, grown on demand and otherwise reused frame after frame.
 /// One kernel argument as `cuLaunchKernel` takes it: a pointer to the argument's value, which must stay alive
 /// and unmoved until the launch call returns.
 fn arg<T>(value: &T) -> *mut std::ffi::c_void {
@@ -253,6 +252,7 @@ unsafe fn launch(
     .map_err(driver_error)
 }
 
+/// A device buffer with its pinned host twin, grown on demand and otherwise reused frame after frame.
 struct Staged<T: DeviceRepr + ValidAsZeroBits> {
     device: CudaSlice<T>,
     host: PinnedHostSlice<T>,
@@ -311,8 +311,17 @@ pub struct CudaKernels {
 }
 
 impl CudaKernels {
+    /// The GPU path, or why it cannot be had here: `probe`, then `new`, with a panic inside cudarc contained
+    /// (it becomes the error). The one way `run`, `probe --gpu` and `bench-gpu` open it.
+    pub fn open(options: GpuOptions) -> Result<CudaKernels> {
+        crate::panics::contain("the CUDA library (opening the GPU)", || {
+            probe()?;
+            CudaKernels::new(options)
+        })
+    }
+
     /// Opens GPU 0, compiles (or loads from the cache) the kernels for its architecture and allocates the
-    /// fixed buffers. Call `probe` first.
+    /// fixed buffers. Call `probe` first (`open` does both).
     pub fn new(options: GpuOptions) -> Result<CudaKernels> {
         let context = CudaContext::new(0).map_err(driver_error).context("opening GPU 0")?;
         let capability = context.compute_capability().map_err(driver_error)?;

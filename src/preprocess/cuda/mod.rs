@@ -56,11 +56,10 @@ pub fn open(config: &crate::config::BoardConfig) -> std::result::Result<Option<B
             },
             fault_at: std::env::var("DEEPGATE_CUDA_FAULT_AT").ok().and_then(|value| value.parse().ok()),
         };
-        let opened = crate::panics::contain("the CUDA library (opening the GPU)", || {
-            gpu::probe()?;
-            Ok(Box::new(gpu::CudaKernels::new(options)?) as Box<dyn Kernels>)
-        });
-        opened.map(Some).map_err(|error| format!("{error:#}"))
+        match gpu::CudaKernels::open(options) {
+            Ok(kernels) => Ok(Some(Box::new(kernels))),
+            Err(error) => Err(format!("{error:#}")),
+        }
     }
     #[cfg(not(feature = "cuda"))]
     {
