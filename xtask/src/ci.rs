@@ -48,6 +48,47 @@ pub fn run_with(program: &str, arguments: &[&str], environment: &[(&str, &std::p
     Ok(())
 }
 
+/// An executable cargo built, as its JSON messages name it.
+pub struct Built {
+    /// The target's name (`deepgate`, a test file's stem) and first kind (`bin`, `lib`, `test`).
+    pub name: String,
+    pub kind: String,
+    /// Built with the test harness (unit or integration tests) rather than as a program.
+    pub test: bool,
+    pub path: PathBuf,
+}
+
+/// Runs `cargo <arguments> --message-format=json-render-diagnostics` in the workspace root (diagnostics on
+/// standard error) and returns the executables cargo names, parsed from its JSON messages rather than searched
+/// for in the target directory.
+pub fn cargo_executables(arguments: &[&str]) -> Result<Vec<Built>> {
+    let arguments = [arguments, &["--message-format=json-render-diagnostics"]].concat();
+    eprintln!("\n$ {} {}", cargo(), arguments.join(" "));
+    let start = Instant::now();
+    let output = Command::new(cargo())
+        .args(&arguments)
+        .current_dir(root())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("starting cargo")?;
+    eprintln!("({:.0} s)", start.elapsed().as_secs_f64());
+    if !output.status.success() {
+        bail!("`cargo {}` failed with {}", arguments.join(" "), output.status);
+    }
+    let mut built = Vec::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Some(executable) = message["executable"].as_str() else { continue };
+        built.push(Built {
+            name: message["target"]["name"].as_str().unwrap_or_default().to_string(),
+            kind: message["target"]["kind"][0].as_str().unwrap_or_default().to_string(),
+            test: message["profile"]["test"].as_bool().unwrap_or(false),
+            path: PathBuf::from(executable),
+        });
+    }
+    Ok(built)
+}
+
 /// Builds the `deepgate` binary (release, or the test profile's, whose dependencies are optimised too) and
 /// returns its path: the training pipeline drives it.
 pub fn deepgate_binary(release: bool) -> Result<PathBuf> {

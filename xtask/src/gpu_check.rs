@@ -12,7 +12,7 @@
 //! (fallback, fault injection mid-stream, models on tract's CUDA runtime), the GPU allocation test and
 //! `deepgate bench-gpu --torch python3`; any failure or any test that still skips makes it exit 1.
 
-use crate::ci::{cargo, root, target_dir};
+use crate::ci::target_dir;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -76,44 +76,21 @@ pub fn gpu_check(arguments: &[String]) -> Result<()> {
 
 /// Builds `deepgate` and the test programs with `feature` and returns (name, executable) for each.
 fn build(feature: &str) -> Result<Vec<(String, PathBuf)>> {
-    let mut arguments = vec![
-        "test",
-        "--locked",
-        "--no-run",
-        "--no-default-features",
-        "--features",
-        feature,
-        "--lib",
-        "--message-format=json-render-diagnostics",
-    ];
+    let mut arguments =
+        vec!["test", "--locked", "--no-run", "--no-default-features", "--features", feature, "--lib"];
     for test in TESTS {
         arguments.extend(["--test", test]);
     }
-    eprintln!("\n$ {} {}", cargo(), arguments.join(" "));
-    let output = Command::new(cargo())
-        .args(&arguments)
-        .current_dir(root())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("starting cargo")?;
-    if !output.status.success() {
-        bail!("building the GPU checks failed");
-    }
     let mut built = Vec::new();
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let Some(executable) = message["executable"].as_str() else { continue };
-        let name = message["target"]["name"].as_str().unwrap_or_default();
-        let kind = message["target"]["kind"][0].as_str().unwrap_or_default();
-        let test = message["profile"]["test"].as_bool().unwrap_or(false);
-        let carried = match (kind, test) {
-            ("bin", false) if name == "deepgate" => "deepgate".to_string(),
+    for executable in crate::ci::cargo_executables(&arguments).context("building the GPU checks")? {
+        let carried = match (executable.kind.as_str(), executable.test) {
+            ("bin", false) if executable.name == "deepgate" => "deepgate".to_string(),
             ("lib", true) => "lib-tests".to_string(),
-            ("test", true) if TESTS.contains(&name) => name.to_string(),
+            ("test", true) if TESTS.contains(&executable.name.as_str()) => executable.name,
             _ => continue,
         };
         if !built.iter().any(|(known, _)| *known == carried) {
-            built.push((carried, PathBuf::from(executable)));
+            built.push((carried, executable.path));
         }
     }
     if built.len() != TESTS.len() + 2 {

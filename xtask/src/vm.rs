@@ -262,44 +262,21 @@ pub fn vm_test(arguments: &[String]) -> Result<()> {
 /// builds both (an integration test's build includes the package's binaries). x86_64: the dev profile (its
 /// dependencies are optimised); aarch64: release, the build that ships to a Jetson.
 fn build(arch: Arch) -> Result<(PathBuf, PathBuf)> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut arguments = vec![
-        "test",
-        "--locked",
-        "--no-run",
-        "--test",
-        "vm_guest",
-        "--message-format=json-render-diagnostics",
-    ];
+    let mut arguments = vec!["test", "--locked", "--no-run", "--test", "vm_guest"];
     if arch != Arch::host() {
         arguments.extend(["--release", "--target", arch.rust_target()]);
     }
-    eprintln!("\n$ {cargo} {}", arguments.join(" "));
-    let start = Instant::now();
-    let output = Command::new(&cargo)
-        .args(&arguments)
-        .current_dir(crate::ci::root())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("starting cargo")?;
-    eprintln!("({:.0} s)", start.elapsed().as_secs_f64());
-    if !output.status.success() {
-        bail!("building the guest programs for {} failed", arch.name());
-    }
-    let (mut deepgate, mut guest_tests) = (None, None);
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        let Some(executable) = message["executable"].as_str() else { continue };
-        let kinds = message["target"]["kind"].as_array().cloned().unwrap_or_default();
-        match (message["target"]["name"].as_str(), kinds.first().and_then(|kind| kind.as_str())) {
-            (Some("deepgate"), Some("bin")) => deepgate = Some(PathBuf::from(executable)),
-            (Some("vm_guest"), Some("test")) => guest_tests = Some(PathBuf::from(executable)),
-            _ => {}
-        }
-    }
+    let built = crate::ci::cargo_executables(&arguments)
+        .with_context(|| format!("building the guest programs for {}", arch.name()))?;
+    let find = |name: &str, kind: &str| {
+        built
+            .iter()
+            .find(|executable| executable.name == name && executable.kind == kind)
+            .map(|b| b.path.clone())
+    };
     Ok((
-        deepgate.context("cargo named no deepgate binary")?,
-        guest_tests.context("cargo named no vm_guest test executable")?,
+        find("deepgate", "bin").context("cargo named no deepgate binary")?,
+        find("vm_guest", "test").context("cargo named no vm_guest test executable")?,
     ))
 }
 
