@@ -125,9 +125,18 @@ class MobileNetV2(nn.Module):
         kept = blocks + 1 + (blocks == 17)
         self.features = nn.Sequential(*features[:kept])
         self.channels = widths[kept - 1]
+        # The stride-8 stage ends after block 6 (32 channels): fine enough to localise a blending seam, the tap
+        # of the manipulation map. Fewer blocks than that: the last one serves as both.
+        self.tap = min(6, blocks)
+        self.map_channels = (widths[self.tap], self.channels)
 
     def feature_map(self, x):
         return self.features(x)
+
+    def feature_maps(self, x):
+        """(the stride-8 map, the last map): the manipulation map's inputs."""
+        middle = self.features[: self.tap + 1](x)
+        return middle, self.features[self.tap + 1 :](middle)
 
     def load_pretrained(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -236,9 +245,35 @@ def build_backbone(name: str, cache: Path | None, *, blocks: int = 17, clip_weig
     raise ValueError(f"unknown backbone `{name}` (mobilenet_v2, efficientnet_lite0, clip)")
 
 
+class MapHead(nn.Module):
+    """The manipulation map (Face X-ray's idea): from a fine (stride-8) and a coarse feature map, two logits per
+    cell of the fine grid: channel 0, that the face under the cell was blended in (the manipulated region);
+    channel 1, that the cell holds the blend's seam (the boundary). Supervised with the masks the forgeries were
+    made through; genuine faces have empty maps."""
+
+    def __init__(self, fine: int, coarse: int, width: int = 32):
+        super().__init__()
+        self.fine = nn.Conv2d(fine, width, 1)
+        self.coarse = nn.Conv2d(coarse, width, 1)
+        self.mix = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+                                 nn.Conv2d(width, 2, 1))
+
+    def forward(self, fine, coarse):
+        up = F.interpolate(self.coarse(coarse), size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        return self.mix(F.relu(self.fine(fine) + up))
+
+
+def map_evidence(manipulation_map):
+    """What the decision reads from the map: the strongest and the mean manipulated-region logit, and the
+    strongest seam logit ([N, 3]). Max and mean over cells are plain ONNX reductions that tract runs."""
+    region, seam = manipulation_map[:, 0], manipulation_map[:, 1]
+    return torch.stack([region.amax((1, 2)), region.mean((1, 2)), seam.amax((1, 2))], 1)
+
+
 class Classifier(nn.Module):
     """Backbone → L2-normalised embedding on the unit hypersphere → cosine ("linear on the sphere") head with two
-    logits (genuine, fake), plus an optional reconstruction decoder sharing the encoder.
+    logits (genuine, fake), plus an optional manipulation map (`MapHead`) whose evidence the decision adds to the
+    logits, and an optional reconstruction decoder sharing the encoder.
 
     Input: an RGB image in [0, 1] at `input_size`; it is resized to the backbone's native size (when
     `resize_to` is set) and normalised with the backbone's mean/std inside, EXCEPT in the exported student,
@@ -246,7 +281,7 @@ class Classifier(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, embedding: int = 128, resize_to: int | None = None,
-                 reconstruction: bool = False, scale: float = 16.0):
+                 reconstruction: bool = False, scale: float = 16.0, manipulation_map: bool = False):
         super().__init__()
         self.backbone = backbone
         self.resize_to = resize_to
@@ -255,6 +290,16 @@ class Classifier(nn.Module):
         self.scale = scale
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1))
+        self.map_head = None
+        if manipulation_map:
+            if not hasattr(backbone, "feature_maps"):
+                raise ValueError(f"{type(backbone).__name__} gives no feature maps for a manipulation map")
+            self.map_head = MapHead(*backbone.map_channels)
+            # The map's evidence enters the logits through a linear layer that starts at zero, so training starts
+            # from the embedding's decision and learns how much the map should weigh.
+            self.evidence = nn.Linear(3, 2)
+            nn.init.zeros_(self.evidence.weight)
+            nn.init.zeros_(self.evidence.bias)
         self.decoder = None
         if reconstruction and hasattr(backbone, "feature_map"):
             self.decoder = nn.Sequential(
@@ -270,21 +315,30 @@ class Classifier(nn.Module):
         return (image - self.mean) / self.std
 
     def encode(self, normalised):
-        """Normalised input → (pooled features, feature map or None)."""
+        """Normalised input → (pooled features, feature map or None, manipulation map or None)."""
+        if self.map_head is not None:
+            fine, feature_map = self.backbone.feature_maps(normalised)
+            return feature_map.mean((2, 3)), feature_map, self.map_head(fine, feature_map)
         if hasattr(self.backbone, "feature_map"):
             feature_map = self.backbone.feature_map(normalised)
-            return feature_map.mean((2, 3)), feature_map
-        return self.backbone.features(normalised), None
+            return feature_map.mean((2, 3)), feature_map, None
+        return self.backbone.features(normalised), None, None
 
-    def forward_normalised(self, normalised):
-        """(logits, embedding, reconstruction or None) from an already normalised input."""
-        pooled, feature_map = self.encode(normalised)
+    def forward_outputs(self, normalised):
+        """(logits, embedding, reconstruction or None, manipulation map or None) from a normalised input."""
+        pooled, feature_map, manipulation_map = self.encode(normalised)
         embedding = F.normalize(self.project(pooled), dim=1)
         logits = self.scale * F.linear(embedding, F.normalize(self.head.weight, dim=1))
+        if manipulation_map is not None:
+            logits = logits + self.evidence(map_evidence(manipulation_map))
         reconstruction = None
         if self.decoder is not None and feature_map is not None:
             reconstruction = F.interpolate(self.decoder(feature_map), size=normalised.shape[-2:], mode="bilinear", align_corners=False)
-        return logits, embedding, reconstruction
+        return logits, embedding, reconstruction, manipulation_map
+
+    def forward_normalised(self, normalised):
+        """(logits, embedding, reconstruction or None) from an already normalised input."""
+        return self.forward_outputs(normalised)[:3]
 
     def forward(self, image):
         return self.forward_normalised(self.prepare(image))
@@ -302,7 +356,7 @@ def norm_tuning(model: Classifier) -> list[nn.Parameter]:
             for parameter in module.parameters():
                 parameter.requires_grad = True
                 trainable.append(parameter)
-    for part in (model.project, model.head, model.decoder):
+    for part in (model.project, model.head, model.decoder, model.map_head, getattr(model, "evidence", None)):
         if part is not None:
             trainable += list(part.parameters())
     return trainable

@@ -182,11 +182,12 @@ def jpeg(image: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
 
 
-def camera_augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def camera_augment(image: np.ndarray, rng: np.random.Generator, mirror: bool = True) -> np.ndarray:
     """What a kiosk camera and its compression do, applied alike to genuine and forged training images so that
-    none of it can tell them apart: exposure, colour, blur, sensor noise, JPEG re-compression, mirror."""
+    none of it can tell them apart: exposure, colour, blur, sensor noise, JPEG re-compression, mirror (left to
+    the caller with `mirror=False`, when a mask must be mirrored with the image: `forge.augment`)."""
     out = image.astype(np.float32)
-    if rng.random() < 0.5:
+    if mirror and rng.random() < 0.5:
         out = out[:, ::-1]
     if rng.random() < 0.8:
         out = 255 * (out / 255) ** rng.uniform(0.7, 1.4)  # exposure / gamma

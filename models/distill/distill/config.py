@@ -20,6 +20,11 @@ class Data:
     jpeg_quality: int = 50  # the "compressed" test condition
     forgeries_per_photo: int = 2  # test forgeries of each family made from each genuine test photo
     tiles: bool = True  # also look for faces in half-size tiles of large photos (group photos' small faces)
+    # Forgery families synthesised for training and validation (forge.FAMILIES); the leave-one-family-out step
+    # trains without each in turn. The test set always holds every family in `test_families`.
+    families: list[str] = field(default_factory=lambda: ["sbi", "faceswap", "region"])
+    test_families: list[str] = field(default_factory=lambda: ["sbi", "faceswap", "region"])
+    mesh: bool = True  # masks from each face's 468-point mesh (runs/<name>/mesh.npz) where it has one
 
 
 @dataclass
@@ -32,6 +37,7 @@ class Model:
     tune: str = "norm"  # "norm": LayerNorm/BatchNorm affine only (LN-tuning); "all": every parameter
     embedding: int = 128
     reconstruction: float = 0.0  # weight of the reconstruction branch's loss (0: no decoder)
+    map: float = 0.0  # weight of the manipulation map's loss (region + seam, from the blend masks); 0: no map
     metric: float = 0.1  # weight of the hypersphere alignment + uniformity terms
 
 
@@ -49,6 +55,7 @@ class Distill:
     temperature: float = 4.0
     soft: float = 1.0  # weight of the KL term on softened logits
     embedding: float = 1.0  # weight of the embedding (cosine) alignment with the teacher
+    map: float = 1.0  # weight of the manipulation map's alignment with the teacher's (both models have one)
 
 
 @dataclass
@@ -107,4 +114,11 @@ def load(path: Path) -> Config:
     for model in (config.teacher, config.student):
         if model.tune not in ("norm", "all"):
             raise ValueError(f"{path}: tune must be norm or all")
+    from .forge import FAMILIES
+
+    for key in ("families", "test_families"):
+        chosen = getattr(config.data, key)
+        unknown = [family for family in chosen if family not in FAMILIES]
+        if unknown or not chosen:
+            raise ValueError(f"{path}: data.{key} must name some of {list(FAMILIES)}; got {chosen}")
     return config

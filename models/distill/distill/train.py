@@ -1,21 +1,25 @@
 """Steps 3–5: separability of frozen backbones, the teacher, and the student distilled from it.
 
 Training images are made on the fly from the training identities' crops: each crop once as itself (genuine)
-and once self-blended (SBI fake), both through the same camera augmentations. The face-swap family never
-appears here. Validation (other identities) uses fixed SBI forgeries, made once from a seed.
+and once forged, by a family drawn from `data.families` (`forge.py`: SBI, cross-identity face swaps,
+region-level manipulations), each with the mask it was blended through; all through the same camera
+augmentations. The networks learn the genuine-vs-forged decision and, where the model has one, the manipulation
+map (region and seam) from those masks. A family left out of `data.families` never appears in training or in
+model selection (validation uses only the trained families), so the leave-one-family-out runs measure it unseen.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import blend, metrics
+from . import blend, forge, metrics
 from .backbones import Classifier, build_backbone, freeze_batch_statistics, norm_tuning
 from .config import Config, Model, Train
 from .faces import load_faces, read_rgb
@@ -31,18 +35,55 @@ def tensor(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images).astype(np.float32) / 255).permute(0, 3, 1, 2).contiguous()
 
 
+def masks_tensor(masks: list[np.ndarray]) -> torch.Tensor:
+    """H×W float masks → [N, 1, H, W]."""
+    return torch.from_numpy(np.stack(masks).astype(np.float32))[:, None].contiguous()
+
+
+@dataclass
+class Faces:
+    """One split's faces: crops, who they are, and where their parts are (region masks at the crop size)."""
+
+    crops: list[np.ndarray]
+    identities: list[str]
+    regions: list[dict[str, np.ndarray] | None]
+
+    def donor(self, index: int, rng: np.random.Generator) -> np.ndarray | None:
+        """Another person's crop, for the families that need one (None when the split holds one person)."""
+        others = [i for i, identity in enumerate(self.identities) if identity != self.identities[index]]
+        return self.crops[others[rng.integers(len(others))]] if others else None
+
+
+def split_faces(config: Config, split: str) -> Faces:
+    faces = [face for face in load_faces(config) if face.split == split]
+    points = {}
+    if config.data.mesh and (config.run_dir / "mesh.npz").exists():
+        from . import mesh
+
+        points = mesh.load_mesh(config)
+    size = config.data.crop_size
+    regions = [forge.regions_for(size, points[str(face.crop)]) if str(face.crop) in points else None for face in faces]
+    return Faces([read_rgb(face.crop) for face in faces], [face.identity for face in faces], regions)
+
+
 def split_crops(config: Config, split: str) -> list[np.ndarray]:
-    return [read_rgb(face.crop) for face in load_faces(config) if face.split == split]
+    return split_faces(config, split).crops
 
 
-def validation_set(config: Config) -> tuple[torch.Tensor, np.ndarray]:
-    """Validation faces (genuine) and three fixed SBI forgeries of each, with labels."""
-    crops = split_crops(config, "validation")
-    if not crops:
+def forgery(faces: Faces, index: int, family: str, rng: np.random.Generator) -> forge.Forgery:
+    return forge.forge(family, faces.crops[index], faces.donor(index, rng), rng, faces.regions[index])
+
+
+def validation_set(config: Config, families: list[str] | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """Validation faces (genuine, other identities than training) and two fixed forgeries of each per trained
+    family, with labels. Only trained families: a held-out family must not choose the checkpoint."""
+    faces = split_faces(config, "validation")
+    if not faces.crops:
         raise RuntimeError("no validation faces: the split needs at least three identities")
     rng = np.random.default_rng(config.seed + 2)
-    fakes = [blend.self_blend(crop, rng) for crop in crops for _ in range(3)]  # three forgeries per face
-    return tensor(crops + fakes), np.array([0] * len(crops) + [1] * len(fakes))
+    fakes = [forgery(faces, index, family, rng).image for family in families or config.data.families
+             for index in range(len(faces.crops)) for _ in range(2)]
+    return tensor(faces.crops + fakes), np.array([0] * len(faces.crops) + [1] * len(fakes))
 
 
 def _crops_per_epoch(train: Train, crops: int) -> int:
@@ -51,21 +92,29 @@ def _crops_per_epoch(train: Train, crops: int) -> int:
     return train.steps_per_epoch * train.batch // 2 if train.steps_per_epoch else crops
 
 
-def training_batches(crops: list[np.ndarray], train: Train, seed: int, epoch: int):
-    """One epoch: every crop as genuine and as an SBI fake, shuffled, augmented alike, in batches."""
+def training_batches(faces: Faces, train: Train, seed: int, epoch: int, families: list[str]):
+    """One epoch: every drawn crop as genuine and as a forgery of a random trained family, shuffled, augmented
+    alike, in batches of (images, labels, region masks, seam maps)."""
     rng = np.random.default_rng([seed, epoch])
-    count = _crops_per_epoch(train, len(crops))
-    chosen = rng.permutation(np.resize(np.arange(len(crops)), count))
+    count = _crops_per_epoch(train, len(faces.crops))
+    chosen = rng.permutation(np.resize(np.arange(len(faces.crops)), count))
     samples = [(index, label) for index in chosen for label in (0, 1)]
     order = rng.permutation(len(samples))
+    empty = np.zeros(faces.crops[0].shape[:2], np.float32)
     for start in range(0, len(order), train.batch):
-        images, labels = [], []
+        images, labels, regions, seams = [], [], [], []
         for position in order[start : start + train.batch]:
             index, label = samples[position]
-            image = blend.self_blend(crops[index], rng) if label else crops[index]
-            images.append(blend.camera_augment(image, rng))
+            if label:
+                made = forgery(faces, index, families[rng.integers(len(families))], rng)
+                image, mask = forge.augment(made.image, made.mask, rng)
+            else:
+                image, mask = forge.augment(faces.crops[index], empty, rng)
+            images.append(image)
             labels.append(label)
-        yield tensor(images), torch.tensor(labels)
+            regions.append(mask)
+            seams.append(forge.boundary(mask))
+        yield tensor(images), torch.tensor(labels), masks_tensor(regions), masks_tensor(seams)
 
 
 def build(model: Model, config: Config) -> Classifier:
@@ -74,7 +123,8 @@ def build(model: Model, config: Config) -> Classifier:
                                       pretrained=model.pretrained,
                                       tiny_size=224 if model.native_size else config.data.crop_size)
     resize_to = native if model.native_size else None
-    return Classifier(backbone, model.embedding, resize_to, reconstruction=model.reconstruction > 0)
+    return Classifier(backbone, model.embedding, resize_to, reconstruction=model.reconstruction > 0,
+                      manipulation_map=model.map > 0)
 
 
 def hypersphere_terms(embedding: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -87,6 +137,11 @@ def hypersphere_terms(embedding: torch.Tensor, labels: torch.Tensor) -> torch.Te
     off = ~eye
     uniformity = torch.log(torch.exp(-2 * distances[off]).mean() + 1e-8)
     return alignment + uniformity
+
+
+def map_targets(region: torch.Tensor, seam: torch.Tensor, size) -> torch.Tensor:
+    """The masks at the map's grid: the share of each cell that was blended in, and the strongest seam in it."""
+    return torch.cat([F.adaptive_avg_pool2d(region, size), F.adaptive_max_pool2d(seam, size)], 1)
 
 
 @torch.no_grad()
@@ -103,16 +158,46 @@ def _parameters(model: Classifier, spec: Model) -> list:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def fit(config: Config, spec: Model, train: Train, name: str, teacher: Classifier | None = None) -> dict:
-    """Trains the teacher (teacher=None) or the student (distilled from `teacher`); keeps the checkpoint with the
-    best validation AUC (SBI, unseen identities). Writes <name>.pt and <name>.json into the run directory."""
+def losses(config: Config, spec: Model, model: Classifier, images, labels, region, seam,
+           teacher: Classifier | None) -> dict[str, torch.Tensor]:
+    """Every term of the training objective, by name (their weighted sum is the loss)."""
+    normalised = model.prepare(images)
+    logits, embedding, reconstruction, manipulation_map = model.forward_outputs(normalised)
+    terms = {"decision": F.cross_entropy(logits, labels)}
+    if spec.metric > 0:
+        terms["hypersphere"] = spec.metric * hypersphere_terms(embedding, labels)
+    if reconstruction is not None:
+        terms["reconstruction"] = spec.reconstruction * F.l1_loss(reconstruction, normalised)
+    if manipulation_map is not None:
+        target = map_targets(region, seam, manipulation_map.shape[-2:])
+        terms["map"] = spec.map * F.binary_cross_entropy_with_logits(manipulation_map, target)
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits, teacher_embedding, _, teacher_map = teacher.forward_outputs(teacher.prepare(images))
+        t = config.distill.temperature
+        soft = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(teacher_logits / t, 1), reduction="batchmean")
+        terms["soft"] = config.distill.soft * t * t * soft
+        terms["embedding"] = config.distill.embedding * (1 - (embedding * teacher_embedding).sum(1)).mean()
+        if manipulation_map is not None and teacher_map is not None and config.distill.map > 0:
+            teacher_map = F.interpolate(teacher_map, size=manipulation_map.shape[-2:], mode="bilinear",
+                                        align_corners=False)
+            terms["map_distill"] = config.distill.map * F.mse_loss(manipulation_map.sigmoid(), teacher_map.sigmoid())
+    return terms
+
+
+def fit(config: Config, spec: Model, train: Train, name: str, teacher: Classifier | None = None,
+        families: list[str] | None = None) -> dict:
+    """Trains the teacher (teacher=None) or the student (distilled from `teacher`) on forgeries of `families`
+    (default `data.families`); keeps the checkpoint with the best validation AUC (trained families, unseen
+    identities). Writes <name>.pt and <name>.json into the run directory."""
+    families = list(families or config.data.families)
     torch.manual_seed(config.seed)
     model = build(spec, config).to(DEVICE)
     parameters = _parameters(model, spec)
     optimiser = torch.optim.AdamW(parameters, lr=train.learning_rate, weight_decay=train.weight_decay)
-    crops = split_crops(config, "train")
-    validation, validation_labels = validation_set(config)
-    steps = max(1, train.epochs * -(-2 * _crops_per_epoch(train, len(crops)) // train.batch))
+    faces = split_faces(config, "train")
+    validation, validation_labels = validation_set(config, families)
+    steps = max(1, train.epochs * -(-2 * _crops_per_epoch(train, len(faces.crops)) // train.batch))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, train.learning_rate, total_steps=steps, pct_start=0.15)
     history, best, started = [], (-1.0, -1), time.time()
     if teacher is not None:
@@ -121,41 +206,34 @@ def fit(config: Config, spec: Model, train: Train, name: str, teacher: Classifie
         model.train()
         if spec.tune == "norm":
             freeze_batch_statistics(model.backbone)
-        losses = []
-        for images, labels in training_batches(crops, train, config.seed, epoch):
-            images, labels = images.to(DEVICE), labels.to(DEVICE)
-            logits, embedding, reconstruction = model(images)
-            loss = F.cross_entropy(logits, labels)
-            if spec.metric > 0:
-                loss = loss + spec.metric * hypersphere_terms(embedding, labels)
-            if reconstruction is not None:
-                target = model.prepare(images)
-                loss = loss + spec.reconstruction * F.l1_loss(reconstruction, target)
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_logits, teacher_embedding, _ = teacher(images)
-                t = config.distill.temperature
-                soft = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(teacher_logits / t, 1), reduction="batchmean")
-                aligned = (1 - (embedding * teacher_embedding).sum(1)).mean()
-                loss = loss + config.distill.soft * t * t * soft + config.distill.embedding * aligned
+        totals: dict[str, list[float]] = {}
+        for images, labels, region, seam in training_batches(faces, train, config.seed, epoch, families):
+            terms = losses(config, spec, model, images.to(DEVICE), labels.to(DEVICE), region.to(DEVICE),
+                           seam.to(DEVICE), teacher)
+            loss = sum(terms.values())
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             if schedule.last_epoch + 1 < steps:
                 schedule.step()
-            losses.append(loss.item())
+            for key, value in terms.items():
+                totals.setdefault(key, []).append(value.item())
         scores = probabilities(model, validation)
         auc = metrics.auc(scores, validation_labels)
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "validation_auc": auc,
-                        "seconds": round(time.time() - started, 1)})
-        print(f"{name} epoch {epoch}: loss {np.mean(losses):.4f}, validation AUC (SBI) {auc:.4f}", flush=True)
+        mean_terms = {key: round(float(np.mean(values)), 4) for key, values in totals.items()}
+        history.append({"epoch": epoch, "loss": round(sum(mean_terms.values()), 4), "terms": mean_terms,
+                        "validation_auc": auc, "seconds": round(time.time() - started, 1)})
+        print(f"{name} epoch {epoch}: {mean_terms}, validation AUC {auc:.4f} ({time.time() - started:.0f} s)",
+              flush=True)
         if auc > best[0]:
             best = (auc, epoch)
             torch.save({key: value.cpu() for key, value in model.state_dict().items()}, config.run_dir / f"{name}.pt")
     summary = {"name": name, "backbone": spec.backbone, "blocks": spec.blocks, "tune": spec.tune,
+               "families": families, "manipulation_map": spec.map > 0,
                "trainable_parameters": sum(p.numel() for p in parameters),
                "parameters": sum(p.numel() for p in model.parameters()),
-               "train_faces": len(crops), "best_validation_auc": best[0], "best_epoch": best[1],
+               "train_faces": len(faces.crops), "train_identities": len(set(faces.identities)),
+               "best_validation_auc": best[0], "best_epoch": best[1],
                "seconds": round(time.time() - started, 1), "history": history}
     (config.run_dir / f"{name}.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -230,9 +308,12 @@ def separability(config: Config) -> list[dict]:
     identities: a linear probe trained on the training identities (AUC on validation identities), and two
     clustering scores on validation (Fisher ratio, silhouette). This table chooses the teacher."""
     rng = np.random.default_rng(config.seed + 3)
-    crops = split_crops(config, "train")
-    train_images = tensor(crops + [blend.camera_augment(blend.self_blend(c, rng), rng) for c in crops])
-    train_labels = np.array([0] * len(crops) + [1] * len(crops))
+    faces = split_faces(config, "train")
+    families = config.data.families
+    fakes = [blend.camera_augment(forgery(faces, index, families[index % len(families)], rng).image, rng)
+             for index in range(len(faces.crops))]
+    train_images = tensor(faces.crops + fakes)
+    train_labels = np.array([0] * len(faces.crops) + [1] * len(fakes))
     validation, validation_labels = validation_set(config)
     rows = []
     for name in config.separability:
