@@ -1,12 +1,16 @@
 """`python -m distill <step> --config configs/<run>.toml` (or `cargo xtask distill <step> <config>`).
 
 Steps, each reproducible from its config and seed, each writing into runs/<name>/:
-  faces         real photos → runtime crops → identity split → held-out test photos
+  faces         real photos → runtime crops → identity split
+  mesh          MediaPipe's 468-point face mesh on every face (per-face masks for the forgeries)
+  testset       held-out test photos: genuine, and every forgery family pasted back into them
   separability  frozen-feature linear probe and Fisher ratio per candidate backbone
-  teacher       the teacher, trained on SBI forgeries of the training identities
+  teacher       the teacher, trained on forgeries (with their masks) of the training identities
   student       the student, distilled from the teacher
   export        ONNX + manifest entry, checked in the runtime against PyTorch
   evaluate      metrics per family and compression, in Python and through `deepgate eval`
+  sequences     per-person decisions of `deepgate replay` on Y4M sequences of held-out people
+  lofo          leave-one-family-out: a student trained without each family, tested on it
   all           every step in order
 """
 
@@ -23,12 +27,25 @@ import torch
 from . import config as configuration
 from . import evaluate, faces, train
 
-STEPS = ["faces", "separability", "teacher", "student", "export", "evaluate"]
+STEPS = ["faces", "mesh", "testset", "separability", "teacher", "student", "export", "evaluate", "sequences",
+         "lofo"]
 
 
 def run_step(step: str, config: configuration.Config) -> dict | list:
     if step == "faces":
         return faces.prepare(config)
+    if step == "mesh":
+        from . import mesh
+
+        return mesh.mesh_for_faces(config)
+    if step == "testset":
+        return faces.make_test_set(config)
+    if step == "sequences":
+        from . import sequences
+
+        return sequences.evaluate_sequences(config)
+    if step == "lofo":
+        return evaluate.leave_one_family_out(config)
     if step == "separability":
         return train.separability(config)
     if step == "teacher":

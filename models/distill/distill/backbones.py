@@ -239,10 +239,17 @@ def build_backbone(name: str, cache: Path | None, *, blocks: int = 17, clip_weig
         if pretrained:
             net.load_pretrained(fetch_weights(name, cache))
         return net, 224
+    if name == "dlib_resnet":
+        # dlib's face-recognition ResNet (face_backbones.py); `blocks` picks the level of its last feature map
+        # (17, the default: the last one, before the pool; 1–4: stride 32 down to 4).
+        from .face_backbones import DlibResNet, build_dlib_resnet
+
+        level = 0 if blocks == 17 else blocks
+        return build_dlib_resnet(cache, feature_level=level, pretrained=pretrained), DlibResNet.input_size
     if name == "clip":
         net = ClipVision(clip_weights, tiny=clip_weights is None and not pretrained, image_size=tiny_size)
         return net, net.input_size
-    raise ValueError(f"unknown backbone `{name}` (mobilenet_v2, efficientnet_lite0, clip)")
+    raise ValueError(f"unknown backbone `{name}` (mobilenet_v2, efficientnet_lite0, dlib_resnet, clip)")
 
 
 class MapHead(nn.Module):
@@ -351,8 +358,10 @@ def norm_tuning(model: Classifier) -> list[nn.Parameter]:
     for parameter in model.backbone.parameters():
         parameter.requires_grad = False
     trainable = []
+    from .face_backbones import ChannelAffine  # dlib's per-channel affine layers: its frozen batch norm
+
     for module in model.backbone.modules():
-        if isinstance(module, (nn.LayerNorm, nn.BatchNorm2d)):
+        if isinstance(module, (nn.LayerNorm, nn.BatchNorm2d, ChannelAffine)):
             for parameter in module.parameters():
                 parameter.requires_grad = True
                 trainable.append(parameter)

@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from . import export, faces, metrics, runtime
+from . import export, faces, metrics, runtime, train
 from .sources import sha256_of as sha256_file
 from .config import Config
 from .train import load, probabilities
@@ -30,13 +30,14 @@ def export_student(config: Config) -> dict:
     export.write_onnx(student, size, onnx)
     mean, std = student.backbone.mean, student.backbone.std
     provenance = f"models/distill (config {config.path.name}, seed {config.seed}); see models/CARD.md"
+    manipulation_map = export.map_shape(student, size)
     entry = runtime.manifest_entry(config.model_id, onnx, sha256_file(onnx), onnx.stat().st_size, size, mean, std,
-                                   provenance, config.licence, config.licence_file)
+                                   provenance, config.licence, config.licence_file, manipulation_map)
     if config.export_to_models:
         runtime.write_manifest(runtime.MODELS / "manifest.toml", entry)
         manifest = runtime.MODELS / "manifest.toml"
     else:
-        manifest = export.staging_models(run, onnx, config.model_id, size, mean, std, provenance)
+        manifest = export.staging_models(run, onnx, config.model_id, size, mean, std, provenance, manipulation_map)
     photos = sorted({face.photo for face in faces.load_faces(config) if face.split != "train"})
     check = export.check_in_runtime(student, manifest, config.model_id, size, photos, run / "export_check")
     summary = {"onnx": str(onnx), "sha256": sha256_file(onnx), "bytes": onnx.stat().st_size, "manifest": str(manifest),
@@ -53,15 +54,7 @@ def evaluate(config: Config) -> dict:
     exported = json.loads((run / "export.json").read_text())
     manifest = Path(exported["manifest"])
     student = load(config, config.student, "student")
-    rows = faces.test_rows(config)
-    test_dir = run / "test"
-    # The runtime's crops of every test photo; score the main face where the quality gates passed, which is
-    # exactly the frame `deepgate eval` uses (a still is one frame).
-    shutil.rmtree(run / "eval_crops", ignore_errors=True)
-    crops = runtime.crops([test_dir / row["file"] for row in rows], run / "eval_crops", size=config.data.crop_size)
-    usable = {crop.source: crop for crop in crops if crop.main and not crop.quality_issue}
-    scored = [row for row in rows if str(test_dir / row["file"]) in usable]
-    images = export.read_crops([usable[str(test_dir / row["file"])].file for row in scored])
+    rows, scored, images = test_crops(config, fresh=True)
     python_scores = probabilities(student, images)
     # The teacher on the same crops, for comparison only (it does not ship).
     teacher_scores = probabilities(load(config, config.teacher, "teacher"), images)
@@ -92,6 +85,62 @@ def evaluate(config: Config) -> dict:
     results["max_auc_difference"] = max(
         (abs(s["python"]["auc"] - s["runtime"]["auc"]) for s in results["subsets"]), default=0.0)
     (run / "evaluation.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def test_crops(config: Config, fresh: bool = False):
+    """The test photos' rows, the rows the runtime acquired a face in, and those faces' crops as one batch.
+
+    The runtime's crops of every test photo; the main face is scored where the quality gates passed, which is
+    exactly the frame `deepgate eval` uses (a still is one frame). `fresh` makes them anew (the evaluate step);
+    otherwise the evaluate step's crops are reused."""
+    run = config.run_dir
+    rows = faces.test_rows(config)
+    test_dir = run / "test"
+    index = run / "eval_crops" / "index.csv"
+    if fresh or not index.exists():
+        shutil.rmtree(run / "eval_crops", ignore_errors=True)
+    crops = runtime.crops([test_dir / row["file"] for row in rows], run / "eval_crops", size=config.data.crop_size) \
+        if fresh or not index.exists() else runtime.read_index(run / "eval_crops")
+    usable = {crop.source: crop for crop in crops if crop.main and not crop.quality_issue}
+    scored = [row for row in rows if str(test_dir / row["file"]) in usable]
+    images = export.read_crops([usable[str(test_dir / row["file"])].file for row in scored])
+    return rows, scored, images
+
+
+def family_aucs(rows: list[dict], scores) -> dict[str, dict]:
+    """AUC (with counts) of each forged family against the genuine photos, PNG and JPEG together."""
+    results = {}
+    labelled = [(row, float(score)) for row, score in zip(rows, scores)]
+    for family in sorted({row["family"] for row in rows if row["label"] == "1"}):
+        subset = [(row, score) for row, score in labelled if row["family"] in ("genuine", family)]
+        labels = [int(row["label"]) for row, _ in subset]
+        if len(set(labels)) < 2:
+            continue
+        report = metrics.report([score for _, score in subset], labels)
+        results[family] = {key: report[key] for key in ("genuine", "attacks", "auc", "eer", "bpcer_at_apcer_5")}
+    return results
+
+
+def leave_one_family_out(config: Config) -> dict:
+    """For each training family: a student trained WITHOUT it (its validation without it too), tested on every
+    family, so the held-out family's column says how the method generalises to a manipulation it never saw.
+    Trained directly on the labels and masks (no teacher: the shipped teacher saw every family, and
+    distilling from it would leak the held-out one). Beside it, the same recipe with every family, for the
+    seen-family comparison."""
+    run = config.run_dir
+    rows, scored, images = test_crops(config)
+    table = []
+    for held_out in [None, *config.data.families]:
+        trained = [family for family in config.data.families if family != held_out]
+        name = "lofo_all" if held_out is None else f"lofo_without_{held_out}"
+        summary = train.fit(config, config.student, config.student_train, name, families=trained)
+        scores = probabilities(load(config, config.student, name), images)
+        table.append({"held_out": held_out, "trained_on": trained, "best_validation_auc": summary["best_validation_auc"],
+                      "test": family_aucs(scored, scores)})
+        print(f"lofo {name}: {json.dumps(table[-1]['test'])}", flush=True)
+    results = {"student": config.student.backbone, "blocks": config.student.blocks, "rows": table}
+    (run / "lofo.json").write_text(json.dumps(results, indent=2))
     return results
 
 

@@ -1,7 +1,8 @@
 """Export: the student as ONNX with its manifest entry, checked in the runtime (tract) against PyTorch.
 
 The exported graph takes the input the manifest describes (NCHW RGB, normalised by the runtime with the stated
-mean/std) and returns two logits (genuine, fake). The check runs `deepgate crops` with the new classifier over
+mean/std) and returns two logits (genuine, fake) and, when the model has one, its manipulation map (the
+manifest's `map_output`: region and seam logits per cell, what `deepgate explain` shows). The check runs `deepgate crops` with the new classifier over
 real photos: the runtime's per-face probability (tract) must match PyTorch's on the very crop the runtime made.
 """
 
@@ -23,25 +24,37 @@ from .sources import sha256_of as sha256_file
 
 
 class Exported(nn.Module):
-    """The student as deployed: normalised input → logits (the runtime normalises; no resize inside)."""
+    """The student as deployed: normalised input → logits (and the manipulation map when the model has one);
+    the runtime normalises; no resize inside."""
 
     def __init__(self, model: Classifier):
         super().__init__()
         self.model = model
 
     def forward(self, normalised):
-        return self.model.forward_normalised(normalised)[0]
+        logits, _, _, manipulation_map = self.model.forward_outputs(normalised)
+        return logits if manipulation_map is None else (logits, manipulation_map)
+
+
+def map_shape(model: Classifier, input_size: int) -> list[int] | None:
+    """The manipulation map's output shape for one crop, or None when the model has no map."""
+    if model.map_head is None:
+        return None
+    with torch.no_grad():
+        return list(model.eval().forward_outputs(torch.zeros(1, 3, input_size, input_size))[3].shape)
 
 
 def write_onnx(model: Classifier, input_size: int, path: Path) -> None:
     model = model.eval()
     example = torch.zeros(1, 3, input_size, input_size)
+    names = ["logits"] if model.map_head is None else ["logits", "map"]
     # The TorchScript exporter: a static graph of plain ONNX ops, which tract loads without help.
-    torch.onnx.export(Exported(model), (example,), str(path), input_names=["image"], output_names=["logits"],
+    torch.onnx.export(Exported(model), (example,), str(path), input_names=["image"], output_names=names,
                       opset_version=17, dynamo=False)
 
 
-def staging_models(directory: Path, onnx: Path, model_id: str, input_size: int, mean, std, provenance: str) -> Path:
+def staging_models(directory: Path, onnx: Path, model_id: str, input_size: int, mean, std, provenance: str,
+                   manipulation_map: list[int] | None = None) -> Path:
     """A models directory for checks: the shipped manifest and detector plus `onnx` under `model_id`.
     Returns the manifest path."""
     models = directory / "models"
@@ -49,7 +62,8 @@ def staging_models(directory: Path, onnx: Path, model_id: str, input_size: int, 
     shutil.copy(runtime.MODELS / "blazeface_front_128.onnx", models)
     if onnx.parent != models:
         shutil.copy(onnx, models / onnx.name)
-    entry = runtime.manifest_entry(model_id, onnx, sha256_file(onnx), onnx.stat().st_size, input_size, mean, std, provenance)
+    entry = runtime.manifest_entry(model_id, onnx, sha256_file(onnx), onnx.stat().st_size, input_size, mean, std,
+                                   provenance, manipulation_map=manipulation_map)
     manifest = models / "manifest.toml"
     runtime.write_manifest(manifest, entry)
     return manifest
@@ -82,5 +96,6 @@ def latency_ms(model: Classifier, input_size: int, mean, std) -> float:
         directory = Path(temporary)
         onnx = directory / "candidate.onnx"
         write_onnx(model, input_size, onnx)
-        manifest = staging_models(directory, onnx, "candidate", input_size, mean, std, "latency probe")
+        manifest = staging_models(directory, onnx, "candidate", input_size, mean, std, "latency probe",
+                                  map_shape(model, input_size))
         return runtime.bench_classifier_ms(runtime.board_for(directory, "candidate", manifest))

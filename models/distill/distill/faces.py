@@ -2,8 +2,8 @@
 
 - Every crop comes from `deepgate crops` at the student's input size: training sees what deployment sees.
 - The split is by IDENTITY (train / validation / test), never by photo: one person never crosses it.
-- The test set is made of whole photos, as a camera would see them: genuine photos, and forgeries pasted back
-  into their photo (SBI, and the held-out face-swap family) — as PNG and as JPEG. `deepgate eval` reads them
+- The test set (`make_test_set`, its own step after the mesh) is made of whole photos, as a camera would see
+  them: genuine photos, and forgeries of every family pasted back into their photo — as PNG and as JPEG. `deepgate eval` reads them
   through the whole runtime; the Python evaluation reads the runtime's crops of the same photos.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import blend, runtime, sources
+from . import blend, forge, runtime, sources
 from .config import Config
 
 
@@ -136,7 +136,6 @@ def prepare(config: Config) -> dict:
         for face in records:
             writer.writerow([face.crop, face.photo, face.identity, face.split, face.face, str(face.main).lower(),
                              face.quality_issue])
-    test = make_test_set(config, records, [p for p in photos if p.label == "fake"])
     parts = ("train", "validation", "test")
     summary = {
         "photos": len(genuine),
@@ -147,15 +146,19 @@ def prepare(config: Config) -> dict:
         "split_groups": {part: len({g for g, s in split.items() if s == part}) for part in parts},
         "faces_per_split": {part: sum(f.split == part for f in records) for part in parts},
         "sources": sorted({p.source for p in genuine}),
-        "test": test,
     }
     (run / "faces.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def make_test_set(config: Config, records: list[Face], real_fakes: list[sources.Photo]) -> dict:
-    """Whole test photos: the genuine ones and, for each, an SBI forgery and a face swap with another test
-    identity pasted back into it; each as PNG and JPEG. Writes test/labels.csv and returns counts."""
+def make_test_set(config: Config) -> dict:
+    """Whole test photos: the genuine ones and, for each, forgeries of every family in `data.test_families`
+    (`forge.py`; another test identity as the donor where a family needs one), made at `synthesis_size` from the
+    runtime's crop with the face's own mesh masks, and pasted back into the photo; each as PNG and JPEG. Real
+    forgeries listed in sources.toml are added as they are. Writes test/labels.csv and returns counts."""
+    records = load_faces(config)
+    photos = sources.fetch(sources.CACHE) if config.data.sources == "registry" else sources.sources_for_smoke()
+    real_fakes = [photo for photo in photos if photo.label == "fake"]
     out = config.run_dir / "test"
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(config.seed + 1)
@@ -167,40 +170,50 @@ def make_test_set(config: Config, records: list[Face], real_fakes: list[sources.
     size = config.data.synthesis_size
     big = {crop.source: crop for crop in runtime.crops(sorted({f.photo for f in mains}), out / "synthesis", size=size)
            if crop.main}
+    points = {}
+    if config.data.mesh and (config.run_dir / "mesh.npz").exists():
+        from . import mesh
+
+        points = mesh.load_mesh(config, size=size)
     rows = []
 
-    def save(image: np.ndarray, stem: str, label: int, family: str, identity: str) -> None:
+    def save(image: np.ndarray, stem: str, label: int, family: str, identity: str, detail: str) -> None:
         for compressed in (False, True):
             name = f"{stem}.{'jpg' if compressed else 'png'}"
             if compressed:
                 Image.fromarray(image).save(out / name, quality=config.data.jpeg_quality)
             else:
                 Image.fromarray(image).save(out / name)
-            rows.append((name, label, family, "jpeg" if compressed else "png", identity))
+            rows.append((name, label, family, "jpeg" if compressed else "png", identity, detail))
 
     usable = [face for face in mains if str(face.photo) in big]
+    meshed = 0
     for number, face in enumerate(usable):
         photo = read_rgb(face.photo)
         target = big[str(face.photo)]
         target_crop = read_rgb(target.file)
-        save(photo, f"{number:03d}_genuine", 0, "genuine", face.identity)
+        regions = forge.regions_for(size, points[str(face.crop)]) if str(face.crop) in points else None
+        meshed += regions is not None
+        save(photo, f"{number:03d}_genuine", 0, "genuine", face.identity, "")
         donors = [other for other in usable if other.identity != face.identity]
         for variant in range(config.data.forgeries_per_photo):
-            source, mask = blend.self_blend_parts(target_crop, rng)
-            save(blend.paste_back(photo, source, mask, target.crop_to_photo), f"{number:03d}_sbi{variant}", 1, "sbi",
-                 face.identity)
-            if donors:
-                donor = donors[rng.integers(len(donors))]
-                source, mask = blend.face_swap_parts(target_crop, read_rgb(big[str(donor.photo)].file), rng)
-                save(blend.paste_back(photo, source, mask, target.crop_to_photo), f"{number:03d}_faceswap{variant}", 1,
-                     "faceswap", face.identity)
+            for family in config.data.test_families:
+                donor = read_rgb(big[str(donors[rng.integers(len(donors))].photo)].file) if donors else None
+                if family == "faceswap" and donor is None:
+                    continue
+                made = forge.forge(family, target_crop, donor, rng, regions)
+                save(blend.paste_back(photo, made.source, made.mask, target.crop_to_photo),
+                     f"{number:03d}_{family}{variant}", 1, family, face.identity, made.detail)
     for number, photo in enumerate(real_fakes):
-        save(read_rgb(photo.path), f"real_{number:03d}_{photo.family}", 1, photo.family, "unknown")
+        save(read_rgb(photo.path), f"real_{number:03d}_{photo.family}", 1, photo.family, "unknown", "real")
     with open(out / "labels.csv", "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["file", "label", "family", "compression", "identity"])
+        writer.writerow(["file", "label", "family", "compression", "identity", "detail"])
         writer.writerows(rows)
-    return {"photos": len(usable), "images": len(rows)}
+    summary = {"photos": len(usable), "images": len(rows), "with_mesh_masks": meshed,
+               "families": list(config.data.test_families)}
+    (config.run_dir / "testset.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def test_rows(config: Config) -> list[dict]:

@@ -48,6 +48,12 @@ class Faces:
     identities: list[str]
     regions: list[dict[str, np.ndarray] | None]
 
+    def families_for(self, index: int, families: list[str]) -> list[str]:
+        """The families that can be made of face `index`: a face swap needs another person in the split."""
+        alone = all(identity == self.identities[index] for identity in self.identities)
+        usable = [family for family in families if not (alone and family == "faceswap")]
+        return usable or ["sbi"]
+
     def donor(self, index: int, rng: np.random.Generator) -> np.ndarray | None:
         """Another person's crop, for the families that need one (None when the split holds one person)."""
         others = [i for i, identity in enumerate(self.identities) if identity != self.identities[index]]
@@ -82,7 +88,8 @@ def validation_set(config: Config, families: list[str] | None = None) -> tuple[t
         raise RuntimeError("no validation faces: the split needs at least three identities")
     rng = np.random.default_rng(config.seed + 2)
     fakes = [forgery(faces, index, family, rng).image for family in families or config.data.families
-             for index in range(len(faces.crops)) for _ in range(2)]
+             for index in range(len(faces.crops)) if family in faces.families_for(index, [family])
+             for _ in range(2)]
     return tensor(faces.crops + fakes), np.array([0] * len(faces.crops) + [1] * len(fakes))
 
 
@@ -106,7 +113,8 @@ def training_batches(faces: Faces, train: Train, seed: int, epoch: int, families
         for position in order[start : start + train.batch]:
             index, label = samples[position]
             if label:
-                made = forgery(faces, index, families[rng.integers(len(families))], rng)
+                usable = faces.families_for(index, families)
+                made = forgery(faces, index, usable[rng.integers(len(usable))], rng)
                 image, mask = forge.augment(made.image, made.mask, rng)
             else:
                 image, mask = forge.augment(faces.crops[index], empty, rng)
@@ -310,8 +318,8 @@ def separability(config: Config) -> list[dict]:
     rng = np.random.default_rng(config.seed + 3)
     faces = split_faces(config, "train")
     families = config.data.families
-    fakes = [blend.camera_augment(forgery(faces, index, families[index % len(families)], rng).image, rng)
-             for index in range(len(faces.crops))]
+    fakes = [blend.camera_augment(forgery(faces, index, usable[index % len(usable)], rng).image, rng)
+             for index in range(len(faces.crops)) for usable in [faces.families_for(index, families)]]
     train_images = tensor(faces.crops + fakes)
     train_labels = np.array([0] * len(faces.crops) + [1] * len(fakes))
     validation, validation_labels = validation_set(config)
