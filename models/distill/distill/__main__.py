@@ -68,10 +68,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=[*STEPS, "all"])
     parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads, overriding the config's (e.g. 1 each for two steps run side by side)")
     arguments = parser.parse_args(argv)
     config = configuration.load(arguments.config)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    if arguments.threads or config.threads:
+        torch.set_num_threads(arguments.threads or config.threads)
     config.run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(arguments.config, config.run_dir / "config.toml")  # the recorded config of this run
     for step in STEPS if arguments.step == "all" else [arguments.step]:

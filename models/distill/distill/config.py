@@ -65,11 +65,16 @@ class Config:
     threads: int = 0  # torch threads; 0: torch's default
     data: Data = field(default_factory=Data)
     separability: list[str] = field(default_factory=lambda: ["mobilenet_v2", "efficientnet_lite0"])
+    # Candidates also measured after a short fine-tune (teacher recipe, `finetune_train` schedule); they need
+    # feature maps for the manipulation map (mobilenet_v2, dlib_resnet).
+    finetune: list[str] = field(default_factory=list)
+    finetune_train: Train = field(default_factory=lambda: Train(epochs=4, steps_per_epoch=20))
     teacher: Model = field(default_factory=Model)
     teacher_train: Train = field(default_factory=Train)
     student: Model = field(default_factory=lambda: Model(blocks=14, native_size=False, tune="all"))
     student_train: Train = field(default_factory=Train)
     distill: Distill = field(default_factory=Distill)
+    lofo_train: Train | None = None  # the leave-one-family-out students' schedule; None: student_train's
     export_to_models: bool = False  # true: write the student into models/ and its manifest (the shipped run)
     model_id: str = "deepgate_student"
     # The student derives from torchvision's MobileNetV2 ImageNet weights (BSD-3-Clause).
@@ -93,9 +98,11 @@ def _build(kind, table: dict, where: str):
             continue
         value = table[f.name]
         nested = {"data": Data, "teacher": Model, "student": Model, "teacher_train": Train,
-                  "student_train": Train, "distill": Distill}.get(f.name) if kind is Config else None
+                  "student_train": Train, "finetune_train": Train, "lofo_train": Train,
+                  "distill": Distill}.get(f.name) if kind is Config else None
         if nested is not None:
-            base = Config.__dataclass_fields__[f.name].default_factory()
+            declared = Config.__dataclass_fields__[f.name]
+            base = nested() if declared.default is None else declared.default_factory()
             merged = {k.name: getattr(base, k.name) for k in fields(nested)}
             extra = set(value) - set(merged)
             if extra:

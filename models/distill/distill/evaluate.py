@@ -134,7 +134,7 @@ def leave_one_family_out(config: Config) -> dict:
     for held_out in [None, *config.data.families]:
         trained = [family for family in config.data.families if family != held_out]
         name = "lofo_all" if held_out is None else f"lofo_without_{held_out}"
-        summary = train.fit(config, config.student, config.student_train, name, families=trained)
+        summary = train.fit(config, config.student, config.lofo_train or config.student_train, name, families=trained)
         scores = probabilities(load(config, config.student, name), images)
         table.append({"held_out": held_out, "trained_on": trained, "best_validation_auc": summary["best_validation_auc"],
                       "test": family_aucs(scored, scores)})

@@ -253,7 +253,8 @@ def _finish(target: np.ndarray, source: np.ndarray, region: np.ndarray, rng: np.
         mask = (region > 0.5).astype(np.float32)
         detail += "/poisson"
     else:
-        mask = _blur(region, rng.uniform(0.01, 0.06) * size) * rng.choice([0.6, 0.8, 1.0, 1.0, 1.0])
+        # Mostly opaque: a half-transparent swap shows both faces at once, which no forgery tool ships.
+        mask = _blur(region, rng.uniform(0.01, 0.06) * size) * rng.choice([0.85, 1.0, 1.0])
         detail += "/alpha"
     return Forgery(blend.compose(target, source, mask), np.asarray(source, np.float32), mask.astype(np.float32),
                    family, detail)

@@ -254,12 +254,15 @@ def _read_members(archive: Path, wanted: list[str]) -> dict[str, bytes]:
 
 
 def _write_photo(data: bytes, target: Path) -> None:
+    """Writes a photo as the runtime can read it: JPEG and PNG as they are; anything else (PPM, or a WebP that a
+    package ships under a .jpg name) re-encoded losslessly as PNG under its own name (`_output_name`)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.suffix.lower() == ".png" and not data.startswith(b"\x89PNG"):
-        from PIL import Image  # converts formats the runtime cannot read (e.g. PPM)
+    jpeg_or_png = data.startswith(b"\xff\xd8\xff") or data.startswith(b"\x89PNG")
+    if target.suffix.lower() == ".png" and not data.startswith(b"\x89PNG") or not jpeg_or_png:
+        from PIL import Image  # converts formats the runtime cannot read
 
         with Image.open(io.BytesIO(data)) as image:
-            image.save(target)
+            image.save(target, format="PNG")
     else:
         target.write_bytes(data)
 

@@ -10,6 +10,7 @@ model selection (validation uses only the trained families), so the leave-one-fa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -312,9 +313,10 @@ def _frozen_features(model: Classifier, images: torch.Tensor) -> torch.Tensor:
 
 
 def separability(config: Config) -> list[dict]:
-    """How well each candidate backbone's FROZEN features separate genuine faces from SBI fakes of unseen
-    identities: a linear probe trained on the training identities (AUC on validation identities), and two
-    clustering scores on validation (Fisher ratio, silhouette). This table chooses the teacher."""
+    """How well each candidate backbone separates genuine faces from forgeries (the trained families) of unseen
+    identities. FROZEN: a linear probe trained on the training identities (AUC on validation identities), and two
+    clustering scores on validation (Fisher ratio, silhouette). FINE-TUNED (`finetune` candidates): the best
+    validation AUC after a short training with the teacher's recipe. This table chooses the teacher."""
     rng = np.random.default_rng(config.seed + 3)
     faces = split_faces(config, "train")
     families = config.data.families
@@ -342,5 +344,19 @@ def separability(config: Config) -> list[dict]:
                      "fisher_ratio": _fisher_ratio(b, validation_labels),
                      "silhouette": _silhouette(b, validation_labels), "seconds": round(time.time() - started, 1)})
         print(f"separability {rows[-1]}", flush=True)
+    for name in config.finetune:
+        # The same candidates after a short fine-tune with the teacher's recipe (manipulation map included):
+        # frozen features can rank backbones differently from what they become once trained.
+        backbone, _, blocks = name.partition(":")
+        spec = dataclasses.replace(config.teacher, backbone=backbone, blocks=int(blocks or 17), clip_weights="")
+        summary = fit(config, spec, config.finetune_train, "finetune_" + name.replace(":", "_"))
+        row = next((row for row in rows if row["backbone"] == name), None)
+        if row is None:
+            row = {"backbone": name}
+            rows.append(row)
+        row.update({"finetuned_validation_auc": summary["best_validation_auc"],
+                    "finetune_steps": config.finetune_train.epochs * config.finetune_train.steps_per_epoch,
+                    "finetune_seconds": summary["seconds"]})
+        print(f"separability (fine-tuned) {row}", flush=True)
     (config.run_dir / "separability.json").write_text(json.dumps(rows, indent=2))
     return rows
