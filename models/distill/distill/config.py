@@ -75,6 +75,7 @@ class Config:
     student_train: Train = field(default_factory=Train)
     distill: Distill = field(default_factory=Distill)
     lofo_train: Train | None = None  # the leave-one-family-out students' schedule; None: student_train's
+    lofo_families: list[str] | None = None  # families to hold out in turn; None: every trained family
     export_to_models: bool = False  # true: write the student into models/ and its manifest (the shipped run)
     model_id: str = "deepgate_student"
     # The student derives from torchvision's MobileNetV2 ImageNet weights (BSD-3-Clause).

@@ -40,7 +40,13 @@ def export_student(config: Config) -> dict:
         manifest = export.staging_models(run, onnx, config.model_id, size, mean, std, provenance, manipulation_map)
     photos = sorted({face.photo for face in faces.load_faces(config) if face.split != "train"})
     check = export.check_in_runtime(student, manifest, config.model_id, size, photos, run / "export_check")
+    # The frame threshold at which the student's errors balance on the VALIDATION people (genuine vs the trained
+    # families): where the sequential test's neutral point belongs before a site calibrates. Never the test set.
+    validation, validation_labels = train.validation_set(config)
+    validation_scores = probabilities(student, validation)
     summary = {"onnx": str(onnx), "sha256": sha256_file(onnx), "bytes": onnx.stat().st_size, "manifest": str(manifest),
+               "validation_eer_threshold": metrics.eer_threshold(validation_scores, validation_labels),
+               "validation_auc": metrics.auc(validation_scores, validation_labels),
                "tract_vs_pytorch": check, "tolerance": 1e-3,
                "latency_ms": runtime.bench_classifier_ms(runtime.board_for(run, config.model_id, manifest))}
     (run / "export.json").write_text(json.dumps(summary, indent=2))
@@ -131,15 +137,25 @@ def leave_one_family_out(config: Config) -> dict:
     run = config.run_dir
     rows, scored, images = test_crops(config)
     table = []
-    for held_out in [None, *config.data.families]:
+    held_out_families = config.data.families if config.lofo_families is None else config.lofo_families
+    for held_out in [None, *held_out_families]:
         trained = [family for family in config.data.families if family != held_out]
         name = "lofo_all" if held_out is None else f"lofo_without_{held_out}"
         summary = train.fit(config, config.student, config.lofo_train or config.student_train, name, families=trained)
         scores = probabilities(load(config, config.student, name), images)
         table.append({"held_out": held_out, "trained_on": trained, "best_validation_auc": summary["best_validation_auc"],
-                      "test": family_aucs(scored, scores)})
+                      "seconds": summary["seconds"], "test": family_aucs(scored, scores)})
+        if held_out is None:  # the input size's cost in the runtime, for the resolution comparison
+            student = load(config, config.student, name)
+            try:
+                table[-1]["latency_ms"] = export.latency_ms(student, config.data.crop_size, student.backbone.mean,
+                                                            student.backbone.std)
+            except RuntimeError as error:  # recorded, never hidden: the table says why there is no figure
+                table[-1]["latency_error"] = str(error)[-500:]
+                print(f"lofo: no latency figure: {error}", flush=True)
         print(f"lofo {name}: {json.dumps(table[-1]['test'])}", flush=True)
-    results = {"student": config.student.backbone, "blocks": config.student.blocks, "rows": table}
+    results = {"student": config.student.backbone, "blocks": config.student.blocks,
+               "crop_size": config.data.crop_size, "rows": table}
     (run / "lofo.json").write_text(json.dumps(results, indent=2))
     return results
 

@@ -93,3 +93,14 @@ def report(scores, labels) -> dict:
         "bpcer_at_apcer_5": bpcer_at_apcer(scores, labels, 0.05),
         "bpcer_at_apcer_10": bpcer_at_apcer(scores, labels, 0.10),
     }
+
+
+def eer_threshold(scores, labels) -> float:
+    """The score at which the genuine rejection rate (genuine ≥ t) and the attack acceptance rate (attack < t)
+    are closest: the equal-error operating point, as a threshold."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(int)
+    genuine, attacks = scores[labels == 0], scores[labels == 1]
+    candidates = np.unique(scores)
+    gaps = [abs((genuine >= t).mean() - (attacks < t).mean()) for t in candidates]
+    return float(candidates[int(np.argmin(gaps))])

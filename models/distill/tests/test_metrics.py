@@ -37,6 +37,13 @@ class Metrics(unittest.TestCase):
         self.assertEqual(metrics.bpcer_at_apcer(scores, labels, 0.0), 0.0)
         self.assertEqual(metrics.bpcer_at_apcer([0.1, 0.6, 0.5, 0.9], [0, 0, 1, 1], 0.0), 0.5)
 
+    def test_eer_threshold_balances_the_two_errors(self):
+        self.assertEqual(metrics.eer_threshold([0.1, 0.2, 0.3, 0.6, 0.7, 0.8], [0, 0, 0, 1, 1, 1]), 0.6)
+        # One genuine above and one attack below: the balanced point rejects one of each.
+        threshold = metrics.eer_threshold([0.1, 0.5, 0.3, 0.6, 0.2, 0.8], [0, 0, 0, 1, 1, 1])
+        self.assertEqual(metrics.error_rates(np.array([0.1, 0.5, 0.3, 0.6, 0.2, 0.8]), np.array([0, 0, 0, 1, 1, 1]),
+                                             threshold), (1 / 3, 1 / 3))
+
     def test_one_class_is_an_error(self):
         with self.assertRaises(ValueError):
             metrics.auc([0.1, 0.2], [1, 1])
