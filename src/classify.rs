@@ -11,6 +11,28 @@ pub struct Classifier {
     output: ClassifierOutput,
     fake_index: usize,
     classes: usize,
+    /// The manipulation map's shape `[1, C, h, w]` as (C, h, w), when the manifest declares `map_output` (it
+    /// is then the model's second output).
+    map_shape: Option<(usize, usize, usize)>,
+}
+
+/// A classifier's predicted manipulation map for one crop (manifest `map_output`): `channels` planes of
+/// `height` × `width` cells, channel 0 the logits that the crop pixels under a cell were manipulated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ManipulationMap {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// Raw values, channel-major then row-major (NCHW without the batch), all finite.
+    pub values: Vec<f32>,
+}
+
+impl ManipulationMap {
+    /// The probability (sigmoid of channel 0) that the cell at `row`, `column` was manipulated.
+    pub fn manipulation_probability(&self, row: usize, column: usize) -> f32 {
+        let logit = self.values[row * self.width + column];
+        1.0 / (1.0 + (-logit).exp())
+    }
 }
 
 impl Classifier {
@@ -27,7 +49,24 @@ impl Classifier {
             }
             _ => {}
         }
-        Ok(Classifier { model, output: spec.output, fake_index, classes })
+        let map_shape = match &spec.map_output {
+            None => None,
+            Some(name) => {
+                let declared = model.entry.outputs.get(1).filter(|output| output.name == *name);
+                match declared.map(|output| output.shape.as_slice()) {
+                    Some(&[1, channels, height, width]) => Some((channels, height, width)),
+                    _ => bail!(
+                        "map_output `{name}` is not the classifier's second output of shape [1, C, h, w]"
+                    ),
+                }
+            }
+        };
+        Ok(Classifier { model, output: spec.output, fake_index, classes, map_shape })
+    }
+
+    /// Whether the model predicts a manipulation map beside its fake probability (manifest `map_output`).
+    pub fn has_map(&self) -> bool {
+        self.map_shape.is_some()
     }
 
     pub fn entry(&self) -> &ModelEntry {
@@ -68,9 +107,32 @@ impl Classifier {
         self.judge()
     }
 
+    /// The probability that the face in `crop` is fake and, when the model has one, its manipulation map for
+    /// the crop, from the same run. A map with a wrong size or a NaN/infinite value is an error.
+    pub fn fake_probability_and_map(&mut self, crop: &RgbImage) -> Result<(f32, Option<ManipulationMap>)> {
+        self.model.set_input_image(crop)?;
+        let outputs = self.model.run()?;
+        let probability = self.read_probability(&outputs)?;
+        let Some((channels, height, width)) = self.map_shape else { return Ok((probability, None)) };
+        let values = outputs
+            .get(1)
+            .context("the classifier returned no manipulation map")?
+            .try_as_plain_ram()?
+            .as_slice::<f32>()
+            .context("the manipulation map is not f32")?;
+        let map = check_map(values, channels, height, width)
+            .with_context(|| format!("classifier `{}`: manipulation map", self.model.entry.id))?;
+        Ok((probability, Some(map)))
+    }
+
     /// Runs the model on its current input and reads the fake probability.
     fn judge(&mut self) -> Result<f32> {
         let outputs = self.model.run()?;
+        self.read_probability(&outputs)
+    }
+
+    /// The fake probability from the first output (the logits) of a run.
+    fn read_probability(&self, outputs: &[tract_onnx::prelude::TValue]) -> Result<f32> {
         let values = outputs
             .first()
             .context("classifier returned no output")?
@@ -80,6 +142,18 @@ impl Classifier {
         interpret(self.output, self.fake_index, self.classes, values)
             .with_context(|| format!("classifier `{}`", self.model.entry.id))
     }
+}
+
+/// Checks a raw manipulation map against its declared shape (C, h, w): the right number of values, all finite.
+pub fn check_map(values: &[f32], channels: usize, height: usize, width: usize) -> Result<ManipulationMap> {
+    let expected = channels * height * width;
+    if values.len() != expected {
+        bail!("{} values, expected {expected} ({channels} x {height} x {width})", values.len());
+    }
+    if let Some(index) = values.iter().position(|value| !value.is_finite()) {
+        bail!("value {index} is {}: the model is broken or its input was", values[index]);
+    }
+    Ok(ManipulationMap { channels, height, width, values: values.to_vec() })
 }
 
 /// Turns raw classifier output into a fake probability. Wrong size, NaN or infinity is an error, never a pass.
@@ -160,6 +234,23 @@ mod tests {
             assert!(interpret(ClassifierOutput::Softmax, 1, 2, &[bad, 0.0]).is_err(), "{bad} in softmax");
             assert!(interpret(ClassifierOutput::Sigmoid, 0, 1, &[bad]).is_err(), "{bad} in sigmoid");
             assert!(interpret(ClassifierOutput::Probability, 0, 1, &[bad]).is_err(), "{bad} as probability");
+        }
+    }
+
+    #[test]
+    fn a_manipulation_map_of_the_wrong_size_or_with_non_finite_values_is_an_error() {
+        let values: Vec<f32> = (0..2 * 3 * 4).map(|index| index as f32 - 12.0).collect();
+        let map = check_map(&values, 2, 3, 4).expect("a well-formed map");
+        assert_eq!((map.channels, map.height, map.width), (2, 3, 4));
+        // Channel 0, row 1, column 2 holds 1 * 4 + 2 - 12 = -6.
+        assert!(close(map.manipulation_probability(1, 2), 1.0 / (1.0 + 6f32.exp())));
+        assert!(check_map(&values[1..], 2, 3, 4).is_err(), "one value short");
+        assert!(check_map(&values, 2, 4, 4).is_err(), "another shape");
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut broken = values.clone();
+            broken[17] = bad;
+            let error = check_map(&broken, 2, 3, 4).expect_err("non-finite");
+            assert!(format!("{error:#}").contains("value 17"), "{error:#}");
         }
     }
 

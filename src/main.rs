@@ -63,6 +63,53 @@ enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+    /// The `[decision] frame_threshold` that meets a target BPCER on a site's own genuine captures (images,
+    /// directories, Y4M videos, or the board's camera), with the score distribution it rests on. Without inputs:
+    /// the board's `[source]`.
+    Calibrate {
+        #[arg(long, default_value = DEFAULT_BOARD)]
+        board: PathBuf,
+        /// The share of genuine frames allowed at or above the threshold.
+        #[arg(long, default_value_t = 0.05)]
+        target_bpcer: f64,
+        /// Read the board's V4L2 camera (`[source] kind = "v4l2"`) for --frames frames.
+        #[arg(long)]
+        camera: bool,
+        /// Frames to take from the camera.
+        #[arg(long, default_value_t = 300)]
+        frames: u64,
+        /// Print the result as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Draw the score histogram with the thresholds into this PNG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Write a copy of the board file, with only `[decision] frame_threshold` changed, to this file (in the
+        /// board file's directory).
+        #[arg(long)]
+        write: Option<PathBuf>,
+        inputs: Vec<PathBuf>,
+    },
+    /// Where the classifier saw manipulation in the main face of IMAGE: a PNG of the aligned crop (x4) beside
+    /// the same crop with the heat over it, and one JSON line. A still, or the first frame of a video.
+    Explain {
+        #[arg(long, default_value = DEFAULT_BOARD)]
+        board: PathBuf,
+        /// The PNG to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// map: the model's predicted manipulation map; occlusion: occlusion sensitivity; auto: map when the
+        /// model has one.
+        #[arg(long, value_enum, default_value = "auto")]
+        method: cli::explain::Method,
+        /// Occlusion: side of the patch, in crop pixels.
+        #[arg(long, default_value_t = 16)]
+        patch: usize,
+        /// Occlusion: step between patches, in crop pixels.
+        #[arg(long, default_value_t = 8)]
+        stride: usize,
+        image: PathBuf,
+    },
     /// Per-stage timings on synthesised camera frames of each pixel format (medians, measured in one run).
     Bench {
         #[arg(long, default_value = DEFAULT_BOARD)]
@@ -156,6 +203,13 @@ fn main() -> ExitCode {
         }
         Command::Eval { board, labels, json, plot } => {
             cli::eval::eval(&board, &labels, json, plot.as_deref())
+        }
+        Command::Calibrate { board, target_bpcer, camera, frames, json, plot, write, inputs } => {
+            let options = cli::calibrate::Options { target_bpcer, json, plot, write, camera, frames };
+            cli::calibrate::calibrate(&board, &inputs, &options)
+        }
+        Command::Explain { board, out, method, patch, stride, image } => {
+            cli::explain::explain(&board, &image, &out, method, cli::explain::Occlusion { patch, stride })
         }
         Command::Bench { board, image, size, formats, frames, json } => {
             cli::bench::bench(&board, &image, &size, &formats, frames, json)

@@ -101,6 +101,11 @@ pub struct ClassifierSpec {
     pub fake_index: Option<usize>,
     /// The fake-probability threshold the model card reports its operating point at.
     pub threshold: Option<f32>,
+    /// The output holding the predicted manipulation map, if the model has one (`deepgate explain`): shape
+    /// `[1, C, h, w]`, channel 0 the logits that the crop pixels under each cell were manipulated (cell (i, j)
+    /// covers x in [j·W/w, (j+1)·W/w), y likewise, of the W×H crop); further channels as its `meaning` says.
+    /// The classifier's logits stay the first output.
+    pub map_output: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -199,12 +204,91 @@ impl ModelEntry {
             }
             Role::Classifier => {
                 let spec = self.classifier.as_ref().context("a classifier needs [model.classifier]")?;
-                ensure!(self.outputs.len() == 1, "a classifier has exactly one output");
                 if spec.output == ClassifierOutput::Softmax {
                     ensure!(spec.fake_index.is_some(), "softmax output needs fake_index");
+                }
+                match &spec.map_output {
+                    None => ensure!(
+                        self.outputs.len() == 1,
+                        "a classifier has exactly one output (a second one only as its `map_output`)"
+                    ),
+                    Some(name) => self.validate_map_output(name, (width, height))?,
                 }
             }
         }
         Ok(())
+    }
+
+    /// A classifier's `map_output`: the second of exactly two outputs (the first stays the logits), of shape
+    /// `[1, C, h, w]` with C ≥ 1 and each cell at least one pixel of the `crop` (width, height).
+    fn validate_map_output(&self, name: &str, (width, height): (usize, usize)) -> Result<()> {
+        let declared: Vec<&str> = self.outputs.iter().map(|output| output.name.as_str()).collect();
+        let Some(index) = declared.iter().position(|output| *output == name) else {
+            bail!("classifier.map_output `{name}` is not one of the declared outputs {declared:?}");
+        };
+        ensure!(
+            index == 1 && self.outputs.len() == 2,
+            "classifier.map_output `{name}` must be the second of exactly two outputs (the first is the \
+             classifier's logits); outputs are {declared:?}"
+        );
+        let shape = &self.outputs[index].shape;
+        ensure!(
+            matches!(shape.as_slice(), [1, channels, rows, columns]
+                if *channels >= 1 && (1..=height).contains(rows) && (1..=width).contains(columns)),
+            "classifier.map_output `{name}` has shape {shape:?}; it must be [1, C, h, w] with C >= 1, \
+             1 <= h <= {height} and 1 <= w <= {width} (the crop's size)"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loads a manifest holding one classifier with the given extra outputs and `[model.classifier]` lines.
+    fn load_classifier(outputs: &[(&str, &str)], classifier: &str) -> Result<Manifest> {
+        let mut text = "[[model]]\nid = \"c\"\nrole = \"classifier\"\nfile = \"c.onnx\"\nsha256 = \"".to_string()
+                + &"0".repeat(64)
+                + "\"\nbytes = 1\nlicence = \"x\"\nprovenance = \"x\"\n[model.input]\nname = \"image\"\n\
+                   shape = [1, 3, 112, 112]\nlayout = \"NCHW\"\ncolour = \"RGB\"\nmean = [0.5, 0.5, 0.5]\n\
+                   std = [0.5, 0.5, 0.5]\n[[model.outputs]]\nname = \"logits\"\nshape = [1, 2]\nmeaning = \"x\"\n";
+        for (name, shape) in outputs {
+            text += &format!("[[model.outputs]]\nname = \"{name}\"\nshape = {shape}\nmeaning = \"x\"\n");
+        }
+        text += &format!("[model.classifier]\noutput = \"softmax\"\nfake_index = 1\n{classifier}\n");
+        let path = std::env::temp_dir().join(format!(
+            "deepgate-manifest-test-{}-{}.toml",
+            std::process::id(),
+            text.len()
+        ));
+        std::fs::write(&path, text)?;
+        let loaded = Manifest::load(&path);
+        std::fs::remove_file(&path)?;
+        loaded
+    }
+
+    #[test]
+    fn a_map_output_must_name_a_second_four_dimensional_output_within_the_crop() {
+        let manifest = load_classifier(&[("map", "[1, 2, 7, 7]")], "map_output = \"map\"").expect("valid");
+        let spec = manifest.models[0].classifier.as_ref().expect("classifier spec");
+        assert_eq!(spec.map_output.as_deref(), Some("map"));
+        assert!(load_classifier(&[], "").is_ok(), "no map: one output, as before");
+
+        for (outputs, classifier, expected) in [
+            (&[("map", "[1, 2, 7, 7]")][..], "", "exactly one output"),
+            (&[][..], "map_output = \"map\"", "not one of the declared outputs"),
+            (&[("map", "[1, 2, 7, 7]")][..], "map_output = \"logits\"", "second of exactly two"),
+            (&[("map", "[1, 2, 7, 7]"), ("more", "[1, 1]")][..], "map_output = \"map\"", "exactly two"),
+            (&[("map", "[1, 49]")][..], "map_output = \"map\"", "[1, C, h, w]"),
+            (&[("map", "[1, 0, 7, 7]")][..], "map_output = \"map\"", "C >= 1"),
+            (&[("map", "[1, 1, 113, 7]")][..], "map_output = \"map\"", "h <= 112"),
+            (&[("map", "[2, 1, 7, 7]")][..], "map_output = \"map\"", "[1, C, h, w]"),
+        ] {
+            let error = load_classifier(outputs, classifier).expect_err(expected);
+            assert!(format!("{error:#}").contains(expected), "{outputs:?} {classifier}: {error:#}");
+        }
+        let error = load_classifier(&[], "map_outputs = \"map\"").expect_err("unknown key");
+        assert!(format!("{error:#}").contains("map_outputs"), "strict parsing: {error:#}");
     }
 }

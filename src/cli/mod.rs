@@ -3,9 +3,11 @@
 pub mod audit;
 pub mod bench;
 pub mod bench_gpu;
+pub mod calibrate;
 pub mod capture;
 pub mod crops;
 pub mod eval;
+pub mod explain;
 pub mod output;
 pub mod probe;
 pub mod replay;

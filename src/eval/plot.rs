@@ -1,6 +1,7 @@
-//! The ROC plot of `deepgate eval --plot`: a PNG of the curve (x = BPCER, y = 1 − APCER) with the chance
-//! diagonal and the EER point, drawn pixel by pixel with a tiny built-in font, because the crate carries no
-//! vector or font renderer for one picture.
+//! The plots of `deepgate eval --plot` and `deepgate calibrate --plot`: the ROC (x = BPCER, y = 1 − APCER) with
+//! the chance diagonal and the EER point, and the histogram of genuine fake probabilities with the thresholds,
+//! drawn pixel by pixel with a tiny built-in font, because the crate carries no vector or font renderer for two
+//! pictures.
 #![forbid(unsafe_code)]
 
 use super::metrics::RocPoint;
@@ -23,6 +24,9 @@ const CHANCE: Rgb<u8> = Rgb([150, 150, 150]);
 const CURVE: Rgb<u8> = Rgb([20, 60, 220]);
 const EER_POINT: Rgb<u8> = Rgb([220, 30, 30]);
 const TEXT: Rgb<u8> = Rgb([40, 40, 40]);
+const BAR: Rgb<u8> = Rgb([20, 60, 220]);
+const THRESHOLD: Rgb<u8> = Rgb([220, 30, 30]);
+const CURRENT: Rgb<u8> = Rgb([120, 120, 120]);
 
 /// Pixel size of one font cell; glyphs are 3x5 cells.
 const FONT_SCALE: i32 = 2;
@@ -78,6 +82,76 @@ pub fn write_roc_png(points: &[RocPoint], auc: f64, eer: f64, path: &Path) -> Re
         .with_context(|| format!("writing ROC plot {}", path.display()))
 }
 
+/// Writes the histogram of fake probabilities as a 512x512 PNG to `path`: `bins` equal-width bars over [0, 1]
+/// (heights relative to the fullest bin), the calibrated `threshold` as a red line, the board's `current`
+/// threshold as a grey dashed one, and the sample count and threshold written in the upper right.
+pub fn write_histogram_png(bins: &[u64], threshold: f64, current: Option<f64>, path: &Path) -> Result<()> {
+    ensure!(!bins.is_empty(), "no histogram bins to plot");
+    ensure!(
+        (0.0..=1.0).contains(&threshold) && current.is_none_or(|value| (0.0..=1.0).contains(&value)),
+        "thresholds must lie in [0, 1]"
+    );
+    let fullest = bins.iter().copied().max().unwrap_or(0).max(1);
+    let mut canvas = Canvas { image: RgbImage::from_pixel(SIZE, SIZE, WHITE) };
+    for step in 0..=10 {
+        let (x, y) = to_pixel(step as f64 / 10.0, step as f64 / 10.0);
+        canvas.line((x, TOP), (x, BOTTOM), GRID, 0);
+        canvas.line((LEFT, y), (RIGHT, y), GRID, 0);
+    }
+    for (index, count) in bins.iter().enumerate() {
+        if *count == 0 {
+            continue;
+        }
+        let (left, top) = to_pixel(index as f64 / bins.len() as f64, *count as f64 / fullest as f64);
+        let (right, _) = to_pixel((index + 1) as f64 / bins.len() as f64, 0.0);
+        // One pixel of white between neighbouring bars.
+        canvas.fill_rectangle((left + 1, top), (right - 1, BOTTOM), BAR);
+    }
+    canvas.line((LEFT, TOP), (LEFT, BOTTOM), AXIS, 0);
+    canvas.line((LEFT, BOTTOM), (RIGHT, BOTTOM), AXIS, 0);
+    if let Some(current) = current {
+        let (x, _) = to_pixel(current, 0.0);
+        for y in (TOP..BOTTOM).step_by(12) {
+            canvas.line((x, y), (x, (y + 6).min(BOTTOM)), CURRENT, 0);
+        }
+    }
+    let (x, _) = to_pixel(threshold, 0.0);
+    canvas.line((x, TOP), (x, BOTTOM), THRESHOLD, 1);
+
+    let glyph_height = 5 * FONT_SCALE;
+    for (value, label) in [(0.0, "0"), (0.5, "0.5"), (1.0, "1")] {
+        let (x, _) = to_pixel(value, 0.0);
+        canvas.text((x - text_width(label) / 2, BOTTOM + 6), label, TEXT, false);
+    }
+    let fullest_label = fullest.to_string();
+    canvas.text(
+        (LEFT - 6 - text_width(&fullest_label), TOP - glyph_height / 2 + 1),
+        &fullest_label,
+        TEXT,
+        false,
+    );
+    let (middle_x, middle_y) = to_pixel(0.5, 0.5);
+    let x_title = "P FAKE";
+    canvas.text((middle_x - text_width(x_title) / 2, BOTTOM + 12 + glyph_height), x_title, TEXT, false);
+    let y_title = "COUNT";
+    canvas.text((LEFT - 48, middle_y + text_width(y_title) / 2), y_title, TEXT, true);
+
+    let total: u64 = bins.iter().sum();
+    let lines = [format!("N {total}"), format!("T {threshold:.4}")];
+    let width = lines.iter().map(|line| text_width(line)).max().unwrap_or(0);
+    let line_height = 7 * FONT_SCALE;
+    let (box_right, box_top) = (RIGHT - 6, TOP + 6);
+    let (box_left, box_bottom) = (box_right - width - 8, box_top + 2 * line_height + 6);
+    canvas.fill_rectangle((box_left, box_top), (box_right, box_bottom), WHITE);
+    for (row, line) in lines.iter().enumerate() {
+        canvas.text((box_left + 4, box_top + 4 + row as i32 * line_height), line, THRESHOLD, false);
+    }
+    canvas
+        .image
+        .save_with_format(path, ImageFormat::Png)
+        .with_context(|| format!("writing histogram plot {}", path.display()))
+}
+
 /// Plot coordinates in [0, 1] (clamped) to pixel coordinates, y growing upwards.
 fn to_pixel(x: f64, y: f64) -> (i32, i32) {
     let x = LEFT + (x.clamp(0.0, 1.0) * (RIGHT - LEFT) as f64).round() as i32;
@@ -125,6 +199,11 @@ fn glyph(character: char) -> [u8; 5] {
         'B' => [0b110, 0b101, 0b110, 0b101, 0b110],
         'C' => [0b011, 0b100, 0b100, 0b100, 0b011],
         'E' => [0b111, 0b100, 0b110, 0b100, 0b111],
+        'F' => [0b111, 0b100, 0b110, 0b100, 0b100],
+        'K' => [0b101, 0b101, 0b110, 0b101, 0b101],
+        'N' => [0b110, 0b101, 0b101, 0b101, 0b101],
+        'O' => [0b010, 0b101, 0b101, 0b101, 0b010],
+        'T' => [0b111, 0b010, 0b010, 0b010, 0b010],
         'P' => [0b110, 0b101, 0b110, 0b100, 0b100],
         'R' => [0b110, 0b101, 0b110, 0b101, 0b101],
         'U' => [0b101, 0b101, 0b101, 0b101, 0b111],
@@ -253,6 +332,34 @@ mod tests {
         let Rgb([red, green, blue]) = pixel_at(0.25, 0.75);
         assert!(red > 150 && green < 100 && blue < 100, "EER point is {:?}, not red", [red, green, blue]);
         assert_eq!(pixel_at(0.7, 0.7), CHANCE, "chance diagonal");
+        Ok(())
+    }
+
+    #[test]
+    fn draws_the_histogram_bars_and_the_thresholds() -> Result<()> {
+        // Four bins over [0, 1]: the second is the fullest, the fourth empty.
+        let path = std::env::temp_dir().join(format!("deepgate-histogram-test-{}.png", std::process::id()));
+        write_histogram_png(&[2, 4, 1, 0], 0.625, Some(0.875), &path)?;
+        let picture = image::open(&path)?.to_rgb8();
+        std::fs::remove_file(&path)?;
+        assert_eq!(picture.dimensions(), (SIZE, SIZE));
+        let pixel_at = |x: f64, y: f64| {
+            let (x, y) = to_pixel(x, y);
+            *picture.get_pixel(x as u32, y as u32)
+        };
+        // Bar heights 0.5, 1, 0.25 of the plot, in the middle of their bins.
+        assert_eq!(pixel_at(0.125, 0.45), BAR);
+        assert_ne!(pixel_at(0.125, 0.55), BAR, "the first bar is half as high as the fullest");
+        assert_eq!(pixel_at(0.375, 0.95), BAR);
+        assert_eq!(pixel_at(0.55, 0.2), BAR);
+        assert_ne!(pixel_at(0.55, 0.3), BAR);
+        assert_ne!(pixel_at(0.8, 0.1), BAR, "the empty bin has no bar");
+        assert_eq!(pixel_at(0.625, 0.6), THRESHOLD, "the calibrated threshold");
+        let dashed = (0..40).any(|step| pixel_at(0.875, step as f64 / 40.0) == CURRENT);
+        assert!(dashed, "the board's current threshold");
+        assert!(write_histogram_png(&[], 0.5, None, &path).is_err());
+        assert!(write_histogram_png(&[1], 1.5, None, &path).is_err());
+        assert!(!path.exists());
         Ok(())
     }
 

@@ -72,7 +72,10 @@ pub fn distill_with(arguments: &[String], binary: &std::path::Path) -> Result<()
             // The face-recognition backbone is checked against the real dlib (a prebuilt wheel in its own
             // environment), with its pinned weights fetched: these tests may not skip here.
             let dlib = python_environment(&distill_dir().join("reference"))?;
-            command.env("DLIB_PYTHON", dlib).env("DEEPGATE_REQUIRE_DLIB", "1").env("DEEPGATE_FETCH_WEIGHTS", "1");
+            command
+                .env("DLIB_PYTHON", dlib)
+                .env("DEEPGATE_REQUIRE_DLIB", "1")
+                .env("DEEPGATE_FETCH_WEIGHTS", "1");
             command.args(["-m", "unittest", "discover", "-s", "tests", "-t", "."]);
         }
         [step, rest @ ..] if rest.len() <= 1 => {
