@@ -4,19 +4,12 @@
 
 mod common;
 
+use common::deepgate;
+
 use deepgate::config::BoardConfig;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn deepgate(arguments: &[&str]) -> Output {
-    Command::new(common::exe())
-        .args(arguments)
-        .current_dir(common::root())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
+use std::process::Output;
 
 /// Two genuine people filmed (photos drifting across Y4M videos, as a camera delivers them) and the stills.
 fn genuine_captures() -> Vec<PathBuf> {

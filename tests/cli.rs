@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::deepgate;
+
 use deepgate::config::BoardConfig;
 use deepgate::pipeline::Models;
 use deepgate::preprocess::RgbImage;
@@ -11,15 +13,6 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn deepgate(arguments: &[&str]) -> Output {
-    Command::new(common::exe())
-        .args(arguments)
-        .current_dir(common::root())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
 
 fn json_lines(output: &Output) -> Vec<Value> {
     String::from_utf8_lossy(&output.stdout)

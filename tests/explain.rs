@@ -4,18 +4,11 @@
 
 mod common;
 
+use common::deepgate;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn deepgate(arguments: &[&str]) -> Output {
-    Command::new(common::exe())
-        .args(arguments)
-        .current_dir(common::root())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
+use std::process::Output;
 
 /// The one JSON line `explain` prints.
 fn explained(output: &Output) -> Value {

@@ -18,6 +18,16 @@ pub fn exe() -> PathBuf {
         .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_deepgate")), PathBuf::from)
 }
 
+/// Runs `deepgate` with `arguments` in the source tree (warnings and errors logged) and waits for it.
+pub fn deepgate(arguments: &[&str]) -> std::process::Output {
+    std::process::Command::new(exe())
+        .args(arguments)
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the deepgate binary runs")
+}
+
 pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
 }
