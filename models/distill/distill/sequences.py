@@ -33,6 +33,7 @@ import csv
 import io
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -102,6 +103,29 @@ def kiosk_board(config) -> Path:
             body = re.sub(rf"^{key} = [^#\n]*", f"{key} = {camera[key]} ", body, flags=re.M)
     board.write_text(text[:section] + body + text[end:])
     return board
+
+
+def calibrate_on_validation(config, board: Path, target_bpcer: float = 0.10) -> dict:
+    """`deepgate calibrate` on the validation people's genuine photos (never the test people): the frame
+    threshold at which at most `target_bpcer` of their usable faces score at or above it, written into a copy of
+    `board`. Returns the threshold, the calibrate command's summary and the board, or why there is none (too few
+    faces: the command refuses), which the report then says."""
+    from .faces import load_faces
+
+    photos = sorted({str(face.photo) for face in load_faces(config) if face.split == "validation"})
+    calibrated = board.parent / "calibrated.toml"
+    command = [str(runtime.binary()), "calibrate", "--board", str(board), "--target-bpcer", str(target_bpcer),
+               "--json", "--write", str(calibrated), *photos]
+    result = subprocess.run(command, cwd=runtime.ROOT, capture_output=True, text=True,
+                            env={**os.environ, "RUST_LOG": "warn"})
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    summary = json.loads(lines[-1]) if lines else {}
+    if result.returncode != 0 or not calibrated.exists():
+        print(f"sequences: no calibrated threshold ({result.returncode}): {result.stderr.strip()[-500:]}", flush=True)
+        return {"photos": len(photos), "target_bpcer": target_bpcer, "board": None,
+                "refused": (result.stderr.strip() or result.stdout.strip())[-500:], "summary": summary}
+    return {"photos": len(photos), "target_bpcer": target_bpcer, "board": str(calibrated),
+            "frame_threshold": summary.get("frame_threshold"), "summary": summary}
 
 
 def default_frames(board: Path) -> int:
@@ -436,28 +460,41 @@ def evaluate_sequences(config) -> dict:
     boxes = face_boxes([test_dir / row["file"] for row in rows], out / "detect")
     detect_seconds = time.monotonic() - started
     board = Path(settings.board) if settings.board else kiosk_board(config)
+    # The same clips judged twice: at the board's frame threshold as shipped, and at the threshold
+    # `deepgate calibrate` derives from the VALIDATION people's genuine photos (a site's calibration, done
+    # with people the test never sees).
+    calibration = calibrate_on_validation(config, board)
+    boards = {"shipped": board}
+    if calibration.get("board"):
+        boards["calibrated"] = Path(calibration["board"])
     clips: list[dict] = []
     render_seconds = 0.0
     replay_wait_seconds = 0.0
-    pending: tuple[subprocess.Popen, list[dict]] | None = None
+    pending: tuple[dict[str, subprocess.Popen], list[dict]] | None = None
 
-    def collect(process: subprocess.Popen, batch: list[dict]) -> None:
+    def collect(processes: dict[str, subprocess.Popen], batch: list[dict]) -> None:
         nonlocal replay_wait_seconds
-        waited = time.monotonic()
-        stdout, stderr = process.communicate()
-        replay_wait_seconds += time.monotonic() - waited
-        parsed = parse_replay(stdout)
-        if process.returncode not in (0, 1) or not parsed:
-            raise RuntimeError(f"deepgate replay failed ({process.returncode}):\n{stderr[-3000:]}")
+        for name, process in processes.items():
+            waited = time.monotonic()
+            stdout, stderr = process.communicate()
+            replay_wait_seconds += time.monotonic() - waited
+            parsed = parse_replay(stdout)
+            if process.returncode not in (0, 1) or not parsed:
+                raise RuntimeError(f"deepgate replay failed ({process.returncode}):\n{stderr[-3000:]}")
+            for clip in batch:
+                seen = parsed.get(clip["video"], {"verdicts": [], "errors": [], "frames": 0, "frames_with_face": 0,
+                                                  "usable_probabilities": []})
+                probabilities = seen["usable_probabilities"]
+                fields = outcome(seen["verdicts"], seen["errors"])
+                fields.update({"frames_replayed": seen["frames"], "frames_with_face": seen["frames_with_face"],
+                               "frames_usable": len(probabilities),
+                               "mean_frame_fake_probability": float(np.mean(probabilities)) if probabilities else None,
+                               "all_verdicts": [v["decision"] for v in seen["verdicts"]]})
+                if name == "shipped":
+                    clip.update(fields)
+                else:
+                    clip[name] = fields
         for clip in batch:
-            seen = parsed.get(clip["video"], {"verdicts": [], "errors": [], "frames": 0, "frames_with_face": 0,
-                                              "usable_probabilities": []})
-            probabilities = seen["usable_probabilities"]
-            clip.update(outcome(seen["verdicts"], seen["errors"]))
-            clip.update({"frames_replayed": seen["frames"], "frames_with_face": seen["frames_with_face"],
-                         "frames_usable": len(probabilities),
-                         "mean_frame_fake_probability": float(np.mean(probabilities)) if probabilities else None,
-                         "all_verdicts": [v["decision"] for v in seen["verdicts"]]})
             if not settings.keep_videos:
                 Path(clip["video"]).unlink(missing_ok=True)
         clips.extend(batch)
@@ -478,13 +515,16 @@ def evaluate_sequences(config) -> dict:
         render_seconds += time.monotonic() - rendered
         if pending is not None:
             collect(*pending)
-        pending = (_replay(board, [Path(clip["video"]) for clip in batch]), batch)
+        videos = [Path(clip["video"]) for clip in batch]
+        pending = ({name: _replay(judge, videos) for name, judge in boards.items()}, batch)
     if pending is not None:
         collect(*pending)
     total = time.monotonic() - started
     results = report(clips)
+    calibration["report"] = report([{**clip, **clip["calibrated"]} for clip in clips]) if "calibrated" in boards else None
     results.update({
         "board": str(board),
+        "calibrated": calibration,
         "settings": {**settings.__dict__, "colour": "C420jpeg BT.601 limited range"},
         "outcome_rule": "first decisive verdict (genuine/fake) per clip; else uncertain; else no_face; else error",
         "timings": {"seconds_total": round(total, 1), "seconds_detect": round(detect_seconds, 1),
