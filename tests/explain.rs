@@ -1,5 +1,5 @@
 //! `deepgate explain` as an operator runs it: the PNG's shape, byte-identical output on a second run, finite
-//! occlusion heat on the shipped classifier, the predicted manipulation map of a model that has one (a stand-in
+//! occlusion heat on the shipped classifier, the predicted manipulation map of the shipped classifier and of a stand-in
 //! from tests/fixtures/models/make_map_model.py), and a clear error for an image without a face.
 
 mod common;
@@ -42,13 +42,14 @@ fn explain(board: Option<&Path>, image: &str, out: &Path, extra: &[&str]) -> Out
 }
 
 #[test]
-fn occlusion_on_the_shipped_classifier_is_finite_deterministic_and_the_documented_shape() {
+fn occlusion_on_the_shipped_classifier_is_finite_deterministic_and_the_documented_shape_and_auto_shows_its_map(
+) {
     let directory = common::temp_dir("explain-occlusion");
     let (first, second) = (directory.join("first.png"), directory.join("second.png"));
     let image = "tests/fixtures/faces/obama.jpg";
-    let line = explained(&explain(None, image, &first, &[]));
+    let line = explained(&explain(None, image, &first, &["--method", "occlusion"]));
     assert_eq!(line["type"], "explain");
-    assert_eq!(line["method"], "occlusion", "the shipped classifier has no map: auto takes occlusion");
+    assert_eq!(line["method"], "occlusion");
     assert_eq!(line["model"], "deepgate_student");
     let (low, high) = (line["map_min"].as_f64().unwrap(), line["map_max"].as_f64().unwrap());
     assert!(low.is_finite() && high.is_finite() && low <= high, "{line}");
@@ -70,13 +71,22 @@ fn occlusion_on_the_shipped_classifier_is_finite_deterministic_and_the_documente
     // The left half is the plain crop: 4x4 blocks of one colour.
     assert_eq!(picture.get_pixel(200, 200), picture.get_pixel(203, 203));
 
-    let again = explained(&explain(None, image, &second, &[]));
+    let again = explained(&explain(None, image, &second, &["--method", "occlusion"]));
     assert_eq!(std::fs::read(&first).unwrap(), std::fs::read(&second).unwrap(), "byte-identical PNGs");
     assert_eq!(again["map_min"], line["map_min"]);
     assert_eq!(again["map_max"], line["map_max"]);
 
-    // The model has no map to show.
-    let output = explain(None, image, &directory.join("never.png"), &["--method", "map"]);
+    // The shipped classifier predicts a map (manifest `map_output`): auto shows it, on its 14 x 14 grid.
+    let shipped = explained(&explain(None, image, &directory.join("shipped.png"), &[]));
+    assert_eq!(shipped["method"], "map", "{shipped}");
+    assert_eq!(shipped["cells"], serde_json::json!([14, 14]));
+    assert_eq!(shipped["fake_probability"], line["fake_probability"]);
+
+    // A classifier without a map: auto takes occlusion, and asking for its map is refused.
+    let board = common::board(Some("stand_in"), &[], &[]);
+    let plain = explained(&explain(Some(&board), image, &directory.join("plain.png"), &[]));
+    assert_eq!(plain["method"], "occlusion", "{plain}");
+    let output = explain(Some(&board), image, &directory.join("never.png"), &["--method", "map"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("map_output"));
     assert!(!directory.join("never.png").exists());
