@@ -1,6 +1,6 @@
 //! `deepgate explain` as an operator runs it: the PNG's shape, byte-identical output on a second run, finite
-//! occlusion heat on the shipped classifier, the predicted manipulation map of the shipped classifier and of a stand-in
-//! from tests/fixtures/models/make_map_model.py), and a clear error for an image without a face.
+//! occlusion heat on the shipped classifier, the predicted manipulation map of the shipped classifier and of a
+//! stand-in (tests/fixtures/models/make_map_model.py), and a clear error for an image without a face.
 
 mod common;
 
