@@ -49,17 +49,10 @@ impl Classifier {
             }
             _ => {}
         }
-        let map_shape = match &spec.map_output {
+        let map_shape = match model.entry.map_output().map(|output| (&output.name, output.shape.as_slice())) {
             None => None,
-            Some(name) => {
-                let declared = model.entry.outputs.get(1).filter(|output| output.name == *name);
-                match declared.map(|output| output.shape.as_slice()) {
-                    Some(&[1, channels, height, width]) => Some((channels, height, width)),
-                    _ => bail!(
-                        "map_output `{name}` is not the classifier's second output of shape [1, C, h, w]"
-                    ),
-                }
-            }
+            Some((_, &[1, channels, height, width])) => Some((channels, height, width)),
+            Some((name, shape)) => bail!("map_output `{name}` has shape {shape:?}, not [1, C, h, w]"),
         };
         Ok(Classifier { model, output: spec.output, fake_index, classes, map_shape })
     }

@@ -219,6 +219,13 @@ impl ModelEntry {
         Ok(())
     }
 
+    /// The output a classifier's `map_output` names (validated at load: its second output, `[1, C, h, w]`),
+    /// or None when it declares none.
+    pub fn map_output(&self) -> Option<&OutputSpec> {
+        let name = self.classifier.as_ref()?.map_output.as_ref()?;
+        self.outputs.iter().find(|output| output.name == *name)
+    }
+
     /// A classifier's `map_output`: the second of exactly two outputs (the first stays the logits), of shape
     /// `[1, C, h, w]` with C ≥ 1 and each cell at least one pixel of the `crop` (width, height).
     fn validate_map_output(&self, name: &str, (width, height): (usize, usize)) -> Result<()> {

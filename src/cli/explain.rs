@@ -135,10 +135,7 @@ pub fn explain(
         image::ExtendedColorType::Rgb8,
     )
     .with_context(|| format!("writing {}", out.display()))?;
-    let map_meaning =
-        classifier.entry().classifier.as_ref().and_then(|spec| spec.map_output.as_ref()).and_then(|name| {
-            classifier.entry().outputs.iter().find(|output| output.name == *name).map(|o| o.meaning.clone())
-        });
+    let map_meaning = classifier.entry().map_output().map(|output| output.meaning.clone());
     // 4 decimals for probabilities and heat, 0.01 pixel for the box, as `replay` prints them.
     let round = |value: f32, per_unit: f64| (f64::from(value) * per_unit).round() / per_unit;
     let line = serde_json::json!({

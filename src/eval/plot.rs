@@ -43,13 +43,7 @@ pub fn write_roc_png(points: &[RocPoint], auc: f64, eer: f64, path: &Path) -> Re
         (0.0..=1.0).contains(&auc) && (0.0..=1.0).contains(&eer),
         "AUC {auc} and EER {eer} must lie in [0, 1]"
     );
-    let mut canvas = Canvas { image: RgbImage::from_pixel(SIZE, SIZE, WHITE) };
-
-    for step in 0..=10 {
-        let (x, y) = to_pixel(step as f64 / 10.0, step as f64 / 10.0);
-        canvas.line((x, TOP), (x, BOTTOM), GRID, 0);
-        canvas.line((LEFT, y), (RIGHT, y), GRID, 0);
-    }
+    let mut canvas = Canvas::gridded();
     canvas.line((LEFT, BOTTOM), (RIGHT, TOP), CHANCE, 0);
     canvas.line((LEFT, TOP), (LEFT, BOTTOM), AXIS, 0);
     canvas.line((LEFT, BOTTOM), (RIGHT, BOTTOM), AXIS, 0);
@@ -65,16 +59,12 @@ pub fn write_roc_png(points: &[RocPoint], auc: f64, eer: f64, path: &Path) -> Re
     }
     canvas.disc(to_pixel(eer, 1.0 - eer), 5, EER_POINT);
 
-    // Drawn last on a white box so the figures stay readable over the grid.
-    let lines = [format!("AUC {auc:.3}"), format!("EER {:.2}%", 100.0 * eer)];
-    let width = lines.iter().map(|line| text_width(line)).max().unwrap_or(0);
-    let line_height = 7 * FONT_SCALE;
-    let (box_right, box_bottom) = (RIGHT - 6, BOTTOM - 6);
-    let (box_left, box_top) = (box_right - width - 8, box_bottom - 2 * line_height - 6);
-    canvas.fill_rectangle((box_left, box_top), (box_right, box_bottom), WHITE);
-    for (row, line) in lines.iter().enumerate() {
-        canvas.text((box_left + 4, box_top + 4 + row as i32 * line_height), line, EER_POINT, false);
-    }
+    // Drawn last so the figures stay readable over the grid.
+    canvas.legend(
+        &[format!("AUC {auc:.3}"), format!("EER {:.2}%", 100.0 * eer)],
+        Corner::BottomRight,
+        EER_POINT,
+    );
 
     canvas
         .image
@@ -92,12 +82,7 @@ pub fn write_histogram_png(bins: &[u64], threshold: f64, current: Option<f64>, p
         "thresholds must lie in [0, 1]"
     );
     let fullest = bins.iter().copied().max().unwrap_or(0).max(1);
-    let mut canvas = Canvas { image: RgbImage::from_pixel(SIZE, SIZE, WHITE) };
-    for step in 0..=10 {
-        let (x, y) = to_pixel(step as f64 / 10.0, step as f64 / 10.0);
-        canvas.line((x, TOP), (x, BOTTOM), GRID, 0);
-        canvas.line((LEFT, y), (RIGHT, y), GRID, 0);
-    }
+    let mut canvas = Canvas::gridded();
     for (index, count) in bins.iter().enumerate() {
         if *count == 0 {
             continue;
@@ -137,15 +122,7 @@ pub fn write_histogram_png(bins: &[u64], threshold: f64, current: Option<f64>, p
     canvas.text((LEFT - 48, middle_y + text_width(y_title) / 2), y_title, TEXT, true);
 
     let total: u64 = bins.iter().sum();
-    let lines = [format!("N {total}"), format!("T {threshold:.4}")];
-    let width = lines.iter().map(|line| text_width(line)).max().unwrap_or(0);
-    let line_height = 7 * FONT_SCALE;
-    let (box_right, box_top) = (RIGHT - 6, TOP + 6);
-    let (box_left, box_bottom) = (box_right - width - 8, box_top + 2 * line_height + 6);
-    canvas.fill_rectangle((box_left, box_top), (box_right, box_bottom), WHITE);
-    for (row, line) in lines.iter().enumerate() {
-        canvas.text((box_left + 4, box_top + 4 + row as i32 * line_height), line, THRESHOLD, false);
-    }
+    canvas.legend(&[format!("N {total}"), format!("T {threshold:.4}")], Corner::TopRight, THRESHOLD);
     canvas
         .image
         .save_with_format(path, ImageFormat::Png)
@@ -216,7 +193,41 @@ struct Canvas {
     image: RgbImage,
 }
 
+/// Where a legend box sits: 6 pixels inside the plot's right edge and its top or bottom edge.
+enum Corner {
+    TopRight,
+    BottomRight,
+}
+
 impl Canvas {
+    /// A white picture with the plot's 10 x 10 grid.
+    fn gridded() -> Canvas {
+        let mut canvas = Canvas { image: RgbImage::from_pixel(SIZE, SIZE, WHITE) };
+        for step in 0..=10 {
+            let (x, y) = to_pixel(step as f64 / 10.0, step as f64 / 10.0);
+            canvas.line((x, TOP), (x, BOTTOM), GRID, 0);
+            canvas.line((LEFT, y), (RIGHT, y), GRID, 0);
+        }
+        canvas
+    }
+
+    /// `lines` of text in `colour` on a white box in `corner` of the plot.
+    fn legend(&mut self, lines: &[String], corner: Corner, colour: Rgb<u8>) {
+        let width = lines.iter().map(|line| text_width(line)).max().unwrap_or(0);
+        let line_height = 7 * FONT_SCALE;
+        let height = lines.len() as i32 * line_height + 6;
+        let box_right = RIGHT - 6;
+        let (box_top, box_bottom) = match corner {
+            Corner::TopRight => (TOP + 6, TOP + 6 + height),
+            Corner::BottomRight => (BOTTOM - 6 - height, BOTTOM - 6),
+        };
+        let box_left = box_right - width - 8;
+        self.fill_rectangle((box_left, box_top), (box_right, box_bottom), WHITE);
+        for (row, line) in lines.iter().enumerate() {
+            self.text((box_left + 4, box_top + 4 + row as i32 * line_height), line, colour, false);
+        }
+    }
+
     fn set(&mut self, (x, y): (i32, i32), color: Rgb<u8>) {
         if let (Ok(x), Ok(y)) = (u32::try_from(x), u32::try_from(y)) {
             if x < self.image.width() && y < self.image.height() {
