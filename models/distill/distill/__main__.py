@@ -11,6 +11,8 @@ Steps, each reproducible from its config and seed, each writing into runs/<name>
   evaluate      metrics per family and compression, in Python and through `deepgate eval`
   sequences     per-person decisions of `deepgate replay` on Y4M sequences of held-out people
   lofo          leave-one-family-out: a student trained without each family, tested on it
+  levers        variants of the student (backbone, depth, reconstruction, self-supervised pretraining, learning
+                rate) at one budget, compared on the validation people with their runtime latency
   all           every step in order
 """
 
@@ -28,7 +30,7 @@ from . import config as configuration
 from . import evaluate, faces, train
 
 STEPS = ["faces", "mesh", "testset", "separability", "teacher", "student", "export", "evaluate", "sequences",
-         "lofo"]
+         "lofo", "levers"]
 
 
 def run_step(step: str, config: configuration.Config) -> dict | list:
@@ -46,6 +48,10 @@ def run_step(step: str, config: configuration.Config) -> dict | list:
         return sequences.evaluate_sequences(config)
     if step == "lofo":
         return evaluate.leave_one_family_out(config)
+    if step == "levers":
+        from . import levers
+
+        return levers.levers(config)
     if step == "separability":
         return train.separability(config)
     if step == "teacher":

@@ -162,32 +162,56 @@ class _LiteBlock(nn.Module):
 
 
 class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0. `blocks` keeps the stem and that many MBConv blocks (1..16) and, at 17 (all 16), the
+    1280-channel head, as `MobileNetV2` does: a truncated one is a student candidate of its own."""
+
     STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3), (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
     mean, std = IMAGENET_MEAN, IMAGENET_STD
-    channels = 1280
 
-    def __init__(self):
+    def __init__(self, blocks: int = 17):
         super().__init__()
+        if not 1 <= blocks <= 17:
+            raise ValueError(f"EfficientNet-Lite0 has 16 blocks (17: with its head); {blocks} asked for")
         self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
-        blocks, channels = [], 32
+        layers, widths = [], [32]
         for expand, kernel, stride, outputs, repeats in self.STAGES:
             for index in range(repeats):
-                blocks.append(_LiteBlock(channels, outputs, kernel, stride if index == 0 else 1, expand))
-                channels = outputs
-        self._blocks = nn.ModuleList(blocks)
-        self._conv_head = nn.Conv2d(channels, 1280, 1, bias=False)
-        self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
+                layers.append(_LiteBlock(widths[-1], outputs, kernel, stride if index == 0 else 1, expand))
+                widths.append(outputs)
+        kept = min(blocks, 16)
+        self._blocks = nn.ModuleList(layers[:kept])
+        self.head = blocks == 17
+        if self.head:
+            self._conv_head = nn.Conv2d(widths[-1], 1280, 1, bias=False)
+            self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
+        self.channels = 1280 if self.head else widths[kept]
+        # The stride-8 stage ends after the fifth block (40 channels): the manipulation map's fine tap.
+        self.tap = min(5, kept)
+        self.map_channels = (widths[self.tap], self.channels)
+
+    def _finish(self, x):
+        return F.relu6(self._bn1(self._conv_head(x))) if self.head else x
 
     def feature_map(self, x):
+        return self.feature_maps(x)[1]
+
+    def feature_maps(self, x):
+        """(the stride-8 map, the last map): the manipulation map's inputs."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        for block in self._blocks[: self.tap]:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        middle = x
+        for block in self._blocks[self.tap :]:
+            x = block(x)
+        return middle, self._finish(x)
 
     def load_pretrained(self, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
         own = self.state_dict()
+        missing = [key for key in own if key not in state]
+        if missing:
+            raise RuntimeError(f"{path} lacks {missing[:3]}")
         self.load_state_dict({key: state[key] for key in own})
 
 
@@ -227,7 +251,7 @@ def build_backbone(name: str, cache: Path | None, *, blocks: int = 17, clip_weig
             net.load_pretrained(fetch_weights(name, cache))
         return net, 224
     if name == "efficientnet_lite0":
-        net = EfficientNetLite0()
+        net = EfficientNetLite0(blocks)
         if pretrained:
             net.load_pretrained(fetch_weights(name, cache))
         return net, 224
@@ -238,10 +262,21 @@ def build_backbone(name: str, cache: Path | None, *, blocks: int = 17, clip_weig
 
         level = 0 if blocks == 17 else blocks
         return build_dlib_resnet(cache, feature_level=level, pretrained=pretrained), DlibResNet.input_size
+    if name in ("mobilefacenet", "hse_faceres"):
+        # Face-recognition networks read from the files their packages ship (face_teachers.py). Their weights'
+        # licences are unclear: training-time teachers only, which export.write_onnx enforces. `blocks` picks the
+        # last map kept: 17 (the default) the network's last one, 8 the stride-8 one.
+        from .face_teachers import build_face_teacher
+
+        if blocks not in (17, 8):
+            raise ValueError(f"{name}: blocks is 17 (the last map) or 8 (the stride-8 map); {blocks} asked for")
+        net = build_face_teacher(name, cache, feature_stride=None if blocks == 17 else 8, pretrained=pretrained)
+        return net, net.input_size
     if name == "clip":
         net = ClipVision(clip_weights, tiny=clip_weights is None and not pretrained, image_size=tiny_size)
         return net, net.input_size
-    raise ValueError(f"unknown backbone `{name}` (mobilenet_v2, efficientnet_lite0, dlib_resnet, clip)")
+    raise ValueError(f"unknown backbone `{name}` (mobilenet_v2, efficientnet_lite0, dlib_resnet, mobilefacenet, "
+                     f"hse_faceres, clip)")
 
 
 class MapHead(nn.Module):

@@ -29,16 +29,17 @@ class Data:
 
 @dataclass
 class Model:
-    backbone: str = "mobilenet_v2"  # mobilenet_v2 | efficientnet_lite0 | clip
-    blocks: int = 17  # MobileNetV2 blocks kept
+    backbone: str = "mobilenet_v2"  # mobilenet_v2 | efficientnet_lite0 | dlib_resnet | clip
+    blocks: int = 17  # MobileNetV2 / EfficientNet-Lite0 blocks kept (17: all, with the head)
     pretrained: bool = True
     clip_weights: str = ""  # local Hugging Face directory for clip; empty: tiny random config (tests only)
     native_size: bool = True  # resize the crop to the backbone's native input size inside the model
     tune: str = "norm"  # "norm": LayerNorm/BatchNorm affine only (LN-tuning); "all": every parameter
     embedding: int = 128
-    reconstruction: float = 0.0  # weight of the reconstruction branch's loss (0: no decoder)
+    reconstruction: float = 0.0  # weight of the reconstruction branch's loss, on genuine faces (0: no decoder)
     map: float = 0.0  # weight of the manipulation map's loss (region + seam, from the blend masks); 0: no map
     metric: float = 0.1  # weight of the hypersphere alignment + uniformity terms
+    pretrain: str = ""  # "ssl": self-supervised pretraining on the training people's unlabelled crops first ([ssl])
 
 
 @dataclass
@@ -48,6 +49,18 @@ class Train:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     steps_per_epoch: int = 0  # 0: one pass over the training faces (each as genuine and as SBI fake)
+
+
+@dataclass
+class Ssl:
+    """Self-supervised pretraining (SimCLR's contrastive objective): two camera-augmented, randomly cropped views of
+    each unlabelled training crop are pulled together on the sphere, every other crop pushed away."""
+
+    steps: int = 150
+    batch: int = 32
+    learning_rate: float = 1e-3
+    temperature: float = 0.2
+    min_scale: float = 0.6  # the random crop keeps at least this share of each side
 
 
 @dataclass
@@ -76,6 +89,12 @@ class Config:
     distill: Distill = field(default_factory=Distill)
     lofo_train: Train | None = None  # the leave-one-family-out students' schedule; None: student_train's
     lofo_families: list[str] | None = None  # families to hold out in turn; None: every trained family
+    ssl: Ssl = field(default_factory=Ssl)
+    # The levers step: variants of the student, each trained directly at one budget (`levers_train`) and compared
+    # on the validation people only, with their latency in the runtime. Each is a table: `name`, then any [student]
+    # key to change, and optionally `learning_rate`.
+    levers: list[dict] = field(default_factory=list)
+    levers_train: Train | None = None  # None: lofo_train's (else student_train's)
     export_to_models: bool = False  # true: write the student into models/ and its manifest (the shipped run)
     model_id: str = "deepgate_student"
     # The student derives from torchvision's MobileNetV2 ImageNet weights (BSD-3-Clause).
@@ -100,7 +119,7 @@ def _build(kind, table: dict, where: str):
         value = table[f.name]
         nested = {"data": Data, "teacher": Model, "student": Model, "teacher_train": Train,
                   "student_train": Train, "finetune_train": Train, "lofo_train": Train,
-                  "distill": Distill}.get(f.name) if kind is Config else None
+                  "levers_train": Train, "distill": Distill, "ssl": Ssl}.get(f.name) if kind is Config else None
         if nested is not None:
             declared = Config.__dataclass_fields__[f.name]
             base = nested() if declared.default is None else declared.default_factory()
@@ -122,6 +141,19 @@ def load(path: Path) -> Config:
     for model in (config.teacher, config.student):
         if model.tune not in ("norm", "all"):
             raise ValueError(f"{path}: tune must be norm or all")
+        if model.pretrain not in ("", "ssl"):
+            raise ValueError(f"{path}: pretrain must be \"\" or \"ssl\"; got {model.pretrain!r}")
+    lever_keys = {f.name for f in fields(Model)} | {"name", "learning_rate"}
+    names = [lever.get("name") for lever in config.levers]
+    for lever in config.levers:
+        unknown = set(lever) - lever_keys
+        if unknown or not isinstance(lever.get("name"), str) or not lever["name"].isidentifier():
+            raise ValueError(f"{path}: each lever needs a `name` (letters, digits, _) and only [student] keys or "
+                             f"learning_rate; got {sorted(lever)}")
+        if lever.get("pretrain", "") not in ("", "ssl"):
+            raise ValueError(f"{path}: lever {lever['name']}: pretrain must be \"\" or \"ssl\"")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: lever names repeat: {names}")
     from .forge import FAMILIES
 
     for key in ("families", "test_families"):

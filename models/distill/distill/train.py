@@ -175,8 +175,11 @@ def losses(config: Config, spec: Model, model: Classifier, images, labels, regio
     terms = {"decision": F.cross_entropy(logits, labels)}
     if spec.metric > 0:
         terms["hypersphere"] = spec.metric * hypersphere_terms(embedding, labels)
-    if reconstruction is not None:
-        terms["reconstruction"] = spec.reconstruction * F.l1_loss(reconstruction, normalised)
+    if reconstruction is not None and bool((labels == 0).any()):
+        # Genuine faces only (RECCE's idea): the decoder learns what a real face looks like, so the shared encoder
+        # must hold what a forgery's reconstruction would lack.
+        genuine = labels == 0
+        terms["reconstruction"] = spec.reconstruction * F.l1_loss(reconstruction[genuine], normalised[genuine])
     if manipulation_map is not None:
         target = map_targets(region, seam, manipulation_map.shape[-2:])
         terms["map"] = spec.map * F.binary_cross_entropy_with_logits(manipulation_map, target)
@@ -194,6 +197,61 @@ def losses(config: Config, spec: Model, model: Classifier, images, labels, regio
     return terms
 
 
+def _random_view(crop: np.ndarray, rng: np.random.Generator, min_scale: float) -> np.ndarray:
+    """A random square-ish crop of at least `min_scale` of each side, resized back, then the camera augmentations."""
+    from PIL import Image
+
+    size = crop.shape[0]
+    side = int(round(size * rng.uniform(min_scale, 1.0)))
+    top, left = rng.integers(0, size - side + 1, 2)
+    patch = Image.fromarray(np.ascontiguousarray(crop[top : top + side, left : left + side]))
+    view = np.asarray(patch.resize((size, size), Image.BILINEAR))
+    return forge.augment(view, np.zeros(view.shape[:2], np.float32), rng)[0]
+
+
+def contrastive_loss(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent: each view's partner is the positive, every other view in the batch a negative."""
+    z = F.normalize(torch.cat([a, b]), dim=1)
+    similarity = z @ z.T / temperature
+    similarity.fill_diagonal_(float("-inf"))
+    count = len(a)
+    partners = torch.cat([torch.arange(count, 2 * count), torch.arange(count)]).to(z.device)
+    return F.cross_entropy(similarity, partners)
+
+
+def pretrain_ssl(config: Config, model: Classifier, crops: list[np.ndarray]) -> dict:
+    """Self-supervised pretraining of `model`'s backbone on unlabelled crops (the training people's only: the
+    validation and test people stay unseen) with SimCLR's objective through a throw-away projection head. The
+    supervised training then starts from these weights. Returns the loss at the start and at the end."""
+    ssl = config.ssl
+    if not crops or ssl.steps < 1 or ssl.batch < 2:
+        raise RuntimeError(f"self-supervised pretraining needs training crops, a step and batches of 2 or more; "
+                           f"got {len(crops)} crops, {ssl.steps} steps, batch {ssl.batch}")
+    backbone = model.backbone
+    projection = torch.nn.Sequential(torch.nn.Linear(backbone.channels, 128), torch.nn.ReLU(),
+                                     torch.nn.Linear(128, 64)).to(DEVICE)
+    optimiser = torch.optim.AdamW([*backbone.parameters(), *projection.parameters()], lr=ssl.learning_rate,
+                                  weight_decay=1e-4)
+    rng = np.random.default_rng([config.seed, 99])
+    losses_seen, started = [], time.time()
+    model.train()
+    for step in range(ssl.steps):
+        # Without replacement where there are enough crops (a repeated crop would be its own negative).
+        chosen = rng.choice(len(crops), size=ssl.batch, replace=len(crops) < ssl.batch)
+        views = [tensor([_random_view(crops[i], rng, ssl.min_scale) for i in chosen]) for _ in range(2)]
+        pooled = [model.encode(model.prepare(view.to(DEVICE)))[0] for view in views]
+        loss = contrastive_loss(projection(pooled[0]), projection(pooled[1]), ssl.temperature)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses_seen.append(loss.item())
+        if step % 25 == 0 or step == ssl.steps - 1:
+            print(f"ssl step {step}: contrastive loss {loss.item():.4f} ({time.time() - started:.0f} s)", flush=True)
+    window = max(1, min(10, len(losses_seen) // 4))
+    return {"steps": ssl.steps, "batch": ssl.batch, "first_loss": round(float(np.mean(losses_seen[:window])), 4),
+            "last_loss": round(float(np.mean(losses_seen[-window:])), 4), "seconds": round(time.time() - started, 1)}
+
+
 def fit(config: Config, spec: Model, train: Train, name: str, teacher: Classifier | None = None,
         families: list[str] | None = None) -> dict:
     """Trains the teacher (teacher=None) or the student (distilled from `teacher`) on forgeries of `families`
@@ -202,9 +260,10 @@ def fit(config: Config, spec: Model, train: Train, name: str, teacher: Classifie
     families = list(families or config.data.families)
     torch.manual_seed(config.seed)
     model = build(spec, config).to(DEVICE)
+    faces = split_faces(config, "train")
+    pretraining = pretrain_ssl(config, model, faces.crops) if spec.pretrain == "ssl" else None
     parameters = _parameters(model, spec)
     optimiser = torch.optim.AdamW(parameters, lr=train.learning_rate, weight_decay=train.weight_decay)
-    faces = split_faces(config, "train")
     validation, validation_labels = validation_set(config, families)
     steps = max(1, train.epochs * -(-2 * _crops_per_epoch(train, len(faces.crops)) // train.batch))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, train.learning_rate, total_steps=steps, pct_start=0.15)
@@ -244,6 +303,8 @@ def fit(config: Config, spec: Model, train: Train, name: str, teacher: Classifie
                "train_faces": len(faces.crops), "train_identities": len(set(faces.identities)),
                "best_validation_auc": best[0], "best_epoch": best[1],
                "seconds": round(time.time() - started, 1), "history": history}
+    if pretraining is not None:
+        summary["ssl"] = pretraining
     (config.run_dir / f"{name}.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -347,15 +408,19 @@ def separability(config: Config) -> list[dict]:
     for name in config.finetune:
         # The same candidates after a short fine-tune with the teacher's recipe (manipulation map included):
         # frozen features can rank backbones differently from what they become once trained.
-        backbone, _, blocks = name.partition(":")
+        # "dlib_resnet@1e-4": the same at another learning rate than finetune_train's.
+        candidate, _, rate = name.partition("@")
+        backbone, _, blocks = candidate.partition(":")
         spec = dataclasses.replace(config.teacher, backbone=backbone, blocks=int(blocks or 17), clip_weights="")
-        summary = fit(config, spec, config.finetune_train, "finetune_" + name.replace(":", "_"))
+        schedule = dataclasses.replace(config.finetune_train, learning_rate=float(rate)) if rate else config.finetune_train
+        summary = fit(config, spec, schedule, "finetune_" + name.replace(":", "_").replace("@", "_lr"))
         row = next((row for row in rows if row["backbone"] == name), None)
         if row is None:
             row = {"backbone": name}
             rows.append(row)
         row.update({"finetuned_validation_auc": summary["best_validation_auc"],
-                    "finetune_steps": config.finetune_train.epochs * config.finetune_train.steps_per_epoch,
+                    "finetune_steps": schedule.epochs * schedule.steps_per_epoch,
+                    "finetune_learning_rate": schedule.learning_rate,
                     "finetune_seconds": summary["seconds"]})
         print(f"separability (fine-tuned) {row}", flush=True)
     (config.run_dir / "separability.json").write_text(json.dumps(rows, indent=2))

@@ -1,0 +1,71 @@
+"""The levers step: does a change to the student help? Each lever (config `[[levers]]`) is the student's recipe
+with a few keys changed (another backbone or depth, the reconstruction branch, self-supervised pretraining, a
+learning rate); each is trained directly on every family at one budget (`levers_train`), beside the unchanged
+recipe ("baseline"), and compared on the VALIDATION people only, per family, with its classifier latency in the
+runtime. The test people are never looked at here: a lever is chosen on validation, and only the shipped
+recipe is then measured on the test set (evaluate, lofo, sequences)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from . import export, metrics, train
+from .config import Config, Model
+
+
+def lever_spec(config: Config, lever: dict) -> tuple[Model, train.Train]:
+    """The student's Model and schedule with the lever's keys applied; a key of the wrong type is refused."""
+    spec = config.student
+    changes = {key: value for key, value in lever.items() if key not in ("name", "learning_rate")}
+    for key, value in changes.items():
+        expected = type(getattr(spec, key))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            changes[key] = value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ValueError(f"lever {lever['name']}: {key} must be {expected.__name__}; got {value!r}")
+    schedule = config.levers_train or config.lofo_train or config.student_train
+    if "learning_rate" in lever:
+        rate = lever["learning_rate"]
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+            raise ValueError(f"lever {lever['name']}: learning_rate must be a positive number; got {rate!r}")
+        schedule = dataclasses.replace(schedule, learning_rate=float(rate))
+    return dataclasses.replace(spec, **changes), schedule
+
+
+def validation_by_family(config: Config, model) -> dict[str, float | None]:
+    """AUC on the validation people of each trained family (genuine faces against that family's forgeries);
+    None where the family cannot be made of them (a face swap needs two validation people)."""
+    results = {}
+    for family in config.data.families:
+        images, labels = train.validation_set(config, [family])
+        both = len(set(labels.tolist())) == 2
+        results[family] = metrics.auc(train.probabilities(model, images), labels) if both else None
+    return results
+
+
+def levers(config: Config) -> dict:
+    rows = []
+    for lever in [{"name": "baseline"}, *config.levers]:
+        spec, schedule = lever_spec(config, lever)
+        name = f"lever_{lever['name']}"
+        summary = train.fit(config, spec, schedule, name)
+        model = train.load(config, spec, name)
+        row = {"lever": lever["name"], "changes": {k: v for k, v in lever.items() if k != "name"},
+               "best_validation_auc": summary["best_validation_auc"], "best_epoch": summary["best_epoch"],
+               "validation_by_family": validation_by_family(config, model), "parameters": summary["parameters"],
+               "steps": schedule.epochs * schedule.steps_per_epoch, "seconds": summary["seconds"]}
+        if "ssl" in summary:
+            row["ssl"] = summary["ssl"]
+        try:
+            row["latency_ms"] = export.latency_ms(model, config.data.crop_size, model.backbone.mean,
+                                                  model.backbone.std)
+        except RuntimeError as error:  # recorded, never hidden: the table says why there is no figure
+            row["latency_error"] = str(error)[-500:]
+            print(f"levers: no latency figure for {lever['name']}: {error}", flush=True)
+        rows.append(row)
+        print(f"lever {lever['name']}: validation AUC {row['best_validation_auc']:.4f} "
+              f"{json.dumps(row['validation_by_family'])} latency {row.get('latency_ms')}", flush=True)
+    results = {"crop_size": config.data.crop_size, "student": dataclasses.asdict(config.student), "rows": rows}
+    (config.run_dir / "levers.json").write_text(json.dumps(results, indent=2))
+    return results
