@@ -119,8 +119,17 @@ class MobileNetV2(nn.Module):
         self.channels = widths[kept - 1]
         # The stride-8 stage ends after block 6 (32 channels): fine enough to localise a blending seam, the tap
         # of the manipulation map. Fewer blocks than that: the last one serves as both.
-        self.tap = min(6, blocks)
-        self.map_channels = (widths[self.tap], self.channels)
+        self.widths = widths
+        self.set_map_stride(8)
+
+    def set_map_stride(self, stride: int) -> None:
+        """The fine tap of the manipulation map: the end of the stride-8 stage (block 6, 32 channels), or of the
+        stride-4 stage (block 3, 24 channels: a 28×28 map at 112 px, finer for eyes and mouths)."""
+        taps = {8: 6, 4: 3}
+        if stride not in taps:
+            raise ValueError(f"the map's stride is 4 or 8; {stride} asked for")
+        self.tap = min(taps[stride], len(self.features) - 1)
+        self.map_channels = (self.widths[self.tap], self.channels)
 
     def feature_map(self, x):
         return self.features(x)
@@ -186,9 +195,17 @@ class EfficientNetLite0(nn.Module):
             self._conv_head = nn.Conv2d(widths[-1], 1280, 1, bias=False)
             self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
         self.channels = 1280 if self.head else widths[kept]
-        # The stride-8 stage ends after the fifth block (40 channels): the manipulation map's fine tap.
-        self.tap = min(5, kept)
-        self.map_channels = (widths[self.tap], self.channels)
+        self.widths, self.kept = widths, kept
+        self.set_map_stride(8)
+
+    def set_map_stride(self, stride: int) -> None:
+        """The manipulation map's fine tap: the end of the stride-8 stage (the fifth block, 40 channels) or of the
+        stride-4 stage (the third, 24 channels)."""
+        taps = {8: 5, 4: 3}
+        if stride not in taps:
+            raise ValueError(f"the map's stride is 4 or 8; {stride} asked for")
+        self.tap = min(taps[stride], self.kept)
+        self.map_channels = (self.widths[self.tap], self.channels)
 
     def _finish(self, x):
         return F.relu6(self._bn1(self._conv_head(x))) if self.head else x

@@ -39,6 +39,7 @@ class Model:
     reconstruction: float = 0.0  # weight of the reconstruction branch's loss, on genuine faces (0: no decoder)
     map: float = 0.0  # weight of the manipulation map's loss (region + seam, from the blend masks); 0: no map
     metric: float = 0.1  # weight of the hypersphere alignment + uniformity terms
+    map_stride: int = 8  # the map's grid: 8 (14×14 at 112 px) or 4 (28×28)
     pretrain: str = ""  # "ssl": self-supervised pretraining on the training people's unlabelled crops first ([ssl])
 
 
@@ -141,6 +142,8 @@ def load(path: Path) -> Config:
     for model in (config.teacher, config.student):
         if model.tune not in ("norm", "all"):
             raise ValueError(f"{path}: tune must be norm or all")
+        if model.map_stride not in (4, 8):
+            raise ValueError(f"{path}: map_stride must be 4 or 8; got {model.map_stride}")
         if model.pretrain not in ("", "ssl"):
             raise ValueError(f"{path}: pretrain must be \"\" or \"ssl\"; got {model.pretrain!r}")
     lever_keys = {f.name for f in fields(Model)} | {"name", "learning_rate"}
@@ -150,6 +153,8 @@ def load(path: Path) -> Config:
         if unknown or not isinstance(lever.get("name"), str) or not lever["name"].isidentifier():
             raise ValueError(f"{path}: each lever needs a `name` (letters, digits, _) and only [student] keys or "
                              f"learning_rate; got {sorted(lever)}")
+        if lever.get("map_stride", 8) not in (4, 8):
+            raise ValueError(f"{path}: lever {lever['name']}: map_stride must be 4 or 8")
         if lever.get("pretrain", "") not in ("", "ssl"):
             raise ValueError(f"{path}: lever {lever['name']}: pretrain must be \"\" or \"ssl\"")
     if len(set(names)) != len(names):

@@ -131,6 +131,11 @@ def build(model: Model, config: Config) -> Classifier:
     backbone, native = build_backbone(model.backbone, CACHE, blocks=model.blocks, clip_weights=clip_weights,
                                       pretrained=model.pretrained,
                                       tiny_size=224 if model.native_size else config.data.crop_size)
+    if model.map > 0 and model.map_stride != 8:
+        if not hasattr(backbone, "set_map_stride"):
+            raise ValueError(f"{model.backbone} has no stride-{model.map_stride} map tap (mobilenet_v2 and "
+                             f"efficientnet_lite0 do)")
+        backbone.set_map_stride(model.map_stride)
     resize_to = native if model.native_size else None
     return Classifier(backbone, model.embedding, resize_to, reconstruction=model.reconstruction > 0,
                       manipulation_map=model.map > 0)

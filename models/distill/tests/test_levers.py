@@ -63,6 +63,16 @@ class Student(unittest.TestCase):
             EfficientNetLite0(18)
         self.assertTrue(set(EfficientNetLite0(11).state_dict()) < set(EfficientNetLite0(17).state_dict()))
 
+    def test_a_stride_4_map_is_twice_as_fine(self):
+        config = config_with("")
+        for backbone, blocks in [("mobilenet_v2", 10), ("efficientnet_lite0", 11)]:
+            spec = dataclasses.replace(config.student, backbone=backbone, blocks=blocks, map=1.0, map_stride=4)
+            model = train.build(spec, config)
+            manipulation_map = model.forward_outputs(torch.rand(1, 3, 112, 112))[3]
+            self.assertEqual(tuple(manipulation_map.shape), (1, 2, 28, 28), backbone)
+        with self.assertRaises(ValueError):
+            config_with('[[levers]]\nname = "x"\nmap_stride = 2\n')
+
     def test_reconstruction_is_learned_on_genuine_faces_only(self):
         config = config_with("")
         spec = dataclasses.replace(config.student, reconstruction=1.0, map=0.0, metric=0.0)
