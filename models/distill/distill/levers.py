@@ -12,6 +12,7 @@ import json
 
 from . import export, metrics, train
 from .config import Config, Model
+from .sources import sha256_of
 
 
 def lever_spec(config: Config, lever: dict) -> tuple[Model, train.Train]:
@@ -45,13 +46,30 @@ def validation_by_family(config: Config, model) -> dict[str, float | None]:
 
 
 def levers(config: Config) -> dict:
+    """Every lever in turn; levers.json is rewritten after each, and a lever already measured with the same
+    changes, schedule and faces (a rerun after an interruption) is kept rather than trained again."""
+    path = config.run_dir / "levers.json"
+    faces_digest = sha256_of(config.run_dir / "faces.csv")
+    previous = {}
+    if path.exists():
+        earlier = json.loads(path.read_text())
+        if earlier.get("faces_sha256") == faces_digest and earlier.get("student") == dataclasses.asdict(config.student):
+            previous = {row["lever"]: row for row in earlier.get("rows", [])}
     rows = []
+    results = {"crop_size": config.data.crop_size, "student": dataclasses.asdict(config.student),
+               "faces_sha256": faces_digest, "rows": rows}
     for lever in [{"name": "baseline"}, *config.levers]:
         spec, schedule = lever_spec(config, lever)
+        changes = {k: v for k, v in lever.items() if k != "name"}
+        kept = previous.get(lever["name"])
+        if kept is not None and kept["changes"] == changes and kept["schedule"] == dataclasses.asdict(schedule):
+            print(f"lever {lever['name']}: measured before with the same recipe, kept", flush=True)
+            rows.append(kept)
+            continue
         name = f"lever_{lever['name']}"
         summary = train.fit(config, spec, schedule, name)
         model = train.load(config, spec, name)
-        row = {"lever": lever["name"], "changes": {k: v for k, v in lever.items() if k != "name"},
+        row = {"lever": lever["name"], "changes": changes, "schedule": dataclasses.asdict(schedule),
                "best_validation_auc": summary["best_validation_auc"], "best_epoch": summary["best_epoch"],
                "validation_by_family": validation_by_family(config, model), "parameters": summary["parameters"],
                "steps": schedule.epochs * schedule.steps_per_epoch, "seconds": summary["seconds"]}
@@ -64,8 +82,8 @@ def levers(config: Config) -> dict:
             row["latency_error"] = str(error)[-500:]
             print(f"levers: no latency figure for {lever['name']}: {error}", flush=True)
         rows.append(row)
+        path.write_text(json.dumps(results, indent=2))
         print(f"lever {lever['name']}: validation AUC {row['best_validation_auc']:.4f} "
               f"{json.dumps(row['validation_by_family'])} latency {row.get('latency_ms')}", flush=True)
-    results = {"crop_size": config.data.crop_size, "student": dataclasses.asdict(config.student), "rows": rows}
-    (config.run_dir / "levers.json").write_text(json.dumps(results, indent=2))
+    path.write_text(json.dumps(results, indent=2))
     return results
