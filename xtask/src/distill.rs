@@ -42,6 +42,26 @@ pub fn python_environment(directory: &std::path::Path) -> Result<PathBuf> {
     Ok(python)
 }
 
+/// The `node_modules` of the npm project in `directory`, installed from its committed `package-lock.json` with
+/// `npm ci` when missing, and again when the lock file has changed since.
+pub fn node_environment(directory: &std::path::Path) -> Result<PathBuf> {
+    let modules = directory.join("node_modules");
+    let lock_path = directory.join("package-lock.json");
+    let lock =
+        std::fs::read_to_string(&lock_path).with_context(|| format!("reading {}", lock_path.display()))?;
+    let stamp = modules.join("package-lock.installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == lock) {
+        return Ok(modules);
+    }
+    eprintln!("xtask: installing {} into {} (once)", lock_path.display(), modules.display());
+    check(
+        Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--silent"]).current_dir(directory),
+        "installing the pinned npm packages (needs Node.js and npm)",
+    )?;
+    std::fs::write(&stamp, lock)?;
+    Ok(modules)
+}
+
 fn check(command: &mut Command, what: &str) -> Result<()> {
     let status = command.status().with_context(|| format!("{what}: could not start {command:?}"))?;
     if !status.success() {
@@ -69,12 +89,17 @@ pub fn distill_with(arguments: &[String], binary: &std::path::Path) -> Result<()
     command.current_dir(distill_dir());
     match arguments {
         [step] if step == "test" => {
-            // The face-recognition backbone is checked against the real dlib (a prebuilt wheel in its own
-            // environment), with its pinned weights fetched: these tests may not skip here.
+            // The face-recognition backbones are checked against their real runtimes (dlib: a prebuilt wheel in its
+            // own environment), with their pinned weights fetched: these tests may not skip here.
             let dlib = python_environment(&distill_dir().join("reference"))?;
+            // Likewise the HSE FaceRes conversion, against TensorFlow.js's CPU backend (pinned npm packages).
+            let tfjs = distill_dir().join("reference/tfjs");
+            node_environment(&tfjs)?;
             command
                 .env("DLIB_PYTHON", dlib)
                 .env("DEEPGATE_REQUIRE_DLIB", "1")
+                .env("TFJS_REFERENCE", &tfjs)
+                .env("DEEPGATE_REQUIRE_TFJS", "1")
                 .env("DEEPGATE_FETCH_WEIGHTS", "1");
             command.args(["-m", "unittest", "discover", "-s", "tests", "-t", "."]);
         }

@@ -44,7 +44,22 @@ def map_shape(model: Classifier, input_size: int) -> list[int] | None:
         return list(model.eval().forward_outputs(torch.zeros(1, 3, input_size, input_size))[3].shape)
 
 
+class NotShippable(ValueError):
+    """The model may not be exported: its backbone's weights are for training-time use only."""
+
+
+def refuse_training_only(model: Classifier) -> None:
+    """Raises `NotShippable` when the backbone is marked `training_only` (face_teachers.py: weights whose licence
+    does not allow shipping them, MobileFaceNet and HSE FaceRes), naming the backbone and the reason."""
+    reason = getattr(model.backbone, "training_only", "")
+    if reason:
+        raise NotShippable(f"refusing to export a student built on {type(model.backbone).__name__}: its weights "
+                           f"are a training-time teacher only, never shipped ({reason}). Choose another "
+                           f"student.backbone (mobilenet_v2, efficientnet_lite0, dlib_resnet).")
+
+
 def write_onnx(model: Classifier, input_size: int, path: Path) -> None:
+    refuse_training_only(model)
     model = model.eval()
     example = torch.zeros(1, 3, input_size, input_size)
     names = ["logits"] if model.map_head is None else ["logits", "map"]
