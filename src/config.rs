@@ -1,10 +1,21 @@
 //! The board config: one TOML file per board (`board/*.toml`), parsed strictly (an unknown key is an error)
 //! and validated with messages that name the key. Relative paths are relative to the config file.
+//!
+//! An aggregator, in the hubris manner: each module defines its own section type (`deny_unknown_fields`) and
+//! validates it (`[source]`: `capture`, its V4L2 keys `capture::v4l2::section`; `[detector]`: `detect`;
+//! `[quality]`: `quality`; `[decision]`: `decide`; `[gate]`: `gate`, each gate its keys; `[relay]`:
+//! `gate::relay`). This file reads the file (with `inherit`), owns the sections no lower module does
+//! (`[board]`, `[models]`, `[runtime]`, `[audit]`), and checks what spans sections.
 
+use crate::capture::SourceSection;
 use crate::decide::DecisionSettings;
 use crate::detect::DetectorSettings;
 use crate::gate::relay::RelayConfig;
+use crate::gate::GateSection;
+use crate::infer::Placement;
+use crate::preprocess::Backend;
 use crate::quality::QualitySettings;
+use crate::settings::in_range;
 use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -15,7 +26,7 @@ pub struct BoardConfig {
     pub board: BoardSection,
     pub source: SourceSection,
     pub models: ModelsSection,
-    pub detector: DetectorSection,
+    pub detector: DetectorSettings,
     pub quality: QualitySettings,
     pub decision: DecisionSettings,
     pub gate: GateSection,
@@ -39,50 +50,6 @@ pub struct BoardSection {
     pub description: String,
 }
 
-/// Where frames come from.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
-pub enum SourceSection {
-    /// Still images, directories of images and Y4M videos, played in order.
-    Replay {
-        paths: Vec<PathBuf>,
-        /// Start again from the first input at the end (a demo kiosk); false ends `deepgate run`.
-        #[serde(default)]
-        repeat: bool,
-        /// Pace frames at this rate, like a camera; 0 plays as fast as the pipeline runs.
-        #[serde(default)]
-        frame_rate: f32,
-    },
-    /// A V4L2 camera (`src/capture/v4l2`), streamed through mmap buffers until SIGINT/SIGTERM.
-    V4l2 {
-        /// The device node (`/dev/video0`). Absent: the one capture device matching the pins below is found
-        /// among /dev/video* (then `bus_info` is required). Whatever is given, the identity of the camera
-        /// first opened is kept for the run: a different device is never accepted.
-        #[serde(default)]
-        device: Option<PathBuf>,
-        /// Identity pins, as VIDIOC_QUERYCAP reports them (`deepgate probe` lists them).
-        #[serde(default)]
-        driver: Option<String>,
-        #[serde(default)]
-        card: Option<String>,
-        #[serde(default)]
-        bus_info: Option<String>,
-        /// YUYV, UYVY, NV12, MJPEG, GREY, RGB24 or BGR24.
-        format: String,
-        width: u32,
-        height: u32,
-        /// Frames per second asked of the driver.
-        frame_rate: f32,
-        /// The lowest rate accepted from the driver; absent: any rate is accepted (and logged).
-        #[serde(default)]
-        min_frame_rate: Option<f32>,
-        /// mmap buffers, 2 to 32; the driver must give exactly this many.
-        buffers: u32,
-        /// true: accept virtual devices (vivid, v4l2loopback): tests and demos only.
-        allow_virtual: bool,
-    },
-}
-
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelsSection {
@@ -94,59 +61,6 @@ pub struct ModelsSection {
     pub classifier: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DetectorSection {
-    pub score_threshold: f32,
-    pub min_face_px: f32,
-    pub nms_iou: f32,
-}
-
-impl DetectorSection {
-    pub fn settings(&self) -> DetectorSettings {
-        DetectorSettings {
-            score_threshold: self.score_threshold,
-            min_face_px: self.min_face_px,
-            nms_iou: self.nms_iou,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
-pub enum GateSection {
-    /// JSON lines on standard output.
-    Stdout,
-    /// JSON lines over TCP to a controller, with reconnection, kept in an on-disk spool until acknowledged
-    /// (`src/gate/tcp.rs` states the protocol).
-    Tcp {
-        /// The controller, `host:port`.
-        address: String,
-        /// Verdicts kept until the controller acknowledges them, 1 to 4096; when full, the oldest is dropped.
-        queue: usize,
-        /// The spool file (created if missing, in an existing directory). A spool on a RAM file system
-        /// (`/run/...`) is the explicit choice of keeping verdicts across controller outages but not reboots.
-        spool: PathBuf,
-    },
-    /// An OSDP peripheral device on a serial (RS-485) line, polled by the access controller; Secure Channel
-    /// enforced (`gate::osdp`).
-    Osdp {
-        /// The serial device (`/dev/ttyUSB0`); relative paths are relative to the config file.
-        device: PathBuf,
-        baud: u32,
-        /// The PD address on the bus, 0 to 126.
-        address: u8,
-        /// The site key (SCBK) file: 32 hexadecimal digits, mode 600.
-        key: PathBuf,
-        /// true: accept the public default key until the controller sets the site key (commissioning only).
-        install_mode: bool,
-        /// IEEE OUI of manufacturer replies, 6 hexadecimal digits.
-        vendor_code: String,
-        /// How long the "genuine" and "attack" inputs stay active after a verdict.
-        hold_ms: u32,
-    },
-}
-
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSection {
@@ -155,31 +69,6 @@ pub struct AuditSection {
     /// Optional device key (`deepgate audit keygen`): every receipt is then signed with it.
     #[serde(default)]
     pub key: Option<PathBuf>,
-}
-
-/// Where the pixel work (colour conversion, letterbox, face crops) runs.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Backend {
-    /// Always the CPU; the GPU is never touched.
-    Cpu,
-    /// The GPU when one is usable (driver, NVRTC, a device), else the CPU, said once in the log.
-    Auto,
-    /// The GPU is expected (a Jetson): as `auto`, but running without it is a fault the controller is told
-    /// (`gpu_lost`), at start as when the GPU fails during the run.
-    Cuda,
-}
-
-/// Where one model's inference runs.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Placement {
-    /// tract on the CPU: the reference, and the default until a board's measurement says otherwise.
-    #[default]
-    Cpu,
-    /// tract's CUDA runtime, when the GPU is usable (else the CPU, and `backend` says whether that is a fault).
-    /// The CPU plan is kept loaded: a GPU failure during the run redoes that inference on it.
-    Cuda,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -210,6 +99,25 @@ pub struct RuntimeSection {
     /// in the `model_invalid` state, the door in its fault state and the controller told, and tries to load
     /// the models again every N seconds (a fixed model deployed is picked up).
     pub model_retry_s: u32,
+}
+
+impl RuntimeSection {
+    /// Refuses runtime settings that cannot work, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        in_range("runtime.frame_budget_ms", self.frame_budget_ms, 1.0, 60_000.0)?;
+        ensure!((1..=1000).contains(&self.overload_frames), "runtime.overload_frames must be 1 to 1000");
+        ensure!(self.model_retry_s <= 3600, "runtime.model_retry_s must be 0 (exit) to 3600 seconds");
+        for (key, placement) in [
+            ("detector_inference", self.detector_inference),
+            ("classifier_inference", self.classifier_inference),
+        ] {
+            ensure!(
+                placement == Placement::Cpu || self.backend != Backend::Cpu,
+                "runtime.{key} = \"cuda\" needs backend \"auto\" or \"cuda\": backend \"cpu\" never touches the GPU"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Largest config file accepted: a board config is a page of text, anything bigger is a mistake or hostile.
@@ -250,87 +158,12 @@ impl BoardConfig {
             "board.id `{}` must be 1 to 64 letters, digits, '-' or '_'",
             board.id
         );
-        match &self.source {
-            SourceSection::Replay { paths, frame_rate, .. } => {
-                ensure!(!paths.is_empty(), "source.paths must name at least one image, directory or video");
-                ensure!(
-                    frame_rate.is_finite() && (0.0..=1000.0).contains(frame_rate),
-                    "source.frame_rate {frame_rate} must be between 0 (unpaced) and 1000"
-                );
-            }
-            SourceSection::V4l2 { format, .. } => {
-                // The settings the source will use, checked key by key; `None` only for an unknown format.
-                let settings = crate::capture::v4l2::V4l2Settings::from_config(&self.source).with_context(|| {
-                    format!("source.format `{format}` must be one of YUYV, UYVY, NV12, MJPEG, GREY, RGB24, BGR24")
-                })?;
-                validate_v4l2(&settings)?;
-            }
-        }
-        let detector = &self.detector;
-        in_range("detector.score_threshold", detector.score_threshold, 0.05, 1.0)?;
-        in_range("detector.min_face_px", detector.min_face_px, 0.0, 4096.0)?;
-        in_range("detector.nms_iou", detector.nms_iou, 0.05, 1.0)?;
-        let quality = &self.quality;
-        in_range("quality.min_face_px", quality.min_face_px, 0.0, 4096.0)?;
-        in_range("quality.min_sharpness", quality.min_sharpness, 0.0, 1e6)?;
-        in_range("quality.max_yaw", quality.max_yaw, 0.0, 1.0)?;
-        in_range("quality.max_roll_degrees", quality.max_roll_degrees, 0.0, 180.0)?;
-        in_range("quality.min_brightness", quality.min_brightness, 0.0, 255.0)?;
-        in_range("quality.max_brightness", quality.max_brightness, quality.min_brightness, 255.0)?;
-        in_range("quality.max_clipped", quality.max_clipped, 0.0, 1.0)?;
-        in_range("quality.max_outside", quality.max_outside, 0.0, 1.0)?;
-        let decision = &self.decision;
-        in_range("decision.frame_threshold", decision.frame_threshold, 0.01, 0.99)?;
-        in_range("decision.max_false_accept", decision.max_false_accept, 1e-6, 0.5)?;
-        in_range("decision.max_false_reject", decision.max_false_reject, 1e-6, 0.5)?;
-        in_range("decision.evidence_weight", decision.evidence_weight, 0.01, 1.0)?;
-        in_range("decision.max_frame_evidence", decision.max_frame_evidence, 0.1, 20.0)?;
-        in_range("decision.track_iou", decision.track_iou, 0.01, 1.0)?;
-        ensure!(decision.min_frames >= 1, "decision.min_frames must be at least 1");
-        ensure!(
-            decision.max_frames >= decision.min_frames
-                && decision.max_frames as usize <= crate::decide::MAX_SCORES,
-            "decision.max_frames ({}) must be at least decision.min_frames ({}) and at most {}",
-            decision.max_frames,
-            decision.min_frames,
-            crate::decide::MAX_SCORES
-        );
-        ensure!(
-            decision.max_session_frames >= decision.max_frames && decision.max_session_frames <= 100_000,
-            "decision.max_session_frames must be between decision.max_frames and 100000"
-        );
-        ensure!((1..=1000).contains(&decision.lost_frames), "decision.lost_frames must be 1 to 1000");
-        if let GateSection::Tcp { address, queue, spool } = &self.gate {
-            let most = crate::gate::spool::MAX_CAPACITY;
-            ensure!((1..=most).contains(queue), "gate.queue must be 1 to {most} verdicts");
-            ensure!(
-                spool.file_name().is_some() && !spool.to_string_lossy().ends_with('/'),
-                "gate.spool `{}` must name a file",
-                spool.display()
-            );
-            ensure!(
-                address
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()),
-                "gate.address `{address}` must be host:port"
-            );
-        }
-        let runtime = &self.runtime;
-        in_range("runtime.frame_budget_ms", runtime.frame_budget_ms, 1.0, 60_000.0)?;
-        ensure!((1..=1000).contains(&runtime.overload_frames), "runtime.overload_frames must be 1 to 1000");
-        ensure!(runtime.model_retry_s <= 3600, "runtime.model_retry_s must be 0 (exit) to 3600 seconds");
-        for (key, placement) in [
-            ("detector_inference", runtime.detector_inference),
-            ("classifier_inference", runtime.classifier_inference),
-        ] {
-            ensure!(
-                placement == Placement::Cpu || runtime.backend != Backend::Cpu,
-                "runtime.{key} = \"cuda\" needs backend \"auto\" or \"cuda\": backend \"cpu\" never touches the GPU"
-            );
-        }
-        if let GateSection::Osdp { baud, address, hold_ms, vendor_code, .. } = &self.gate {
-            crate::gate::osdp::validate(*baud, *address, *hold_ms, vendor_code)?;
-        }
+        self.source.validate()?;
+        self.detector.validate()?;
+        self.quality.validate()?;
+        self.decision.validate()?;
+        self.gate.validate()?;
+        self.runtime.validate()?;
         if let Some(relay) = &self.relay {
             relay.validate()?;
         }
@@ -339,47 +172,6 @@ impl BoardConfig {
         }
         Ok(())
     }
-}
-
-/// The `[source] kind = "v4l2"` keys (as the source's settings, the format already known): each value
-/// checked, the key named.
-fn validate_v4l2(settings: &crate::capture::v4l2::V4l2Settings) -> Result<()> {
-    let (device, pins) = (&settings.device, &settings.pins);
-    let (bus_info, width, height) = (&pins.bus_info, &settings.requested.width, &settings.requested.height);
-    let (frame_rate, min_frame_rate, buffers) =
-        (&settings.frame_rate, &settings.min_frame_rate, &settings.buffers);
-    ensure!(
-        device.is_some() || bus_info.is_some(),
-        "source: a v4l2 source needs source.device or source.bus_info (or both) to know which camera is meant"
-    );
-    if let Some(device) = device {
-        ensure!(
-            device.is_absolute() && device.file_name().is_some(),
-            "source.device `{}` must be an absolute device path such as /dev/video0",
-            device.display()
-        );
-    }
-    // QUERYCAP's fields are 16, 32 and 32 bytes with a terminating NUL: a longer pin could never match.
-    for (key, value, longest) in
-        [("driver", &pins.driver, 15), ("card", &pins.card, 31), ("bus_info", bus_info, 31)]
-    {
-        if let Some(value) = value {
-            ensure!(
-                !value.is_empty() && value.len() <= longest,
-                "source.{key} `{value}` must be 1 to {longest} bytes (as VIDIOC_QUERYCAP reports it; omit the key \
-                 to match any)"
-            );
-        }
-    }
-    let most = crate::frame::MAX_DIMENSION;
-    ensure!((1..=most).contains(width), "source.width {width} must be 1 to {most}");
-    ensure!((1..=most).contains(height), "source.height {height} must be 1 to {most}");
-    in_range("source.frame_rate", *frame_rate, 1.0, 1000.0)?;
-    if let Some(minimum) = min_frame_rate {
-        in_range("source.min_frame_rate", *minimum, 0.1, *frame_rate)?;
-    }
-    ensure!((2..=32).contains(buffers), "source.buffers {buffers} must be 2 to 32");
-    Ok(())
 }
 
 /// Longest chain of `inherit`s followed; longer is a mistake or a cycle.
@@ -461,13 +253,6 @@ fn tidy(path: &Path) -> PathBuf {
     }
 }
 
-fn in_range(key: &str, value: f32, low: f32, high: f32) -> Result<()> {
-    if !(value >= low && value <= high) {
-        bail!("{key} = {value} is outside {low}..={high}");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,7 +306,7 @@ mod tests {
         );
         assert_eq!(config.models.classifier.as_deref(), Some("deepgate_student"));
         assert_eq!((config.decision.min_frames, config.decision.max_frames), (1, 30));
-        assert_eq!(config.detector.settings().score_threshold, 0.75);
+        assert_eq!(config.detector.score_threshold, 0.75);
     }
 
     #[test]
@@ -616,11 +401,9 @@ mod tests {
         let mut config =
             BoardConfig::parse(&text).expect("a tcp gate with host:port, a queue and a spool is valid");
         config.directory = PathBuf::from("/etc/deepgate/board");
-        let GateSection::Tcp { address, queue, spool } = &config.gate else {
-            panic!("gate is {:?}", config.gate)
-        };
-        assert_eq!((address.as_str(), *queue), ("controller.local:9000", 16));
-        assert_eq!(config.resolve(spool), PathBuf::from("/etc/deepgate/var/gate.spool"));
+        let GateSection::Tcp(tcp) = &config.gate else { panic!("gate is {:?}", config.gate) };
+        assert_eq!((tcp.address.as_str(), tcp.queue), ("controller.local:9000", 16));
+        assert_eq!(config.resolve(&tcp.spool), PathBuf::from("/etc/deepgate/var/gate.spool"));
     }
 
     #[test]
@@ -715,7 +498,7 @@ mod tests {
         assert_eq!(config.decision.evidence_weight, 0.5);
         assert_eq!(config.decision.max_frames, 30, "siblings of an overridden key are kept");
         assert!(
-            matches!(&config.gate, GateSection::Tcp { queue: 32, .. }),
+            matches!(&config.gate, GateSection::Tcp(tcp) if tcp.queue == 32),
             "a changed kind replaces the section"
         );
 
@@ -753,7 +536,7 @@ mod tests {
             "{V4L2_KEYS}\ndriver = \"uvcvideo\"\ncard = \"HD Webcam\"\nbus_info = \"usb-1\"\nmin_frame_rate = 15.0"
         ));
         let config = BoardConfig::parse(&text).expect("valid");
-        let settings = crate::capture::v4l2::V4l2Settings::from_config(&config.source).expect("v4l2");
+        let settings = config.source.v4l2().expect("v4l2").settings().expect("valid");
         assert_eq!(settings.device.as_deref(), Some(Path::new("/dev/video0")));
         assert_eq!(settings.pins.driver.as_deref(), Some("uvcvideo"));
         assert_eq!(settings.pins.bus_info.as_deref(), Some("usb-1"));

@@ -3,6 +3,7 @@
 
 use crate::manifest::{BlazeFaceSpec, ModelEntry};
 use crate::preprocess::Letterbox;
+use crate::settings::in_range;
 use anyhow::{ensure, Context, Result};
 
 /// Most faces reported per frame; a kiosk sees one person, a queue a few.
@@ -48,14 +49,24 @@ pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     }
 }
 
-/// Detection thresholds from the board config.
-#[derive(Clone, Copy, Debug)]
+/// Detection thresholds: the board config's `[detector]` section.
+#[derive(Clone, Copy, Debug, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct DetectorSettings {
     pub score_threshold: f32,
     /// Faces whose shorter box side is below this many source pixels are dropped.
     pub min_face_px: f32,
     /// Boxes overlapping more than this are blended into one.
     pub nms_iou: f32,
+}
+
+impl DetectorSettings {
+    /// Refuses values the detector cannot work with, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        in_range("detector.score_threshold", self.score_threshold, 0.05, 1.0)?;
+        in_range("detector.min_face_px", self.min_face_px, 0.0, 4096.0)?;
+        in_range("detector.nms_iou", self.nms_iou, 0.05, 1.0)
+    }
 }
 
 /// A candidate in model-input coordinates normalised to [0, 1].

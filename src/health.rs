@@ -1,7 +1,8 @@
 //! The runtime's failure policy: ONE state machine for the whole runtime, fed by every part that can fail
 //! (capture, models, GPU, gates, the frame loop's timing), read by every part that acts on it (the gates, the
 //! relay, the run loop). The table in ARCHITECTURE.md ("Failure policy") says what the door and the controller
-//! see in each state; `Health` is the single place that answers those questions in code.
+//! see in each state; `Health` is the single place that answers those questions in code. A leaf: it knows no
+//! other module; gates consume it (`Gate::set_health`), the supervisor feeds it.
 //!
 //! Several faults can be active at once (the camera lost while the controller link is down). Each is a flag;
 //! the reported state is the most severe active one, in the order of `State` (last is most severe).
@@ -109,34 +110,6 @@ impl Health {
     /// The active faults, least severe first.
     pub fn active(&self) -> impl Iterator<Item = State> + '_ {
         State::ALL.into_iter().filter(|state| *state != State::Normal && self.is_active(*state))
-    }
-}
-
-/// What the runtime does on a change of health, in one place: logs it, tells the controller through the gate,
-/// and puts the door relay in its fault state while the runtime cannot decide (or takes it out again).
-pub fn apply(
-    health: Health,
-    gate: &mut dyn crate::gate::Gate,
-    relay: Option<&crate::gate::relay::RelayGate>,
-) {
-    let active: Vec<&str> = health.active().map(State::name).collect();
-    if health.state() == State::Normal {
-        log::info!("health: normal");
-    } else {
-        log::warn!(
-            "health: {} (active: {}); {}",
-            health.state().name(),
-            active.join(", "),
-            if health.can_decide() { "verdicts go on" } else { "no verdicts; door in its fault state" }
-        );
-    }
-    gate.set_health(health);
-    if let Some(relay) = relay {
-        if health.door_in_fault_state() {
-            relay.fault(health.state().name());
-        } else {
-            relay.clear_fault();
-        }
     }
 }
 

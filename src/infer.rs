@@ -1,6 +1,5 @@
 //! Model loading through tract: checksum first, then parse, pin the input shape, optimise once, warm up.
 
-use crate::config::Placement;
 use crate::manifest::{InputSpec, Manifest, ModelEntry};
 use crate::preprocess::{normalise_into, RgbImage};
 use anyhow::{bail, ensure, Context, Result};
@@ -11,6 +10,18 @@ use tract_onnx::prelude::*;
 
 thread_local! {
     static IN_INFERENCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Where one model's inference runs.
+#[derive(Clone, Copy, Debug, Default, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// tract on the CPU: the reference, and the default until a board's measurement says otherwise.
+    #[default]
+    Cpu,
+    /// tract's CUDA runtime, when the GPU is usable (else the CPU, and `backend` says whether that is a fault).
+    /// The CPU plan is kept loaded: a GPU failure during the run redoes that inference on it.
+    Cuda,
 }
 
 /// Whether this thread is inside tract's inference call. tract allocates its intermediate and output tensors
@@ -227,7 +238,7 @@ impl Model {
 /// them on first read), so that a failed copy is this run's failure, redone on the CPU, and not an error in
 /// whoever reads them.
 fn run_on_gpu(gpu: &mut dyn State, input: &Tensor) -> Result<TVec<TValue>> {
-    crate::panics::contain("tract's CUDA runtime", || {
+    crate::gpu::contain("tract's CUDA runtime", || {
         let outputs = gpu.run(tvec!(input.clone().into_tvalue()))?;
         for output in &outputs {
             output.try_as_plain_ram()?;
@@ -242,8 +253,8 @@ fn run_on_gpu(gpu: &mut dyn State, input: &Tensor) -> Result<TVec<TValue>> {
 pub fn cuda_runtime() -> Result<&'static dyn Runtime> {
     // Linking the crate registers its runtime with tract (`runtime_for_name` finds it through `inventory`).
     use tract_cuda as _;
-    crate::preprocess::cuda::gpu::probe()?;
-    crate::panics::contain("tract's CUDA runtime", || {
+    crate::gpu::probe()?;
+    crate::gpu::contain("tract's CUDA runtime", || {
         runtime_for_name("cuda")
             .context("tract's CUDA runtime cannot run here")?
             .context("tract's CUDA runtime is not in this build")
@@ -259,7 +270,7 @@ pub fn cuda_runtime() -> Result<&'static dyn Runtime> {
 /// panics (no context, no stream, no headers for its kernels) are contained.
 fn cuda_state(decluttered: TypedModel) -> Result<Box<dyn State>> {
     let runtime = cuda_runtime()?;
-    crate::panics::contain("tract's CUDA runtime", || {
+    crate::gpu::contain("tract's CUDA runtime", || {
         let plan = runtime.prepare(decluttered).context("preparing the model for tract's CUDA runtime")?;
         plan.spawn()
     })

@@ -5,19 +5,23 @@
 pub mod align;
 pub mod capture;
 pub mod classify;
+pub mod codec;
 pub mod config;
 pub mod decide;
 pub mod detect;
 pub mod eval;
 pub mod frame;
 pub mod gate;
+pub mod gpu;
 pub mod health;
 pub mod infer;
 pub mod manifest;
-pub mod panics;
 pub mod pipeline;
 pub mod preprocess;
 pub mod quality;
+pub mod session;
+pub mod settings;
+pub mod supervisor;
 #[doc(hidden)]
 pub mod testing;
 pub mod timing;

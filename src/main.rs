@@ -125,6 +125,10 @@ enum Command {
         frames: usize,
         #[arg(long)]
         json: bool,
+        /// Also write the synthesised frames and an index (frames.json) into DIR, for the Python peer
+        /// (`cargo xtask bench-peer`).
+        #[arg(long)]
+        save_frames: Option<PathBuf>,
     },
     /// The preprocessing on the CPU reference and on the CUDA kernels side by side (and, with `--torch PYTHON`,
     /// the same work in PyTorch on the same GPU): per-stage medians, ratios, the letterbox kernel's bandwidth.
@@ -211,8 +215,8 @@ fn main() -> ExitCode {
         Command::Explain { board, out, method, patch, stride, image } => {
             cli::explain::explain(&board, &image, &out, method, cli::explain::Occlusion { patch, stride })
         }
-        Command::Bench { board, image, size, formats, frames, json } => {
-            cli::bench::bench(&board, &image, &size, &formats, frames, json)
+        Command::Bench { board, image, size, formats, frames, json, save_frames } => {
+            cli::bench::bench(&board, &image, &size, &formats, frames, json, save_frames.as_deref())
         }
         Command::BenchGpu { board, image, size, formats, frames, torch, json } => {
             cli::bench_gpu::bench_gpu(&board, &image, &size, &formats, frames, torch.as_deref(), json)

@@ -3,25 +3,29 @@
 //! tract's own inference and MJPEG decoding.
 
 use crate::align::Alignment;
-use crate::capture::replay::{decode_image_bytes, DecodedImage};
 use crate::classify::Classifier;
-use crate::config::{Backend, BoardConfig};
+use crate::codec::{decode_mjpeg, DecodedImage};
+use crate::config::BoardConfig;
 use crate::decide::{Decider, Observation, Verdict};
 use crate::detect::{BlazeFaceDecoder, Face, MAX_FACES};
 use crate::frame::{Frame, PixelFormat};
 use crate::infer::Model;
 use crate::manifest::{Manifest, Role};
-use crate::preprocess::cuda::abi::CropJob;
-use crate::preprocess::cuda::Kernels;
-use crate::preprocess::{cpu, Affine, Letterbox, RgbImage};
+use crate::preprocess::cuda::abi::{CropJob, MAX_CROPS};
+use crate::preprocess::cuda::{CudaOptions, KernelWork, Kernels};
+use crate::preprocess::work::{CpuWork, Fallback, PixelWork};
+use crate::preprocess::{cpu, Affine, Backend, Letterbox, RgbImage};
 use crate::quality::{Quality, QualityIssue, QualitySettings};
 use crate::timing::{Stage, StageTimes};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::time::Instant;
 
 /// Side of the aligned crop the quality gates measure, fixed so that their thresholds do not depend on the
 /// classifier's input size.
 pub const QUALITY_CROP: usize = 112;
+
+// One GPU launch makes every crop of a frame: a quality crop and a classifier crop per face.
+const _: () = assert!(2 * MAX_FACES <= MAX_CROPS, "the GPU crop launch cannot hold every face's crops");
 
 /// What the pipeline found about one face of a frame.
 #[derive(Clone, Copy, Debug)]
@@ -78,67 +82,78 @@ impl Models {
     }
 }
 
+/// One frame through every stage, with every buffer it needs allocated once.
 pub struct Pipeline {
     models: Models,
     decoder: BlazeFaceDecoder,
     decider: Decider,
     quality: QualitySettings,
-    detector_image: RgbImage,
+    /// The pixel work: the GPU path while it is healthy, else the CPU reference (`work::Fallback`).
+    pixels: Fallback,
     quality_crop: RgbImage,
-    classifier_crop: RgbImage,
+    /// The classifier crop's size (the alignment's default size when no classifier is configured).
+    crop_size: (usize, usize),
     /// The last decoded MJPEG frame (decoding allocates inside the JPEG decoder; see ARCHITECTURE.md).
     decoded: Option<DecodedImage>,
     faces: heapless::Vec<Face, MAX_FACES>,
     results: heapless::Vec<FaceResult, MAX_FACES>,
     pub times: StageTimes,
-    /// The GPU path while it is healthy (None: the CPU does the pixel work). The first error drops it for good.
-    gpu: Option<Box<dyn Kernels>>,
-    /// Why the GPU path was dropped during the last frame; taken by `take_gpu_failure`.
+    /// Why the GPU was not used at start (backend "cuda"), or a model's GPU inference failed; taken by
+    /// `take_gpu_failure` with the pixel work's own loss.
     gpu_failure: Option<anyhow::Error>,
-    /// The GPU crops of one frame: jobs, classifier tensors and quality crops, sized for `MAX_FACES` once.
+    /// The crops of one frame: jobs, and for each face its slot among the aligned faces (`None`: it could not
+    /// be aligned), classifier tensors and quality crops; sized for `MAX_FACES` once.
     crop_jobs: Vec<CropJob>,
+    crop_slots: heapless::Vec<Option<usize>, MAX_FACES>,
     crop_tensors: Vec<f32>,
     crop_images: Vec<u8>,
 }
 
 impl Pipeline {
     pub fn new(config: &BoardConfig, models: Models) -> Result<Pipeline> {
-        let decoder = BlazeFaceDecoder::new(&models.detector.entry, config.detector.settings())?;
-        let (width, height) = models.detector.entry.input.image_size();
+        let decoder = BlazeFaceDecoder::new(&models.detector.entry, config.detector)?;
+        let detector_size = models.detector.entry.input.image_size();
         let (crop_width, crop_height) = match &models.classifier {
             Some(classifier) => classifier.crop_size(),
             None => (models.alignment.default_size, models.alignment.default_size),
         };
+        let cpu =
+            CpuWork::with_sizes(&[detector_size, (QUALITY_CROP, QUALITY_CROP), (crop_width, crop_height)]);
         let mut pipeline = Pipeline {
             decoder,
             decider: Decider::new(config.decision),
             quality: config.quality,
-            detector_image: RgbImage::new(width, height),
+            pixels: Fallback::new(cpu),
             quality_crop: RgbImage::new(QUALITY_CROP, QUALITY_CROP),
-            classifier_crop: RgbImage::new(crop_width, crop_height),
+            crop_size: (crop_width, crop_height),
             decoded: None,
             faces: heapless::Vec::new(),
             results: heapless::Vec::new(),
             times: StageTimes::with_capacity(4096),
-            gpu: None,
             gpu_failure: None,
             crop_jobs: Vec::with_capacity(2 * MAX_FACES),
+            crop_slots: heapless::Vec::new(),
             crop_tensors: vec![0.0; MAX_FACES * crop_width * crop_height * 3],
             crop_images: vec![0; MAX_FACES * QUALITY_CROP * QUALITY_CROP * 3],
             models,
         };
-        match crate::preprocess::cuda::open(config) {
+        let options = CudaOptions {
+            backend: config.runtime.backend,
+            zero_copy: config.runtime.zero_copy,
+            kernel_cache: config.runtime.kernel_cache.as_ref().map(|path| config.resolve(path)),
+        };
+        match crate::preprocess::cuda::open(&options) {
             Ok(Some(kernels)) => {
                 log::info!("pixel work on the GPU: {}", kernels.name());
-                pipeline.use_gpu(kernels);
+                pipeline.pixels.use_gpu(Box::new(kernels));
             }
             Ok(None) => log::info!("pixel work on the CPU (backend \"cpu\")"),
             Err(reason) if config.runtime.backend == Backend::Cuda => {
-                log::error!("backend \"cuda\": no GPU path ({reason}); the CPU does the pixel work");
-                pipeline.gpu_failure = Some(anyhow::anyhow!("no GPU path at start: {reason}"));
+                log::error!("backend \"cuda\": no GPU path ({reason:#}); the CPU does the pixel work");
+                pipeline.gpu_failure = Some(anyhow::anyhow!("no GPU path at start: {reason:#}"));
             }
             Err(reason) => {
-                log::info!("backend \"auto\": no GPU path ({reason}); the CPU does the pixel work")
+                log::info!("backend \"auto\": no GPU path ({reason:#}); the CPU does the pixel work")
             }
         }
         // A model whose placement asked for the GPU and did not get it: as for the pixel work.
@@ -167,18 +182,21 @@ impl Pipeline {
 
     /// Hands the pixel work to `kernels` (the GPU path) from the next frame on.
     pub fn use_gpu(&mut self, kernels: Box<dyn Kernels>) {
-        self.gpu = Some(kernels);
+        self.pixels.use_gpu(Box::new(KernelWork::new(kernels)));
     }
 
     /// The GPU path's name while it is in use.
     pub fn gpu(&self) -> Option<String> {
-        self.gpu.as_ref().map(|kernels| kernels.name())
+        self.pixels.gpu()
     }
 
     /// The error that made the pipeline drop the GPU path (pixel work or a model's inference) during the last
     /// frame, once; a second one in the same frame is logged. The frame itself was finished on the CPU; so is
     /// every frame after it.
     pub fn take_gpu_failure(&mut self) -> Option<anyhow::Error> {
+        if let Some(error) = self.pixels.take_lost() {
+            self.note_gpu_failure(error);
+        }
         let from_models: Vec<anyhow::Error> =
             self.models.each_mut().filter_map(Model::take_gpu_failure).collect();
         for error in from_models {
@@ -195,116 +213,33 @@ impl Pipeline {
     pub fn process(&mut self, frame: &Frame) -> Result<(&[FaceResult], Option<Verdict>)> {
         let start = Instant::now();
         frame.validate()?;
-        let decoded_frame;
-        let frame = if frame.format == PixelFormat::Mjpeg {
-            let image = decode_mjpeg(frame)?;
-            decoded_frame = self.decoded.insert(image).frame(
-                frame.source,
-                frame.sequence,
-                frame.timestamp_ns,
-                frame.discontinuity,
-            );
-            self.times.record(Stage::Decode, start.elapsed());
-            &decoded_frame
+        // An MJPEG frame is decoded into storage the pipeline keeps; the stages then read the decoded frame.
+        let mut decoded = self.decoded.take();
+        let verdict = if frame.format == PixelFormat::Mjpeg {
+            match decode_mjpeg(frame) {
+                Ok(image) => {
+                    let image = decoded.insert(image);
+                    self.times.record(Stage::Decode, start.elapsed());
+                    let frame =
+                        image.frame(frame.source, frame.sequence, frame.timestamp_ns, frame.discontinuity);
+                    self.judge_frame(&frame)
+                }
+                Err(error) => Err(error),
+            }
         } else {
-            frame
+            self.judge_frame(frame)
         };
+        self.decoded = decoded;
+        let verdict = verdict?;
+        self.times.record(Stage::Frame, start.elapsed());
+        Ok((&self.results, verdict))
+    }
 
-        let mark = Instant::now();
-        let (input_width, input_height) = (self.detector_image.width, self.detector_image.height);
-        let letterbox = Letterbox::fit(frame.width, frame.height, input_width, input_height);
-        let map = letterbox.to_source_map();
-        let detector = &mut self.models.detector;
-        let letterbox_on_gpu = on_gpu(&mut self.gpu, &mut self.gpu_failure, |kernels| {
-            kernels.upload(frame)?;
-            detector.write_input(|spec, input| kernels.letterbox(&map, spec, input))
-        });
-        if !letterbox_on_gpu {
-            cpu::warp(frame, &map, &mut self.detector_image)?;
-            self.models.detector.set_input_image(&self.detector_image)?;
-        }
-        self.times.record(Stage::Letterbox, mark.elapsed());
-
-        let mark = Instant::now();
-        let outputs = self.models.detector.run()?;
-        self.times.record(Stage::Detector, mark.elapsed());
-
-        let mark = Instant::now();
-        {
-            let grids = outputs.len() / 2;
-            let mut scores: heapless::Vec<&[f32], 4> = heapless::Vec::new();
-            let mut regressors: heapless::Vec<&[f32], 4> = heapless::Vec::new();
-            for index in 0..grids {
-                let _ = scores.push(outputs[index].try_as_plain_ram()?.as_slice::<f32>()?);
-                let _ = regressors.push(outputs[grids + index].try_as_plain_ram()?.as_slice::<f32>()?);
-            }
-            self.decoder.decode(&scores, &regressors, &letterbox, &mut self.faces)?;
-        }
-        self.times.record(Stage::Postprocess, mark.elapsed());
-
+    /// Detection, then each face's judgement, then the decision, on a frame of raw pixels.
+    fn judge_frame(&mut self, frame: &Frame) -> Result<Option<Verdict>> {
+        self.detect(frame)?;
         let main = self.decider.select_main(&self.faces);
-        self.results.clear();
-        let mark = Instant::now();
-        // Every crop of the frame in one GPU launch (timed as the classifier-crop stage), when the GPU path is
-        // up; else each on the CPU below.
-        let crops_on_gpu = !self.faces.is_empty() && {
-            let (jobs, faces, models) = (&mut self.crop_jobs, &self.faces, &self.models);
-            let (tensors, images) = (&mut self.crop_tensors, &mut self.crop_images);
-            let size = (self.classifier_crop.width, self.classifier_crop.height);
-            on_gpu(&mut self.gpu, &mut self.gpu_failure, |kernels| {
-                gpu_crops(kernels, faces, models, size, jobs, tensors, images)
-            })
-        };
-        if crops_on_gpu {
-            self.times.record(Stage::ClassifierCrop, mark.elapsed());
-        }
-        let (quality_len, tensor_len) = (QUALITY_CROP * QUALITY_CROP * 3, self.classifier_crop.data.len());
-        let mut aligned_index = 0;
-        for (index, face) in self.faces.iter().enumerate() {
-            let mark = Instant::now();
-            let alignment = &self.models.alignment;
-            let (quality, issue, aligned) = match alignment.crop_map(face, QUALITY_CROP) {
-                Ok(map) => {
-                    if crops_on_gpu {
-                        let start = aligned_index * quality_len;
-                        self.quality_crop.data.copy_from_slice(&self.crop_images[start..start + quality_len]);
-                    } else {
-                        cpu::warp(frame, &map, &mut self.quality_crop)?;
-                    }
-                    let quality = Quality::measure(face, frame.width, frame.height, &self.quality_crop);
-                    (quality, quality.check(&self.quality), true)
-                }
-                // Degenerate keypoints (all on one spot): not a face we can align or judge.
-                Err(_) => (Quality::default(), Some(QualityIssue::TooSmall), false),
-            };
-            self.times.record(Stage::Align, mark.elapsed());
-            let mut fake_probability = None;
-            if let (Some(classifier), true) = (&mut self.models.classifier, aligned) {
-                let mark = Instant::now();
-                if crops_on_gpu {
-                    let start = aligned_index * tensor_len;
-                    let tensor = &self.crop_tensors[start..start + tensor_len];
-                    fake_probability = Some(classifier.fake_probability_of_input(tensor)?);
-                    self.times.record(Stage::Classifier, mark.elapsed());
-                } else {
-                    let crop_map = alignment.crop_map(face, self.classifier_crop.width)?;
-                    cpu::warp(frame, &crop_map, &mut self.classifier_crop)?;
-                    self.times.record(Stage::ClassifierCrop, mark.elapsed());
-                    let mark = Instant::now();
-                    fake_probability = Some(classifier.fake_probability(&self.classifier_crop)?);
-                    self.times.record(Stage::Classifier, mark.elapsed());
-                }
-            }
-            aligned_index += usize::from(aligned);
-            let _ = self.results.push(FaceResult {
-                face: *face,
-                quality,
-                issue,
-                fake_probability,
-                main: main == Some(index),
-            });
-        }
-
+        self.judge_faces(frame, main)?;
         let mark = Instant::now();
         let observation = main.and_then(|index| self.results.get(index)).map(|result| Observation {
             bbox: result.face.bbox,
@@ -313,8 +248,85 @@ impl Pipeline {
         });
         let verdict = self.decider.observe(frame.sequence, observation.as_ref());
         self.times.record(Stage::Decision, mark.elapsed());
-        self.times.record(Stage::Frame, start.elapsed());
-        Ok((&self.results, verdict))
+        Ok(verdict)
+    }
+
+    /// Detection: the letterbox into the detector's input, the detector, its decoding into `self.faces`.
+    fn detect(&mut self, frame: &Frame) -> Result<()> {
+        let mark = Instant::now();
+        let (input_width, input_height) = self.models.detector.entry.input.image_size();
+        let letterbox = Letterbox::fit(frame.width, frame.height, input_width, input_height);
+        let map = letterbox.to_source_map();
+        let pixels = &mut self.pixels;
+        self.models.detector.write_input(|spec, input| pixels.letterbox(frame, &map, spec, input))?;
+        self.times.record(Stage::Letterbox, mark.elapsed());
+
+        let mark = Instant::now();
+        let outputs = self.models.detector.run()?;
+        self.times.record(Stage::Detector, mark.elapsed());
+
+        let mark = Instant::now();
+        let grids = outputs.len() / 2;
+        let mut scores: heapless::Vec<&[f32], 4> = heapless::Vec::new();
+        let mut regressors: heapless::Vec<&[f32], 4> = heapless::Vec::new();
+        for index in 0..grids {
+            let _ = scores.push(outputs[index].try_as_plain_ram()?.as_slice::<f32>()?);
+            let _ = regressors.push(outputs[grids + index].try_as_plain_ram()?.as_slice::<f32>()?);
+        }
+        self.decoder.decode(&scores, &regressors, &letterbox, &mut self.faces)?;
+        self.times.record(Stage::Postprocess, mark.elapsed());
+        Ok(())
+    }
+
+    /// Each face's judgement into `self.results`: every crop of the frame in one call of the pixel work (the
+    /// classifier-crop stage), then per face its quality and, when it can be aligned, its fake probability.
+    fn judge_faces(&mut self, frame: &Frame, main: Option<usize>) -> Result<()> {
+        self.results.clear();
+        if !self.faces.is_empty() {
+            let mark = Instant::now();
+            plan_crops(&self.faces, &self.models, self.crop_size, &mut self.crop_jobs, &mut self.crop_slots)?;
+            let spec = match &self.models.classifier {
+                Some(classifier) => &classifier.entry().input,
+                // No tensors are asked for; any spec does.
+                None => &self.models.detector.entry.input,
+            };
+            self.pixels.crops(frame, &self.crop_jobs, spec, &mut self.crop_tensors, &mut self.crop_images)?;
+            self.times.record(Stage::ClassifierCrop, mark.elapsed());
+        }
+        let quality_len = QUALITY_CROP * QUALITY_CROP * 3;
+        let tensor_len = self.crop_size.0 * self.crop_size.1 * 3;
+        for (index, face) in self.faces.iter().enumerate() {
+            let mark = Instant::now();
+            let slot = self.crop_slots.get(index).copied().flatten();
+            let (quality, issue) = match slot {
+                Some(slot) => {
+                    let start = slot * quality_len;
+                    self.quality_crop.data.copy_from_slice(&self.crop_images[start..start + quality_len]);
+                    let quality = Quality::measure(face, frame.width, frame.height, &self.quality_crop);
+                    (quality, quality.check(&self.quality))
+                }
+                // Degenerate keypoints (all on one spot): not a face we can align or judge.
+                None => (Quality::default(), Some(QualityIssue::TooSmall)),
+            };
+            self.times.record(Stage::Align, mark.elapsed());
+            let mut fake_probability = None;
+            if let (Some(classifier), Some(slot)) = (&mut self.models.classifier, slot) {
+                let mark = Instant::now();
+                let start = slot * tensor_len;
+                fake_probability = Some(
+                    classifier.fake_probability_of_input(&self.crop_tensors[start..start + tensor_len])?,
+                );
+                self.times.record(Stage::Classifier, mark.elapsed());
+            }
+            let _ = self.results.push(FaceResult {
+                face: *face,
+                quality,
+                issue,
+                fake_probability,
+                main: main == Some(index),
+            });
+        }
+        Ok(())
     }
 
     /// Ends the current stream's session (end of input or discontinuity); see `Decider::finish`.
@@ -324,91 +336,54 @@ impl Pipeline {
 
     /// The side of the classifier's crop (the alignment's default size when no classifier is configured).
     pub fn crop_size(&self) -> usize {
-        self.classifier_crop.width
+        self.crop_size.0
     }
 
     /// Writes the aligned crop of `face` at `out`'s size into `out` (for `deepgate crops`) and returns the map
     /// from crop to frame pixels it used.
     pub fn crop(&self, frame: &Frame, face: &Face, out: &mut RgbImage) -> Result<Affine> {
-        let map = self.models.alignment.crop_map(face, out.width)?;
-        cpu::warp(frame, &map, out)?;
-        Ok(map)
+        aligned_crop(&self.models.alignment, frame, face, out)
     }
 }
 
-/// Runs `work` on the GPU path if there is one; on error (or a panic in the CUDA library) drops the path for
-/// good (keeping the error for `Pipeline::take_gpu_failure`) and returns false, so that the caller does the
-/// work on the CPU.
-fn on_gpu(
-    gpu: &mut Option<Box<dyn Kernels>>,
-    failure: &mut Option<anyhow::Error>,
-    work: impl FnOnce(&mut dyn Kernels) -> Result<()>,
-) -> bool {
-    let Some(kernels) = gpu.as_mut() else { return false };
-    match crate::panics::contain("the CUDA library", || work(kernels.as_mut())) {
-        Ok(()) => true,
-        Err(error) => {
-            let name = kernels.name();
-            *gpu = None;
-            *failure = Some(error.context(format!("{name}: the GPU path failed; the CPU takes over")));
-            false
-        }
-    }
+/// Writes the aligned crop of `face` at `out`'s size into `out`, as the runtime makes it (the CPU reference),
+/// and returns the map from crop to frame pixels it used: `Pipeline::crop`, for callers that hold the
+/// alignment while the pipeline is busy (`deepgate crops` inside the session loop).
+pub fn aligned_crop(alignment: &Alignment, frame: &Frame, face: &Face, out: &mut RgbImage) -> Result<Affine> {
+    let map = alignment.crop_map(face, out.width)?;
+    cpu::warp(frame, &map, out)?;
+    Ok(map)
 }
 
-/// The GPU crops of the frame last uploaded, in one launch: for each face that can be aligned, in order, its
-/// quality crop (8-bit RGB, `QUALITY_CROP` square) and, with a classifier, its classifier tensor (`size`).
-fn gpu_crops(
-    kernels: &mut dyn Kernels,
+/// The crops of a frame's faces, in order, into `jobs`: for each face that can be aligned its quality crop
+/// (8-bit RGB, `QUALITY_CROP` square) and, with a classifier, its classifier tensor (`size`). `slots` says, per
+/// face, which aligned face it is (the index into the RGB crops and the tensors), or `None`.
+fn plan_crops(
     faces: &[Face],
     models: &Models,
     (width, height): (usize, usize),
     jobs: &mut Vec<CropJob>,
-    tensors: &mut [f32],
-    images: &mut [u8],
+    slots: &mut heapless::Vec<Option<usize>, MAX_FACES>,
 ) -> Result<()> {
     jobs.clear();
+    slots.clear();
+    let mut aligned = 0;
     for face in faces {
-        let Ok(map) = models.alignment.crop_map(face, QUALITY_CROP) else { continue };
-        jobs.push(CropJob { map, width: QUALITY_CROP, height: QUALITY_CROP, rgb: true });
-        if models.classifier.is_some() {
-            let map = models.alignment.crop_map(face, width)?;
-            jobs.push(CropJob { map, width, height, rgb: false });
-        }
+        let slot = match models.alignment.crop_map(face, QUALITY_CROP) {
+            Ok(map) => {
+                jobs.push(CropJob { map, width: QUALITY_CROP, height: QUALITY_CROP, rgb: true });
+                if models.classifier.is_some() {
+                    let map = models.alignment.crop_map(face, width)?;
+                    jobs.push(CropJob { map, width, height, rgb: false });
+                }
+                aligned += 1;
+                Some(aligned - 1)
+            }
+            Err(_) => None,
+        };
+        anyhow::ensure!(slots.push(slot).is_ok(), "more than {MAX_FACES} faces in one frame");
     }
-    let spec = match &models.classifier {
-        Some(classifier) => &classifier.entry().input,
-        // No tensors are asked for; any spec does.
-        None => &models.detector.entry.input,
-    };
-    kernels.crops(jobs, spec, tensors, images)
-}
-
-/// Decodes an MJPEG frame, refusing the truncated frames USB cameras deliver (often the first one), which a
-/// lenient JPEG decoder would otherwise fill with grey: a complete JPEG ends with the EOI marker (FF D9),
-/// possibly followed by zero padding.
-fn decode_mjpeg(frame: &Frame) -> Result<DecodedImage> {
-    let end = frame.data.iter().rposition(|&byte| byte != 0).map_or(0, |last| last + 1);
-    anyhow::ensure!(
-        frame.data.starts_with(&[0xFF, 0xD8]) && frame.data[..end].ends_with(&[0xFF, 0xD9]),
-        "MJPEG frame {} from {} is incomplete or not a JPEG ({} bytes, no start or end marker)",
-        frame.sequence,
-        frame.source,
-        frame.data.len()
-    );
-    let image = decode_image_bytes(&frame.data[..end], "MJPEG frame")
-        .with_context(|| format!("decoding MJPEG frame {} from {}", frame.sequence, frame.source))?;
-    anyhow::ensure!(
-        image.width == frame.width && image.height == frame.height,
-        "MJPEG frame {} from {} is {}x{}, the stream is {}x{}",
-        frame.sequence,
-        frame.source,
-        image.width,
-        image.height,
-        frame.width,
-        frame.height
-    );
-    Ok(image)
+    Ok(())
 }
 
 /// The GPU path's fallback, checked with the host build of the kernels standing in for the GPU (the real GPU's
@@ -416,7 +391,7 @@ fn decode_mjpeg(frame: &Frame) -> Result<DecodedImage> {
 #[cfg(all(test, deepgate_host_kernels))]
 mod fallback {
     use super::*;
-    use crate::capture::replay::decode_image_file;
+    use crate::codec::decode_image_file;
     use std::fmt::Write;
     use std::path::Path;
 
@@ -541,5 +516,27 @@ mod fallback {
         assert_eq!(failures, vec![fail_from as usize - 1], "one report, at the panicking frame");
         assert!(panicking.gpu().is_none());
         assert_eq!(lines, reference);
+    }
+
+    #[test]
+    fn an_error_that_is_not_a_gpu_fault_fails_that_frame_and_keeps_the_gpu_path() {
+        use crate::preprocess::cuda::host::HostKernels;
+        let image = decode_image_file(Path::new(PHOTOS[0])).expect("fixture photo");
+        let mut pipeline = pipeline();
+        let mut kernels = HostKernels::default();
+        kernels.refuse_at = Some(2);
+        pipeline.use_gpu(Box::new(kernels));
+        for sequence in 0..4u64 {
+            let frame = image.frame(PHOTOS[0], sequence, 0, sequence == 0);
+            let result = pipeline.process(&frame).map(|(faces, _)| faces.len());
+            if sequence == 1 {
+                let error = result.expect_err("the kernels refused the second upload");
+                assert!(format!("{error:#}").contains("injected refusal of frame 1"), "{error:#}");
+            } else {
+                assert!(result.expect("frame") > 0, "frame {sequence} was processed");
+            }
+            assert!(pipeline.take_gpu_failure().is_none(), "frame {sequence}: not a GPU loss");
+            assert!(pipeline.gpu().is_some(), "frame {sequence}: the GPU path stays in use");
+        }
     }
 }

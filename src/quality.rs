@@ -4,6 +4,8 @@
 
 use crate::detect::{Face, LEFT_EYE, MOUTH_CENTRE, NOSE_TIP, RIGHT_EYE};
 use crate::preprocess::RgbImage;
+use crate::settings::in_range;
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 /// Limits from the board config's `[quality]` section.
@@ -25,6 +27,20 @@ pub struct QualitySettings {
     pub max_clipped: f32,
     /// Largest fraction of the face box lying outside the frame (a face cut by the image edge).
     pub max_outside: f32,
+}
+
+impl QualitySettings {
+    /// Refuses limits that cannot work, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        in_range("quality.min_face_px", self.min_face_px, 0.0, 4096.0)?;
+        in_range("quality.min_sharpness", self.min_sharpness, 0.0, 1e6)?;
+        in_range("quality.max_yaw", self.max_yaw, 0.0, 1.0)?;
+        in_range("quality.max_roll_degrees", self.max_roll_degrees, 0.0, 180.0)?;
+        in_range("quality.min_brightness", self.min_brightness, 0.0, 255.0)?;
+        in_range("quality.max_brightness", self.max_brightness, self.min_brightness, 255.0)?;
+        in_range("quality.max_clipped", self.max_clipped, 0.0, 1.0)?;
+        in_range("quality.max_outside", self.max_outside, 0.0, 1.0)
+    }
 }
 
 /// Which gate failed first, if any.

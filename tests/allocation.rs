@@ -169,8 +169,9 @@ fn steady_state_frames_allocate_nothing(pipeline: &mut Pipeline) {
 
 #[test]
 fn reporting_to_the_tcp_gate_allocates_nothing() {
+    use deepgate::decide::Decision;
     use deepgate::gate::tcp::{TcpGate, TcpGateSettings};
-    use deepgate::gate::{Decision, Gate};
+    use deepgate::gate::Gate;
     // No controller: every verdict stays in the spool, the case where reporting does the most work (short of
     // a full spool, whose drops now and then rewrite the file).
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

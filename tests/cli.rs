@@ -470,6 +470,48 @@ fn bench_times_every_stage_for_each_pixel_format() {
 }
 
 #[test]
+fn bench_saves_the_frames_it_times_for_the_python_peer() {
+    let directory = common::temp_dir("bench-frames");
+    let frames = directory.to_str().unwrap();
+    let output = deepgate(&[
+        "bench",
+        "--frames",
+        "1",
+        "--size",
+        "320x240",
+        "--formats",
+        "YUYV,NV12,MJPEG",
+        "--json",
+        "--save-frames",
+        frames,
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let results: Value = serde_json::from_slice(&output.stdout).unwrap();
+    // What the last frame found, for the peer's agreement check.
+    for result in results.as_array().unwrap() {
+        let face = &result["faces_found"][0];
+        assert!(face["box"].as_array().is_some_and(|b| b.len() == 4), "{result}");
+        assert!(face["fake_probability"].as_f64().is_some() && face["quality"]["sharpness"].is_number());
+    }
+    let index: Value =
+        serde_json::from_str(&std::fs::read_to_string(directory.join("frames.json")).unwrap()).unwrap();
+    assert_eq!(index["frames"].as_array().map(Vec::len), Some(3), "{index}");
+    let sizes = [("YUYV", 320 * 240 * 2), ("NV12", 320 * 240 * 3 / 2)];
+    for (entry, format) in index["frames"].as_array().unwrap().iter().zip(["YUYV", "NV12", "MJPEG"]) {
+        assert_eq!(entry["format"], format);
+        let bytes = std::fs::read(directory.join(entry["file"].as_str().unwrap())).unwrap();
+        match sizes.iter().find(|(name, _)| *name == format) {
+            Some((_, size)) => assert_eq!(bytes.len(), *size, "{format}"),
+            None => assert_eq!(&bytes[..2], &[0xFF, 0xD8], "a JPEG"),
+        }
+    }
+    for key in ["manifest", "alignment", "detector_settings", "quality_settings", "quality_crop", "max_taps"]
+    {
+        assert!(!index[key].is_null(), "the index holds {key}: {index}");
+    }
+}
+
+#[test]
 fn run_keeps_hash_chained_receipts_that_audit_verify_checks() {
     let directory = common::temp_dir("audit");
     let log = directory.join("receipts.jsonl");

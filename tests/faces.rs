@@ -6,8 +6,8 @@ mod common;
 use common::{fixture, iou};
 use deepgate::capture::replay::open_input;
 use deepgate::config::BoardConfig;
+use deepgate::decide::Decision;
 use deepgate::frame::{Frame, PixelFormat};
-use deepgate::gate::Decision;
 use deepgate::pipeline::{FaceResult, Models, Pipeline};
 use std::path::Path;
 

@@ -62,7 +62,7 @@ fn replay(board: &Path, inputs: &[PathBuf], fault_at: Option<u64>) -> Output {
 
 fn gpu_usable() -> Result<(), String> {
     #[cfg(feature = "cuda")]
-    return deepgate::preprocess::cuda::gpu::probe().map_err(|error| format!("{error:#}"));
+    return deepgate::gpu::probe().map_err(|error| format!("{error:#}"));
     #[cfg(not(feature = "cuda"))]
     Err("built without the `cuda` feature".into())
 }

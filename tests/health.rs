@@ -1,10 +1,12 @@
-//! The failure policy state by state, as the door and the controller see it: `health::apply` on a relay driving
+//! The failure policy state by state, as the door and the controller see it: `supervisor::apply_health` on a relay driving
 //! a recorded line (a maglock that unlocks on faults, so every state is visible on the line) and a gate that
 //! records what the controller is told. The OSDP view of the same states is in tests/osdp.rs.
 
+use deepgate::decide::Decision;
 use deepgate::gate::relay::{DoorMode, DoorState, RecordingLine, RelayGate, RelaySettings};
-use deepgate::gate::{Decision, Gate, VerdictMessage};
-use deepgate::health::{self, Event, Health, Monitor, OverloadPolicy, State};
+use deepgate::gate::{Gate, VerdictMessage};
+use deepgate::health::{Event, Health, Monitor, OverloadPolicy, State};
+use deepgate::supervisor::apply_health;
 use std::time::{Duration, Instant};
 
 /// A controller link that records what it is told.
@@ -100,7 +102,7 @@ fn each_state_puts_the_door_and_the_controller_where_the_policy_says() {
         for event in events {
             if let Some(changed) = monitor.observe(*event) {
                 health = changed;
-                health::apply(changed, &mut gate, Some(&relay));
+                apply_health(changed, &mut [&mut relay, &mut gate]);
             }
         }
         assert_eq!(health.state(), state);
@@ -118,7 +120,7 @@ fn each_state_puts_the_door_and_the_controller_where_the_policy_says() {
             // Recovery: the door works again.
             let back = if state == State::CameraLost { Event::CameraBack } else { Event::ModelValid };
             let recovered = monitor.observe(back).expect("a change");
-            health::apply(recovered, &mut gate, Some(&relay));
+            apply_health(recovered, &mut [&mut relay, &mut gate]);
             assert_eq!(gate.told.last().map(|told| told.state()), Some(State::Normal));
             relay.feed();
             assert!(settles_at(&line, true), "{state:?}: locked again after recovery");

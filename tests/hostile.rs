@@ -3,9 +3,9 @@
 
 mod common;
 
-use deepgate::capture::replay::decode_image_bytes;
 use deepgate::capture::y4m::Y4mSource;
 use deepgate::capture::FrameSource;
+use deepgate::codec::decode_image_bytes;
 use deepgate::config::BoardConfig;
 use deepgate::frame::{Frame, PixelFormat};
 use deepgate::manifest::Manifest;

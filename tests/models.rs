@@ -91,7 +91,10 @@ fn a_classifier_answering_nan_is_an_error_never_a_verdict() {
     assert!(format!("{error:#}").contains("NaN"), "{error:#}");
     // The failed frame gave no evidence: the session ends undecided, not genuine.
     let verdict = pipeline.finish();
-    assert!(verdict.as_ref().is_none_or(|v| v.decision != deepgate::gate::Decision::Genuine), "{verdict:?}");
+    assert!(
+        verdict.as_ref().is_none_or(|v| v.decision != deepgate::decide::Decision::Genuine),
+        "{verdict:?}"
+    );
 }
 
 #[test]
@@ -116,7 +119,7 @@ fn the_stand_in_classifier_yields_probabilities_and_verdicts() {
 /// runtime to report.
 #[test]
 fn a_model_placed_on_the_gpu_runs_there_or_on_the_cpu_with_the_reason_kept() {
-    use deepgate::config::Placement;
+    use deepgate::infer::Placement;
     use deepgate::infer::{cuda_runtime, fill_test_pattern, Model, GPU_AGREEMENT};
     let manifest = Manifest::load(&common::root().join("models/manifest.toml")).unwrap();
     let usable = cuda_runtime().map(|_| ()).map_err(|error| format!("{error:#}"));

@@ -2,8 +2,9 @@
 //! reach the relay, in what order and when. Timing bounds are generous (a loaded two-core machine): lower
 //! bounds are exact because a pulse may never end early, upper bounds only catch a pulse that does not end.
 
+use deepgate::decide::Decision;
 use deepgate::gate::relay::{DoorMode, DoorState, RecordingLine, RelayGate, RelaySettings};
-use deepgate::gate::{Decision, Gate, VerdictMessage};
+use deepgate::gate::{Gate, VerdictMessage};
 use std::time::{Duration, Instant};
 
 /// How long a test waits for something that should happen at once.

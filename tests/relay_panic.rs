@@ -1,10 +1,11 @@
 //! The relay's panic hook, in a test binary of its own because the hook is process-wide: a panic on any
 //! thread puts the door into its fault state at once, latched until the process restarts.
 
+use deepgate::decide::Decision;
 use deepgate::gate::relay::{
     install_panic_hook, DoorMode, DoorState, RecordingLine, RelayGate, RelaySettings,
 };
-use deepgate::gate::{Decision, Gate, VerdictMessage};
+use deepgate::gate::{Gate, VerdictMessage};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -26,7 +27,7 @@ fn a_panic_on_another_thread_latches_the_fault_state() {
     }
 
     // A GPU library's panic that the runtime contains (and falls back from) is not a fault of the process.
-    let contained = deepgate::panics::contain("the CUDA library", || -> anyhow::Result<()> {
+    let contained = deepgate::gpu::contain("the CUDA library", || -> anyhow::Result<()> {
         panic!("could not create a stream (deliberately, in a test)")
     });
     assert!(contained.unwrap_err().to_string().contains("could not create a stream"));

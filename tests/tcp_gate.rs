@@ -4,8 +4,9 @@
 
 mod common;
 
+use deepgate::decide::Decision;
 use deepgate::gate::tcp::{TcpGate, TcpGateSettings, TcpGateStats};
-use deepgate::gate::{Decision, Gate, VerdictMessage};
+use deepgate::gate::{Gate, VerdictMessage};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{TcpListener, TcpStream};

@@ -7,6 +7,8 @@ pub mod y4m;
 
 use crate::frame::Frame;
 use anyhow::Result;
+use serde::Deserialize;
+use std::path::PathBuf;
 
 /// Where frames come from. A source owns its buffers and lends one frame at a time; the frame is valid until
 /// the next call (a camera's buffer goes back to the driver then).
@@ -31,6 +33,52 @@ pub trait FrameSource {
     /// Mirrors `Gate::link_up`; cheap, asked after every `next_frame`.
     fn camera_up(&self) -> Option<bool> {
         None
+    }
+}
+
+/// The board config's `[source]` section: where frames come from.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum SourceSection {
+    /// Still images, directories of images and Y4M videos, played in order.
+    Replay {
+        paths: Vec<PathBuf>,
+        /// Start again from the first input at the end (a demo kiosk); false ends `deepgate run`.
+        #[serde(default)]
+        repeat: bool,
+        /// Pace frames at this rate, like a camera; 0 plays as fast as the pipeline runs.
+        #[serde(default)]
+        frame_rate: f32,
+    },
+    /// A V4L2 camera (`src/capture/v4l2`), streamed through mmap buffers until SIGINT/SIGTERM.
+    V4l2(v4l2::section::V4l2Section),
+}
+
+impl SourceSection {
+    /// The V4L2 camera's section, when the source is one.
+    pub fn v4l2(&self) -> Option<&v4l2::section::V4l2Section> {
+        match self {
+            SourceSection::V4l2(section) => Some(section),
+            SourceSection::Replay { .. } => None,
+        }
+    }
+
+    /// Refuses source settings that cannot work, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            SourceSection::Replay { paths, frame_rate, .. } => {
+                anyhow::ensure!(
+                    !paths.is_empty(),
+                    "source.paths must name at least one image, directory or video"
+                );
+                anyhow::ensure!(
+                    frame_rate.is_finite() && (0.0..=1000.0).contains(frame_rate),
+                    "source.frame_rate {frame_rate} must be between 0 (unpaced) and 1000"
+                );
+                Ok(())
+            }
+            SourceSection::V4l2(section) => section.settings().map(drop),
+        }
     }
 }
 

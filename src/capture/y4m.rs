@@ -353,8 +353,9 @@ impl FrameSource for Y4mSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::replay::{decode_image_file, open_input};
+    use crate::capture::replay::open_input;
     use crate::capture::test_support::{error_text, fixture, scratch_directory};
+    use crate::codec::decode_image_file;
     use std::io::Write;
 
     use crate::capture::synthetic::yuv420_planes as rgb_to_yuv420;

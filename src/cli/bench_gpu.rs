@@ -86,7 +86,7 @@ pub fn bench_gpu(
     #[cfg(feature = "cuda")]
     let mut gpu = {
         use deepgate::preprocess::cuda::gpu;
-        if let Err(reason) = gpu::probe() {
+        if let Err(reason) = deepgate::gpu::probe() {
             eprintln!("deepgate bench-gpu: no usable GPU here ({reason:#})");
             return Ok(ExitCode::from(2));
         }
@@ -231,7 +231,7 @@ fn bench_inference(
     entry: &deepgate::manifest::ModelEntry,
     frames: usize,
 ) -> Result<serde_json::Value> {
-    use deepgate::config::Placement;
+    use deepgate::infer::Placement;
     use deepgate::infer::{fill_test_pattern, Model};
     let pattern = |model: &mut Model| {
         model.write_input(|_, values| {

@@ -3,14 +3,15 @@
 //! with the score distribution it rests on; optionally a histogram PNG and a copy of the board file with that
 //! one key changed.
 
-use super::replay::{play_input, play_source, Event, Played};
 use anyhow::{bail, ensure, Context, Result};
-use deepgate::capture::v4l2::{OpenError, V4l2Settings, V4l2Source};
+use deepgate::capture::v4l2::{OpenError, V4l2Source};
 use deepgate::capture::FrameSource;
-use deepgate::config::{BoardConfig, SourceSection};
+use deepgate::capture::SourceSection;
+use deepgate::config::BoardConfig;
 use deepgate::decide::DecisionSettings;
 use deepgate::eval::calibration::{self, Calibration, Distribution};
 use deepgate::frame::Frame;
+use deepgate::session::{play_input, play_source, Event, Played};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -79,7 +80,7 @@ pub fn calibrate(board: &Path, inputs: &[PathBuf], options: &Options) -> Result<
             }
         }
         Event::Verdict { verdict, .. } => {
-            if verdict.decision != deepgate::gate::Decision::NoFace {
+            if verdict.decision != deepgate::decide::Decision::NoFace {
                 collected.sessions += 1;
             }
         }
@@ -92,11 +93,10 @@ pub fn calibrate(board: &Path, inputs: &[PathBuf], options: &Options) -> Result<
         }
         Event::GpuLost { error } => log::error!("{error:#}"),
     };
-    let use_camera =
-        options.camera || (inputs.is_empty() && matches!(config.source, SourceSection::V4l2 { .. }));
+    let use_camera = options.camera || (inputs.is_empty() && matches!(config.source, SourceSection::V4l2(_)));
     let described_inputs: Vec<String>;
     if use_camera {
-        let Some(settings) = V4l2Settings::from_config(&config.source) else {
+        let Some(settings) = config.source.v4l2().map(|section| section.settings()).transpose()? else {
             bail!("board config {}: --camera needs [source] kind = \"v4l2\"", board.display());
         };
         // As `deepgate capture`: at calibration time a camera that is absent or not the pinned one is an error.
@@ -117,7 +117,7 @@ pub fn calibrate(board: &Path, inputs: &[PathBuf], options: &Options) -> Result<
         };
         play_source(&mut pipeline, &mut camera, name.clone(), &mut before_frame, &mut emit);
         // The session of the person in front of the camera when the frames ran out counts too.
-        if pipeline.finish().is_some_and(|verdict| verdict.decision != deepgate::gate::Decision::NoFace) {
+        if pipeline.finish().is_some_and(|verdict| verdict.decision != deepgate::decide::Decision::NoFace) {
             collected.sessions += 1;
         }
         if taken < options.frames && !stop.load(Ordering::Relaxed) {

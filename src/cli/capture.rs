@@ -2,7 +2,7 @@
 //! JSON line saying what the camera is and gave (for installers, and for format checks in VM tests).
 
 use anyhow::{bail, Context, Result};
-use deepgate::capture::v4l2::{OpenError, V4l2Settings, V4l2Source};
+use deepgate::capture::v4l2::{OpenError, V4l2Source};
 use deepgate::capture::FrameSource;
 use deepgate::config::BoardConfig;
 use sha2::{Digest, Sha256};
@@ -20,9 +20,10 @@ pub fn capture(board: &Path, frames: u64, save: Option<&Path>) -> Result<ExitCod
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing the signal handler")?;
     }
     let config = BoardConfig::load(board)?;
-    let Some(settings) = V4l2Settings::from_config(&config.source) else {
+    let Some(section) = config.source.v4l2() else {
         bail!("board config {}: `deepgate capture` needs [source] kind = \"v4l2\"", board.display());
     };
+    let settings = section.settings()?;
     if let Some(directory) = save {
         std::fs::create_dir_all(directory).with_context(|| format!("creating {}", directory.display()))?;
     }

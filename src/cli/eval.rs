@@ -1,10 +1,10 @@
 //! `deepgate eval`: scores a labelled set through the whole runtime (the same code path as `replay`) and
 //! prints ISO/IEC 30107-3 metrics.
 
-use super::replay::{play_input, Event, Played};
 use anyhow::{bail, ensure, Context, Result};
 use deepgate::eval::metrics::{report, roc, Sample};
 use deepgate::eval::plot::write_roc_png;
+use deepgate::session::{play_input, Event, Played};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

@@ -1,7 +1,7 @@
 //! The JSON lines `replay` prints: frames, verdicts and errors, in the documented shape.
 
 use deepgate::decide::Verdict;
-use deepgate::gate::{encode_line, Line, VerdictMessage};
+use deepgate::gate::{encode_line, round_to as round, Line, VerdictMessage};
 use deepgate::pipeline::FaceResult;
 use serde::Serialize;
 use std::io::Write;
@@ -36,11 +36,6 @@ struct ErrorLine<'a> {
     error: String,
 }
 
-/// Rounds to 0.01 pixel / 0.0001 probability: more digits are noise and make lines hard to read.
-fn round(value: f32, step: f32) -> f32 {
-    (value / step).round() * step
-}
-
 pub fn frame_line(source: &str, frame: u64, width: u32, height: u32, faces: &[FaceResult]) -> String {
     let faces = faces
         .iter()
@@ -63,24 +58,9 @@ pub fn error_line(source: &str, error: &anyhow::Error) -> String {
     serde_json::to_string(&line).unwrap_or_default()
 }
 
-/// The gate message for a verdict about `source`.
-pub fn verdict_message<'a>(source: &'a str, verdict: &'a Verdict) -> VerdictMessage<'a> {
-    VerdictMessage {
-        kind: "verdict",
-        source,
-        decision: verdict.decision,
-        fake_probability: verdict.fake_probability.map(|p| round(p, 1e-4)),
-        frames: verdict.frames_used,
-        frames_seen: verdict.frames_seen,
-        first_frame: verdict.first_frame,
-        last_frame: verdict.last_frame,
-        reason: &verdict.reason,
-    }
-}
-
 pub fn verdict_line(source: &str, verdict: &Verdict) -> String {
     let mut line = Line::new();
-    match encode_line(&verdict_message(source, verdict), &mut line) {
+    match encode_line(&VerdictMessage::new(source, verdict), &mut line) {
         Ok(()) => String::from_utf8_lossy(&line).into_owned(),
         Err(error) => error_line(source, &error),
     }

@@ -10,8 +10,9 @@
 //! device's public key (`deepgate audit verify --public-key`). The key file holds the 32-byte secret seed as
 //! 64 hex characters and must not be readable by group or others.
 
+use crate::decide::Decision;
 use crate::decide::Verdict;
-use crate::gate::{from_hex, to_hex, Decision};
+use crate::gate::{from_hex, to_hex};
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};

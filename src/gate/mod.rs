@@ -8,30 +8,9 @@ pub mod spool;
 pub mod stdout;
 pub mod tcp;
 
+use crate::decide::{Decision, Verdict};
 use anyhow::Result;
 use serde::Serialize;
-
-/// What the runtime concluded about one person session.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Decision {
-    Genuine,
-    Fake,
-    /// Not enough usable evidence: the person should retry (or no classifier is configured).
-    Uncertain,
-    NoFace,
-}
-
-impl Decision {
-    pub fn name(self) -> &'static str {
-        match self {
-            Decision::Genuine => "genuine",
-            Decision::Fake => "fake",
-            Decision::Uncertain => "uncertain",
-            Decision::NoFace => "no_face",
-        }
-    }
-}
 
 /// One verdict as reported to the gate and on the replay output.
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -51,6 +30,29 @@ pub struct VerdictMessage<'a> {
     pub first_frame: u64,
     pub last_frame: u64,
     pub reason: &'a str,
+}
+
+impl<'a> VerdictMessage<'a> {
+    /// The message for `verdict` about `source`, its mean fake probability rounded to 0.0001 (more digits are
+    /// noise): what every gate, the audit log's caller and `replay`'s output send.
+    pub fn new(source: &'a str, verdict: &'a Verdict) -> VerdictMessage<'a> {
+        VerdictMessage {
+            kind: "verdict",
+            source,
+            decision: verdict.decision,
+            fake_probability: verdict.fake_probability.map(|p| round_to(p, 1e-4)),
+            frames: verdict.frames_used,
+            frames_seen: verdict.frames_seen,
+            first_frame: verdict.first_frame,
+            last_frame: verdict.last_frame,
+            reason: &verdict.reason,
+        }
+    }
+}
+
+/// Rounds to a multiple of `step` (0.01 pixel, 0.0001 probability) for JSON lines that people read.
+pub fn round_to(value: f32, step: f32) -> f32 {
+    (value / step).round() * step
 }
 
 /// The largest JSON line the gate carries. Sources are file paths or device names, reasons short sentences;
@@ -108,6 +110,31 @@ impl std::io::Write for LineWriter<'_> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+/// The board config's `[gate]` section: where verdicts go.
+pub enum GateSection {
+    /// JSON lines on standard output.
+    Stdout,
+    /// JSON lines over TCP to a controller, with reconnection, kept in an on-disk spool until acknowledged
+    /// (`src/gate/tcp.rs` states the protocol).
+    Tcp(tcp::TcpSection),
+    /// An OSDP peripheral device on a serial (RS-485) line, polled by the access controller; Secure Channel
+    /// enforced (`gate::osdp`).
+    Osdp(osdp::OsdpSection),
+}
+
+impl GateSection {
+    /// Refuses gate settings that cannot work, naming the key (each gate checks its own).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            GateSection::Stdout => Ok(()),
+            GateSection::Tcp(section) => section.validate(),
+            GateSection::Osdp(section) => section.validate(),
+        }
     }
 }
 

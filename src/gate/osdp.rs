@@ -1,6 +1,7 @@
 //! The OSDP gate: deepgate as an OSDP peripheral device (PD) on an RS-485 line, polled by the access controller
 //! (the control panel, CP). The protocol and its Secure Channel are libosdp's (the `libosdp` crate); this module
-//! owns the serial port, the policy (secure channel or nothing), what the controller is told, and the counts.
+//! owns the policy (secure channel or nothing), what the controller is told, the counts and the device loop; the
+//! serial port is `serial`, the wire inspection `wire`, the site key on disk `keys`.
 //!
 //! What the controller sees (documented for integrators in ARCHITECTURE.md, "OSDP mapping"):
 //!
@@ -26,21 +27,32 @@
 //! gone): it is counted as `undelivered`. Bad checksums, bad MACs, replays and oversized frames are refused by
 //! libosdp; the wire is also inspected here so that each kind of refusal is counted (see `WireStats`).
 
-use super::{encode_line, from_hex, Decision, Gate, Line, VerdictMessage};
+mod keys;
+mod section;
+mod serial;
+mod wire;
+
+pub use section::{parse_vendor_code, OsdpSection};
+pub use wire::WireStats;
+
+use super::{encode_line, Gate, Line, VerdictMessage};
+use crate::decide::Decision;
 use crate::health::Health;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
+use keys::{read_key, store_key};
 use libosdp::{
-    Channel, ChannelError, OsdpCommand, OsdpEvent, OsdpEventMfgReply, OsdpFlag, OsdpStatusReport,
-    OsdpStatusReportType, PdCapEntity, PdCapability, PdId, PdInfoBuilder, PeripheralDevice,
+    OsdpCommand, OsdpEvent, OsdpEventMfgReply, OsdpFlag, OsdpStatusReport, OsdpStatusReportType, PdCapEntity,
+    PdCapability, PdId, PdInfoBuilder, PeripheralDevice,
 };
+use serial::{open_port, SerialChannel};
 use std::collections::VecDeque;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use wire::Inspector;
 
 /// libosdp must be refreshed at least every 50 ms; the thread wakes this often when idle.
 const REFRESH: Duration = Duration::from_millis(5);
@@ -87,27 +99,6 @@ pub struct OsdpSettings {
     pub hold: Duration,
     /// The first 8 bytes of the classifier's sha256 (zeros without a classifier).
     pub model: [u8; 8],
-}
-
-/// Counts of what crossed the wire, one direction each, and of what the gate did. Read with `OsdpGate::stats`.
-#[derive(Debug, Default)]
-pub struct WireStats {
-    /// Complete frames with a good checksum or CRC.
-    pub frames: AtomicU64,
-    /// Frames whose checksum or CRC was wrong (refused by libosdp too).
-    pub bad_check: AtomicU64,
-    /// Frames announcing more than `MAX_FRAME` bytes, or fewer than a header.
-    pub oversized: AtomicU64,
-    /// Bytes outside any frame (line noise, a second master, garbage).
-    pub garbage: AtomicU64,
-    /// osdp_NAK replies by reason code (index 0: reason unreadable because encrypted or out of range).
-    /// Reason 1 is a bad check, 4 a sequence error (replays), 6 secure channel conditions not met (bad MAC,
-    /// plain commands while the secure channel is enforced).
-    pub naks: [AtomicU64; NAK_REASONS],
-    /// Replies that carried an event (status or manufacturer reply).
-    pub event_replies: AtomicU64,
-    /// When the last good frame passed, in milliseconds since `OsdpStats::epoch`.
-    pub last_frame_ms: AtomicU64,
 }
 
 /// What the gate did; all counters only grow.
@@ -358,32 +349,6 @@ impl Drop for OsdpGate {
         }
         log::info!("{}: {}", self.description, self.stats.summary());
     }
-}
-
-/// Reads the site key file: 32 hexadecimal digits, private.
-fn read_key(path: &Path) -> Result<[u8; 16]> {
-    let text = super::read_private_file(path, "OSDP site key")?;
-    from_hex::<16>(&text, &format!("OSDP site key {}", path.display()))
-}
-
-/// Writes a site key set by the controller: a temporary file (mode 600) renamed over the old one, then the
-/// directory synced, so a power cut leaves the old key or the new one, never half of one.
-fn store_key(path: &Path, key: &[u8]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let temporary = path.with_extension("new");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .with_context(|| format!("creating {}", temporary.display()))?;
-    writeln!(file, "{}", super::to_hex(key)).and_then(|()| file.sync_all())?;
-    std::fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))?;
-    if let Some(directory) = path.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-        std::fs::File::open(directory).and_then(|directory| directory.sync_all())?;
-    }
-    Ok(())
 }
 
 /// The PD identity the controller reads with osdp_ID: our vendor code, model 1, the crate version.
@@ -661,299 +626,9 @@ fn verdict_reply(report: &Report, model: &[u8; 8]) -> [u8; 24] {
     data
 }
 
-/// The serial port as libosdp's channel: non-blocking reads, and every byte both ways seen by an inspector.
-/// A port that fails (a USB RS-485 adapter unplugged) is closed, logged once, and opened again every
-/// `REOPEN` until it is back; meanwhile the channel reads nothing and writes nowhere, so the controller's
-/// polls time out and the secure channel drops, which the health monitor sees as the link going down.
-struct SerialChannel {
-    port: Option<serialport::TTYPort>,
-    device: PathBuf,
-    baud: u32,
-    /// When to try opening a failed port again.
-    reopen_at: Instant,
-    stats: Arc<OsdpStats>,
-    incoming: Inspector,
-    outgoing: Inspector,
-}
-
-/// How often a failed serial port is opened again.
-const REOPEN: Duration = Duration::from_secs(1);
-
-/// Opens the serial port raw at `baud`, reads never waiting.
-fn open_port(device: &Path, baud: u32) -> Result<serialport::TTYPort> {
-    serialport::new(device.to_string_lossy(), baud)
-        .timeout(Duration::ZERO)
-        .open_native()
-        .with_context(|| format!("opening OSDP serial port {}", device.display()))
-}
-
-impl SerialChannel {
-    /// The open port, opening it again when it failed and `REOPEN` has passed.
-    fn port(&mut self) -> Option<&mut serialport::TTYPort> {
-        if self.port.is_none() && Instant::now() >= self.reopen_at {
-            match open_port(&self.device, self.baud) {
-                Ok(port) => {
-                    log::info!("OSDP serial port {} is back", self.device.display());
-                    self.port = Some(port);
-                }
-                Err(_) => self.reopen_at = Instant::now() + REOPEN,
-            }
-        }
-        self.port.as_mut()
-    }
-
-    fn failed(&mut self, error: &std::io::Error) -> ChannelError {
-        log::error!(
-            "OSDP serial port {}: {error}; closed, opening it again every {} s",
-            self.device.display(),
-            REOPEN.as_secs()
-        );
-        self.stats.port_failures.fetch_add(1, Ordering::Relaxed);
-        self.port = None;
-        self.reopen_at = Instant::now() + REOPEN;
-        // Half a frame from before the failure must not be joined to what comes after it.
-        (self.incoming, self.outgoing) = (Inspector::default(), Inspector::default());
-        ChannelError::WouldBlock
-    }
-}
-
-fn would_block(error: &std::io::Error) -> bool {
-    matches!(error.kind(), std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock)
-}
-
-impl Channel for SerialChannel {
-    fn get_id(&self) -> i32 {
-        0
-    }
-
-    fn read(&mut self, buffer: &mut [u8]) -> Result<usize, ChannelError> {
-        let Some(port) = self.port() else { return Err(ChannelError::WouldBlock) };
-        match port.read(buffer) {
-            Ok(count) => {
-                self.incoming.feed(&buffer[..count], &self.stats.received, self.stats.epoch);
-                Ok(count)
-            }
-            Err(error) if would_block(&error) => Err(ChannelError::WouldBlock),
-            Err(error) => Err(self.failed(&error)),
-        }
-    }
-
-    fn write(&mut self, buffer: &[u8]) -> Result<usize, ChannelError> {
-        // With no port, the bytes are gone as on a cut line: the controller hears nothing and retries.
-        let Some(port) = self.port() else { return Ok(buffer.len()) };
-        match port.write(buffer) {
-            Ok(count) => {
-                self.outgoing.feed(&buffer[..count], &self.stats.sent, self.stats.epoch);
-                Ok(count)
-            }
-            Err(error) if would_block(&error) => Err(ChannelError::WouldBlock),
-            Err(error) => Err(self.failed(&error)),
-        }
-    }
-
-    fn flush(&mut self) -> Result<(), ChannelError> {
-        // Discards unread input: libosdp calls this to resynchronise after a broken frame.
-        if let Some(port) = self.port.as_ref() {
-            if let Err(error) = serialport::SerialPort::clear(port, serialport::ClearBuffer::Input) {
-                log::warn!("OSDP serial port {}: discarding input: {error}", self.device.display());
-            }
-        }
-        Ok(())
-    }
-
-    fn close(&mut self) -> Result<(), ChannelError> {
-        Ok(())
-    }
-}
-
-/// Follows OSDP framing on one direction of the wire to count frames and refusals; it never changes a byte
-/// (libosdp does the protocol). A frame: SOM 0x53, address, length (2 bytes, little-endian, the whole frame),
-/// control (bit 2: CRC-16 instead of an 8-bit checksum; bit 3: a security block follows), [security block],
-/// code, data, [MAC], check.
-#[derive(Default)]
-struct Inspector {
-    buffer: heapless::Vec<u8, MAX_FRAME>,
-}
-
-const SOM: u8 = 0x53;
-/// The mark byte OSDP allows before a frame.
-const MARK: u8 = 0xFF;
-/// SOM, address, two length bytes, control, code, and a 1-byte checksum.
-const MIN_FRAME: usize = 7;
-
-impl Inspector {
-    fn feed(&mut self, mut bytes: &[u8], stats: &WireStats, epoch: Instant) {
-        while !bytes.is_empty() {
-            if self.buffer.is_empty() {
-                // Between frames: skip to the next start of message.
-                let start = bytes.iter().position(|&byte| byte == SOM).unwrap_or(bytes.len());
-                let noise = bytes[..start].iter().filter(|&&byte| byte != MARK).count();
-                stats.garbage.fetch_add(noise as u64, Ordering::Relaxed);
-                bytes = &bytes[start..];
-                if bytes.is_empty() {
-                    return;
-                }
-            }
-            let wanted = if self.buffer.len() < 4 {
-                4 - self.buffer.len()
-            } else {
-                let length = usize::from(u16::from_le_bytes([self.buffer[2], self.buffer[3]]));
-                if !(MIN_FRAME..=MAX_FRAME).contains(&length) {
-                    stats.oversized.fetch_add(1, Ordering::Relaxed);
-                    self.resynchronise(stats, epoch);
-                    continue;
-                }
-                length - self.buffer.len()
-            };
-            let take = wanted.min(bytes.len());
-            // Cannot fail: `wanted` keeps the buffer within MAX_FRAME.
-            let _ = self.buffer.extend_from_slice(&bytes[..take]);
-            bytes = &bytes[take..];
-            let length = (self.buffer.len() >= 4)
-                .then(|| usize::from(u16::from_le_bytes([self.buffer[2], self.buffer[3]])));
-            if length == Some(self.buffer.len()) {
-                self.finish(stats, epoch);
-            }
-        }
-    }
-
-    /// A complete frame is in the buffer: check it and count.
-    fn finish(&mut self, stats: &WireStats, epoch: Instant) {
-        let frame = &self.buffer[..];
-        let control = frame[4];
-        let good = if control & 0x04 != 0 {
-            let (body, check) = frame.split_at(frame.len() - 2);
-            crc16(body) == u16::from_le_bytes([check[0], check[1]])
-        } else {
-            frame.iter().fold(0u8, |sum, &byte| sum.wrapping_add(byte)) == 0
-        };
-        if !good {
-            stats.bad_check.fetch_add(1, Ordering::Relaxed);
-            self.resynchronise(stats, epoch);
-            return;
-        }
-        stats.frames.fetch_add(1, Ordering::Relaxed);
-        stats.last_frame_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
-        let code_at = 5 + if control & 0x08 != 0 { usize::from(frame[5]) } else { 0 };
-        if frame.get(code_at).is_some_and(|code| EVENT_REPLIES.contains(code)) {
-            stats.event_replies.fetch_add(1, Ordering::Relaxed);
-        }
-        if frame.get(code_at) == Some(&REPLY_NAK) {
-            // Security block types 0x17 and 0x18 carry encrypted data: the reason cannot be read then.
-            let encrypted = control & 0x08 != 0 && matches!(frame.get(6), Some(0x17 | 0x18));
-            let reason = match frame.get(code_at + 1) {
-                Some(&reason) if !encrypted && usize::from(reason) < NAK_REASONS => usize::from(reason),
-                _ => 0,
-            };
-            stats.naks[reason].fetch_add(1, Ordering::Relaxed);
-        }
-        self.buffer.clear();
-    }
-
-    /// Drops the start of message that led to a broken frame and looks for the next one in what followed it.
-    fn resynchronise(&mut self, stats: &WireStats, epoch: Instant) {
-        let rest: heapless::Vec<u8, MAX_FRAME> = self.buffer.iter().skip(1).copied().collect();
-        self.buffer.clear();
-        self.feed(&rest, stats, epoch);
-    }
-}
-
-/// CRC-16 as OSDP defines it (CRC-16/AUG-CCITT: polynomial 0x1021, initial value 0x1D0F).
-fn crc16(bytes: &[u8]) -> u16 {
-    bytes.iter().fold(0x1D0F, |mut crc: u16, &byte| {
-        crc ^= u16::from(byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { crc << 1 ^ 0x1021 } else { crc << 1 };
-        }
-        crc
-    })
-}
-
-/// Parses a vendor code as the config writes it: 6 hexadecimal digits.
-pub fn parse_vendor_code(text: &str) -> Result<[u8; 3]> {
-    from_hex::<3>(text, "gate.vendor_code")
-}
-
-/// Refuses OSDP settings that cannot work, naming the key.
-pub fn validate(baud: u32, address: u8, hold_ms: u32, vendor_code: &str) -> Result<()> {
-    if !BAUD_RATES.contains(&baud) {
-        bail!("gate.baud {baud} must be one of {BAUD_RATES:?}");
-    }
-    ensure!(address <= 126, "gate.address {address} must be 0 to 126 (127 is the broadcast address)");
-    ensure!((100..=60_000).contains(&hold_ms), "gate.hold_ms {hold_ms} must be 100 to 60000");
-    parse_vendor_code(vendor_code)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn frame(address: u8, control: u8, code: u8, data: &[u8]) -> Vec<u8> {
-        let crc = control & 0x04 != 0;
-        let length = 6 + data.len() + if crc { 2 } else { 1 };
-        let mut frame = vec![SOM, address, length as u8, (length >> 8) as u8, control, code];
-        frame.extend_from_slice(data);
-        if crc {
-            let check = crc16(&frame);
-            frame.extend_from_slice(&check.to_le_bytes());
-        } else {
-            let sum = frame.iter().fold(0u8, |sum, &byte| sum.wrapping_add(byte));
-            frame.push(sum.wrapping_neg());
-        }
-        frame
-    }
-
-    #[test]
-    fn crc16_is_osdp_s_check() {
-        // CRC-16/AUG-CCITT's published check value for "123456789".
-        assert_eq!(crc16(b"123456789"), 0xE5CC);
-    }
-
-    #[test]
-    fn the_inspector_counts_good_frames_bad_checks_oversized_frames_and_noise() {
-        let stats = WireStats::default();
-        let mut inspector = Inspector::default();
-        let poll = frame(5, 0x04, 0x60, &[]);
-        let mut corrupt = frame(5, 0x04, 0x61, &[0]);
-        corrupt[6] ^= 0x40;
-        let mut stream = vec![MARK];
-        stream.extend_from_slice(&poll);
-        stream.extend_from_slice(b"noise");
-        stream.extend_from_slice(&corrupt);
-        stream.extend_from_slice(&[SOM, 5, 0x00, 0x10, 0x04]); // announces 4096 bytes
-        stream.extend_from_slice(&frame(5, 0x00, 0x60, &[]));
-        // Fed one byte at a time and all at once, the counts are the same.
-        for byte in &stream {
-            inspector.feed(std::slice::from_ref(byte), &stats, Instant::now());
-        }
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        assert_eq!(load(&stats.frames), 2);
-        assert_eq!(load(&stats.bad_check), 1);
-        assert_eq!(load(&stats.oversized), 1);
-        // "noise" minus its 'S' (taken for a start of message, then dropped as a broken frame).
-        assert!(load(&stats.garbage) >= 4, "{}", load(&stats.garbage));
-
-        let again = WireStats::default();
-        Inspector::default().feed(&stream, &again, Instant::now());
-        assert_eq!(
-            (load(&again.frames), load(&again.bad_check), load(&again.oversized)),
-            (load(&stats.frames), load(&stats.bad_check), load(&stats.oversized))
-        );
-    }
-
-    #[test]
-    fn naks_are_counted_by_reason_unless_encrypted() {
-        let stats = WireStats::default();
-        let mut inspector = Inspector::default();
-        inspector.feed(&frame(0x85, 0x04, REPLY_NAK, &[0x04]), &stats, Instant::now()); // sequence error
-        inspector.feed(&frame(0x85, 0x04, REPLY_NAK, &[0x06]), &stats, Instant::now()); // SC conditions not met
-                                                                                        // With a security block of type 0x18 (encrypted data), the reason is not readable.
-        inspector.feed(&frame(0x85, 0x0C, 0x02, &[0x18, REPLY_NAK, 0x99]), &stats, Instant::now());
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        assert_eq!((load(&stats.naks[4]), load(&stats.naks[6])), (1, 1));
-        assert_eq!(load(&stats.frames), 3);
-    }
 
     #[test]
     fn verdict_replies_have_the_documented_layout() {
@@ -973,30 +648,5 @@ mod tests {
         assert_eq!(data[16..24], [0xAA; 8]);
         let none = verdict_reply(&Report { fake_probability: None, ..report }, &[0; 8]);
         assert_eq!(u16::from_le_bytes([none[2], none[3]]), 0xFFFF);
-    }
-
-    #[test]
-    fn settings_that_cannot_work_are_refused_naming_the_key() {
-        assert!(validate(115_200, 5, 1000, "0a1b2c").is_ok());
-        let message = |result: Result<()>| format!("{:#}", result.unwrap_err());
-        assert!(message(validate(12_345, 5, 1000, "0a1b2c")).contains("gate.baud"));
-        assert!(message(validate(9600, 127, 1000, "0a1b2c")).contains("gate.address"));
-        assert!(message(validate(9600, 5, 10, "0a1b2c")).contains("gate.hold_ms"));
-        assert!(message(validate(9600, 5, 1000, "xyz")).contains("gate.vendor_code"));
-    }
-
-    #[test]
-    fn a_stored_site_key_replaces_the_old_one_privately() {
-        use std::os::unix::fs::PermissionsExt;
-        let directory = std::env::temp_dir().join(format!("deepgate-osdp-key-{}", std::process::id()));
-        std::fs::create_dir_all(&directory).unwrap();
-        let path = directory.join("site.key");
-        store_key(&path, &[0x11; 16]).unwrap();
-        store_key(&path, &[0x22; 16]).unwrap();
-        assert_eq!(read_key(&path).unwrap(), [0x22; 16]);
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(format!("{:#}", read_key(&path).unwrap_err()).contains("chmod 600"));
-        std::fs::remove_dir_all(&directory).unwrap();
     }
 }

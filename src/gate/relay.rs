@@ -49,7 +49,7 @@
 //! owner: `install_panic_hook` (called by `RelayGate::open`) adds a hook that puts every relay of the process
 //! into the fault state before the previous hook prints the message; that fault is latched until the process
 //! restarts (`clear_fault` does not clear it). The hook would also run before an abort. The one exception is a
-//! panic inside `crate::panics::contain`: a GPU library's panic that becomes an error and makes the runtime drop
+//! panic inside `crate::gpu::contain`: a GPU library's panic that becomes an error and makes the runtime drop
 //! that GPU path for the CPU (`src/panics.rs`).
 
 mod driver;

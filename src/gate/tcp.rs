@@ -3,6 +3,8 @@
 //! absent or flapping controller never blocks the capture loop, and neither a controller outage nor a restart of
 //! the runtime loses a verdict that was reported.
 //!
+//! The wire format is `protocol` (id framing, strict acknowledgements); the connection thread is `connection`.
+//!
 //! # Protocol
 //!
 //! Each verdict is one line: the verdict object with its id first, `{"id":17,"type":"verdict","source":...}`.
@@ -31,41 +33,27 @@
 //! waiting verdict is dropped, counted and logged (once per burst): the newest verdicts are about the people at
 //! the door now.
 
+mod connection;
+mod protocol;
+
 use super::spool::{Spool, MAX_CAPACITY};
-use super::{encode_line, Gate, Line, VerdictMessage, MAX_LINE};
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use super::{encode_line, Gate, Line, VerdictMessage};
+use anyhow::{bail, ensure, Context, Result};
+use connection::run;
+use protocol::Frame;
 use serde::Deserialize;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long one connection attempt may take before the next address or a back-off.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one line's write may stall before the connection is treated as dead.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-/// First back-off after a failure; doubles up to `MAX_BACKOFF`, and starts over after a successful connection.
-const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// While idle, how often the thread checks whether the controller closed the connection. Noticing early means
-/// the next verdict goes to a fresh connection instead of waiting for an acknowledgement from a dead one.
-const IDLE_CHECK: Duration = Duration::from_millis(250);
-/// While acknowledgements are owed, how often the thread reads them.
-const ACK_POLL: Duration = Duration::from_millis(10);
 /// How long the controller may leave sent lines unacknowledged (with none acknowledged meanwhile) before the
 /// connection is dropped and the lines are sent again on a new one.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest acknowledgement line accepted: `{"ack":18446744073709551615}` with room for spaces.
-const MAX_ACK_LINE: usize = 64;
 /// How long `Drop` waits for the thread: one connection attempt and one write, with a margin. Past that (a name
 /// resolution that hangs, say) the thread is left to finish on its own rather than hanging shutdown.
 const EXIT_WAIT: Duration = Duration::from_secs(5);
-
-/// A line on the wire: `{"id":N,` (at most 27 bytes), the verdict line without its `{`, and a newline, so that
-/// each verdict goes out in one write (one segment with `TCP_NODELAY`).
-type Frame = heapless::Vec<u8, { MAX_LINE + 32 }>;
 
 /// Where and how a `TcpGate` delivers.
 #[derive(Clone, Debug)]
@@ -177,6 +165,39 @@ fn validate_address(address: &str) -> Result<()> {
     })?;
     ensure!(port != 0, "gate address `{address}` must be host:port: port 0 cannot be connected to");
     Ok(())
+}
+
+/// The board config's `[gate] kind = "tcp"` keys.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpSection {
+    /// The controller, `host:port`.
+    pub address: String,
+    /// Verdicts kept until the controller acknowledges them, 1 to 4096; when full, the oldest is dropped.
+    pub queue: usize,
+    /// The spool file (created if missing, in an existing directory). A spool on a RAM file system
+    /// (`/run/...`) is the explicit choice of keeping verdicts across controller outages but not reboots.
+    pub spool: PathBuf,
+}
+
+impl TcpSection {
+    /// Refuses settings that cannot work, naming the key.
+    pub fn validate(&self) -> Result<()> {
+        ensure!((1..=MAX_CAPACITY).contains(&self.queue), "gate.queue must be 1 to {MAX_CAPACITY} verdicts");
+        ensure!(
+            self.spool.file_name().is_some() && !self.spool.to_string_lossy().ends_with('/'),
+            "gate.spool `{}` must name a file",
+            self.spool.display()
+        );
+        ensure!(
+            self.address
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()),
+            "gate.address `{}` must be host:port",
+            self.address
+        );
+        Ok(())
+    }
 }
 
 impl TcpGate {
@@ -374,381 +395,5 @@ impl Drop for TcpGate {
         } else if thread.join().is_err() {
             log::error!("gate {}: thread panicked", self.description);
         }
-    }
-}
-
-/// The thread: connect, serve until an error or stop, back off, repeat. `highest_sent` is the highest id
-/// that may have reached a controller (at start: every id the spool gave out, since those may have been sent
-/// before the restart): a line at or below it is counted as sent again, and no acknowledgement may go above it.
-fn run(shared: &Shared, address: &str, ack_timeout: Duration, mut highest_sent: u64) {
-    let mut backoff = INITIAL_BACKOFF;
-    // Whether the last connection ended because the controller broke the protocol: then the back-off keeps
-    // growing across connections, so that a misbehaving controller is not reconnected to ten times a second.
-    let mut misbehaved = false;
-    // Whether the current outage was logged, so that a controller down for an hour is one warning, not thousands.
-    // Every outage after the first starts with a logged loss of connection, so this is never reset.
-    let mut outage_logged = false;
-    loop {
-        if lock(&shared.state).stop {
-            break;
-        }
-        match connect(address) {
-            Ok(mut stream) => {
-                if !misbehaved {
-                    backoff = INITIAL_BACKOFF;
-                }
-                {
-                    let mut state = lock(&shared.state);
-                    if state.stop {
-                        break;
-                    }
-                    state.stats.connects += 1;
-                    // Without the clone `Drop` could not end a stalled write early; it is only an optimisation.
-                    state.connection = stream.try_clone().ok();
-                }
-                let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |peer| peer.to_string());
-                log::info!("gate tcp {address}: connected to controller at {peer}");
-                let outcome = serve(shared, &mut stream, ack_timeout, &mut highest_sent);
-                lock(&shared.state).connection = None;
-                match outcome {
-                    Ok(()) => break,
-                    Err(error) => {
-                        misbehaved = error.downcast_ref::<Misbehaved>().is_some();
-                        log::warn!(
-                            "gate tcp {address}: connection to controller lost: {error:#}; reconnecting"
-                        );
-                        outage_logged = true;
-                    }
-                }
-            }
-            Err(error) if outage_logged => log::debug!("gate tcp {address}: {error:#}"),
-            Err(error) => {
-                log::warn!(
-                    "gate tcp {address}: {error:#}; retrying, keeping verdicts in the spool meanwhile"
-                );
-                outage_logged = true;
-            }
-        }
-        if sleep_unless_stopped(shared, backoff) {
-            break;
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
-    lock(&shared.state).exited = true;
-    shared.progress.notify_all();
-}
-
-/// Resolves `address` now (following DNS changes) and connects to the first of its addresses that answers.
-fn connect(address: &str) -> Result<TcpStream> {
-    let candidates = address.to_socket_addrs().with_context(|| format!("resolving {address}"))?;
-    let mut last_error = None;
-    for candidate in candidates {
-        match TcpStream::connect_timeout(&candidate, CONNECT_TIMEOUT) {
-            Ok(stream) => {
-                stream.set_nodelay(true).with_context(|| format!("setting TCP_NODELAY on {candidate}"))?;
-                stream
-                    .set_write_timeout(Some(WRITE_TIMEOUT))
-                    .with_context(|| format!("setting the write timeout on {candidate}"))?;
-                return Ok(stream);
-            }
-            Err(error) => last_error = Some(anyhow!(error).context(format!("connecting to {candidate}"))),
-        }
-    }
-    Err(last_error.unwrap_or_else(|| anyhow!("{address} resolved to no address")))
-}
-
-/// Sends the spool's verdicts in order, from the oldest unacknowledged, and applies acknowledgements, until
-/// `stop` (Ok) or a connection or protocol error (Err).
-/// What `serve` writes next.
-enum Next {
-    Health(u64),
-    Verdict(u64),
-}
-
-fn serve(
-    shared: &Shared,
-    stream: &mut TcpStream,
-    ack_timeout: Duration,
-    highest_sent: &mut u64,
-) -> Result<()> {
-    let mut frame = Frame::new();
-    let mut acks = AckReader::default();
-    // The highest id written on this connection: every stored verdict above it is still to be sent on it, so a
-    // new connection starts by sending everything unacknowledged again.
-    let mut written = 0u64;
-    // Since when acknowledgements are owed without any arriving; None while none are owed.
-    let mut owed_since: Option<Instant> = None;
-    // The health version written on this connection (0: none yet, so the current one goes first).
-    let mut health_written = 0u64;
-    loop {
-        // Acknowledgements first, and a closed connection found before the next line is written into it.
-        let polled = acks.poll(stream, *highest_sent);
-        if let Some(through) = polled.through {
-            {
-                let mut state = lock(&shared.state);
-                let removed = state.spool.remove_through(through);
-                state.stats.acked += removed as u64;
-            }
-            owed_since = Some(Instant::now());
-            shared.progress.notify_all();
-        }
-        match polled.end {
-            None => {}
-            Some(End::Closed) => bail!("the controller closed the connection"),
-            Some(End::Failed(error)) => return Err(anyhow!(error).context("reading from the controller")),
-            Some(End::Refused(why)) => {
-                lock(&shared.state).stats.bad_acks += 1;
-                return Err(Misbehaved(format!("refused a line from the controller: {why}")).into());
-            }
-        }
-        let next = {
-            let state = lock(&shared.state);
-            if state.stop {
-                return Ok(());
-            }
-            // Nothing owed once the oldest waiting verdict has not been written on this connection.
-            if state.spool.records().front().is_none_or(|record| record.id > written) {
-                owed_since = None;
-            }
-            if owed_since.is_some_and(|since| since.elapsed() >= ack_timeout) {
-                return Err(Misbehaved(format!("no acknowledgement within {ack_timeout:?}")).into());
-            }
-            if state.health_version != health_written && !state.health.is_empty() {
-                frame.clear();
-                // Cannot fail: both are frames of the same size.
-                let _ = frame.extend_from_slice(&state.health);
-                Some(Next::Health(state.health_version))
-            } else {
-                match state.spool.first_after(written) {
-                    Some(record) => {
-                        encode_frame(record.id, &record.line, &mut frame)?;
-                        Some(Next::Verdict(record.id))
-                    }
-                    None => {
-                        // Nothing to send: wait for a report, and read again soon while acknowledgements are
-                        // owed, less often when idle, only to notice a closed connection.
-                        let pause = if owed_since.is_some() { ACK_POLL } else { IDLE_CHECK };
-                        let state = wait(&shared.work, state, pause);
-                        if state.stop {
-                            return Ok(());
-                        }
-                        None
-                    }
-                }
-            }
-        };
-        let id = match next {
-            None => continue,
-            Some(Next::Health(version)) => {
-                stream.write_all(&frame).context("writing a health line")?;
-                health_written = version;
-                continue;
-            }
-            Some(Next::Verdict(id)) => id,
-        };
-        stream.write_all(&frame).context("writing a verdict line")?;
-        written = id;
-        owed_since.get_or_insert_with(Instant::now);
-        let burst_ended = {
-            let mut state = lock(&shared.state);
-            state.stats.sent += 1;
-            if id <= *highest_sent {
-                state.stats.resent += 1;
-            }
-            std::mem::take(&mut state.dropped_in_burst)
-        };
-        *highest_sent = (*highest_sent).max(id);
-        if burst_ended > 0 {
-            log::info!("gate tcp: delivering again after dropping {burst_ended} verdict(s)");
-        }
-    }
-}
-
-/// `{"id":<id>,` followed by `line` (a JSON object) without its opening brace, and a newline.
-fn encode_frame(id: u64, line: &[u8], frame: &mut Frame) -> Result<()> {
-    let full = || anyhow!("line longer than {MAX_LINE} bytes");
-    let body = line.strip_prefix(b"{").context("a spooled verdict line is not a JSON object")?;
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    let mut rest = id;
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    frame.clear();
-    frame.extend_from_slice(b"{\"id\":").map_err(|()| full())?;
-    frame.extend_from_slice(&digits[start..]).map_err(|()| full())?;
-    if body != b"}" {
-        frame.push(b',').map_err(|_| full())?;
-    }
-    frame.extend_from_slice(body).map_err(|()| full())?;
-    frame.push(b'\n').map_err(|_| full())
-}
-
-/// A connection ended because the controller broke the protocol (as opposed to a network failure).
-#[derive(Debug)]
-struct Misbehaved(String);
-
-impl std::fmt::Display for Misbehaved {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Misbehaved {}
-
-/// Why reading from the controller ended the connection.
-enum End {
-    Closed,
-    Failed(std::io::Error),
-    /// A line that is not a valid acknowledgement, and why.
-    Refused(String),
-}
-
-/// What one poll found: the highest valid acknowledgement, and an end if the connection must go.
-struct Polled {
-    through: Option<u64>,
-    end: Option<End>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Ack {
-    ack: u64,
-}
-
-/// Collects acknowledgement lines from the controller, across reads.
-#[derive(Default)]
-struct AckReader {
-    line: heapless::Vec<u8, MAX_ACK_LINE>,
-}
-
-impl AckReader {
-    /// Reads what the controller sent so far, without waiting, and parses the complete lines; `highest_sent`
-    /// bounds the ids that may be acknowledged. Acknowledgements before a bad line or the end of the stream count.
-    fn poll(&mut self, stream: &mut TcpStream, highest_sent: u64) -> Polled {
-        let mut polled = Polled { through: None, end: None };
-        if let Err(error) = stream.set_nonblocking(true) {
-            polled.end = Some(End::Failed(error));
-            return polled;
-        }
-        let mut scratch = [0u8; 512];
-        // Bounded, so that a controller that keeps talking cannot keep the thread here.
-        for _ in 0..16 {
-            match stream.read(&mut scratch) {
-                Ok(0) => {
-                    polled.end = Some(End::Closed);
-                    break;
-                }
-                Ok(count) => {
-                    if let Err(why) = self.take(&scratch[..count], highest_sent, &mut polled.through) {
-                        polled.end = Some(End::Refused(why));
-                        break;
-                    }
-                }
-                Err(error) if error.kind() == ErrorKind::WouldBlock => break,
-                Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                Err(error) => {
-                    polled.end = Some(End::Failed(error));
-                    break;
-                }
-            }
-        }
-        if let Err(error) = stream.set_nonblocking(false) {
-            polled.end.get_or_insert(End::Failed(error));
-        }
-        polled
-    }
-
-    fn take(&mut self, bytes: &[u8], highest_sent: u64, through: &mut Option<u64>) -> Result<(), String> {
-        for &byte in bytes {
-            if byte != b'\n' {
-                if self.line.push(byte).is_err() {
-                    return Err(format!("a line longer than {MAX_ACK_LINE} bytes"));
-                }
-                continue;
-            }
-            let ack: Ack = serde_json::from_slice(&self.line).map_err(|error| {
-                format!(
-                    "`{}` is not {{\"ack\":ID}} ({error})",
-                    String::from_utf8_lossy(&self.line).escape_debug()
-                )
-            })?;
-            if ack.ack > highest_sent {
-                return Err(format!(
-                    "an acknowledgement of id {}, never sent (highest sent: {highest_sent})",
-                    ack.ack
-                ));
-            }
-            self.line.clear();
-            *through = Some(through.map_or(ack.ack, |earlier| earlier.max(ack.ack)));
-        }
-        Ok(())
-    }
-}
-
-/// Sleeps for `duration` unless told to stop first; returns whether to stop.
-fn sleep_unless_stopped(shared: &Shared, duration: Duration) -> bool {
-    let deadline = Instant::now() + duration;
-    let mut state = lock(&shared.state);
-    // `work` also wakes on every report, so keep waiting until the deadline unless it was a stop.
-    while !state.stop {
-        let now = Instant::now();
-        if now >= deadline {
-            return false;
-        }
-        state = wait(&shared.work, state, deadline - now);
-    }
-    true
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame_of(id: u64, line: &[u8]) -> String {
-        let mut frame = Frame::new();
-        encode_frame(id, line, &mut frame).unwrap();
-        String::from_utf8(frame.to_vec()).unwrap()
-    }
-
-    #[test]
-    fn the_id_goes_first_and_the_verdict_fields_follow() {
-        assert_eq!(
-            frame_of(17, br#"{"type":"verdict","frames":3}"#),
-            "{\"id\":17,\"type\":\"verdict\",\"frames\":3}\n"
-        );
-        assert_eq!(frame_of(u64::MAX, b"{}"), format!("{{\"id\":{}}}\n", u64::MAX));
-        assert_eq!(frame_of(0, b"{\"a\":1}"), "{\"id\":0,\"a\":1}\n");
-        let longest = format!("{{\"reason\":\"{}\"}}", "x".repeat(MAX_LINE - 13));
-        assert_eq!(longest.len(), MAX_LINE);
-        assert!(frame_of(u64::MAX, longest.as_bytes()).ends_with("x\"}\n"));
-    }
-
-    #[test]
-    fn acknowledgements_are_parsed_strictly() {
-        let parse = |bytes: &[u8], highest_sent: u64| {
-            let mut reader = AckReader::default();
-            let mut through = None;
-            reader.take(bytes, highest_sent, &mut through).map(|()| (through, reader.line.len()))
-        };
-        assert_eq!(parse(b"{\"ack\":3}\n", 5), Ok((Some(3), 0)));
-        assert_eq!(
-            parse(b"{\"ack\":3}\r\n{ \"ack\" : 5 }\n{\"ack\":4}\n", 5),
-            Ok((Some(5), 0)),
-            "cumulative"
-        );
-        assert_eq!(parse(b"{\"ack\":2}\n{\"ack\"", 5), Ok((Some(2), 6)), "a partial line waits for its end");
-        let refusal = |bytes: &[u8]| parse(bytes, 5).unwrap_err();
-        assert!(refusal(b"{\"ack\":6}\n").contains("never sent"));
-        assert!(refusal(b"hello\n").contains("is not {\"ack\":ID}"));
-        assert!(refusal(b"{\"ack\":-1}\n").contains("is not"));
-        assert!(refusal(b"{\"ack\":1,\"extra\":2}\n").contains("is not"));
-        assert!(refusal(b"\n").contains("is not"));
-        assert!(refusal(&[b'7'; 65]).contains("longer than 64 bytes"));
     }
 }

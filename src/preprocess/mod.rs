@@ -16,9 +16,23 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod work;
 
 use crate::manifest::{ChannelOrder, InputSpec, Layout};
 use anyhow::{ensure, Result};
+
+/// Where the pixel work (colour conversion, letterbox, face crops) runs (the board's `[runtime] backend`).
+#[derive(Clone, Copy, Debug, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Backend {
+    /// Always the CPU; the GPU is never touched.
+    Cpu,
+    /// The GPU when one is usable (driver, NVRTC, a device), else the CPU, said once in the log.
+    Auto,
+    /// The GPU is expected (a Jetson): as `auto`, but running without it is a fault the controller is told
+    /// (`gpu_lost`), at start as when the GPU fails during the run.
+    Cuda,
+}
 
 /// Most samples per axis an output pixel averages.
 pub const MAX_TAPS: u32 = 4;

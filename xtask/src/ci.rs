@@ -135,6 +135,9 @@ pub fn ci() -> Result<()> {
     // The training pipeline: its unit tests, then the whole pipeline in miniature (fixtures, tiny models).
     // The debug binary is already built by the tests; the smoke run needs no release build.
     let binary = deepgate_binary(false)?;
+    // The Python peer of `deepgate bench` (bench/peer.py, its own pinned environment) must run and agree with
+    // deepgate on the same frames: one short round at both sizes in YUYV, NV12 and MJPEG (timings: bench-peer).
+    crate::bench_peer::check(&binary)?;
     crate::distill::distill_with(&["test".into()], &binary)?;
     crate::distill::distill_with(&["all".into(), "configs/smoke.toml".into()], &binary)?;
     // The Jetson build: the bundle a board installs, then the tests that matter on the board run on that same

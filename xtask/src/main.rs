@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: the project's own tooling (set-up, CI). Only dispatch lives here; one file per task.
 
+mod bench_peer;
 mod ci;
 mod cross;
 mod dist;
@@ -30,6 +31,11 @@ tasks:
   distill <step|all|test> [config]
           the classifier's training pipeline (models/distill): faces, separability, teacher, student,
           export, evaluate; config defaults to configs/full.toml (the shipped student's recipe)
+  bench-peer [--rounds N] [--frames N] [--sizes 640x480,1280x720] [--formats YUYV,NV12,MJPEG] [--json]
+          deepgate bench against its Python peer (bench/peer.py: OpenCV, onnxruntime, numpy, pinned in
+          bench/requirements.txt, in bench/.venv) on the same frames, alternately, one thread each: per-stage
+          medians and ratios per size and format; fails unless the peer's faces agree with deepgate's
+          (--check: one short round, agreement only, as ci runs it)
   gpu-check [--cuda cuda-13000|cuda-12020]
           build deepgate and the tests whose GPU checks skip without a GPU (x86_64, that CUDA API version,
           default cuda-13000), pack them into <target>/gpu-check with run.sh, which runs them on a GPU machine
@@ -49,6 +55,7 @@ fn main() -> ExitCode {
         Some("test-aarch64") => cross::test_aarch64(),
         Some("vm-test") => vm::vm_test(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("distill") => distill::distill(&std::env::args().skip(2).collect::<Vec<_>>()),
+        Some("bench-peer") => bench_peer::bench_peer(&std::env::args().skip(2).collect::<Vec<_>>()),
         Some("gpu-check") => gpu_check::gpu_check(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
             eprint!("{HELP}");

@@ -6,10 +6,10 @@ pub mod counters;
 pub mod device;
 pub mod identity;
 pub mod negotiate;
+pub mod section;
 
 use crate::capture::FrameSource;
-use crate::config::SourceSection;
-use crate::frame::{Frame, PixelFormat};
+use crate::frame::Frame;
 use anyhow::{anyhow, bail, Result};
 use counters::{Backoff, Counters, SequenceTracker};
 use device::{Device, StartError, Stream};
@@ -18,7 +18,7 @@ use negotiate::{Defect, Mode, Requested};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// The `[source] kind = "v4l2"` settings (meaning and validation in `config.rs`).
+/// The `[source] kind = "v4l2"` settings as the source uses them (keys, meaning and validation: `section`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct V4l2Settings {
     pub device: Option<PathBuf>,
@@ -28,38 +28,6 @@ pub struct V4l2Settings {
     pub min_frame_rate: Option<f32>,
     pub buffers: u32,
     pub allow_virtual: bool,
-}
-
-impl V4l2Settings {
-    /// The settings of a V4L2 source section: `None` for another kind or an unknown format name (the board
-    /// config's validation checks the rest of these settings, so a loaded config always has them).
-    pub fn from_config(section: &SourceSection) -> Option<V4l2Settings> {
-        let SourceSection::V4l2 {
-            device,
-            driver,
-            card,
-            bus_info,
-            format,
-            width,
-            height,
-            frame_rate,
-            min_frame_rate,
-            buffers,
-            allow_virtual,
-        } = section
-        else {
-            return None;
-        };
-        Some(V4l2Settings {
-            device: device.clone(),
-            pins: Pins { driver: driver.clone(), card: card.clone(), bus_info: bus_info.clone() },
-            requested: Requested { format: PixelFormat::from_name(format)?, width: *width, height: *height },
-            frame_rate: *frame_rate,
-            min_frame_rate: *min_frame_rate,
-            buffers: *buffers,
-            allow_virtual: *allow_virtual,
-        })
-    }
 }
 
 /// Why a camera could not be opened; the kind decides what the runtime does.

@@ -3,7 +3,9 @@
 //! documentation.
 
 use super::{check_timing, gpio, lock, DoorState, RelayConfig, RelayLine, RelaySettings};
-use crate::gate::{Decision, Gate, VerdictMessage};
+use crate::decide::Decision;
+use crate::gate::{Gate, VerdictMessage};
+use crate::health::Health;
 use anyhow::{anyhow, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
@@ -189,16 +191,16 @@ impl Shared {
 static RELAYS: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
 
 /// Installs (once per process) a panic hook that puts every relay into its fault state, latched, before the
-/// previous hook runs; except for a panic inside `crate::panics::contain`, which the runtime recovers from. `RelayGate::open` calls it; tests that start relays on recording lines do not, so that
+/// previous hook runs; except for a panic inside `crate::gpu::contain`, which the runtime recovers from. `RelayGate::open` calls it; tests that start relays on recording lines do not, so that
 /// one failing test does not fault the relays of the others.
 pub fn install_panic_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            // A GPU library's panic that the runtime catches and falls back from (`crate::panics::contain`)
+            // A GPU library's panic that the runtime catches and falls back from (`crate::gpu::contain`)
             // is an error like any other, not a broken process.
-            if !crate::panics::contained() {
+            if !crate::gpu::contained() {
                 fault_every_relay_on_panic();
             }
             previous(info);
@@ -321,6 +323,16 @@ impl RelayGate {
 }
 
 impl Gate for RelayGate {
+    /// The door's side of the failure policy: its fault state while the runtime cannot decide (camera lost,
+    /// model invalid), released again when it can.
+    fn set_health(&mut self, health: Health) {
+        if health.door_in_fault_state() {
+            self.fault(health.state().name());
+        } else {
+            self.clear_fault();
+        }
+    }
+
     /// A genuine verdict opens the door for the pulse, unless a fault holds (then it is refused and counted);
     /// other verdicts change nothing. Takes a short lock; the thread writes the line.
     fn report(&mut self, verdict: &VerdictMessage<'_>) -> Result<()> {

@@ -11,6 +11,11 @@ use anyhow::{bail, ensure, Result};
 const _: () = assert!(std::mem::size_of::<DgFrame>() == 32 && std::mem::size_of::<Affine>() == 24);
 const _: () = assert!(std::mem::size_of::<DgNorm>() == 32 && std::mem::size_of::<DgCrop>() == 48);
 
+/// Most crops one launch makes. The pipeline asks for a quality crop and a classifier crop for each face the
+/// detector may report, and checks at compile time that they fit (`pipeline`: `2 * MAX_FACES <= MAX_CROPS`);
+/// preprocessing sits below detection and does not know its limit.
+pub const MAX_CROPS: usize = 16;
+
 /// Threads per block along x and y: 16 × 16 = 256 threads, one per output pixel.
 pub const BLOCK: u32 = 16;
 

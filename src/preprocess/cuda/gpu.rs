@@ -2,13 +2,14 @@
 //! architecture with an on-disk cache, buffers allocated once, and the two launchers.
 //!
 //! cudarc loads libcuda and libnvrtc at run time (`dynamic-loading`), so the runtime builds and starts on
-//! machines without CUDA; but its calls panic when a library is missing, so `probe` checks first, and nothing
+//! machines without CUDA; but its calls panic when a library is missing, so `crate::gpu::probe` checks first, and nothing
 //! here touches cudarc before `probe` has said yes.
 
 use super::abi::{grid, plan_crops, CropJob, CropPlan, DgCrop, DgFrame, DgNorm, BLOCK};
 use super::source;
 use super::Kernels;
 use crate::frame::Frame;
+use crate::gpu::{probe, GpuFault};
 use crate::manifest::InputSpec;
 use crate::preprocess::Affine;
 use anyhow::{bail, ensure, Context, Result};
@@ -30,23 +31,7 @@ unsafe impl DeviceRepr for DgCrop {}
 // SAFETY: all-zero bytes are a valid DgCrop (numbers only).
 unsafe impl ValidAsZeroBits for DgCrop {}
 
-/// Most crops one launch makes: a quality crop and a classifier crop for each face the detector may report.
-pub const MAX_CROPS: usize = 2 * crate::detect::MAX_FACES;
-
-/// Whether the GPU path can be tried: libcuda and libnvrtc load and a device is there. Never panics; the
-/// error says what is missing.
-pub fn probe() -> Result<()> {
-    // SAFETY: these only try to dlopen the libraries.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        bail!("no CUDA driver library (libcuda) on this machine");
-    }
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-        bail!("no NVRTC library (libnvrtc) on this machine: the kernels cannot be compiled");
-    }
-    let count = CudaContext::device_count().map_err(driver_error).context("counting CUDA devices")?;
-    ensure!(count > 0, "the CUDA driver reports no GPU");
-    Ok(())
-}
+pub use super::abi::MAX_CROPS;
 
 /// NVRTC's version (major, minor). Only after `nvrtc_present`.
 pub fn nvrtc_version() -> Result<(i32, i32)> {
@@ -164,9 +149,9 @@ pub fn default_cache() -> Option<PathBuf> {
         .or_else(|| from("HOME").map(|home| home.join(".cache/deepgate/kernels")))
 }
 
-/// A CUDA driver error as an `anyhow` error with its name.
+/// A CUDA driver error as a `GpuFault` with its name: the device can no longer be trusted.
 fn driver_error(error: DriverError) -> anyhow::Error {
-    anyhow::anyhow!("CUDA: {error}")
+    GpuFault::error(format!("CUDA: {error}"))
 }
 
 /// The GPU the path runs on, as logged at start.
@@ -314,7 +299,7 @@ impl CudaKernels {
     /// The GPU path, or why it cannot be had here: `probe`, then `new`, with a panic inside cudarc contained
     /// (it becomes the error). The one way `run`, `probe --gpu` and `bench-gpu` open it.
     pub fn open(options: GpuOptions) -> Result<CudaKernels> {
-        crate::panics::contain("the CUDA library (opening the GPU)", || {
+        crate::gpu::contain("the CUDA library (opening the GPU)", || {
             probe()?;
             CudaKernels::new(options)
         })
@@ -385,7 +370,7 @@ impl CudaKernels {
     }
 
     fn uploaded(&self) -> Result<DgFrame> {
-        self.described.context("no frame uploaded")
+        self.described.ok_or_else(|| GpuFault::error("no frame uploaded"))
     }
 
     /// Launches dg_letterbox on the uploaded frame into the device's detector buffer; returns the values written.
@@ -395,7 +380,7 @@ impl CudaKernels {
         let (w, h) = super::abi::output_size(width, height)?;
         let len = width * height * 3;
         Staged::ensure(&mut self.detector, &self.context, &self.stream, len)?;
-        let staged = self.detector.as_mut().context("no detector buffer")?;
+        let staged = self.detector.as_mut().ok_or_else(|| GpuFault::error("no detector buffer"))?;
         let (map, taps, norm) = (*map, map.taps() as i32, DgNorm::of(spec));
         let (grid_x, grid_y) = grid(width as u32, height as u32);
         let config =
@@ -469,7 +454,7 @@ impl Kernels for CudaKernels {
                 self.frame = Some(FrameBuffer::Mapped { host, device_pointer });
             }
             let Some(FrameBuffer::Mapped { host, device_pointer }) = &mut self.frame else {
-                bail!("the mapped frame buffer is missing")
+                return Err(GpuFault::error("the mapped frame buffer is missing"));
             };
             // The previous frame's kernels finished (every launch is followed by a synchronize).
             host.as_mut_slice().map_err(driver_error)?[..len].copy_from_slice(frame.data);
@@ -480,7 +465,7 @@ impl Kernels for CudaKernels {
                 self.frame = Some(FrameBuffer::Copied(Staged::new(&self.context, &self.stream, len)?));
             }
             let Some(FrameBuffer::Copied(staged)) = &mut self.frame else {
-                bail!("the device frame buffer is missing")
+                return Err(GpuFault::error("the device frame buffer is missing"));
             };
             let host = &mut staged.host.as_mut_slice().map_err(driver_error)?[..len];
             host.copy_from_slice(frame.data);
@@ -499,7 +484,7 @@ impl Kernels for CudaKernels {
     fn letterbox(&mut self, map: &Affine, spec: &InputSpec, out: &mut [f32]) -> Result<()> {
         let len = self.launch_letterbox(map, spec)?;
         ensure!(out.len() == len, "detector input of {} values, the spec needs {len}", out.len());
-        let staged = self.detector.as_mut().context("no detector buffer")?;
+        let staged = self.detector.as_mut().ok_or_else(|| GpuFault::error("no detector buffer"))?;
         self.stream.memcpy_dtoh(&staged.device.slice(0..len), &mut staged.host).map_err(driver_error)?;
         self.stream.synchronize().map_err(driver_error).context("dg_letterbox")?;
         out.copy_from_slice(&staged.host.as_slice().map_err(driver_error)?[..len]);
@@ -523,8 +508,8 @@ impl Kernels for CudaKernels {
         Staged::ensure(&mut self.tensors, &self.context, &self.stream, floats)?;
         Staged::ensure(&mut self.images, &self.context, &self.stream, bytes)?;
         let (staged_tensors, staged_images) = (
-            self.tensors.as_mut().context("no tensor buffer")?,
-            self.images.as_mut().context("no image buffer")?,
+            self.tensors.as_mut().ok_or_else(|| GpuFault::error("no tensor buffer"))?,
+            self.images.as_mut().ok_or_else(|| GpuFault::error("no image buffer"))?,
         );
         let count = self.plan.len() as i32;
         self.stream

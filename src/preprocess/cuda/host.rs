@@ -44,8 +44,10 @@ pub struct HostKernels {
     crops: Vec<DgCrop>,
     frame: Vec<u8>,
     described: Option<DgFrame>,
-    /// Test switch: fail every call from this upload on (counting from 0), as a dead GPU would.
+    /// Test switch: fail every call from this upload on (counting from 0), as a dead GPU would (a GPU fault).
     pub fail_from: Option<u64>,
+    /// Test switch: refuse this upload with an ordinary error, as the kernels refuse a frame they cannot take.
+    pub refuse_at: Option<u64>,
     /// Test switch: panic at this upload, as cudarc or tract-cuda do on some failures.
     pub panic_at: Option<u64>,
     uploads: u64,
@@ -65,7 +67,10 @@ impl Kernels for HostKernels {
     fn upload(&mut self, frame: &Frame) -> Result<()> {
         self.described = None;
         self.uploads += 1;
-        ensure!(self.fail_from.is_none_or(|from| self.uploads <= from), "injected fault");
+        if self.fail_from.is_some_and(|from| self.uploads > from) {
+            return Err(crate::gpu::GpuFault::error("injected fault"));
+        }
+        ensure!(self.refuse_at != Some(self.uploads), "injected refusal of frame {}", frame.sequence);
         assert!(self.panic_at != Some(self.uploads), "injected panic");
         self.frame.clear();
         self.frame.extend_from_slice(frame.data);

@@ -1,0 +1,109 @@
+//! The board config's `[source] kind = "v4l2"` section: its keys, read once here, checked with messages that
+//! name the key, and turned into the source's `V4l2Settings`.
+
+use super::identity::Pins;
+use super::negotiate::Requested;
+use super::V4l2Settings;
+use crate::frame::{PixelFormat, MAX_DIMENSION};
+use crate::settings::in_range;
+use anyhow::{ensure, Context, Result};
+use serde::Deserialize;
+use std::path::PathBuf;
+
+/// The `[source] kind = "v4l2"` keys.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct V4l2Section {
+    /// The device node (`/dev/video0`). Absent: the one capture device matching the pins below is found
+    /// among /dev/video* (then `bus_info` is required). Whatever is given, the identity of the camera
+    /// first opened is kept for the run: a different device is never accepted.
+    #[serde(default)]
+    pub device: Option<PathBuf>,
+    /// Identity pins, as VIDIOC_QUERYCAP reports them (`deepgate probe` lists them).
+    #[serde(default)]
+    pub driver: Option<String>,
+    #[serde(default)]
+    pub card: Option<String>,
+    #[serde(default)]
+    pub bus_info: Option<String>,
+    /// YUYV, UYVY, NV12, MJPEG, GREY, RGB24 or BGR24.
+    pub format: String,
+    pub width: u32,
+    pub height: u32,
+    /// Frames per second asked of the driver.
+    pub frame_rate: f32,
+    /// The lowest rate accepted from the driver; absent: any rate is accepted (and logged).
+    #[serde(default)]
+    pub min_frame_rate: Option<f32>,
+    /// mmap buffers, 2 to 32; the driver must give exactly this many.
+    pub buffers: u32,
+    /// true: accept virtual devices (vivid, v4l2loopback): tests and demos only.
+    pub allow_virtual: bool,
+}
+
+impl V4l2Section {
+    /// The source's settings, every key checked (the board config refuses a section for which this fails).
+    pub fn settings(&self) -> Result<V4l2Settings> {
+        let format = PixelFormat::from_name(&self.format).with_context(|| {
+            format!(
+                "source.format `{}` must be one of YUYV, UYVY, NV12, MJPEG, GREY, RGB24, BGR24",
+                self.format
+            )
+        })?;
+        let settings = V4l2Settings {
+            device: self.device.clone(),
+            pins: Pins {
+                driver: self.driver.clone(),
+                card: self.card.clone(),
+                bus_info: self.bus_info.clone(),
+            },
+            requested: Requested { format, width: self.width, height: self.height },
+            frame_rate: self.frame_rate,
+            min_frame_rate: self.min_frame_rate,
+            buffers: self.buffers,
+            allow_virtual: self.allow_virtual,
+        };
+        validate(&settings)?;
+        Ok(settings)
+    }
+}
+
+/// The settings, each value checked, the key named.
+fn validate(settings: &V4l2Settings) -> Result<()> {
+    let (device, pins) = (&settings.device, &settings.pins);
+    let (bus_info, width, height) = (&pins.bus_info, &settings.requested.width, &settings.requested.height);
+    let (frame_rate, min_frame_rate, buffers) =
+        (&settings.frame_rate, &settings.min_frame_rate, &settings.buffers);
+    ensure!(
+        device.is_some() || bus_info.is_some(),
+        "source: a v4l2 source needs source.device or source.bus_info (or both) to know which camera is meant"
+    );
+    if let Some(device) = device {
+        ensure!(
+            device.is_absolute() && device.file_name().is_some(),
+            "source.device `{}` must be an absolute device path such as /dev/video0",
+            device.display()
+        );
+    }
+    // QUERYCAP's fields are 16, 32 and 32 bytes with a terminating NUL: a longer pin could never match.
+    for (key, value, longest) in
+        [("driver", &pins.driver, 15), ("card", &pins.card, 31), ("bus_info", bus_info, 31)]
+    {
+        if let Some(value) = value {
+            ensure!(
+                !value.is_empty() && value.len() <= longest,
+                "source.{key} `{value}` must be 1 to {longest} bytes (as VIDIOC_QUERYCAP reports it; omit the key \
+                 to match any)"
+            );
+        }
+    }
+    let most = MAX_DIMENSION;
+    ensure!((1..=most).contains(width), "source.width {width} must be 1 to {most}");
+    ensure!((1..=most).contains(height), "source.height {height} must be 1 to {most}");
+    in_range("source.frame_rate", *frame_rate, 1.0, 1000.0)?;
+    if let Some(minimum) = min_frame_rate {
+        in_range("source.min_frame_rate", *minimum, 0.1, *frame_rate)?;
+    }
+    ensure!((2..=32).contains(buffers), "source.buffers {buffers} must be 2 to 32");
+    Ok(())
+}

@@ -1,0 +1,443 @@
+//! The supervisor: `deepgate run` as a library call. It opens the board's outputs (the controller's gate and
+//! the door relay), loads the models (waiting in `model_invalid` when the board allows it), opens the audit log,
+//! plays the board's source through the person-session loop (`session`) with pacing, feeds the failure policy
+//! (`health`) and tells every gate about its changes, withholds verdicts while the runtime cannot decide, and at
+//! the end puts the door in its fault state before flushing the gate. The binary installs the signal handlers
+//! and turns the `Summary` into an exit status; tests drive the same calls with their own gates and sources.
+
+use crate::capture::v4l2::{OpenError, V4l2Source};
+use crate::capture::{FrameSource, SourceSection};
+use crate::config::BoardConfig;
+use crate::frame::Frame;
+use crate::gate::audit::{AuditLog, ModelRecord, Thresholds};
+use crate::gate::osdp::{OsdpGate, OsdpSection, OsdpSettings};
+use crate::gate::relay::RelayGate;
+use crate::gate::stdout::StdoutGate;
+use crate::gate::tcp::{TcpGate, TcpGateSettings};
+use crate::gate::{Gate, GateSection, VerdictMessage};
+use crate::health::{Event as HealthEvent, Health, Monitor, OverloadPolicy, State};
+use crate::manifest::{Manifest, Role};
+use crate::pipeline::{Models, Pipeline};
+use crate::session::{play_input, play_source, Event, Played};
+use anyhow::{Context, Result};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// What a change of health does, in one place: it is logged once and told to every gate, the door relay
+/// first (it goes to its fault state while the runtime cannot decide), then the controller's gate.
+pub fn apply_health(health: Health, gates: &mut [&mut dyn Gate]) {
+    if health.state() == State::Normal {
+        log::info!("health: normal");
+    } else {
+        let active: heapless::Vec<&str, 8> = health.active().map(State::name).collect();
+        log::warn!(
+            "health: {} (active: {}); {}",
+            health.state().name(),
+            active.join(", "),
+            if health.can_decide() { "verdicts go on" } else { "no verdicts; door in its fault state" }
+        );
+    }
+    for gate in gates.iter_mut() {
+        gate.set_health(health);
+    }
+}
+
+/// Where verdicts and health go: the controller's gate and, optionally, the door relay.
+pub struct Outputs {
+    pub gate: Box<dyn Gate>,
+    /// The door relay gets every verdict too; it holds its fault state until the first frame feeds it, and
+    /// again when it is dropped (end of input, signal, unwinding).
+    pub relay: Option<RelayGate>,
+}
+
+impl Outputs {
+    /// The board's `[gate]` and `[relay]`, opened.
+    pub fn open(config: &BoardConfig) -> Result<Outputs> {
+        let gate: Box<dyn Gate> = match &config.gate {
+            GateSection::Stdout => Box::new(StdoutGate::default()),
+            GateSection::Tcp(tcp) => Box::new(TcpGate::start(TcpGateSettings::new(
+                &tcp.address,
+                &config.resolve(&tcp.spool),
+                tcp.queue,
+            ))?),
+            GateSection::Osdp(osdp) => Box::new(OsdpGate::start(&osdp_settings(config, osdp)?)?),
+        };
+        log::info!("gate: {}; backend: {:?}", gate.describe(), config.runtime.backend);
+        let relay = match &config.relay {
+            Some(section) => Some(RelayGate::open(section)?),
+            None => None,
+        };
+        if let Some(relay) = &relay {
+            log::info!("{}", relay.describe());
+        }
+        Ok(Outputs { gate, relay })
+    }
+
+    /// Tells the relay (first) and the gate about a change of health.
+    fn tell(&mut self, health: Health) {
+        match self.relay.as_mut() {
+            Some(relay) => apply_health(health, &mut [relay, self.gate.as_mut()]),
+            None => apply_health(health, &mut [self.gate.as_mut()]),
+        }
+    }
+
+    /// Feeds the relay's watchdog, if there is a relay.
+    fn feed(&self) {
+        if let Some(relay) = &self.relay {
+            relay.feed();
+        }
+    }
+}
+
+/// What a run did, for the last log line and the exit status.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Summary {
+    /// Frames taken from the source (processed or failed).
+    pub frames: u64,
+    /// Verdicts delivered, and verdicts withheld because the runtime could not decide (camera lost).
+    pub verdicts: u64,
+    pub withheld: u64,
+    /// Inputs or frames that failed.
+    pub failures: u64,
+    /// Whether the source was live (a camera): its run ends only on a signal, which is its normal end.
+    pub live: bool,
+    pub median_frame_ms: f64,
+}
+
+impl Summary {
+    /// Whether the run failed: an input that failed ends a replay run with status 1. A camera run's frame errors
+    /// (time-outs, dropped frames) are in the summary line, not the status.
+    pub fn failed(&self) -> bool {
+        self.failures > 0 && !self.live
+    }
+}
+
+/// What reacts to the session loop's events: the outputs, the audit log, the health monitor, the counts.
+struct Reactor {
+    outputs: Outputs,
+    audit: Option<AuditLog>,
+    monitor: Monitor,
+    verdicts: u64,
+    withheld: u64,
+    failures: u64,
+}
+
+impl Reactor {
+    fn observe(&mut self, event: HealthEvent) {
+        if let Some(health) = self.monitor.observe(event) {
+            self.outputs.tell(health);
+        }
+    }
+
+    /// One event of the session loop; `frame_started`: when the frame being processed was taken from the
+    /// source (after pacing), so that its time to a decision is measured.
+    fn on_event(&mut self, event: Event, frame_started: Instant) {
+        match event {
+            Event::Frame { .. } => {
+                // Each processed frame feeds the relay's watchdog; failed frames do not.
+                self.outputs.feed();
+                let ms = frame_started.elapsed().as_secs_f32() * 1000.0;
+                let mut changed = self.monitor.observe(HealthEvent::FrameTime { ms });
+                if let Some(up) = self.outputs.gate.link_up() {
+                    let event = if up { HealthEvent::GateLinkUp } else { HealthEvent::GateLinkDown };
+                    changed = self.monitor.observe(event).or(changed);
+                }
+                if let Some(health) = changed {
+                    self.outputs.tell(health);
+                }
+            }
+            Event::Verdict { source, verdict } => {
+                if !self.monitor.health().can_decide() {
+                    // The failure policy: no verdicts while the runtime cannot decide (camera lost).
+                    self.withheld += 1;
+                    log::warn!("{source}: verdict withheld: {}", self.monitor.health().state().name());
+                    return;
+                }
+                self.verdicts += 1;
+                let message = VerdictMessage::new(source, verdict);
+                // The door first: the stdout gate writes synchronously and may wait on its reader.
+                if let Some(relay) = self.outputs.relay.as_mut() {
+                    if let Err(error) = relay.report(&message) {
+                        log::error!("{}: {error:#}", relay.describe());
+                    }
+                }
+                let gate = &mut self.outputs.gate;
+                if let Err(error) = gate.report(&message) {
+                    log::error!("gate {}: {error:#}", gate.describe());
+                }
+                if let Some(audit) = self.audit.as_mut() {
+                    if let Err(error) = audit.append(source, verdict) {
+                        log::error!("{error:#}");
+                    }
+                }
+            }
+            Event::Error { source, error } => {
+                log::error!("{source}: {error:#}");
+                self.failures += 1;
+            }
+            Event::GpuLost { error } => {
+                log::error!("{error:#}");
+                self.observe(HealthEvent::GpuFailed);
+            }
+            Event::Camera { source, up } => {
+                log::info!(
+                    "{source}: camera {}",
+                    if up { "streaming" } else { "lost: no verdicts until it is back" }
+                );
+                self.observe(if up { HealthEvent::CameraBack } else { HealthEvent::CameraLost });
+            }
+        }
+    }
+}
+
+/// The running runtime: the pipeline, and what reacts to its frames and verdicts.
+pub struct Supervisor<'a> {
+    config: &'a BoardConfig,
+    /// Set by a signal (or a test): checked between frames, and while waiting for valid models.
+    stop: &'a AtomicBool,
+    /// Boxed: a pipeline owns every buffer of a frame (about 180 kB inline), too much to move around on the
+    /// stack of a test thread.
+    pipeline: Box<Pipeline>,
+    reactor: Reactor,
+    frames: Cell<u64>,
+    frame_started: Cell<Instant>,
+    live: bool,
+}
+
+impl<'a> Supervisor<'a> {
+    /// Loads the models and builds the pipeline, then opens the audit log. When a model fails its checks and
+    /// `runtime.model_retry_s` is 0, that is the error (exit status 2). Otherwise the runtime enters
+    /// `model_invalid` (controller told, door in its fault state) and tries again every `model_retry_s` seconds
+    /// until the models are valid (`Some`), or `stop` is set (`None`).
+    pub fn start(
+        config: &'a BoardConfig,
+        outputs: Outputs,
+        stop: &'a AtomicBool,
+    ) -> Result<Option<Supervisor<'a>>> {
+        let monitor = Monitor::new(OverloadPolicy {
+            budget_ms: config.runtime.frame_budget_ms,
+            window: config.runtime.overload_frames,
+        });
+        let mut reactor = Reactor { outputs, audit: None, monitor, verdicts: 0, withheld: 0, failures: 0 };
+        let Some(pipeline) = load_pipeline(config, stop, &mut reactor)? else {
+            return Ok(None);
+        };
+        if let Some(section) = &config.audit {
+            reactor.audit = Some(open_audit(config, &pipeline, &config.resolve(&section.path))?);
+        }
+        Ok(Some(Supervisor {
+            config,
+            stop,
+            pipeline,
+            reactor,
+            frames: Cell::new(0),
+            frame_started: Cell::new(Instant::now()),
+            live: false,
+        }))
+    }
+
+    /// The runtime's health now.
+    pub fn health(&self) -> Health {
+        self.reactor.monitor.health()
+    }
+
+    /// Plays the board's source until it ends (replay without `repeat`) or `stop` is set: replay inputs paced
+    /// at `source.frame_rate`, or the V4L2 camera. A refusal at the camera's first open (a virtual device not
+    /// allowed, a format or rate the driver cannot give, another buffer count) is a configuration error; a
+    /// camera that is absent or not the pinned one is `camera_lost` (the controller told), retried until back.
+    pub fn run(&mut self) -> Result<()> {
+        match &self.config.source {
+            SourceSection::Replay { paths, repeat, frame_rate } => {
+                self.run_replay(paths, *repeat, *frame_rate);
+                Ok(())
+            }
+            SourceSection::V4l2(section) => {
+                let settings = section.settings().context("source: the v4l2 settings are invalid")?;
+                let mut camera = V4l2Source::open(settings, false).map_err(OpenError::into_error)?;
+                let name = camera.describe().to_string();
+                self.run_live(&mut camera, name);
+                Ok(())
+            }
+        }
+    }
+
+    /// Plays a live source (a camera, or a test's scripted one) until `stop` is set.
+    pub fn run_live(&mut self, source: &mut dyn FrameSource, name: String) {
+        self.live = true;
+        let (stop, frames, frame_started) = (self.stop, &self.frames, &self.frame_started);
+        let mut before_frame = |frame: Option<&Frame>| {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            if frame.is_some() {
+                frames.set(frames.get() + 1);
+                frame_started.set(Instant::now());
+            }
+            true
+        };
+        let reactor = &mut self.reactor;
+        let mut emit = |event: Event| reactor.on_event(event, frame_started.get());
+        play_source(&mut self.pipeline, source, name, &mut before_frame, &mut emit);
+    }
+
+    /// Plays the replay inputs in order (again from the first with `repeat`), paced at `frame_rate` when it is
+    /// above 0, until they end or `stop` is set.
+    fn run_replay(&mut self, paths: &[std::path::PathBuf], repeat: bool, frame_rate: f32) {
+        let period = (frame_rate > 0.0).then(|| Duration::from_secs_f32(1.0 / frame_rate));
+        let mut next_due = Instant::now();
+        let (stop, frames, frame_started) = (self.stop, &self.frames, &self.frame_started);
+        let config = self.config;
+        'stream: loop {
+            let frames_before_pass = frames.get();
+            for path in paths {
+                let mut before_frame = |frame: Option<&Frame>| {
+                    if stop.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                    if frame.is_none() {
+                        return true;
+                    }
+                    if let Some(period) = period {
+                        std::thread::sleep(next_due.saturating_duration_since(Instant::now()));
+                        // Late frames do not build up a debt of frames to rush through.
+                        next_due =
+                            next_due.max(Instant::now().checked_sub(period).unwrap_or(next_due)) + period;
+                    }
+                    frames.set(frames.get() + 1);
+                    frame_started.set(Instant::now());
+                    true
+                };
+                let reactor = &mut self.reactor;
+                let mut emit = |event: Event| reactor.on_event(event, frame_started.get());
+                let played =
+                    play_input(&mut self.pipeline, &config.resolve(path), &mut before_frame, &mut emit);
+                if played == Played::Stopped {
+                    break 'stream;
+                }
+            }
+            if !repeat {
+                break;
+            }
+            if frames.get() == frames_before_pass {
+                // Repeating inputs that give no frame would spin forever: stop and say why.
+                log::error!("no input of source.paths gave a frame; not repeating");
+                self.reactor.failures += 1;
+                break;
+            }
+        }
+    }
+
+    /// Ends the run: the door goes to its fault state first (the relay is dropped), then the gate delivers
+    /// what it holds (at most 2 s). Returns what the run did, also logged.
+    pub fn finish(self) -> Summary {
+        if self.stop.load(Ordering::Relaxed) {
+            log::info!("stopping on signal");
+        }
+        let Reactor { outputs, verdicts, withheld, failures, .. } = self.reactor;
+        let Outputs { mut gate, relay } = outputs;
+        drop(relay);
+        if let Err(error) = gate.flush(Duration::from_secs(2)) {
+            log::warn!("gate {}: {error:#}", gate.describe());
+        }
+        let frame_time = self.pipeline.times.summary().into_iter().find(|summary| summary.stage == "frame");
+        let summary = Summary {
+            frames: self.frames.get(),
+            verdicts,
+            withheld,
+            failures,
+            live: self.live,
+            median_frame_ms: frame_time.map_or(0.0, |summary| summary.median_ms),
+        };
+        log::info!(
+            "{} frames, {} verdicts ({} withheld), {} failures; median frame {:.1} ms",
+            summary.frames,
+            summary.verdicts,
+            summary.withheld,
+            summary.failures,
+            summary.median_frame_ms
+        );
+        summary
+    }
+}
+
+/// The pipeline, or `None` when `stop` was set while waiting for valid models (see `Supervisor::start`).
+fn load_pipeline(
+    config: &BoardConfig,
+    stop: &AtomicBool,
+    reactor: &mut Reactor,
+) -> Result<Option<Box<Pipeline>>> {
+    loop {
+        let error = match Models::load(config).and_then(|models| Pipeline::new(config, models).map(Box::new))
+        {
+            Ok(pipeline) => {
+                reactor.observe(HealthEvent::ModelValid);
+                return Ok(Some(pipeline));
+            }
+            Err(error) if config.runtime.model_retry_s == 0 => return Err(error),
+            Err(error) => error,
+        };
+        log::error!("{error:#}; trying again in {} s", config.runtime.model_retry_s);
+        reactor.observe(HealthEvent::ModelInvalid);
+        let again = Instant::now() + Duration::from_secs(u64::from(config.runtime.model_retry_s));
+        while Instant::now() < again {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(None);
+            }
+            // The relay's watchdog is fed while waiting: the door is held in its fault state by `fault`, and
+            // the watchdog would only say the same thing again.
+            reactor.outputs.feed();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The OSDP gate's settings from its section of the board config: paths resolved, the configured classifier's identity (from
+/// the manifest, so that it is known even when the model file itself fails its checks) for replies.
+fn osdp_settings(config: &BoardConfig, section: &OsdpSection) -> Result<OsdpSettings> {
+    let OsdpSection { device, baud, address, key, install_mode, vendor_code, hold_ms } = section;
+    let mut model = [0u8; 8];
+    if let Some(id) = &config.models.classifier {
+        let manifest = Manifest::load(&config.resolve(&config.models.manifest))?;
+        let entry = manifest.get(id, Role::Classifier)?;
+        model = crate::gate::from_hex::<8>(&entry.sha256[..16], "the classifier's sha256")?;
+    }
+    Ok(OsdpSettings {
+        device: config.resolve(device),
+        baud: *baud,
+        address: *address,
+        key: config.resolve(key),
+        install_mode: *install_mode,
+        vendor_code: crate::gate::osdp::parse_vendor_code(vendor_code)?,
+        hold: Duration::from_millis(u64::from(*hold_ms)),
+        model,
+    })
+}
+
+/// Opens the audit log with the facts every receipt records: board, model checksums, thresholds.
+fn open_audit(config: &BoardConfig, pipeline: &Pipeline, path: &std::path::Path) -> Result<AuditLog> {
+    let models = pipeline.models();
+    let mut records = vec![ModelRecord {
+        id: models.detector.entry.id.clone(),
+        sha256: models.detector.entry.sha256.clone(),
+    }];
+    if let Some(classifier) = &models.classifier {
+        records.push(ModelRecord {
+            id: classifier.entry().id.clone(),
+            sha256: classifier.entry().sha256.clone(),
+        });
+    }
+    let (genuine_at, fake_at) = config.decision.thresholds();
+    let thresholds = Thresholds { frame_threshold: config.decision.frame_threshold, genuine_at, fake_at };
+    let key = match config.audit.as_ref().and_then(|audit| audit.key.as_ref()) {
+        Some(key) => Some(crate::gate::audit::load_signing_key(&config.resolve(key))?),
+        None => None,
+    };
+    let signer = key.as_ref().map(crate::gate::audit::public_key_hex);
+    let audit = AuditLog::open(path, &config.board.id, records, thresholds, key)?;
+    match signer {
+        Some(public) => log::info!("decision receipts: {}, signed (public key {public})", path.display()),
+        None => log::info!("decision receipts: {} (unsigned)", path.display()),
+    }
+    Ok(audit)
+}
