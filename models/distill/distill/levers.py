@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 from . import export, metrics, train
 from .config import Config, Model
 from .sources import sha256_of
+
+logger = logging.getLogger(__name__)
 
 
 def lever_spec(config: Config, lever: dict) -> tuple[Model, train.Train]:
@@ -63,7 +66,7 @@ def levers(config: Config) -> dict:
         changes = {k: v for k, v in lever.items() if k != "name"}
         kept = previous.get(lever["name"])
         if kept is not None and kept["changes"] == changes and kept["schedule"] == dataclasses.asdict(schedule):
-            print(f"lever {lever['name']}: measured before with the same recipe, kept", flush=True)
+            logger.info("lever %s: measured before with the same recipe, kept", lever["name"])
             rows.append(kept)
             continue
         name = f"lever_{lever['name']}"
@@ -80,10 +83,10 @@ def levers(config: Config) -> dict:
                                                   model.backbone.std)
         except RuntimeError as error:  # recorded, never hidden: the table says why there is no figure
             row["latency_error"] = str(error)[-500:]
-            print(f"levers: no latency figure for {lever['name']}: {error}", flush=True)
+            logger.warning("levers: no latency figure for %s: %s", lever["name"], error)
         rows.append(row)
         path.write_text(json.dumps(results, indent=2))
-        print(f"lever {lever['name']}: validation AUC {row['best_validation_auc']:.4f} "
-              f"{json.dumps(row['validation_by_family'])} latency {row.get('latency_ms')}", flush=True)
+        logger.info("lever %s: validation AUC %.4f %s latency %s", lever["name"], row["best_validation_auc"],
+                    json.dumps(row["validation_by_family"]), row.get("latency_ms"))
     path.write_text(json.dumps(results, indent=2))
     return results

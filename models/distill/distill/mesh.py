@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from . import blend, sources
+from . import blend, logs, sources
 
 PINS = sources.PACKAGE_ROOT / "mesh.toml"
 PRESENCE_THRESHOLD = 0.5  # MediaPipe keeps tracking a face while its presence score is at least this
@@ -471,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="the run's config (cache)")
     parser.add_argument("--out", type=Path, default=FIGURE, help=f"figure file (default {FIGURE})")
     args = parser.parse_args(argv)
+    logs.configure()
     if args.command == "fetch":
         path = fetch_model()
         print(f"{path} sha256 {sources.sha256_of(path)}")

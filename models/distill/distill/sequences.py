@@ -32,6 +32,7 @@ import argparse
 import csv
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -47,8 +48,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import runtime
+from . import logs, runtime
 from .faces import load_faces, read_rgb
+
+logger = logging.getLogger(__name__)
 
 FORGED_TARGET_APCER = 0.01  # issue 14's targets on sequences
 GENUINE_TARGET_BPCER = 0.05
@@ -118,7 +121,7 @@ def calibrate_on_validation(config, board: Path, target_bpcer: float = 0.10) -> 
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     summary = json.loads(lines[-1]) if lines else {}
     if result.returncode != 0 or not calibrated.exists():
-        print(f"sequences: no calibrated threshold ({result.returncode}): {result.stderr.strip()[-500:]}", flush=True)
+        logger.warning("sequences: no calibrated threshold (%d): %s", result.returncode, result.stderr.strip()[-500:])
         return {"photos": len(photos), "target_bpcer": target_bpcer, "board": None,
                 "refused": (result.stderr.strip() or result.stdout.strip())[-500:], "summary": summary}
     return {"photos": len(photos), "target_bpcer": target_bpcer, "board": str(calibrated),
@@ -539,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True)
     arguments = parser.parse_args(argv)
+    logs.configure()
     config = configuration.load(arguments.config)
     results = evaluate_sequences(config)
     summary = {key: value for key, value in results.items() if key != "clips"}

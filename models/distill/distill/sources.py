@@ -17,6 +17,7 @@ import argparse
 import csv
 import hashlib
 import io
+import logging
 import os
 import shutil
 import subprocess
@@ -28,6 +29,10 @@ import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from . import logs
+
+logger = logging.getLogger(__name__)
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # models/distill
 REPO_ROOT = PACKAGE_ROOT.parents[1]
@@ -450,14 +455,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", type=Path, default=MANIFEST)
     parser.add_argument("--smoke", action="store_true", help="only the in-repo fixtures, no network")
     args = parser.parse_args(argv)
+    logs.configure()
     try:
         photos = sources_for_smoke(args.manifest) if args.smoke else fetch(args.cache, args.manifest)
     except SourceError as error:
-        print(f"error: {error}", file=sys.stderr)
+        logger.error("%s", error)
         return 1
     print("\n".join(summary(photos)))
     if not args.smoke:
-        print(f"wrote {Path(args.cache) / 'photos.csv'}")
+        logger.info("wrote %s", Path(args.cache) / "photos.csv")
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from . import blend, forge, metrics
+from .losses import contrastive_loss, losses
 from .backbones import Classifier, build_backbone, freeze_batch_statistics, norm_tuning
 from .config import Config, Model, Train
 from .faces import load_faces, read_rgb
 from .sources import CACHE
 
+
+logger = logging.getLogger(__name__)
 
 # Training runs on the GPU when torch sees one, else on the CPU; checkpoints are saved for the CPU either way.
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -141,23 +145,6 @@ def build(model: Model, config: Config) -> Classifier:
                       manipulation_map=model.map > 0)
 
 
-def hypersphere_terms(embedding: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Metric learning on the unit sphere (Wang & Isola's alignment and uniformity): same-class embeddings pulled
-    together, all embeddings spread over the sphere."""
-    distances = torch.cdist(embedding, embedding).pow(2)
-    eye = torch.eye(len(labels), dtype=torch.bool, device=embedding.device)
-    same = (labels[:, None] == labels[None, :]) & ~eye
-    alignment = distances[same].mean() if same.any() else distances.new_zeros(())
-    off = ~eye
-    uniformity = torch.log(torch.exp(-2 * distances[off]).mean() + 1e-8)
-    return alignment + uniformity
-
-
-def map_targets(region: torch.Tensor, seam: torch.Tensor, size) -> torch.Tensor:
-    """The masks at the map's grid: the share of each cell that was blended in, and the strongest seam in it."""
-    return torch.cat([F.adaptive_avg_pool2d(region, size), F.adaptive_max_pool2d(seam, size)], 1)
-
-
 @torch.no_grad()
 def probabilities(model: Classifier, images: torch.Tensor, batch: int = 64) -> np.ndarray:
     model.eval()
@@ -172,36 +159,6 @@ def _parameters(model: Classifier, spec: Model) -> list:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def losses(config: Config, spec: Model, model: Classifier, images, labels, region, seam,
-           teacher: Classifier | None) -> dict[str, torch.Tensor]:
-    """Every term of the training objective, by name (their weighted sum is the loss)."""
-    normalised = model.prepare(images)
-    logits, embedding, reconstruction, manipulation_map = model.forward_outputs(normalised)
-    terms = {"decision": F.cross_entropy(logits, labels)}
-    if spec.metric > 0:
-        terms["hypersphere"] = spec.metric * hypersphere_terms(embedding, labels)
-    if reconstruction is not None and bool((labels == 0).any()):
-        # Genuine faces only (RECCE's idea): the decoder learns what a real face looks like, so the shared encoder
-        # must hold what a forgery's reconstruction would lack.
-        genuine = labels == 0
-        terms["reconstruction"] = spec.reconstruction * F.l1_loss(reconstruction[genuine], normalised[genuine])
-    if manipulation_map is not None:
-        target = map_targets(region, seam, manipulation_map.shape[-2:])
-        terms["map"] = spec.map * F.binary_cross_entropy_with_logits(manipulation_map, target)
-    if teacher is not None:
-        with torch.no_grad():
-            teacher_logits, teacher_embedding, _, teacher_map = teacher.forward_outputs(teacher.prepare(images))
-        t = config.distill.temperature
-        soft = F.kl_div(F.log_softmax(logits / t, 1), F.softmax(teacher_logits / t, 1), reduction="batchmean")
-        terms["soft"] = config.distill.soft * t * t * soft
-        terms["embedding"] = config.distill.embedding * (1 - (embedding * teacher_embedding).sum(1)).mean()
-        if manipulation_map is not None and teacher_map is not None and config.distill.map > 0:
-            teacher_map = F.interpolate(teacher_map, size=manipulation_map.shape[-2:], mode="bilinear",
-                                        align_corners=False)
-            terms["map_distill"] = config.distill.map * F.mse_loss(manipulation_map.sigmoid(), teacher_map.sigmoid())
-    return terms
-
-
 def _random_view(crop: np.ndarray, rng: np.random.Generator, min_scale: float) -> np.ndarray:
     """A random square-ish crop of at least `min_scale` of each side, resized back, then the camera augmentations."""
     from PIL import Image
@@ -212,16 +169,6 @@ def _random_view(crop: np.ndarray, rng: np.random.Generator, min_scale: float) -
     patch = Image.fromarray(np.ascontiguousarray(crop[top : top + side, left : left + side]))
     view = np.asarray(patch.resize((size, size), Image.BILINEAR))
     return forge.augment(view, np.zeros(view.shape[:2], np.float32), rng)[0]
-
-
-def contrastive_loss(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SimCLR's NT-Xent: each view's partner is the positive, every other view in the batch a negative."""
-    z = F.normalize(torch.cat([a, b]), dim=1)
-    similarity = z @ z.T / temperature
-    similarity.fill_diagonal_(float("-inf"))
-    count = len(a)
-    partners = torch.cat([torch.arange(count, 2 * count), torch.arange(count)]).to(z.device)
-    return F.cross_entropy(similarity, partners)
 
 
 def pretrain_ssl(config: Config, model: Classifier, crops: list[np.ndarray]) -> dict:
@@ -251,10 +198,44 @@ def pretrain_ssl(config: Config, model: Classifier, crops: list[np.ndarray]) -> 
         optimiser.step()
         losses_seen.append(loss.item())
         if step % 25 == 0 or step == ssl.steps - 1:
-            print(f"ssl step {step}: contrastive loss {loss.item():.4f} ({time.time() - started:.0f} s)", flush=True)
+            logger.info("ssl step %d: contrastive loss %.4f (%.0f s)", step, loss.item(), time.time() - started)
     window = max(1, min(10, len(losses_seen) // 4))
     return {"steps": ssl.steps, "batch": ssl.batch, "first_loss": round(float(np.mean(losses_seen[:window])), 4),
             "last_loss": round(float(np.mean(losses_seen[-window:])), 4), "seconds": round(time.time() - started, 1)}
+
+
+def train_one_epoch(config: Config, spec: Model, model: Classifier, batches, optimiser: torch.optim.Optimizer,
+                    schedule: torch.optim.lr_scheduler.LRScheduler, total_steps: int,
+                    teacher: Classifier | None) -> dict[str, float]:
+    """One pass over `batches` (images, labels, region masks, seam maps): each batch's loss (the sum of its
+    terms, `losses.py`) back-propagated and stepped, the one-cycle schedule advanced until `total_steps`.
+    Returns each term's mean over the epoch, rounded to 4 decimals."""
+    model.train()
+    if spec.tune == "norm":
+        freeze_batch_statistics(model.backbone)
+    totals: dict[str, list[float]] = {}
+    for images, labels, region, seam in batches:
+        terms = losses(config, spec, model, images.to(DEVICE), labels.to(DEVICE), region.to(DEVICE),
+                       seam.to(DEVICE), teacher)
+        loss = sum(terms.values())
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        if schedule.last_epoch + 1 < total_steps:
+            schedule.step()
+        for key, value in terms.items():
+            totals.setdefault(key, []).append(value.item())
+    return {key: round(float(np.mean(values)), 4) for key, values in totals.items()}
+
+
+def validate(model: Classifier, validation: torch.Tensor, labels: np.ndarray) -> float:
+    """The model's AUC on the validation faces (genuine vs forgeries of the trained families, unseen people)."""
+    return metrics.auc(probabilities(model, validation), labels)
+
+
+def save_checkpoint(model: Classifier, path: Path) -> None:
+    """The model's weights, on the CPU whichever device trained them (`load` reads them back)."""
+    torch.save({key: value.cpu() for key, value in model.state_dict().items()}, path)
 
 
 def fit(config: Config, spec: Model, train: Train, name: str, teacher: Classifier | None = None,
@@ -276,31 +257,16 @@ def fit(config: Config, spec: Model, train: Train, name: str, teacher: Classifie
     if teacher is not None:
         teacher.to(DEVICE).eval()
     for epoch in range(train.epochs):
-        model.train()
-        if spec.tune == "norm":
-            freeze_batch_statistics(model.backbone)
-        totals: dict[str, list[float]] = {}
-        for images, labels, region, seam in training_batches(faces, train, config.seed, epoch, families):
-            terms = losses(config, spec, model, images.to(DEVICE), labels.to(DEVICE), region.to(DEVICE),
-                           seam.to(DEVICE), teacher)
-            loss = sum(terms.values())
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            if schedule.last_epoch + 1 < steps:
-                schedule.step()
-            for key, value in terms.items():
-                totals.setdefault(key, []).append(value.item())
-        scores = probabilities(model, validation)
-        auc = metrics.auc(scores, validation_labels)
-        mean_terms = {key: round(float(np.mean(values)), 4) for key, values in totals.items()}
+        batches = training_batches(faces, train, config.seed, epoch, families)
+        mean_terms = train_one_epoch(config, spec, model, batches, optimiser, schedule, steps, teacher)
+        auc = validate(model, validation, validation_labels)
         history.append({"epoch": epoch, "loss": round(sum(mean_terms.values()), 4), "terms": mean_terms,
                         "validation_auc": auc, "seconds": round(time.time() - started, 1)})
-        print(f"{name} epoch {epoch}: {mean_terms}, validation AUC {auc:.4f} ({time.time() - started:.0f} s)",
-              flush=True)
+        logger.info("%s epoch %d: %s, validation AUC %.4f (%.0f s)", name, epoch, mean_terms, auc,
+                    time.time() - started)
         if auc > best[0]:
             best = (auc, epoch)
-            torch.save({key: value.cpu() for key, value in model.state_dict().items()}, config.run_dir / f"{name}.pt")
+            save_checkpoint(model, config.run_dir / f"{name}.pt")
     summary = {"name": name, "backbone": spec.backbone, "blocks": spec.blocks, "tune": spec.tune,
                "families": families, "manipulation_map": spec.map > 0,
                "trainable_parameters": sum(p.numel() for p in parameters),
@@ -399,7 +365,7 @@ def separability(config: Config) -> list[dict]:
         spec = Model(backbone=backbone, blocks=int(blocks or 17), pretrained=config.teacher.pretrained,
                      clip_weights=config.teacher.clip_weights if backbone == "clip" else "")
         if backbone == "clip" and not spec.clip_weights and config.teacher.pretrained:
-            print("separability: clip skipped (no local weights given in teacher.clip_weights)")
+            logger.warning("separability: clip skipped (no local weights given in teacher.clip_weights)")
             continue
         torch.manual_seed(config.seed)  # random-initialised candidates (tests) are the same in every run
         model = build(spec, config).to(DEVICE)
@@ -409,7 +375,7 @@ def separability(config: Config) -> list[dict]:
                      "linear_probe_auc": _linear_probe_auc(a, train_labels, b, validation_labels, config.seed),
                      "fisher_ratio": _fisher_ratio(b, validation_labels),
                      "silhouette": _silhouette(b, validation_labels), "seconds": round(time.time() - started, 1)})
-        print(f"separability {rows[-1]}", flush=True)
+        logger.info("separability %s", rows[-1])
     for name in config.finetune:
         # The same candidates after a short fine-tune with the teacher's recipe (manipulation map included):
         # frozen features can rank backbones differently from what they become once trained.
@@ -427,6 +393,6 @@ def separability(config: Config) -> list[dict]:
                     "finetune_steps": schedule.epochs * schedule.steps_per_epoch,
                     "finetune_learning_rate": schedule.learning_rate,
                     "finetune_seconds": summary["seconds"]})
-        print(f"separability (fine-tuned) {row}", flush=True)
+        logger.info("separability (fine-tuned) %s", row)
     (config.run_dir / "separability.json").write_text(json.dumps(rows, indent=2))
     return rows

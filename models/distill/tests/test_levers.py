@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from distill import config as configuration
-from distill import train
+from distill import losses, train
 from distill.backbones import Classifier, EfficientNetLite0
 from distill.config import Model
 from distill.levers import lever_spec
@@ -81,9 +81,9 @@ class Student(unittest.TestCase):
         self.assertIsNotNone(model.decoder)
         images = torch.rand(4, 3, 64, 64)
         empty = torch.zeros(4, 1, 64, 64)
-        forged = train.losses(config, spec, model, images, torch.ones(4, dtype=torch.long), empty, empty, None)
+        forged = losses.losses(config, spec, model, images, torch.ones(4, dtype=torch.long), empty, empty, None)
         self.assertNotIn("reconstruction", forged)
-        mixed = train.losses(config, spec, model, images, torch.tensor([0, 1, 1, 1]), empty, empty, None)
+        mixed = losses.losses(config, spec, model, images, torch.tensor([0, 1, 1, 1]), empty, empty, None)
         normalised = model.prepare(images[:1])
         expected = (model.forward_outputs(normalised)[2] - normalised).abs().mean()
         torch.testing.assert_close(mixed["reconstruction"], expected)
@@ -91,8 +91,8 @@ class Student(unittest.TestCase):
     def test_contrastive_loss_rewards_matching_views(self):
         torch.manual_seed(0)
         a = torch.randn(8, 16)
-        matched = train.contrastive_loss(a, a + 0.01 * torch.randn(8, 16), 0.2)
-        shuffled = train.contrastive_loss(a, a[torch.randperm(8)], 0.2)
+        matched = losses.contrastive_loss(a, a + 0.01 * torch.randn(8, 16), 0.2)
+        shuffled = losses.contrastive_loss(a, a[torch.randperm(8)], 0.2)
         self.assertLess(matched.item(), 0.5)
         self.assertGreater(shuffled.item(), 1.0)
 
