@@ -358,32 +358,32 @@ mod tests {
             ("id = \"host\"", "id = \"\"", "board.id"),
             (
                 "kind = \"stdout\"",
-                "kind = \"tcp\"\naddress = \"controller.local\"\nqueue = 16\nspool = \"gate.spool\"",
+                "kind = \"tcp\"\naddress = \"controller.local\"\nqueue = 16\nspool = \"gate.spool\"\ninsecure = true",
                 "gate.address",
             ),
             (
                 "kind = \"stdout\"",
-                "kind = \"tcp\"\naddress = \":9000\"\nqueue = 16\nspool = \"gate.spool\"",
+                "kind = \"tcp\"\naddress = \":9000\"\nqueue = 16\nspool = \"gate.spool\"\ninsecure = true",
                 "gate.address",
             ),
             (
                 "kind = \"stdout\"",
-                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 0\nspool = \"gate.spool\"",
+                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 0\nspool = \"gate.spool\"\ninsecure = true",
                 "gate.queue",
             ),
             (
                 "kind = \"stdout\"",
-                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 4097\nspool = \"gate.spool\"",
+                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 4097\nspool = \"gate.spool\"\ninsecure = true",
                 "gate.queue",
             ),
             (
                 "kind = \"stdout\"",
-                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16\nspool = \"\"",
+                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16\nspool = \"\"\ninsecure = true",
                 "gate.spool",
             ),
             (
                 "kind = \"stdout\"",
-                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16\nspool = \"/var/lib/\"",
+                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16\nspool = \"/var/lib/\"\ninsecure = true",
                 "gate.spool",
             ),
         ];
@@ -396,7 +396,7 @@ mod tests {
     fn a_valid_tcp_gate_is_accepted() {
         let text = host_with(
             "kind = \"stdout\"",
-            "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16\nspool = \"../var/gate.spool\"",
+            "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16\nspool = \"../var/gate.spool\"\ninsecure = true",
         );
         let mut config =
             BoardConfig::parse(&text).expect("a tcp gate with host:port, a queue and a spool is valid");
@@ -407,10 +407,41 @@ mod tests {
     }
 
     #[test]
+    fn the_tcp_link_is_tls_unless_insecure_is_said_and_never_both() {
+        let gate = |rest: &str| {
+            host_with(
+                "kind = \"stdout\"",
+                &format!("kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16\nspool = \"g.spool\"\n{rest}"),
+            )
+        };
+        let tls = "certificate = \"device.crt\"\nprivate_key = \"device.key\"\ncontroller_ca = \"ca.crt\"\n\
+                   controller_name = \"controller.local\"";
+        let config = BoardConfig::parse(&gate(&format!("insecure = false\n{tls}"))).expect("TLS is valid");
+        let GateSection::Tcp(tcp) = &config.gate else { panic!("gate is {:?}", config.gate) };
+        let settings = tcp.tls(|path| config.resolve(path)).expect("TLS settings");
+        assert_eq!(settings.controller_name, "controller.local");
+        assert_rejected_naming(&gate(tls), "insecure");
+        assert_rejected_naming(&gate("insecure = false"), "gate.certificate is missing");
+        assert_rejected_naming(
+            &gate(&format!(
+                "insecure = false\n{}",
+                tls.replace("controller_name = \"controller.local\"", "")
+            )),
+            "gate.controller_name is missing",
+        );
+        assert_rejected_naming(
+            &gate(&format!("insecure = true\n{tls}")),
+            "gate.insecure = true sends plaintext",
+        );
+    }
+
+    #[test]
     fn a_tcp_gate_without_a_spool_is_refused_naming_the_key() {
         // There is no memory-only TCP gate: a spool on a RAM file system is that choice, made explicitly.
-        let text =
-            host_with("kind = \"stdout\"", "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16");
+        let text = host_with(
+            "kind = \"stdout\"",
+            "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16\ninsecure = true",
+        );
         assert_rejected_naming(&text, "spool");
     }
 
@@ -490,7 +521,8 @@ mod tests {
         std::fs::create_dir_all(&directory).unwrap();
         std::fs::write(directory.join("base.toml"), host_text()).unwrap();
         let child = "inherit = \"base.toml\"\n[board]\nid = \"door-2\"\n[decision]\nevidence_weight = 0.5\n\
-                     [gate]\nkind = \"tcp\"\naddress = \"10.0.0.5:4000\"\nqueue = 32\nspool = \"gate.spool\"\n";
+                     [gate]\nkind = \"tcp\"\naddress = \"10.0.0.5:4000\"\nqueue = 32\nspool = \"gate.spool\"\n\
+                     insecure = true\n";
         std::fs::write(directory.join("child.toml"), child).unwrap();
         let config = BoardConfig::load(&directory.join("child.toml")).unwrap();
         assert_eq!(config.board.id, "door-2");

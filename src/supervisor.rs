@@ -52,24 +52,41 @@ pub struct Outputs {
 }
 
 impl Outputs {
-    /// The board's `[gate]` and `[relay]`, opened.
+    /// The board's `[relay]` and `[gate]`, opened: the relay first, so that the controller's gate (OSDP output
+    /// commands, TCP grants) gets its hold on the door.
     pub fn open(config: &BoardConfig) -> Result<Outputs> {
-        let gate: Box<dyn Gate> = match &config.gate {
-            GateSection::Stdout => Box::new(StdoutGate::default()),
-            GateSection::Tcp(tcp) => Box::new(TcpGate::start(TcpGateSettings::new(
-                &tcp.address,
-                &config.resolve(&tcp.spool),
-                tcp.queue,
-            ))?),
-            GateSection::Osdp(osdp) => Box::new(OsdpGate::start(&osdp_settings(config, osdp)?)?),
-        };
-        log::info!("gate: {}; backend: {:?}", gate.describe(), config.runtime.backend);
         let relay = match &config.relay {
             Some(section) => Some(RelayGate::open(section)?),
             None => None,
         };
+        let door = relay.as_ref().map(RelayGate::control);
+        let gate: Box<dyn Gate> = match &config.gate {
+            GateSection::Stdout => Box::new(StdoutGate::default()),
+            GateSection::Tcp(tcp) => {
+                let mut settings = TcpGateSettings::new(&tcp.address, &config.resolve(&tcp.spool), tcp.queue);
+                settings.door = door.clone();
+                settings.tls = tcp.tls(|path| config.resolve(path));
+                Box::new(TcpGate::start(settings)?)
+            }
+            GateSection::Osdp(osdp) => {
+                let mut settings = osdp_settings(config, osdp)?;
+                settings.door = door.clone();
+                Box::new(OsdpGate::start(&settings)?)
+            }
+        };
+        log::info!("gate: {}; backend: {:?}", gate.describe(), config.runtime.backend);
         if let Some(relay) = &relay {
             log::info!("{}", relay.describe());
+            if matches!(config.gate, GateSection::Stdout)
+                && door
+                    .as_ref()
+                    .is_some_and(|door| door.authority() == crate::gate::relay::Authority::Controller)
+            {
+                log::warn!(
+                    "{}: authority \"controller\" with the stdout gate: no controller can open this door",
+                    relay.describe()
+                );
+            }
         }
         Ok(Outputs { gate, relay })
     }
@@ -411,6 +428,7 @@ fn osdp_settings(config: &BoardConfig, section: &OsdpSection) -> Result<OsdpSett
         vendor_code: crate::gate::osdp::parse_vendor_code(vendor_code)?,
         hold: Duration::from_millis(u64::from(*hold_ms)),
         model,
+        door: None,
     })
 }
 

@@ -94,9 +94,7 @@ fn steady_state_frames_allocate_nothing_outside_inference() {
 fn steady_state_frames_on_the_gpu_allocate_nothing_outside_inference() {
     let mut pipeline = pipeline("auto");
     let Some(gpu) = pipeline.gpu() else {
-        eprintln!(
-            "SKIPPED steady_state_frames_on_the_gpu_allocate_nothing_outside_inference: no GPU path here"
-        );
+        common::skip(common::Need::Gpu, "no GPU path here");
         return;
     };
     eprintln!("pixel work on {gpu}");

@@ -221,7 +221,9 @@ fn the_tcp_gate_delivers_verdicts_to_a_controller_that_acknowledges_them() {
         &[&common::fixture("faces/astronaut.png"), &common::fixture("scenes/coffee.png")],
         &[(
             "kind = \"stdout\" ",
-            &format!("kind = \"tcp\"\naddress = \"{address}\"\nqueue = 16\nspool = {spool:?} "),
+            &format!(
+                "kind = \"tcp\"\naddress = \"{address}\"\nqueue = 16\nspool = {spool:?}\ninsecure = true "
+            ),
         )],
     );
     // A controller that acknowledges every line, for two runs of the runtime, one connection each.

@@ -85,9 +85,7 @@ fn the_auto_backend_gives_the_cpus_results_with_or_without_a_gpu() {
 #[test]
 fn the_cuda_backend_without_a_gpu_tells_the_controller_and_still_decides() {
     if let Ok(()) = gpu_usable() {
-        eprintln!(
-            "SKIPPED the_cuda_backend_without_a_gpu_tells_the_controller_and_still_decides: a GPU is here"
-        );
+        common::skip(common::Need::NoGpu, "a GPU is here");
         return;
     }
     // The pixel work and both models ask for the GPU: three reasons logged, one fault for the controller.
@@ -115,7 +113,7 @@ fn the_cuda_backend_without_a_gpu_tells_the_controller_and_still_decides() {
 #[test]
 fn a_cuda_fault_mid_stream_loses_no_frame_and_no_verdict() {
     if let Err(reason) = gpu_usable() {
-        eprintln!("SKIPPED a_cuda_fault_mid_stream_loses_no_frame_and_no_verdict: no usable GPU ({reason})");
+        common::skip(common::Need::Gpu, &format!("no usable GPU ({reason})"));
         return;
     }
     let inputs = inputs();
@@ -135,9 +133,8 @@ fn a_cuda_fault_mid_stream_loses_no_frame_and_no_verdict() {
 
 #[test]
 fn models_on_the_gpu_decide_as_on_the_cpu_and_a_fault_moves_them_back_without_loss() {
-    let test = "models_on_the_gpu_decide_as_on_the_cpu_and_a_fault_moves_them_back_without_loss";
     if let Err(reason) = gpu_usable().and_then(|()| inference_usable()) {
-        eprintln!("SKIPPED {test}: no GPU inference here ({reason})");
+        common::skip(common::Need::Gpu, &format!("no GPU inference here ({reason})"));
         return;
     }
     let inputs = inputs();

@@ -90,6 +90,7 @@ fn each_state_puts_the_door_and_the_controller_where_the_policy_says() {
         let settings = RelaySettings {
             mode: DoorMode::FailSafe,
             fault_state: DoorState::Unlocked,
+            authority: deepgate::gate::relay::Authority::Standalone,
             pulse: Duration::from_millis(150),
             watchdog: Duration::from_secs(5),
         };
@@ -128,8 +129,15 @@ fn each_state_puts_the_door_and_the_controller_where_the_policy_says() {
                 genuine_opens(&mut relay, &line),
                 "{state:?}: a genuine face opens the door after recovery"
             );
-        } else {
+        } else if state == State::Normal {
             assert!(genuine_opens(&mut relay, &line), "{state:?}: verdicts still open the door");
+        } else {
+            // Standalone, a genuine verdict opens the door only while the health is normal: the controller
+            // link down or any fault refuses it.
+            assert!(
+                !genuine_opens(&mut relay, &line),
+                "{state:?}: a standalone relay refuses while a fault holds"
+            );
         }
     }
 }

@@ -111,17 +111,30 @@ fn corrupted_y4m_videos_play_or_fail_cleanly() {
 
 #[test]
 fn corrupted_board_configs_and_manifests_are_refused_cleanly() {
+    // A corruption may land in a comment or keep a value valid, so not every one is refused; but most are, and
+    // each refusal says what is wrong (a manifest's names its file).
     let mut random = XorShift(0x0bad_cafe_0000_0004);
     let host = std::fs::read(common::root().join("board/host.toml")).unwrap();
+    let mut refused = 0;
     for _ in 0..500 {
         let text = String::from_utf8_lossy(&random.corrupt(&host)).into_owned();
-        let _ = BoardConfig::parse(&text);
+        if let Err(error) = BoardConfig::parse(&text) {
+            assert!(!format!("{error:#}").trim().is_empty(), "a refusal without a reason");
+            refused += 1;
+        }
     }
+    assert!(refused >= 500 / 3, "only {refused} of 500 corrupted board configs were refused");
     let directory = common::temp_dir("hostile-manifest");
     let manifest = std::fs::read(common::root().join("models/manifest.toml")).unwrap();
     let path = directory.join("manifest.toml");
+    let mut refused = 0;
     for _ in 0..300 {
         std::fs::write(&path, random.corrupt(&manifest)).unwrap();
-        let _ = Manifest::load(&path);
+        if let Err(error) = Manifest::load(&path) {
+            let error = format!("{error:#}");
+            assert!(error.contains(&path.display().to_string()), "the refusal names the manifest: {error}");
+            refused += 1;
+        }
     }
+    assert!(refused >= 300 / 3, "only {refused} of 300 corrupted manifests were refused");
 }

@@ -5,7 +5,8 @@
 //! the line are refused and counted by deepgate, which carries on.
 //!
 //! The panel needs Python with libosdp 3.2.9: `cargo xtask ci` installs tests/osdp/requirements.txt into
-//! tests/osdp/.venv and points DEEPGATE_OSDP_PYTHON at it. Without either, these tests say so and pass.
+//! tests/osdp/.venv and points DEEPGATE_OSDP_PYTHON at it. Without either, these tests say so (`SKIPPED [osdp]`) and pass, unless
+//! DEEPGATE_REQUIRE names `osdp` (as `cargo xtask ci` does): then they fail.
 
 mod common;
 
@@ -31,10 +32,13 @@ fn panel_python() -> Option<PathBuf> {
     if python.exists() {
         return Some(python);
     }
-    eprintln!(
-        "SKIPPED: no Python with PyPI libosdp 3.2.9 for the control panel ({} missing). `cargo xtask ci` \
-         installs it; or set DEEPGATE_OSDP_PYTHON.",
-        python.display()
+    common::skip(
+        common::Need::Osdp,
+        &format!(
+            "no Python with PyPI libosdp 3.2.9 for the control panel ({} missing). `cargo xtask ci` \
+             installs it; or set DEEPGATE_OSDP_PYTHON.",
+            python.display()
+        ),
     );
     None
 }
@@ -427,6 +431,7 @@ fn the_controller_sees_each_health_state_as_inputs_tamper_and_a_health_reply() {
         vendor_code: [0x0a, 0x1b, 0x2c],
         hold: Duration::from_millis(400),
         model: [0; 8],
+        door: None,
     };
     let mut gate = OsdpGate::start(&settings).unwrap();
     panel.send("start");
@@ -527,4 +532,115 @@ fn a_lost_serial_line_is_logged_once_retried_and_the_kiosk_carries_on() {
         log.lines().filter(|line| line.contains("OSDP serial port") && line.contains("ERROR")).count();
     assert!(complaints <= 2, "the failure is logged once, not on every poll ({complaints} lines):\n{log}");
     assert!(log.contains("health: gate_link_down"), "the link loss reaches the failure policy:\n{log}");
+}
+
+/// Waits until the recording relay line reads `energised`.
+fn wait_for_relay(line: &deepgate::gate::relay::RecordingLine, energised: bool, what: &str) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while line.energised() != Some(energised) {
+        assert!(Instant::now() < end, "{what}: the relay never became {energised}: {:?}", line.writes());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_door_follows_the_controllers_output_command_within_the_secure_channel_only() {
+    use deepgate::decide::Decision;
+    use deepgate::gate::osdp::{OsdpGate, OsdpSettings};
+    use deepgate::gate::relay::{Authority, DoorMode, DoorState, RecordingLine, RelayGate, RelaySettings};
+    use deepgate::gate::{Gate, VerdictMessage};
+    use std::sync::atomic::Ordering;
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let Some(python) = panel_python() else { return };
+    let directory = common::temp_dir("osdp-door");
+    let key = key_file(&directory, KEY);
+    let start_door = || {
+        let line = RecordingLine::default();
+        let settings = RelaySettings {
+            mode: DoorMode::FailSecure,
+            fault_state: DoorState::Locked,
+            authority: Authority::Controller,
+            pulse: Duration::from_secs(5),
+            watchdog: Duration::from_secs(60),
+        };
+        let relay = RelayGate::start(Box::new(line.clone()), settings).unwrap();
+        relay.feed();
+        (relay, line)
+    };
+    let settings = |pty: &str, door| OsdpSettings {
+        device: PathBuf::from(pty),
+        baud: 115_200,
+        address: ADDRESS.parse().unwrap(),
+        key: key.clone(),
+        install_mode: false,
+        vendor_code: [0x0a, 0x1b, 0x2c],
+        hold: Duration::from_millis(400),
+        model: [0; 8],
+        door: Some(door),
+    };
+
+    // A panel without the site key: no secure channel, and its output command never moves the door.
+    let (_relay, line) = start_door();
+    let mut panel = Panel::start(&python, &directory, &["--scbk", "00000000000000000000000000000000"]);
+    let gate = OsdpGate::start(&settings(&panel.pty.clone(), _relay.control())).unwrap();
+    panel.send("start");
+    std::thread::sleep(Duration::from_secs(2));
+    panel.send("output 0 5 10");
+    panel.collect(Duration::from_secs(3));
+    assert_eq!(
+        line.energised(),
+        Some(false),
+        "the door moved without the secure channel: {:?}",
+        line.writes()
+    );
+    assert_eq!(gate.stats().gate.outputs.load(Ordering::Relaxed), 0);
+    drop(gate);
+    panel.stop();
+
+    // The real controller: a verdict alone opens nothing; its timed osdp_OUT does, for the time it asks.
+    let (mut relay, line) = start_door();
+    let mut panel = Panel::start(&python, &directory, &["--scbk", KEY]);
+    let mut gate = OsdpGate::start(&settings(&panel.pty.clone(), relay.control())).unwrap();
+    panel.send("start");
+    panel.wait_for("the secure channel", Duration::from_secs(30), |line| line["secure"] == true);
+    let genuine = VerdictMessage {
+        kind: "verdict",
+        source: "camera",
+        decision: Decision::Genuine,
+        fake_probability: Some(0.05),
+        frames: 5,
+        frames_seen: 5,
+        first_frame: 1,
+        last_frame: 5,
+        reason: "test",
+    };
+    relay.report(&genuine).unwrap();
+    gate.report(&genuine).unwrap();
+    panel.wait_for("the verdict", Duration::from_secs(10), |line| is_mfg(line, 1));
+    assert_eq!(line.energised(), Some(false), "a verdict is evidence, not an authorisation");
+    panel.send("output 0 5 5");
+    wait_for_relay(&line, true, "a timed unlock of 500 ms");
+    let opened = Instant::now();
+    wait_for_relay(&line, false, "the end of the 500 ms unlock");
+    assert!(opened.elapsed() < Duration::from_secs(3), "the controller's 500 ms became the 5 s pulse");
+    // A long unlock is ended by the controller's "off".
+    panel.send("output 0 5 40");
+    wait_for_relay(&line, true, "a timed unlock of 4 s");
+    let opened = Instant::now();
+    panel.send("output 0 1 0");
+    wait_for_relay(&line, false, "the controller's off");
+    assert!(opened.elapsed() < Duration::from_secs(3), "the off did not end the unlock");
+    assert_eq!(gate.stats().gate.outputs.load(Ordering::Relaxed), 3);
+    // Permanently on is refused: the door is never left unlocked without a bound.
+    let refused = gate.stats().gate.refused_commands.load(Ordering::Relaxed);
+    panel.send("output 0 2 0");
+    let end = Instant::now() + Duration::from_secs(10);
+    while gate.stats().gate.refused_commands.load(Ordering::Relaxed) == refused {
+        assert!(Instant::now() < end, "permanently on was not refused");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(line.energised(), Some(false));
+    assert_eq!(relay.stats().grants, 2, "{:?}", relay.stats());
+    drop(gate);
+    panel.stop();
 }

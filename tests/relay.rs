@@ -3,7 +3,7 @@
 //! bounds are exact because a pulse may never end early, upper bounds only catch a pulse that does not end.
 
 use deepgate::decide::Decision;
-use deepgate::gate::relay::{DoorMode, DoorState, RecordingLine, RelayGate, RelaySettings};
+use deepgate::gate::relay::{Authority, DoorMode, DoorState, RecordingLine, RelayGate, RelaySettings};
 use deepgate::gate::{Gate, VerdictMessage};
 use std::time::{Duration, Instant};
 
@@ -20,10 +20,21 @@ fn start(
     pulse_ms: u64,
     watchdog_ms: u64,
 ) -> (RelayGate, RecordingLine) {
+    start_with(mode, fault_state, Authority::Standalone, pulse_ms, watchdog_ms)
+}
+
+fn start_with(
+    mode: DoorMode,
+    fault_state: DoorState,
+    authority: Authority,
+    pulse_ms: u64,
+    watchdog_ms: u64,
+) -> (RelayGate, RecordingLine) {
     let line = RecordingLine::default();
     let settings = RelaySettings {
         mode,
         fault_state,
+        authority,
         pulse: Duration::from_millis(pulse_ms),
         watchdog: Duration::from_millis(watchdog_ms),
     };
@@ -279,4 +290,77 @@ fn a_failing_line_is_retried_until_it_takes_the_write() {
     let times = wait_for(&line, &[false, true, false]);
     let off = times[2].saturating_duration_since(reported);
     assert!(off >= Duration::from_millis(1000) && off <= Duration::from_millis(1000) + LATE, "{off:?}");
+}
+
+/// Health after `events`, as the supervisor's monitor reports it.
+fn health_after(events: &[deepgate::health::Event]) -> deepgate::health::Health {
+    use deepgate::health::{Monitor, OverloadPolicy};
+    let mut monitor = Monitor::new(OverloadPolicy { budget_ms: 100.0, window: 3 });
+    for &event in events {
+        monitor.observe(event);
+    }
+    monitor.health()
+}
+
+#[test]
+fn under_the_controller_a_genuine_verdict_opens_nothing_and_only_a_grant_opens_the_door() {
+    let (mut relay, line) =
+        start_with(DoorMode::FailSecure, DoorState::Locked, Authority::Controller, 600, 5000);
+    relay.feed();
+    wait_for(&line, &[false]);
+    relay.report(&verdict(Decision::Genuine)).unwrap();
+    std::thread::sleep(PROMPT);
+    assert_eq!(values(&line), [false], "a verdict is evidence, not an authorisation");
+    let control = relay.control();
+    let granted = control.grant(Some(Duration::from_millis(300)), "test grant").expect("no fault holds");
+    assert_eq!(granted, Duration::from_millis(300));
+    let times = wait_for(&line, &[false, true, false]);
+    assert!(times[2] - times[1] >= Duration::from_millis(300), "the grant's time is kept");
+    // A grant longer than pulse_ms is cut to it; the controller's lock ends it at once.
+    assert_eq!(
+        control.grant(Some(Duration::from_secs(60)), "long grant").unwrap(),
+        Duration::from_millis(600)
+    );
+    wait_for(&line, &[false, true, false, true]);
+    control.lock("test lock");
+    let times = wait_for(&line, &[false, true, false, true, false]);
+    assert!(times[4] - times[3] < Duration::from_millis(600), "locked before the pulse ended");
+    // While a fault holds the controller is refused too.
+    relay.fault("camera lost");
+    let message = format!("{:#}", control.grant(None, "grant during a fault").unwrap_err());
+    assert!(message.contains("refused"), "{message}");
+    let stats = relay.stats();
+    assert_eq!(
+        (stats.evidence_only, stats.grants, stats.grants_refused, stats.pulses),
+        (1, 2, 1, 0),
+        "{stats:?}"
+    );
+}
+
+#[test]
+fn standalone_a_genuine_verdict_is_refused_while_the_controller_link_or_any_fault_is_down() {
+    use deepgate::health::Event;
+    let (mut relay, line) =
+        start_with(DoorMode::FailSecure, DoorState::Locked, Authority::Standalone, 200, 5000);
+    relay.feed();
+    wait_for(&line, &[false]);
+    relay.set_health(health_after(&[Event::GateLinkDown]));
+    relay.report(&verdict(Decision::Genuine)).unwrap();
+    relay.set_health(health_after(&[
+        Event::FrameTime { ms: 500.0 },
+        Event::FrameTime { ms: 500.0 },
+        Event::FrameTime { ms: 500.0 },
+    ]));
+    relay.report(&verdict(Decision::Genuine)).unwrap();
+    std::thread::sleep(PROMPT);
+    assert_eq!(
+        values(&line),
+        [false],
+        "no standalone opening while the link is down or the kiosk overloaded"
+    );
+    assert_eq!(relay.stats().refused, 2);
+    relay.set_health(health_after(&[Event::GateLinkDown, Event::GateLinkUp]));
+    relay.report(&verdict(Decision::Genuine)).unwrap();
+    wait_for(&line, &[false, true, false]);
+    assert_eq!(relay.stats().pulses, 1);
 }

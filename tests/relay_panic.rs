@@ -3,7 +3,7 @@
 
 use deepgate::decide::Decision;
 use deepgate::gate::relay::{
-    install_panic_hook, DoorMode, DoorState, RecordingLine, RelayGate, RelaySettings,
+    install_panic_hook, Authority, DoorMode, DoorState, RecordingLine, RelayGate, RelaySettings,
 };
 use deepgate::gate::{Gate, VerdictMessage};
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ fn a_panic_on_another_thread_latches_the_fault_state() {
     let settings = RelaySettings {
         mode: DoorMode::FailSafe,
         fault_state: DoorState::Unlocked,
+        authority: Authority::Standalone,
         pulse: Duration::from_millis(200),
         watchdog: Duration::from_secs(5),
     };

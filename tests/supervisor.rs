@@ -9,7 +9,7 @@ use deepgate::capture::FrameSource;
 use deepgate::config::BoardConfig;
 use deepgate::decide::Decision;
 use deepgate::frame::{Frame, PixelFormat};
-use deepgate::gate::relay::{DoorMode, DoorState, RecordingLine, RelayGate, RelaySettings};
+use deepgate::gate::relay::{Authority, DoorMode, DoorState, RecordingLine, RelayGate, RelaySettings};
 use deepgate::gate::{Gate, VerdictMessage};
 use deepgate::health::{Health, State};
 use deepgate::supervisor::{Outputs, Supervisor};
@@ -63,6 +63,7 @@ fn maglock() -> (RelayGate, RecordingLine) {
     let settings = RelaySettings {
         mode: DoorMode::FailSafe,
         fault_state: DoorState::Unlocked,
+        authority: Authority::Standalone,
         pulse: Duration::from_millis(100),
         watchdog: Duration::from_secs(10),
     };

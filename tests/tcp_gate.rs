@@ -448,3 +448,61 @@ fn the_controller_hears_each_health_change_and_the_current_health_on_every_conne
     let health = second.health();
     assert_eq!((&health["state"], &health["can_decide"]), (&Value::from("gpu_lost"), &Value::from(true)));
 }
+
+/// A controller's grant line, and the gate's answer to it.
+fn grant(controller: &mut Controller, id: u64) -> Value {
+    controller.reader.get_mut().write_all(format!("{{\"grant\":{id}}}\n").as_bytes()).unwrap();
+    let mut text = String::new();
+    controller.reader.read_line(&mut text).unwrap();
+    let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+    assert_eq!((value["type"].as_str(), value["id"].as_u64()), (Some("grant"), Some(id)), "{text}");
+    value
+}
+
+#[test]
+fn the_door_opens_only_on_the_controllers_grant_of_a_genuine_verdict_once() {
+    use deepgate::gate::relay::{Authority, DoorMode, DoorState, RecordingLine, RelayGate, RelaySettings};
+    let line = RecordingLine::default();
+    let settings = RelaySettings {
+        mode: DoorMode::FailSecure,
+        fault_state: DoorState::Locked,
+        authority: Authority::Controller,
+        pulse: Duration::from_millis(300),
+        watchdog: Duration::from_secs(30),
+    };
+    let mut relay = RelayGate::start(Box::new(line.clone()), settings).unwrap();
+    relay.feed();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let mut settings = TcpGateSettings::new(&address, &spool_in("tcp-grant"), 16);
+    settings.door = Some(relay.control());
+    let mut gate = TcpGate::start(settings).unwrap();
+    let mut controller = Controller::accept(&listener);
+    // Verdicts 1 (genuine) and 2 (fake): the relay hears both, and opens for neither by itself.
+    report(&mut gate, [0, 1]);
+    relay.report(&verdict("camera", 0)).unwrap();
+    let lines = [controller.line(), controller.line()];
+    assert_eq!((lines[0]["id"].as_u64(), lines[0]["decision"].as_str()), (Some(1), Some("genuine")));
+    assert_eq!((lines[1]["id"].as_u64(), lines[1]["decision"].as_str()), (Some(2), Some("fake")));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!line.writes().iter().any(|&(_, energised)| energised), "a verdict alone opened the door");
+
+    let refused = grant(&mut controller, 2);
+    assert_eq!(refused["opened"], false, "a fake verdict is not grantable: {refused}");
+    let opened = grant(&mut controller, 1);
+    assert_eq!(opened["opened"], true, "{opened}");
+    let deadline = Instant::now() + PATIENCE;
+    while !line.writes().iter().any(|&(_, energised)| energised) {
+        assert!(Instant::now() < deadline, "the grant did not open the door");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let again = grant(&mut controller, 1);
+    assert_eq!(again["opened"], false, "one opening per verdict: {again}");
+    // A grant of an id never sent is misbehaviour: the connection goes, and the refusal is counted.
+    controller.reader.get_mut().write_all(b"{\"grant\":99}\n").unwrap();
+    wait_for(&gate, "the bad grant refused", |stats| stats.bad_acks == 1);
+    let stats = gate.stats();
+    assert_eq!((stats.grants, stats.grants_refused), (1, 2), "{stats:?}");
+    assert_eq!(relay.stats().grants, 1);
+    assert_eq!(relay.stats().evidence_only, 1);
+}

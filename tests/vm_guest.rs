@@ -1,11 +1,14 @@
 //! Tests that run inside the guest of `cargo xtask vm-test`: Debian's kernel under qemu, where `deepgate`
 //! captures from real V4L2 drivers: vivid (the kernel's virtual camera) and v4l2loopback fed with face photos.
-//! Outside that guest every test prints why it does not run and passes.
+//! Outside that guest every test prints why it does not run (`SKIPPED [vm]`) and passes; inside it the guest's
+//! `/init` sets DEEPGATE_REQUIRE=vm, and `cargo xtask vm-test` fails if the console shows any skip.
 //!
 //! The guest's `/init` sets DEEPGATE_VM_GUEST=1, DEEPGATE_BIN (the deepgate binary), DEEPGATE_VM_ROOT (the
 //! repository's board/, models/ and tests/fixtures/ as a copy) and DEEPGATE_VM_MODULES (v4l2loopback.ko), has
 //! loaded vivid with one capture node (/dev/video0), and runs these tests one at a time: they load and unload
 //! modules and bind and unbind vivid, so each starts by putting the drivers back as /init left them.
+
+mod common;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -26,7 +29,7 @@ struct Guest {
 /// The guest's paths, or `None` (with the reason printed) anywhere else.
 fn guest() -> Option<Guest> {
     if std::env::var("DEEPGATE_VM_GUEST").as_deref() != Ok("1") {
-        println!("SKIPPED: runs inside the guest of cargo xtask vm-test");
+        common::skip(common::Need::Vm, "runs inside the guest of `cargo xtask vm-test`");
         return None;
     }
     let variable =

@@ -13,6 +13,12 @@
 //! | tamper (osdp_LSTATR) | active while the camera is lost or a refused (virtual or changed) camera is offered |
 //! | osdp_MFGREP, kind 1 | every verdict in detail (layout below) |
 //! | osdp_MFGREP, kind 2 | every change of the runtime's health state |
+//! | osdp_OUT, output 0 (from the controller) | the door relay (`[relay]`): control code 5 unlocks for the timer (at most `relay.pulse_ms`), 0 does nothing, 1, 3 and 6 lock at once; 2 and 4 (permanently on) and other outputs are refused (NAK); without a `[relay]`, every osdp_OUT is refused |
+//!
+//! The controller decides: a `genuine` verdict is evidence it combines with its own (credential, schedule), and
+//! it opens the door with osdp_OUT. libosdp accepts osdp_OUT only within the Secure Channel (EnforceSecure);
+//! in install mode it is also refused until the controller has set the site key, since the default key is
+//! public.
 //!
 //! Verdict reply (`vendor_code` from the config, little-endian): `[1, decision, p_lo, p_hi, frames_lo,
 //! frames_hi, seen_lo, seen_hi, first_frame (8 bytes), model (8 bytes)]` where decision is 0 genuine, 1 fake,
@@ -27,6 +33,7 @@
 //! gone): it is counted as `undelivered`. Bad checksums, bad MACs, replays and oversized frames are refused by
 //! libosdp; the wire is also inspected here so that each kind of refusal is counted (see `WireStats`).
 
+mod door;
 mod keys;
 mod section;
 mod serial;
@@ -39,6 +46,7 @@ use super::{encode_line, Gate, Line, VerdictMessage};
 use crate::decide::Decision;
 use crate::health::Health;
 use anyhow::{ensure, Context, Result};
+use door::follow_output;
 use keys::{read_key, store_key};
 use libosdp::{
     OsdpCommand, OsdpEvent, OsdpEventMfgReply, OsdpFlag, OsdpStatusReport, OsdpStatusReportType, PdCapEntity,
@@ -99,6 +107,8 @@ pub struct OsdpSettings {
     pub hold: Duration,
     /// The first 8 bytes of the classifier's sha256 (zeros without a classifier).
     pub model: [u8; 8],
+    /// The door relay the controller drives with osdp_OUT output 0; `None`: no relay, osdp_OUT refused.
+    pub door: Option<crate::gate::relay::DoorControl>,
 }
 
 /// What the gate did; all counters only grow.
@@ -114,8 +124,11 @@ pub struct GateStats {
     pub secure_sessions: AtomicU64,
     /// Site keys set by the controller (osdp_KEYSET).
     pub keys_set: AtomicU64,
-    /// Commands refused by the application (unsupported COMSET, unknown manufacturer command, key not stored).
+    /// Commands refused by the application (unsupported COMSET, unknown manufacturer command, key not stored,
+    /// an output command the door cannot or may not follow).
     pub refused_commands: AtomicU64,
+    /// Output commands (osdp_OUT) followed: the door unlocked or locked by the controller.
+    pub outputs: AtomicU64,
 }
 
 /// All counters of one OSDP gate.
@@ -161,13 +174,14 @@ impl OsdpStats {
             .collect();
         format!(
             "{} verdicts delivered, {} undelivered (no secure channel), {} dropped; {} secure sessions, {} keys \
-             set; from the controller: {} frames, {} bad checks, {} oversized, {} garbage bytes; NAKs sent by \
+             set, {} output commands followed; from the controller: {} frames, {} bad checks, {} oversized, {} garbage bytes; NAKs sent by \
              reason [{}]; {} commands refused; {} serial port failures",
             load(&self.gate.delivered),
             load(&self.gate.undelivered),
             load(&self.gate.dropped),
             load(&self.gate.secure_sessions),
             load(&self.gate.keys_set),
+            load(&self.gate.outputs),
             load(&self.received.frames),
             load(&self.received.bad_check),
             load(&self.received.oversized),
@@ -245,6 +259,7 @@ impl OsdpGate {
             .id(&identity(settings.vendor_code))
             .capabilities(&[
                 PdCapability::ContactStatusMonitoring(PdCapEntity::new(1, INPUTS as u8)),
+                PdCapability::OutputControl(PdCapEntity::new(1, u8::from(settings.door.is_some()))),
                 PdCapability::CommunicationSecurity(PdCapEntity::new(1, 1)),
             ])
             .secure_channel_key(key);
@@ -416,7 +431,29 @@ fn command_handler(
 ) -> impl FnMut(&mut OsdpCommand) -> i32 {
     let key_path = settings.key.clone();
     let vendor_code = settings.vendor_code;
+    let door = settings.door.clone();
+    // In install mode the secure channel may run on the public default key: the door follows the controller
+    // only once a site key is in place (it existed at start, or the controller has just set it).
+    let site_key = Arc::new(AtomicBool::new(!settings.install_mode || settings.key.exists()));
     move |command| match command {
+        OsdpCommand::Output(output) => {
+            let outcome = if site_key.load(Ordering::Relaxed) {
+                follow_output(door.as_ref(), output.output_no, output.control_code, output.timer_count)
+            } else {
+                Err(anyhow::anyhow!("install mode: no site key yet, the default key is public"))
+            };
+            match outcome {
+                Ok(()) => {
+                    stats.gate.outputs.fetch_add(1, Ordering::Relaxed);
+                    0
+                }
+                Err(error) => {
+                    stats.gate.refused_commands.fetch_add(1, Ordering::Relaxed);
+                    log::warn!("OSDP: output command refused: {error:#}");
+                    -1
+                }
+            }
+        }
         OsdpCommand::Status(report) => {
             *report = match report.type_ {
                 OsdpStatusReportType::Input => state.input_report(),
@@ -431,6 +468,7 @@ fn command_handler(
         OsdpCommand::KeySet(keyset) => match store_key(&key_path, &keyset.data) {
             Ok(()) => {
                 stats.gate.keys_set.fetch_add(1, Ordering::Relaxed);
+                site_key.store(true, Ordering::Relaxed);
                 log::info!("OSDP: the controller set a new site key; stored in {}", key_path.display());
                 0
             }

@@ -17,13 +17,27 @@
 //! |---|---|
 //! | started, before the first feed | `fault_state` |
 //! | fed, idle | locked |
-//! | `genuine` verdict, no fault | unlocked for `pulse_ms`, then locked (a new `genuine` restarts it) |
+//! | a grant from the access controller (`DoorControl::grant`), no fault | unlocked for the time granted (at most `pulse_ms`), then locked |
+//! | the controller's "lock" (`DoorControl::lock`) | locked at once, a running pulse ended |
+//! | `genuine` verdict, `authority = "controller"` (the default) | unchanged: a verdict is evidence for the controller, not an authorisation |
+//! | `genuine` verdict, `authority = "standalone"`, health normal, no fault | unlocked for `pulse_ms`, then locked (a new `genuine` restarts it) |
+//! | `genuine` verdict, `authority = "standalone"`, controller link down or any health fault | refused (counted): locked |
 //! | `fake`, `uncertain`, `no_face` | unchanged: locked (a running pulse runs out on time) |
 //! | not fed for `watchdog_ms` (pipeline stalled, camera gone) | `fault_state`, until the next feed |
 //! | `fault(reason)` (the runtime's failure state machine) | `fault_state`, until `clear_fault()` |
 //! | a panic on any thread (with the panic hook) | `fault_state`, until the process restarts |
 //! | `Drop` (end of input, SIGINT/SIGTERM, unwinding) | `fault_state`, written before `drop` returns |
 //! | SIGKILL, a second SIGTERM, segfault, abort, power loss | no software runs: see below |
+//!
+//! # Who opens the door
+//!
+//! The kiosk stands on the public side of the door: a live face in front of it, or an opened housing, must not
+//! be enough to open it. So by default (`authority = "controller"`) only the access controller opens the door:
+//! over OSDP its output command (osdp_OUT, output 0, accepted only within the Secure Channel), over TCP a
+//! grant line naming the genuine verdict it answers (`gate::tcp`). The controller combines the kiosk's evidence
+//! with its own (credential, schedule, anti-passback). `authority = "standalone"` lets a genuine verdict open the
+//! door with no controller: then anyone with a live face, and anyone who can reach the relay's wiring or the
+//! kiosk's inside, can open it; it is refused while the controller link is down or any health fault holds.
 //!
 //! Every fault ends a running pulse at once, and a `genuine` verdict that arrives while any fault holds is
 //! refused (counted and logged), not deferred: the person was judged by a pipeline in an unknown state, and a
@@ -55,7 +69,7 @@
 mod driver;
 pub mod gpio;
 
-pub use driver::{install_panic_hook, RelayGate, RelayStats};
+pub use driver::{install_panic_hook, DoorControl, RelayGate, RelayStats};
 
 use anyhow::{ensure, Result};
 use serde::{Deserialize, Deserializer};
@@ -105,6 +119,25 @@ impl DoorMode {
         match self {
             DoorMode::FailSecure => "fail_secure",
             DoorMode::FailSafe => "fail_safe",
+        }
+    }
+}
+
+/// Who may open the door (module documentation, "Who opens the door").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Authority {
+    /// Only the access controller: osdp_OUT within the Secure Channel, or a TCP grant naming a genuine verdict.
+    Controller,
+    /// A genuine verdict opens the door by itself (never while the controller link or any fault is down).
+    Standalone,
+}
+
+impl Authority {
+    pub fn name(self) -> &'static str {
+        match self {
+            Authority::Controller => "controller",
+            Authority::Standalone => "standalone",
         }
     }
 }
@@ -188,7 +221,9 @@ pub struct RelayConfig {
     pub mode: DoorMode,
     /// The door's state on shutdown, watchdog expiry or any fault.
     pub fault_state: DoorState,
-    /// How long a genuine verdict unlocks the door.
+    /// Who opens the door: "controller" (its grants only) or "standalone" (a genuine verdict too).
+    pub authority: Authority,
+    /// How long a genuine verdict (standalone) unlocks the door, and the longest a controller's grant may.
     pub pulse_ms: u32,
     /// How long without a feed before the fault state.
     pub watchdog_ms: u32,
@@ -220,6 +255,7 @@ impl RelayConfig {
         RelaySettings {
             mode: self.mode,
             fault_state: self.fault_state,
+            authority: self.authority,
             pulse: Duration::from_millis(self.pulse_ms.into()),
             watchdog: Duration::from_millis(self.watchdog_ms.into()),
         }
@@ -247,6 +283,7 @@ fn check_timing(pulse_ms: u32, watchdog_ms: u32) -> Result<()> {
 pub struct RelaySettings {
     pub mode: DoorMode,
     pub fault_state: DoorState,
+    pub authority: Authority,
     pub pulse: Duration,
     pub watchdog: Duration,
 }
@@ -372,6 +409,7 @@ mod tests {
         assert_eq!(settings.fault_state, DoorState::Locked);
         assert_eq!((settings.pulse, settings.watchdog), (Duration::from_secs(3), Duration::from_secs(2)));
         assert!(!settings.fault_energised(), "a strike is locked with its relay released");
+        assert_eq!(settings.authority, Authority::Controller, "the controller decides by default");
         assert!(BoardConfig::parse(&std::fs::read_to_string("board/host.toml").unwrap())
             .unwrap()
             .relay
@@ -403,6 +441,7 @@ mod tests {
             ("line = \"DOOR_RELAY\"", "line = 1.5", "relay.line: a line offset"),
             ("mode = \"fail_secure\"", "mode = \"fail_open\"", "fail_open"),
             ("fault_state = \"locked\"", "fault_state = \"open\"", "open"),
+            ("authority = \"controller\"", "authority = \"kiosk\"", "kiosk"),
             ("active_low = false", "active_low = \"no\"", "active_low"),
         ];
         for (old, new, expected) in cases {
@@ -413,7 +452,9 @@ mod tests {
 
     #[test]
     fn every_key_is_required_and_no_other_is_known() {
-        for key in ["chip", "line", "active_low", "mode", "fault_state", "pulse_ms", "watchdog_ms"] {
+        for key in
+            ["chip", "line", "active_low", "mode", "fault_state", "authority", "pulse_ms", "watchdog_ms"]
+        {
             let text = host_with_relay();
             let start = text.find("[relay]").unwrap();
             let kept: String = text[start..]
@@ -443,6 +484,7 @@ mod tests {
         let settings = |pulse_ms, watchdog_ms| RelaySettings {
             mode: DoorMode::FailSecure,
             fault_state: DoorState::Locked,
+            authority: Authority::Controller,
             pulse: Duration::from_millis(pulse_ms),
             watchdog: Duration::from_millis(watchdog_ms),
         };
@@ -464,6 +506,7 @@ mod tests {
         let settings = RelaySettings {
             mode: DoorMode::FailSafe,
             fault_state: DoorState::Unlocked,
+            authority: Authority::Controller,
             pulse: Duration::from_secs(1),
             watchdog: Duration::from_secs(1),
         };

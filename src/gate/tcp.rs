@@ -22,6 +22,15 @@
 //! nothing for `ack_timeout` while lines wait is treated the same way (without the count). A line cut off by a
 //! dropped connection has no newline: the controller discards it, and the verdict comes again, whole.
 //!
+//! # Grants: the controller opens the door
+//!
+//! A verdict is evidence for the controller, not an authorisation (`gate::relay`, "Who opens the door"). With a
+//! `[relay]`, the controller opens the door by answering a genuine verdict with `{"grant":17}`: the id of the
+//! verdict it answers. The gate opens the door for `relay.pulse_ms` if verdict 17 was a `genuine` verdict
+//! reported by this run less than `GRANT_WINDOW` ago and not granted before (one opening per verdict), and no
+//! relay fault holds; it answers `{"type":"grant","id":17,"opened":true}` or `... "opened":false,"reason":"..."}`
+//! on the same connection. A grant naming an id never sent is misbehaviour, like such an acknowledgement.
+//!
 //! A verdict that cannot be stored (a full disk, an I/O error) is not sent either: `report` returns the error,
 //! and the door hears nothing rather than a verdict that might be lost unnoticed.
 //!
@@ -34,7 +43,10 @@
 //! the door now.
 
 mod connection;
+mod link;
 mod protocol;
+
+pub use link::{Tls, TlsSettings};
 
 use super::spool::{Spool, MAX_CAPACITY};
 use super::{encode_line, Gate, Line, VerdictMessage};
@@ -51,6 +63,11 @@ use std::time::{Duration, Instant};
 /// How long the controller may leave sent lines unacknowledged (with none acknowledged meanwhile) before the
 /// connection is dropped and the lines are sent again on a new one.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long after a genuine verdict the controller may grant it: the person is still at the door.
+pub const GRANT_WINDOW: Duration = Duration::from_secs(10);
+/// Genuine verdicts remembered for grants; older ones are forgotten first.
+const GRANTABLE: usize = 32;
+
 /// How long `Drop` waits for the thread: one connection attempt and one write, with a margin. Past that (a name
 /// resolution that hangs, say) the thread is left to finish on its own rather than hanging shutdown.
 const EXIT_WAIT: Duration = Duration::from_secs(5);
@@ -66,6 +83,10 @@ pub struct TcpGateSettings {
     pub capacity: usize,
     /// See [`ACK_TIMEOUT`].
     pub ack_timeout: Duration,
+    /// The door relay the controller opens with grants; `None`: no relay, grants are answered "refused".
+    pub door: Option<crate::gate::relay::DoorControl>,
+    /// TLS 1.3 with the pinned controller; `None` only with `insecure = true`.
+    pub tls: Option<TlsSettings>,
 }
 
 impl TcpGateSettings {
@@ -76,6 +97,8 @@ impl TcpGateSettings {
             spool: spool.to_path_buf(),
             capacity,
             ack_timeout: ACK_TIMEOUT,
+            door: None,
+            tls: None,
         }
     }
 }
@@ -97,6 +120,13 @@ pub struct TcpGateStats {
     pub bad_acks: u64,
     /// Successful connections since start.
     pub connects: u64,
+    /// Connections refused because the peer failed TLS: another CA, an expired certificate, another name, no
+    /// TLS at all, or it refused the device's certificate.
+    pub tls_refused: u64,
+    /// The controller's grants that opened the door.
+    pub grants: u64,
+    /// Grants refused: not a recent genuine verdict of this run, granted before, no relay, or a relay fault.
+    pub grants_refused: u64,
     /// Verdicts in the spool, waiting for an acknowledgement.
     pub queued: usize,
 }
@@ -136,6 +166,9 @@ struct State {
     /// Health lines carry no id and are not spooled or acknowledged: only the present state matters.
     health: Frame,
     health_version: u64,
+    /// Genuine verdicts of this run that the controller may still grant: (id, when reported).
+    grantable: heapless::Deque<(u64, Instant), GRANTABLE>,
+    door: Option<crate::gate::relay::DoorControl>,
 }
 
 /// Locks the shared state. A poisoned lock is taken over rather than propagated: every change to the state is
@@ -178,6 +211,20 @@ pub struct TcpSection {
     /// The spool file (created if missing, in an existing directory). A spool on a RAM file system
     /// (`/run/...`) is the explicit choice of keeping verdicts across controller outages but not reboots.
     pub spool: PathBuf,
+    /// true: plaintext to an unauthenticated peer (a lab only); false: TLS 1.3, the four keys below required.
+    pub insecure: bool,
+    /// The device's certificate (PEM).
+    #[serde(default)]
+    pub certificate: Option<PathBuf>,
+    /// The device's private key (PEM), mode 600.
+    #[serde(default)]
+    pub private_key: Option<PathBuf>,
+    /// The CA that issued the controller's certificate (PEM): the only one trusted.
+    #[serde(default)]
+    pub controller_ca: Option<PathBuf>,
+    /// The name the controller's certificate must carry.
+    #[serde(default)]
+    pub controller_name: Option<String>,
 }
 
 impl TcpSection {
@@ -196,7 +243,37 @@ impl TcpSection {
             "gate.address `{}` must be host:port",
             self.address
         );
+        let tls_keys = [
+            ("certificate", self.certificate.is_some()),
+            ("private_key", self.private_key.is_some()),
+            ("controller_ca", self.controller_ca.is_some()),
+            ("controller_name", self.controller_name.is_some()),
+        ];
+        for (key, present) in tls_keys {
+            match self.insecure {
+                true => ensure!(!present, "gate.{key} is set but gate.insecure = true sends plaintext: choose one"),
+                false => ensure!(
+                    present,
+                    "gate.{key} is missing: the controller link is TLS unless gate.insecure = true (a lab only)"
+                ),
+            }
+        }
         Ok(())
+    }
+
+    /// The TLS settings, paths resolved by `resolve`; `None` with `insecure = true`.
+    pub fn tls(&self, resolve: impl Fn(&Path) -> PathBuf) -> Option<TlsSettings> {
+        match (&self.certificate, &self.private_key, &self.controller_ca, &self.controller_name) {
+            (Some(certificate), Some(private_key), Some(controller_ca), Some(name)) if !self.insecure => {
+                Some(TlsSettings {
+                    certificate: resolve(certificate),
+                    private_key: resolve(private_key),
+                    controller_ca: resolve(controller_ca),
+                    controller_name: name.clone(),
+                })
+            }
+            _ => None,
+        }
     }
 }
 
@@ -213,6 +290,13 @@ impl TcpGate {
             settings.capacity
         );
         ensure!(!settings.ack_timeout.is_zero(), "gate acknowledgement timeout must be above zero");
+        let tls = match &settings.tls {
+            Some(tls) => Some(Tls::load(tls).with_context(|| format!("gate tcp {address}"))?),
+            None => {
+                log::warn!("gate tcp {address}: insecure = true: verdicts go in PLAINTEXT to an unauthenticated peer");
+                None
+            }
+        };
         let spool =
             Spool::open(&settings.spool, settings.capacity).with_context(|| format!("gate tcp {address}"))?;
         let recovery = spool.recovery();
@@ -236,6 +320,8 @@ impl TcpGate {
                 dropped_in_burst: 0,
                 health: Frame::new(),
                 health_version: 0,
+                grantable: heapless::Deque::new(),
+                door: settings.door,
             }),
             work: Condvar::new(),
             progress: Condvar::new(),
@@ -246,7 +332,7 @@ impl TcpGate {
                 let shared = Arc::clone(&shared);
                 let address = address.clone();
                 let ack_timeout = settings.ack_timeout;
-                move || run(&shared, &address, ack_timeout, highest_given)
+                move || run(&shared, &address, tls.as_ref(), ack_timeout, highest_given)
             })
             .with_context(|| format!("starting the gate thread for {address}"))?;
         Ok(TcpGate {
@@ -288,6 +374,13 @@ impl Gate for TcpGate {
             let mut state = lock(&self.shared.state);
             let appended =
                 state.spool.append(&self.line).with_context(|| format!("gate {}", self.description))?;
+            if verdict.decision == crate::decide::Decision::Genuine {
+                if state.grantable.is_full() {
+                    state.grantable.pop_front();
+                }
+                // Cannot fail: room was just made.
+                let _ = state.grantable.push_back((appended.id, Instant::now()));
+            }
             let burst_started = appended.dropped.is_some() && state.dropped_in_burst == 0;
             if appended.dropped.is_some() {
                 state.stats.dropped += 1;

@@ -2,6 +2,11 @@
 //! `board/host.toml`, with the test classifiers of tests/fixtures/models added to a copy of the manifest.
 #![allow(dead_code)]
 
+pub mod skip;
+
+#[allow(unused_imports)]
+pub use skip::{skip, Need};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -2,8 +2,11 @@
 //! tasks share: the workspace root, the target directory, running a command.
 
 use anyhow::{bail, Context, Result};
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The workspace root (xtask lives one level below it).
@@ -113,6 +116,99 @@ fn nvrtc_library_directory() -> Result<PathBuf> {
     bail!("no libnvrtc.so.12 under {} after installing tests/nvrtc/requirements.txt", venv_lib.display())
 }
 
+/// The environments `ci` provides to `cargo test` (tests/common/skip.rs names them): a test that skips for
+/// want of one of these fails CI. The VM guests are required inside the guest (`vm-test`), not here.
+const REQUIRED_HERE: &[&str] = &["osdp", "nvrtc"];
+
+/// One `SKIPPED [<need>] <test>: <reason>` line of a test's output (tests/common/skip.rs writes them).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Skip {
+    pub need: String,
+    pub line: String,
+}
+
+/// The skip lines in `output`.
+pub fn skips(output: &str) -> Vec<Skip> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let rest = line.trim_start().strip_prefix("SKIPPED [")?;
+            let (need, _) = rest.split_once(']')?;
+            Some(Skip { need: need.to_string(), line: line.trim().to_string() })
+        })
+        .collect()
+}
+
+/// Lists every skip in `output` and fails if one is for want of an environment in `required`.
+pub fn check_skips(output: &str, required: &[&str]) -> Result<()> {
+    let skips = skips(output);
+    let (forbidden, allowed): (Vec<&Skip>, Vec<&Skip>) =
+        skips.iter().partition(|skip| required.contains(&skip.need.as_str()));
+    if !allowed.is_empty() {
+        eprintln!(
+            "\n{} test(s) skipped for want of an environment this machine does not have:",
+            allowed.len()
+        );
+        for skip in &allowed {
+            eprintln!("  {}", skip.line);
+        }
+    }
+    if !forbidden.is_empty() {
+        let lines: Vec<&str> = forbidden.iter().map(|skip| skip.line.as_str()).collect();
+        bail!(
+            "{} test(s) skipped although this job provides what they need ({}):\n  {}",
+            forbidden.len(),
+            required.join(", "),
+            lines.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// `run_with`, with the command's standard output and error copied through as they come and also returned
+/// (both together, line by line) so that the caller can read what the tests said.
+pub fn run_teed(program: &str, arguments: &[&str], environment: &[(&str, &OsStr)]) -> Result<String> {
+    let variables: Vec<String> =
+        environment.iter().map(|(name, value)| format!("{name}={} ", value.to_string_lossy())).collect();
+    eprintln!("\n$ {}{program} {}", variables.concat(), arguments.join(" "));
+    let start = Instant::now();
+    let mut child = Command::new(program)
+        .args(arguments)
+        .envs(environment.iter().copied())
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {program}"))?;
+    let collected = Arc::new(Mutex::new(String::new()));
+    let copy = |stream: Box<dyn Read + Send>, to_stdout: bool| {
+        let collected = Arc::clone(&collected);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if to_stdout {
+                    println!("{line}");
+                } else {
+                    eprintln!("{line}");
+                }
+                let mut text = collected.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                text.push_str(&line);
+                text.push('\n');
+            }
+        })
+    };
+    let stdout = copy(Box::new(child.stdout.take().context("the command's standard output")?), true);
+    let stderr = copy(Box::new(child.stderr.take().context("the command's standard error")?), false);
+    let status = child.wait().with_context(|| format!("waiting for {program}"))?;
+    stdout.join().map_err(|_| anyhow::anyhow!("copying standard output panicked"))?;
+    stderr.join().map_err(|_| anyhow::anyhow!("copying standard error panicked"))?;
+    eprintln!("({:.0} s)", start.elapsed().as_secs_f64());
+    if !status.success() {
+        bail!("`{program} {}` failed with {status}", arguments.join(" "));
+    }
+    let text = collected.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    Ok(text)
+}
+
 pub fn ci() -> Result<()> {
     crate::setup::setup()?;
     let cargo = cargo();
@@ -121,17 +217,23 @@ pub fn ci() -> Result<()> {
     // The OSDP interoperability test talks to a real control panel: PyPI's libosdp, in its own environment.
     let panel_python = crate::distill::python_environment(&root().join("tests/osdp"))?;
     // The CUDA kernels are compiled by NVRTC in the tests (no GPU needed): PyPI's NVRTC wheel, found by the
-    // loader through LD_LIBRARY_PATH; DEEPGATE_REQUIRE_NVRTC turns its absence into a failure, not a skip.
+    // loader through LD_LIBRARY_PATH.
     let nvrtc = nvrtc_library_directory()?;
-    run_with(
+    // Every environment provided above is required: DEEPGATE_REQUIRE turns a skip for want of it into a
+    // failure (the library's own NVRTC tests read DEEPGATE_REQUIRE_NVRTC), and a skip line naming it fails
+    // the job even if a test printed it without failing. The GPU tests may skip here (no GPU), visibly.
+    let required = REQUIRED_HERE.join(",");
+    let output = run_teed(
         &cargo,
         &["test", "--workspace", "--locked"],
         &[
-            ("DEEPGATE_OSDP_PYTHON", &panel_python),
-            ("LD_LIBRARY_PATH", &nvrtc),
-            ("DEEPGATE_REQUIRE_NVRTC", std::path::Path::new("1")),
+            ("DEEPGATE_OSDP_PYTHON", panel_python.as_os_str()),
+            ("LD_LIBRARY_PATH", nvrtc.as_os_str()),
+            ("DEEPGATE_REQUIRE", required.as_ref()),
+            ("DEEPGATE_REQUIRE_NVRTC", "1".as_ref()),
         ],
     )?;
+    check_skips(&output, REQUIRED_HERE)?;
     // The training pipeline: its unit tests, then the whole pipeline in miniature (fixtures, tiny models).
     // The debug binary is already built by the tests; the smoke run needs no release build.
     let binary = deepgate_binary(false)?;
@@ -148,4 +250,35 @@ pub fn ci() -> Result<()> {
     crate::vm::vm_test(&["--arch".into(), "all".into()])?;
     eprintln!("\nci: all checks passed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUTPUT: &str = "running 3 tests\n\
+        SKIPPED [gpu] a_cuda_fault_mid_stream_loses_no_frame_and_no_verdict: no usable GPU (no libcuda)\n\
+        test a_cuda_fault_mid_stream_loses_no_frame_and_no_verdict ... ok\n\
+        SKIPPED [osdp] a_panel_without_the_site_key_gets_no_verdicts: no Python with PyPI libosdp\n\
+        SKIPPED: an old-style line without a need\n";
+
+    #[test]
+    fn skip_lines_are_read_with_their_need() {
+        let found = skips(OUTPUT);
+        let needs: Vec<&str> = found.iter().map(|skip| skip.need.as_str()).collect();
+        assert_eq!(needs, ["gpu", "osdp"]);
+        assert!(found[1].line.starts_with("SKIPPED [osdp] a_panel_without_the_site_key"), "{found:?}");
+    }
+
+    #[test]
+    fn a_skip_for_want_of_what_the_job_provides_fails_it() {
+        let error = check_skips(OUTPUT, &["osdp", "nvrtc"]).unwrap_err().to_string();
+        assert!(
+            error.contains("1 test(s) skipped") && error.contains("a_panel_without_the_site_key"),
+            "{error}"
+        );
+        assert!(!error.contains("a_cuda_fault"), "a GPU skip is allowed where there is no GPU: {error}");
+        check_skips(OUTPUT, &["nvrtc"]).unwrap();
+        check_skips("test result: ok. 3 passed\n", &["osdp", "nvrtc"]).unwrap();
+    }
 }

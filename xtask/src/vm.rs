@@ -243,7 +243,11 @@ pub fn vm_test(arguments: &[String]) -> Result<()> {
     let mut failed = Vec::new();
     for (arch, seconds, status, log) in &results {
         match status {
-            Ok(0) => eprintln!("vm-test {}: passed ({seconds:.0} s)", arch.name()),
+            // Every guest test is meant to run there (its /init sets DEEPGATE_REQUIRE=vm): a skip fails too.
+            Ok(0) => match guest_skips(log) {
+                Ok(()) => eprintln!("vm-test {}: passed ({seconds:.0} s)", arch.name()),
+                Err(error) => failed.push(format!("{}: {error:#}; see {}", arch.name(), log.display())),
+            },
             Ok(rc) => failed.push(format!(
                 "{}: the guest tests exited with {rc}; see {}",
                 arch.name(),
@@ -362,6 +366,17 @@ fn boot_guest(arch: Arch, kernel: &Path, initramfs: &Path, log: &Path, timeout: 
         print_tail(log);
     }
     Ok(status)
+}
+
+/// Fails if the guest's console `log` shows a test that skipped (tests/common/skip.rs's lines).
+fn guest_skips(log: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    let skips = crate::ci::skips(&text);
+    if !skips.is_empty() {
+        let lines: Vec<&str> = skips.iter().map(|skip| skip.line.as_str()).collect();
+        bail!("{} guest test(s) skipped inside the guest:\n    {}", skips.len(), lines.join("\n    "));
+    }
+    Ok(())
 }
 
 fn print_tail(log: &Path) {

@@ -2,7 +2,9 @@
 //! fault state on drop, and the process-wide panic hook. The semantics are in the parent module's
 //! documentation.
 
-use super::{check_timing, gpio, lock, DoorState, RelayConfig, RelayLine, RelaySettings};
+use super::{
+    check_timing, gpio, lock, Authority, DoorState, RelayConfig, RelayLine, RelaySettings, PULSE_MS,
+};
 use crate::decide::Decision;
 use crate::gate::{Gate, VerdictMessage};
 use crate::health::Health;
@@ -27,10 +29,16 @@ const NEVER_FED: u64 = u64::MAX;
 /// Counters of a `RelayGate`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RelayStats {
-    /// Genuine verdicts that opened the door (or restarted an open pulse).
+    /// Genuine verdicts that opened the door (or restarted an open pulse): standalone authority only.
     pub pulses: u64,
-    /// Genuine verdicts refused because a fault held.
+    /// Genuine verdicts refused (standalone authority): a fault held, or the health was not normal.
     pub refused: u64,
+    /// Genuine verdicts that opened nothing because the controller decides (`authority = "controller"`).
+    pub evidence_only: u64,
+    /// The controller's grants that opened the door.
+    pub grants: u64,
+    /// The controller's grants refused because a fault held.
+    pub grants_refused: u64,
     /// Times the watchdog expired.
     pub watchdog_trips: u64,
     /// Writes to the line that failed (each retried).
@@ -64,6 +72,9 @@ struct State {
     fault: Option<Reason>,
     /// Set by the panic hook (or the thread's own panic); never cleared.
     panicked: bool,
+    /// Why a standalone genuine verdict is refused now: the health state's name while it is not normal (the
+    /// controller link down included), `None` while normal.
+    health_fault: Option<&'static str>,
     stop: bool,
     /// Bumped by every change the thread must look at, so that a notification sent while it was writing the
     /// line is not lost.
@@ -150,6 +161,26 @@ impl Shared {
         }
     }
 
+    /// Unlocks the door for `duration` unless a fault holds (then `Err` with the fault's name, counted);
+    /// `grant`: the controller's grant (counted apart from standalone verdicts). The caller wakes the thread.
+    fn open_for(&self, state: &mut State, duration: Duration, grant: bool) -> Result<(), &'static str> {
+        let now = Instant::now();
+        if let Condition::Fault(cause) = self.condition(state, now) {
+            match grant {
+                true => state.stats.grants_refused += 1,
+                false => state.stats.refused += 1,
+            }
+            return Err(cause_name(cause));
+        }
+        state.pulse_until = Some(now + duration);
+        match grant {
+            true => state.stats.grants += 1,
+            false => state.stats.pulses += 1,
+        }
+        state.generation += 1;
+        Ok(())
+    }
+
     /// When the watchdog expires, given the last feed; `None` before the first.
     fn feed_deadline(&self) -> Option<Instant> {
         match self.last_feed.load(Ordering::Acquire) {
@@ -231,17 +262,24 @@ impl RelayGate {
         let millis = |duration: Duration| u32::try_from(duration.as_millis()).unwrap_or(u32::MAX);
         check_timing(millis(settings.pulse), millis(settings.watchdog))?;
         let description = format!(
-            "relay {} ({}, pulse {} ms, watchdog {} ms, fault state {})",
+            "relay {} ({}, pulse {} ms, watchdog {} ms, fault state {}, authority {})",
             line.describe(),
             settings.mode.name(),
             settings.pulse.as_millis(),
             settings.watchdog.as_millis(),
-            settings.fault_state.name()
+            settings.fault_state.name(),
+            settings.authority.name()
         );
         let mut output = Output { line, applied: None };
         output
             .apply(settings.fault_energised())
             .map_err(|error| anyhow!("{description}: writing the fault state at start: {error:#}"))?;
+        if settings.authority == Authority::Standalone {
+            log::warn!(
+                "{description}: standalone: a genuine verdict opens the door with no access controller; any live \
+                 face, or anyone inside the kiosk's housing, can open it"
+            );
+        }
         if settings.fault_state != settings.mode.unpowered() {
             log::warn!(
                 "{description}: the fault state differs from the door's unpowered state ({}): a crash, \
@@ -256,6 +294,7 @@ impl RelayGate {
                 pulse_until: None,
                 fault: None,
                 panicked: false,
+                health_fault: None,
                 stop: false,
                 generation: 0,
                 stats: RelayStats::default(),
@@ -320,12 +359,79 @@ impl RelayGate {
     pub fn stats(&self) -> RelayStats {
         lock(&self.shared.state).stats
     }
+
+    /// The handle through which the access controller's gate (OSDP or TCP) opens and locks this door.
+    pub fn control(&self) -> DoorControl {
+        DoorControl { shared: Arc::clone(&self.shared) }
+    }
+}
+
+/// The access controller's hold on the door: its gate (OSDP output command, TCP grant) calls `grant` and
+/// `lock`. Cheap to clone; each call takes the relay's short lock and never waits for the line.
+#[derive(Clone)]
+pub struct DoorControl {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for DoorControl {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "DoorControl({})", self.shared.description)
+    }
+}
+
+impl DoorControl {
+    /// Unlocks the door for `duration`, cut to `pulse_ms` (`None`: `pulse_ms`), unless a fault holds: then
+    /// `Err` naming it (counted, the door stays in its state). `what` names the grant in logs.
+    pub fn grant(&self, duration: Option<Duration>, what: &str) -> Result<Duration> {
+        let pulse = self.shared.settings.pulse;
+        let shortest = Duration::from_millis(u64::from(*PULSE_MS.start()));
+        let duration = duration.map_or(pulse, |asked| asked.clamp(shortest, pulse.max(shortest)));
+        let opened = self.shared.open_for(&mut lock(&self.shared.state), duration, true);
+        match opened {
+            Ok(()) => {
+                self.shared.wake.notify_one();
+                log::info!(
+                    "{}: {what}: door unlocked for {} ms",
+                    self.shared.description,
+                    duration.as_millis()
+                );
+                Ok(duration)
+            }
+            Err(why) => {
+                log::warn!("{}: {what} refused: {why}", self.shared.description);
+                Err(anyhow!("{}: {what} refused: {why}", self.shared.description))
+            }
+        }
+    }
+
+    /// Locks the door at once, ending a running pulse (a fault state, if one holds, stays).
+    pub fn lock(&self, what: &str) {
+        let mut state = lock(&self.shared.state);
+        state.pulse_until = None;
+        state.generation += 1;
+        drop(state);
+        self.shared.wake.notify_one();
+        log::info!("{}: {what}: door locked", self.shared.description);
+    }
+
+    /// Who opens the door.
+    pub fn authority(&self) -> Authority {
+        self.shared.settings.authority
+    }
+
+    /// The relay's counters.
+    pub fn stats(&self) -> RelayStats {
+        lock(&self.shared.state).stats
+    }
 }
 
 impl Gate for RelayGate {
     /// The door's side of the failure policy: its fault state while the runtime cannot decide (camera lost,
-    /// model invalid), released again when it can.
+    /// model invalid), released again when it can. Any state but normal (the controller link down included)
+    /// also refuses standalone verdicts.
     fn set_health(&mut self, health: Health) {
+        let fault = (health.state() != crate::health::State::Normal).then(|| health.state().name());
+        lock(&self.shared.state).health_fault = fault;
         if health.door_in_fault_state() {
             self.fault(health.state().name());
         } else {
@@ -333,31 +439,40 @@ impl Gate for RelayGate {
         }
     }
 
-    /// A genuine verdict opens the door for the pulse, unless a fault holds (then it is refused and counted);
-    /// other verdicts change nothing. Takes a short lock; the thread writes the line.
+    /// With `authority = "controller"` a verdict opens nothing (counted: the controller decides). Standalone,
+    /// a genuine verdict opens the door for the pulse unless a fault or a health state other than normal
+    /// holds (then it is refused and counted); other verdicts change nothing. Takes a short lock.
     fn report(&mut self, verdict: &VerdictMessage<'_>) -> Result<()> {
         if verdict.decision != Decision::Genuine {
             return Ok(());
         }
-        let now = Instant::now();
-        let mut state = lock(&self.shared.state);
-        if let Condition::Fault(cause) = self.shared.condition(&mut state, now) {
-            state.stats.refused += 1;
-            drop(state);
-            log::warn!(
-                "{}: genuine verdict for {} refused: fault state ({}) holds; door stays {}",
+        if self.shared.settings.authority == Authority::Controller {
+            lock(&self.shared.state).stats.evidence_only += 1;
+            log::debug!(
+                "{}: genuine verdict for {}: the controller decides",
                 self.description,
-                verdict.source,
-                cause_name(cause),
-                self.shared.settings.fault_state.name()
+                verdict.source
             );
             return Ok(());
         }
-        state.pulse_until = Some(now + self.shared.settings.pulse);
-        state.stats.pulses += 1;
-        state.generation += 1;
-        drop(state);
-        self.shared.wake.notify_one();
+        let refused = {
+            let mut state = lock(&self.shared.state);
+            match state.health_fault {
+                Some(health) => {
+                    state.stats.refused += 1;
+                    Some(health)
+                }
+                None => self.shared.open_for(&mut state, self.shared.settings.pulse, false).err(),
+            }
+        };
+        match refused {
+            Some(why) => log::warn!(
+                "{}: genuine verdict for {} refused (standalone): {why}; door stays locked",
+                self.description,
+                verdict.source,
+            ),
+            None => self.shared.wake.notify_one(),
+        }
         Ok(())
     }
 
@@ -495,7 +610,7 @@ fn log_change(
         }
         Condition::Fault(Cause::NotYetFed) | Condition::Fault(Cause::Requested) => {}
         Condition::Open => {
-            log::info!("{description}: door unlocked for {} ms", shared.settings.pulse.as_millis())
+            log::info!("{description}: door unlocked")
         }
         Condition::Locked => match previous {
             Condition::Fault(cause) => {

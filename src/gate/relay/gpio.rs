@@ -138,6 +138,7 @@ mod tests {
             active_low,
             mode,
             fault_state,
+            authority: crate::gate::relay::Authority::Controller,
             pulse_ms: 3000,
             watchdog_ms: 2000,
         }

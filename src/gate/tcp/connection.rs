@@ -2,6 +2,7 @@
 //! order, read acknowledgements and retire what they cover, and back off after a failure or a misbehaving
 //! controller, until told to stop.
 
+use super::link::{Link, Tls, TlsRefused};
 use super::protocol::{encode_frame, AckReader, End, Frame, Misbehaved};
 use super::{lock, wait, Shared};
 use anyhow::{anyhow, bail, Context, Result};
@@ -25,7 +26,13 @@ pub(super) const ACK_POLL: Duration = Duration::from_millis(10);
 /// The thread: connect, serve until an error or stop, back off, repeat. `highest_sent` is the highest id
 /// that may have reached a controller (at start: every id the spool gave out, since those may have been sent
 /// before the restart): a line at or below it is counted as sent again, and no acknowledgement may go above it.
-pub(super) fn run(shared: &Shared, address: &str, ack_timeout: Duration, mut highest_sent: u64) {
+pub(super) fn run(
+    shared: &Shared,
+    address: &str,
+    tls: Option<&Tls>,
+    ack_timeout: Duration,
+    mut highest_sent: u64,
+) {
     let mut backoff = INITIAL_BACKOFF;
     // Whether the last connection ended because the controller broke the protocol: then the back-off keeps
     // growing across connections, so that a misbehaving controller is not reconnected to ten times a second.
@@ -37,8 +44,12 @@ pub(super) fn run(shared: &Shared, address: &str, ack_timeout: Duration, mut hig
         if lock(&shared.state).stop {
             break;
         }
-        match connect(address) {
-            Ok(mut stream) => {
+        let linked = connect(address).and_then(|stream| {
+            let clone = stream.try_clone().ok();
+            Link::open(stream, tls).map(|link| (link, clone))
+        });
+        match linked {
+            Ok((mut stream, clone)) => {
                 if !misbehaved {
                     backoff = INITIAL_BACKOFF;
                 }
@@ -49,10 +60,13 @@ pub(super) fn run(shared: &Shared, address: &str, ack_timeout: Duration, mut hig
                     }
                     state.stats.connects += 1;
                     // Without the clone `Drop` could not end a stalled write early; it is only an optimisation.
-                    state.connection = stream.try_clone().ok();
+                    state.connection = clone;
                 }
-                let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |peer| peer.to_string());
-                log::info!("gate tcp {address}: connected to controller at {peer}");
+                let peer =
+                    stream.socket().peer_addr().map_or_else(|_| "?".to_owned(), |peer| peer.to_string());
+                let secured =
+                    if tls.is_some() { "TLS 1.3, controller authenticated" } else { "PLAINTEXT (insecure)" };
+                log::info!("gate tcp {address}: connected to controller at {peer} ({secured})");
                 let outcome = serve(shared, &mut stream, ack_timeout, &mut highest_sent);
                 lock(&shared.state).connection = None;
                 match outcome {
@@ -65,6 +79,13 @@ pub(super) fn run(shared: &Shared, address: &str, ack_timeout: Duration, mut hig
                         outage_logged = true;
                     }
                 }
+            }
+            Err(error) if error.downcast_ref::<TlsRefused>().is_some() => {
+                // Not an outage: something answers that is not the pinned controller. Every time, loudly.
+                lock(&shared.state).stats.tls_refused += 1;
+                log::error!("gate tcp {address}: {error:#}; no verdict is sent to it");
+                misbehaved = true;
+                outage_logged = true;
             }
             Err(error) if outage_logged => log::debug!("gate tcp {address}: {error:#}"),
             Err(error) => {
@@ -112,7 +133,7 @@ pub(super) enum Next {
 /// `stop` (Ok) or a connection or protocol error (Err).
 pub(super) fn serve(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut Link,
     ack_timeout: Duration,
     highest_sent: &mut u64,
 ) -> Result<()> {
@@ -136,6 +157,11 @@ pub(super) fn serve(
             }
             owed_since = Some(Instant::now());
             shared.progress.notify_all();
+        }
+        for &id in &polled.grants {
+            let mut answer = Frame::new();
+            grant(shared, id, &mut answer);
+            stream.write_all(&answer).and_then(|()| stream.flush()).context("answering a grant")?;
         }
         match polled.end {
             None => {}
@@ -185,13 +211,13 @@ pub(super) fn serve(
         let id = match next {
             None => continue,
             Some(Next::Health(version)) => {
-                stream.write_all(&frame).context("writing a health line")?;
+                stream.write_all(&frame).and_then(|()| stream.flush()).context("writing a health line")?;
                 health_written = version;
                 continue;
             }
             Some(Next::Verdict(id)) => id,
         };
-        stream.write_all(&frame).context("writing a verdict line")?;
+        stream.write_all(&frame).and_then(|()| stream.flush()).context("writing a verdict line")?;
         written = id;
         owed_since.get_or_insert_with(Instant::now);
         let burst_ended = {
@@ -207,6 +233,62 @@ pub(super) fn serve(
             log::info!("gate tcp: delivering again after dropping {burst_ended} verdict(s)");
         }
     }
+}
+
+/// The controller granted verdict `id`: opens the door if it may (module documentation, "Grants") and writes
+/// the answer line into `answer`.
+fn grant(shared: &Shared, id: u64, answer: &mut Frame) {
+    let refusal = {
+        let mut state = lock(&shared.state);
+        let found = state.grantable.iter().any(|&(granted, _)| granted == id);
+        let outcome = match found {
+            false => Err("not a genuine verdict of this run, or granted before".to_owned()),
+            true => {
+                // One opening per verdict: the entry goes whatever happens next.
+                let mut reported = None;
+                for _ in 0..state.grantable.len() {
+                    if let Some(entry) = state.grantable.pop_front() {
+                        if entry.0 == id {
+                            reported = Some(entry.1);
+                        } else {
+                            let _ = state.grantable.push_back(entry);
+                        }
+                    }
+                }
+                match (reported, &state.door) {
+                    (Some(at), _) if at.elapsed() > super::GRANT_WINDOW => Err(format!(
+                        "verdict {id} is older than {} s: the person has gone",
+                        super::GRANT_WINDOW.as_secs()
+                    )),
+                    (_, None) => Err("this kiosk has no door relay".to_owned()),
+                    (_, Some(door)) => door
+                        .grant(None, &format!("TCP grant for verdict {id}"))
+                        .map(|_| ())
+                        .map_err(|error| format!("{error:#}")),
+                }
+            }
+        };
+        match &outcome {
+            Ok(()) => state.stats.grants += 1,
+            Err(_) => state.stats.grants_refused += 1,
+        }
+        outcome.err()
+    };
+    if let Some(why) = &refusal {
+        log::warn!("gate tcp: grant for verdict {id} refused: {why}");
+    }
+    let line = match refusal {
+        None => serde_json::json!({"type": "grant", "id": id, "opened": true}),
+        Some(why) => serde_json::json!({"type": "grant", "id": id, "opened": false, "reason": why}),
+    };
+    answer.clear();
+    let mut text = line.to_string();
+    if text.len() > crate::gate::MAX_LINE {
+        text = format!("{{\"type\":\"grant\",\"id\":{id},\"opened\":false}}");
+    }
+    text.push('\n');
+    // Cannot fail: the frame holds MAX_LINE + 32 bytes.
+    let _ = answer.extend_from_slice(text.as_bytes());
 }
 
 /// Sleeps for `duration` unless told to stop first; returns whether to stop.

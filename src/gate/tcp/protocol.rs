@@ -5,7 +5,6 @@ use crate::gate::MAX_LINE;
 use anyhow::{anyhow, Context, Result};
 use serde::Deserialize;
 use std::io::{ErrorKind, Read};
-use std::net::TcpStream;
 
 /// The longest acknowledgement line accepted: `{"ack":18446744073709551615}` with room for spaces.
 pub(super) const MAX_ACK_LINE: usize = 64;
@@ -59,16 +58,23 @@ pub(super) enum End {
     Refused(String),
 }
 
-/// What one poll found: the highest valid acknowledgement, and an end if the connection must go.
+/// Grants one poll may carry; more at once is a controller misbehaving.
+pub(super) const MAX_GRANTS: usize = 16;
+
+/// What one poll found: the highest valid acknowledgement, the verdicts the controller granted (in order),
+/// and an end if the connection must go.
 pub(super) struct Polled {
     pub(super) through: Option<u64>,
+    pub(super) grants: heapless::Vec<u64, MAX_GRANTS>,
     pub(super) end: Option<End>,
 }
 
+/// A line from the controller: exactly one of `{"ack":N}` and `{"grant":N}`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Ack {
-    ack: u64,
+pub(super) struct ControllerLine {
+    ack: Option<u64>,
+    grant: Option<u64>,
 }
 
 /// Collects acknowledgement lines from the controller, across reads.
@@ -80,9 +86,9 @@ pub(super) struct AckReader {
 impl AckReader {
     /// Reads what the controller sent so far, without waiting, and parses the complete lines; `highest_sent`
     /// bounds the ids that may be acknowledged. Acknowledgements before a bad line or the end of the stream count.
-    pub(super) fn poll(&mut self, stream: &mut TcpStream, highest_sent: u64) -> Polled {
-        let mut polled = Polled { through: None, end: None };
-        if let Err(error) = stream.set_nonblocking(true) {
+    pub(super) fn poll(&mut self, stream: &mut super::link::Link, highest_sent: u64) -> Polled {
+        let mut polled = Polled { through: None, grants: heapless::Vec::new(), end: None };
+        if let Err(error) = stream.socket().set_nonblocking(true) {
             polled.end = Some(End::Failed(error));
             return polled;
         }
@@ -95,7 +101,7 @@ impl AckReader {
                     break;
                 }
                 Ok(count) => {
-                    if let Err(why) = self.take(&scratch[..count], highest_sent, &mut polled.through) {
+                    if let Err(why) = self.take(&scratch[..count], highest_sent, &mut polled) {
                         polled.end = Some(End::Refused(why));
                         break;
                     }
@@ -108,13 +114,13 @@ impl AckReader {
                 }
             }
         }
-        if let Err(error) = stream.set_nonblocking(false) {
+        if let Err(error) = stream.socket().set_nonblocking(false) {
             polled.end.get_or_insert(End::Failed(error));
         }
         polled
     }
 
-    fn take(&mut self, bytes: &[u8], highest_sent: u64, through: &mut Option<u64>) -> Result<(), String> {
+    fn take(&mut self, bytes: &[u8], highest_sent: u64, polled: &mut Polled) -> Result<(), String> {
         for &byte in bytes {
             if byte != b'\n' {
                 if self.line.push(byte).is_err() {
@@ -122,20 +128,29 @@ impl AckReader {
                 }
                 continue;
             }
-            let ack: Ack = serde_json::from_slice(&self.line).map_err(|error| {
+            let not_a_line = |why: &dyn std::fmt::Display| {
                 format!(
-                    "`{}` is not {{\"ack\":ID}} ({error})",
+                    "`{}` is not {{\"ack\":ID}} or {{\"grant\":ID}} ({why})",
                     String::from_utf8_lossy(&self.line).escape_debug()
                 )
-            })?;
-            if ack.ack > highest_sent {
-                return Err(format!(
-                    "an acknowledgement of id {}, never sent (highest sent: {highest_sent})",
-                    ack.ack
-                ));
+            };
+            let line: ControllerLine =
+                serde_json::from_slice(&self.line).map_err(|error| not_a_line(&error))?;
+            let (id, grant) = match (line.ack, line.grant) {
+                (Some(id), None) => (id, false),
+                (None, Some(id)) => (id, true),
+                _ => return Err(not_a_line(&"exactly one of ack and grant")),
+            };
+            let what = if grant { "a grant" } else { "an acknowledgement" };
+            if id > highest_sent {
+                return Err(format!("{what} of id {id}, never sent (highest sent: {highest_sent})"));
             }
             self.line.clear();
-            *through = Some(through.map_or(ack.ack, |earlier| earlier.max(ack.ack)));
+            if grant {
+                polled.grants.push(id).map_err(|_| format!("more than {MAX_GRANTS} grants at once"))?;
+            } else {
+                polled.through = Some(polled.through.map_or(id, |earlier| earlier.max(id)));
+            }
         }
         Ok(())
     }
@@ -168,8 +183,8 @@ mod tests {
     fn acknowledgements_are_parsed_strictly() {
         let parse = |bytes: &[u8], highest_sent: u64| {
             let mut reader = AckReader::default();
-            let mut through = None;
-            reader.take(bytes, highest_sent, &mut through).map(|()| (through, reader.line.len()))
+            let mut polled = Polled { through: None, grants: heapless::Vec::new(), end: None };
+            reader.take(bytes, highest_sent, &mut polled).map(|()| (polled.through, reader.line.len()))
         };
         assert_eq!(parse(b"{\"ack\":3}\n", 5), Ok((Some(3), 0)));
         assert_eq!(
@@ -181,6 +196,13 @@ mod tests {
         let refusal = |bytes: &[u8]| parse(bytes, 5).unwrap_err();
         assert!(refusal(b"{\"ack\":6}\n").contains("never sent"));
         assert!(refusal(b"hello\n").contains("is not {\"ack\":ID}"));
+        assert!(refusal(b"{\"ack\":1,\"grant\":1}\n").contains("exactly one"));
+        assert!(refusal(b"{}\n").contains("exactly one"));
+        assert!(refusal(b"{\"grant\":6}\n").contains("a grant of id 6, never sent"));
+        let mut reader = AckReader::default();
+        let mut polled = Polled { through: None, grants: heapless::Vec::new(), end: None };
+        reader.take(b"{\"grant\":3}\n{\"ack\":4}\n{\"grant\":4}\n", 5, &mut polled).unwrap();
+        assert_eq!((polled.through, polled.grants.as_slice()), (Some(4), &[3, 4][..]));
         assert!(refusal(b"{\"ack\":-1}\n").contains("is not"));
         assert!(refusal(b"{\"ack\":1,\"extra\":2}\n").contains("is not"));
         assert!(refusal(b"\n").contains("is not"));

@@ -245,7 +245,7 @@ fn init_script(contents: &Contents, loads: &str) -> String {
          {loads}\
          echo \"vm-guest: modules loaded at $(cut -d' ' -f1 /proc/uptime) s:\" /dev/video*\n\
          cd {GUEST_ROOT}\n\
-         DEEPGATE_VM_GUEST=1 DEEPGATE_BIN=/bin/deepgate DEEPGATE_VM_ROOT={GUEST_ROOT} \
+         DEEPGATE_VM_GUEST=1 DEEPGATE_REQUIRE=vm DEEPGATE_BIN=/bin/deepgate DEEPGATE_VM_ROOT={GUEST_ROOT} \
          DEEPGATE_VM_MODULES={GUEST_MODULES} RUST_BACKTRACE=1 \
          /bin/vm_guest --test-threads=1 --nocapture{arguments}\n\
          rc=$?\n\
