@@ -37,6 +37,9 @@ pub struct BoardConfig {
     /// The door relay on a GPIO line (`gate::relay`), next to the `[gate]` report; absent: no relay.
     #[serde(default)]
     pub relay: Option<RelayConfig>,
+    /// The Prometheus endpoint (`metrics`); absent: none is served.
+    #[serde(default)]
+    pub metrics: Option<MetricsSection>,
     /// The directory relative paths are resolved against (the config file's); not a key.
     #[serde(skip)]
     pub directory: PathBuf,
@@ -59,6 +62,25 @@ pub struct ModelsSection {
     pub detector: String,
     /// Model id of the genuine-vs-fake classifier; absent until one ships (verdicts are then `uncertain`).
     pub classifier: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address and port of the Prometheus text endpoint (`GET /metrics`), e.g. "127.0.0.1:9464".
+    pub listen: String,
+}
+
+impl MetricsSection {
+    /// The address to listen on, or why `metrics.listen` is not one.
+    pub fn address(&self) -> Result<std::net::SocketAddr> {
+        self.listen.parse().with_context(|| {
+            format!(
+                "metrics.listen `{}` must be an IP address and port, e.g. \"127.0.0.1:9464\"",
+                self.listen
+            )
+        })
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -166,6 +188,9 @@ impl BoardConfig {
         self.runtime.validate()?;
         if let Some(relay) = &self.relay {
             relay.validate()?;
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.address()?;
         }
         if let Some(classifier) = &self.models.classifier {
             ensure!(!classifier.is_empty(), "models.classifier must be a model id (omit the key for none)");
@@ -415,7 +440,7 @@ mod tests {
             )
         };
         let tls = "certificate = \"device.crt\"\nprivate_key = \"device.key\"\ncontroller_ca = \"ca.crt\"\n\
-                   controller_name = \"controller.local\"";
+                   controller_name = \"controller.local\"\nsigning_key = \"signing.key\"";
         let config = BoardConfig::parse(&gate(&format!("insecure = false\n{tls}"))).expect("TLS is valid");
         let GateSection::Tcp(tcp) = &config.gate else { panic!("gate is {:?}", config.gate) };
         let settings = tcp.tls(|path| config.resolve(path)).expect("TLS settings");
@@ -430,9 +455,19 @@ mod tests {
             "gate.controller_name is missing",
         );
         assert_rejected_naming(
-            &gate(&format!("insecure = true\n{tls}")),
+            &gate(&format!("insecure = true\n{}", tls.replace("\nsigning_key = \"signing.key\"", ""))),
             "gate.insecure = true sends plaintext",
         );
+        // Every verdict line is signed unless the link is a lab's; the maximum age is bounded.
+        assert_rejected_naming(
+            &gate(&format!("insecure = false\n{}", tls.replace("signing_key = \"signing.key\"", ""))),
+            "gate.signing_key is missing",
+        );
+        BoardConfig::parse(&gate("insecure = true\nsigning_key = \"signing.key\"")).expect("signed in a lab");
+        for bad in ["max_age_ms = 0", "max_age_ms = 60001"] {
+            assert_rejected_naming(&gate(&format!("insecure = false\n{tls}\n{bad}")), "gate.max_age_ms");
+        }
+        assert_eq!(tcp.max_age_ms, 5000, "the default");
     }
 
     #[test]

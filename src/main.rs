@@ -150,7 +150,7 @@ enum Command {
         json: bool,
     },
     /// Decision receipts: `verify FILE` checks a hash-chained (optionally signed) audit log and names the
-    /// first broken entry; `keygen --out FILE` makes a device signing key.
+    /// first broken entry; `keygen --out FILE` makes a device signing key; `public-key FILE` prints its public key.
     Audit {
         #[command(subcommand)]
         action: AuditAction,
@@ -192,12 +192,13 @@ enum AuditAction {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Prints the public key (hex) of a device key file (`[audit] key`, `[gate] signing_key`), for the
+    /// controller or a verifier to pin.
+    PublicKey { key: PathBuf },
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    cli::logging::init();
     let arguments = Arguments::parse();
     let result = match arguments.command {
         Command::Run { board } => cli::run::run(&board),
@@ -225,15 +226,18 @@ fn main() -> ExitCode {
             cli::audit::verify(&file, public_key.as_deref())
         }
         Command::Audit { action: AuditAction::Keygen { out } } => cli::audit::keygen(&out),
+        Command::Audit { action: AuditAction::PublicKey { key } } => cli::audit::public_key(&key),
         Command::Probe { gpu } => cli::probe::probe(gpu),
         Command::Capture { board, frames, save } => cli::capture::capture(&board, frames, save.as_deref()),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(error) => {
             log::error!("{error:#}");
             eprintln!("deepgate: {error:#}");
             ExitCode::from(2)
         }
-    }
+    };
+    cli::logging::finish();
+    code
 }

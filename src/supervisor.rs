@@ -13,7 +13,7 @@ use crate::gate::audit::{AuditLog, ModelRecord, Thresholds};
 use crate::gate::osdp::{OsdpGate, OsdpSection, OsdpSettings};
 use crate::gate::relay::RelayGate;
 use crate::gate::stdout::StdoutGate;
-use crate::gate::tcp::{TcpGate, TcpGateSettings};
+use crate::gate::tcp::{TcpGate, TcpGateSettings, TcpSection};
 use crate::gate::{Gate, GateSection, VerdictMessage};
 use crate::health::{Event as HealthEvent, Health, Monitor, OverloadPolicy, State};
 use crate::manifest::{Manifest, Role};
@@ -66,6 +66,7 @@ impl Outputs {
                 let mut settings = TcpGateSettings::new(&tcp.address, &config.resolve(&tcp.spool), tcp.queue);
                 settings.door = door.clone();
                 settings.tls = tcp.tls(|path| config.resolve(path));
+                tcp_envelope(config, tcp, &mut settings)?;
                 Box::new(TcpGate::start(settings)?)
             }
             GateSection::Osdp(osdp) => {
@@ -135,6 +136,9 @@ struct Reactor {
     outputs: Outputs,
     audit: Option<AuditLog>,
     monitor: Monitor,
+    /// The Prometheus metrics, and their endpoint when `[metrics]` asks for one.
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    metrics_server: Option<crate::metrics::Server>,
     verdicts: u64,
     withheld: u64,
     failures: u64,
@@ -144,12 +148,14 @@ impl Reactor {
     fn observe(&mut self, event: HealthEvent) {
         if let Some(health) = self.monitor.observe(event) {
             self.outputs.tell(health);
+            self.metrics.health(health);
         }
     }
 
     /// One event of the session loop; `frame_started`: when the frame being processed was taken from the
     /// source (after pacing), so that its time to a decision is measured.
     fn on_event(&mut self, event: Event, frame_started: Instant) {
+        self.metrics.observe(&event);
         match event {
             Event::Frame { .. } => {
                 // Each processed frame feeds the relay's watchdog; failed frames do not.
@@ -157,17 +163,20 @@ impl Reactor {
                 let ms = frame_started.elapsed().as_secs_f32() * 1000.0;
                 let mut changed = self.monitor.observe(HealthEvent::FrameTime { ms });
                 if let Some(up) = self.outputs.gate.link_up() {
+                    self.metrics.gate_link(up);
                     let event = if up { HealthEvent::GateLinkUp } else { HealthEvent::GateLinkDown };
                     changed = self.monitor.observe(event).or(changed);
                 }
                 if let Some(health) = changed {
                     self.outputs.tell(health);
+                    self.metrics.health(health);
                 }
             }
             Event::Verdict { source, verdict } => {
                 if !self.monitor.health().can_decide() {
                     // The failure policy: no verdicts while the runtime cannot decide (camera lost).
                     self.withheld += 1;
+                    self.metrics.withheld();
                     log::warn!("{source}: verdict withheld: {}", self.monitor.health().state().name());
                     return;
                 }
@@ -175,12 +184,16 @@ impl Reactor {
                 let message = VerdictMessage::new(source, verdict);
                 // The door first: the stdout gate writes synchronously and may wait on its reader.
                 if let Some(relay) = self.outputs.relay.as_mut() {
-                    if let Err(error) = relay.report(&message) {
+                    let result = relay.report(&message);
+                    self.metrics.delivered("relay", result.is_ok());
+                    if let Err(error) = result {
                         log::error!("{}: {error:#}", relay.describe());
                     }
                 }
                 let gate = &mut self.outputs.gate;
-                if let Err(error) = gate.report(&message) {
+                let result = gate.report(&message);
+                self.metrics.delivered("gate", result.is_ok());
+                if let Err(error) = result {
                     log::error!("gate {}: {error:#}", gate.describe());
                 }
                 if let Some(audit) = self.audit.as_mut() {
@@ -236,10 +249,23 @@ impl<'a> Supervisor<'a> {
             budget_ms: config.runtime.frame_budget_ms,
             window: config.runtime.overload_frames,
         });
-        let mut reactor = Reactor { outputs, audit: None, monitor, verdicts: 0, withheld: 0, failures: 0 };
-        let Some(pipeline) = load_pipeline(config, stop, &mut reactor)? else {
+        // The endpoint first, so that a wait in model_invalid shows in it.
+        let (metrics, metrics_server) = crate::metrics::start(config)?;
+        let mut reactor = Reactor {
+            outputs,
+            audit: None,
+            monitor,
+            metrics,
+            metrics_server,
+            verdicts: 0,
+            withheld: 0,
+            failures: 0,
+        };
+        let Some(mut pipeline) = load_pipeline(config, stop, &mut reactor)? else {
             return Ok(None);
         };
+        pipeline.times.observe(reactor.metrics.stage_observer());
+        log::info!("{}", startup_line(config, &pipeline));
         if let Some(section) = &config.audit {
             reactor.audit = Some(open_audit(config, &pipeline, &config.resolve(&section.path))?);
         }
@@ -257,6 +283,11 @@ impl<'a> Supervisor<'a> {
     /// The runtime's health now.
     pub fn health(&self) -> Health {
         self.reactor.monitor.health()
+    }
+
+    /// Where the metrics endpoint listens, when `[metrics]` configured one.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.reactor.metrics_server.as_ref().map(crate::metrics::Server::address)
     }
 
     /// Plays the board's source until it ends (replay without `repeat`) or `stop` is set: replay inputs paced
@@ -409,6 +440,16 @@ fn load_pipeline(
     }
 }
 
+/// The start-up log line (`logs::startup_line`): build, board, and the loaded models' checksums.
+pub fn startup_line(config: &BoardConfig, pipeline: &Pipeline) -> String {
+    let models = pipeline.models();
+    let mut checksums = vec![(models.detector.entry.id.as_str(), models.detector.entry.sha256.as_str())];
+    if let Some(classifier) = &models.classifier {
+        checksums.push((classifier.entry().id.as_str(), classifier.entry().sha256.as_str()));
+    }
+    crate::logs::startup_line(&config.board.id, &checksums)
+}
+
 /// The OSDP gate's settings from its section of the board config: paths resolved, the configured classifier's identity (from
 /// the manifest, so that it is known even when the model file itself fails its checks) for replies.
 fn osdp_settings(config: &BoardConfig, section: &OsdpSection) -> Result<OsdpSettings> {
@@ -430,6 +471,22 @@ fn osdp_settings(config: &BoardConfig, section: &OsdpSection) -> Result<OsdpSett
         model,
         door: None,
     })
+}
+
+/// What every TCP verdict line carries and how it is signed: the board id, the configured classifier's sha256
+/// (from the manifest, as for OSDP), the device key, the maximum age.
+fn tcp_envelope(config: &BoardConfig, section: &TcpSection, settings: &mut TcpGateSettings) -> Result<()> {
+    settings.board = config.board.id.clone();
+    if let Some(id) = &config.models.classifier {
+        let manifest = Manifest::load(&config.resolve(&config.models.manifest))?;
+        settings.model_sha256 = Some(manifest.get(id, Role::Classifier)?.sha256.clone());
+    }
+    if let Some(key) = &section.signing_key {
+        settings.signing_key =
+            Some(crate::gate::audit::load_device_key(&config.resolve(key), "gate.signing_key")?);
+    }
+    settings.max_age = Duration::from_millis(section.max_age_ms);
+    Ok(())
 }
 
 /// Opens the audit log with the facts every receipt records: board, model checksums, thresholds.

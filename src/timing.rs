@@ -53,10 +53,14 @@ impl Stage {
 }
 
 /// Samples per stage in microseconds; recording stops (silently) when the reserved storage is full, so the
-/// hot path never allocates.
+/// hot path never allocates. An observer (`observe`; the metrics' histograms) sees every sample, also after.
 pub struct StageTimes {
     samples: [Vec<u32>; STAGES.len()],
+    observer: Option<StageObserver>,
 }
+
+/// What sees every stage time recorded (it must not allocate: it runs on the hot path).
+pub type StageObserver = Box<dyn FnMut(Stage, Duration) + Send>;
 
 /// Median, minimum and maximum of one stage, in milliseconds.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -70,10 +74,18 @@ pub struct Summary {
 
 impl StageTimes {
     pub fn with_capacity(capacity: usize) -> StageTimes {
-        StageTimes { samples: std::array::from_fn(|_| Vec::with_capacity(capacity)) }
+        StageTimes { samples: std::array::from_fn(|_| Vec::with_capacity(capacity)), observer: None }
+    }
+
+    /// Every sample recorded from now on is also given to `observer`.
+    pub fn observe(&mut self, observer: StageObserver) {
+        self.observer = Some(observer);
     }
 
     pub fn record(&mut self, stage: Stage, elapsed: Duration) {
+        if let Some(observer) = self.observer.as_mut() {
+            observer(stage, elapsed);
+        }
         let samples = &mut self.samples[stage as usize];
         if samples.len() < samples.capacity() {
             samples.push(elapsed.as_micros().min(u32::MAX as u128) as u32);

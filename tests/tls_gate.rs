@@ -68,13 +68,54 @@ fn write_ca(directory: &Path, file: &str, authority: &Authority) -> PathBuf {
     path
 }
 
+/// A Python with `ssl` and the pinned `cryptography` (tests/osdp/requirements.txt): the test venv that `cargo
+/// xtask ci` installs (or DEEPGATE_OSDP_PYTHON), else the system's python3 if it has both.
 fn python() -> Option<PathBuf> {
-    let found =
-        Command::new("python3").arg("-c").arg("import ssl").status().is_ok_and(|status| status.success());
-    if !found {
-        eprintln!("SKIPPED: no python3 with the ssl module for the TLS controller");
+    let venv = std::env::var_os("DEEPGATE_OSDP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::root().join("tests/osdp/.venv/bin/python"));
+    let usable = |python: &Path| {
+        Command::new(python)
+            .args(["-c", "import ssl, cryptography.hazmat.primitives.asymmetric.ed25519"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    let found = [venv.clone(), PathBuf::from("python3")].into_iter().find(|python| usable(python));
+    if found.is_none() {
+        common::skip(
+            common::Need::Osdp,
+            &format!(
+                "no Python with ssl and cryptography for the TLS controller ({} lacks them, and so does \
+                 python3). `cargo xtask ci` installs tests/osdp/requirements.txt there; or set \
+                 DEEPGATE_OSDP_PYTHON.",
+                venv.display()
+            ),
+        );
     }
-    found.then(|| PathBuf::from("python3"))
+    found
+}
+
+/// The device key of these tests and its public half in hex, as `deepgate audit public-key` prints it.
+fn signing_key() -> (ed25519_dalek::SigningKey, String) {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let public = deepgate::gate::to_hex(key.verifying_key().as_bytes());
+    (key, public)
+}
+
+/// Runs the Python controller's signature check on `lines`: one of valid / invalid / absent per line.
+fn python_check(python: &Path, public: &str, lines: &[String]) -> Vec<String> {
+    let mut child = Command::new(python)
+        .arg(common::root().join("tests/tls/controller.py"))
+        .args(["--check", public])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(lines.concat().as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap().lines().map(str::to_owned).collect()
 }
 
 /// The Python controller and what it prints.
@@ -89,6 +130,7 @@ impl Controller {
         let mut child = Command::new(python)
             .arg(common::root().join("tests/tls/controller.py"))
             .args([certificate, key, device_ca])
+            .arg(signing_key().1)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -143,6 +185,8 @@ fn verdict() -> VerdictMessage<'static> {
 fn start_gate(directory: &Path, port: u16, tls: TlsSettings) -> TcpGate {
     let mut settings = TcpGateSettings::new(&format!("127.0.0.1:{port}"), &directory.join("gate.spool"), 16);
     settings.tls = Some(tls);
+    settings.board = "kiosk-1".into();
+    settings.signing_key = Some(signing_key().0);
     TcpGate::start(settings).unwrap()
 }
 
@@ -180,6 +224,28 @@ fn only_the_pinned_controller_gets_verdicts_over_tls_and_every_impostor_is_refus
     assert_eq!(client["client"]["commonName"], "kiosk-1", "{client}");
     let line = controller.wait_for("the verdict", |line| line.get("line").is_some());
     assert!(line["line"].as_str().unwrap().contains("\"decision\":\"genuine\""), "{line}");
+    // The controller checked the device's signature against the pinned public key.
+    assert_eq!(line["signature"], "valid", "{line}");
+    let text = line["line"].as_str().unwrap().to_owned();
+    let verdict_line: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (verdict_line["board"].as_str(), verdict_line["expired"].as_bool()),
+        (Some("kiosk-1"), Some(false))
+    );
+    // Tampered lines fail the same check: a changed decision, a forged huge id, a line with its signature cut.
+    let tampered = [
+        text.replacen("\"genuine\"", "\"fake\"", 1),
+        text.replacen("{\"id\":1,", "{\"id\":18446744073709551615,", 1),
+        text.replacen("\"expired\":false", "\"expired\":true", 1),
+        format!("{}}}\n", &text[..text.rfind(deepgate::gate::tcp::SIGNATURE_FIELD).unwrap()]),
+    ];
+    assert!(tampered.iter().all(|line| line != &text));
+    let mut checked = vec![text.clone()];
+    checked.extend(tampered);
+    assert_eq!(
+        python_check(&python, &signing_key().1, &checked),
+        ["valid", "invalid", "invalid", "invalid", "absent"]
+    );
     wait_stats(&gate, "the acknowledgement", |stats| stats.acked == 1);
     assert_eq!(gate.stats().tls_refused, 0);
     drop(gate);

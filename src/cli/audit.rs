@@ -1,6 +1,7 @@
 //! `deepgate audit verify FILE [--public-key HEX]`: checks a decision-receipt log (and, with the device's
 //! public key, every entry's signature) and pinpoints the first broken entry. `deepgate audit keygen --out
-//! FILE`: makes a device signing key.
+//! FILE`: makes a device signing key. `deepgate audit public-key FILE`: prints a device key's public key (the
+//! controller pins it to check signed TCP verdict lines).
 
 use anyhow::Result;
 use std::path::Path;
@@ -39,5 +40,11 @@ pub fn keygen(out: &Path) -> Result<ExitCode> {
          `deepgate audit verify --public-key {public} LOG`",
         out.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn public_key(key: &Path) -> Result<ExitCode> {
+    let key = deepgate::gate::audit::load_device_key(key, "device key")?;
+    println!("{}", deepgate::gate::audit::public_key_hex(&key));
     Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ pub mod capture;
 pub mod crops;
 pub mod eval;
 pub mod explain;
+pub mod logging;
 pub mod output;
 pub mod probe;
 pub mod replay;
@@ -24,5 +25,6 @@ pub fn start(board: &Path) -> Result<(BoardConfig, Pipeline)> {
     log::info!("board `{}`: {}", config.board.id, config.board.description);
     let models = Models::load(&config)?;
     let pipeline = Pipeline::new(&config, models)?;
+    log::info!("{}", deepgate::supervisor::startup_line(&config, &pipeline));
     Ok((config, pipeline))
 }

@@ -78,8 +78,13 @@ struct LineIn<'a> {
 
 /// Reads a device key file (64 hex characters of secret seed), refusing one that group or others can read.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey> {
-    let text = super::read_private_file(path, "audit signing key")?;
-    let seed = from_hex::<32>(&text, &format!("audit signing key {}", path.display()))?;
+    load_device_key(path, "audit signing key")
+}
+
+/// Reads a device key file as `load_signing_key` does; `what` names the key in errors (`gate.signing_key`).
+pub fn load_device_key(path: &Path, what: &str) -> Result<SigningKey> {
+    let text = super::read_private_file(path, what)?;
+    let seed = from_hex::<32>(&text, &format!("{what} {}", path.display()))?;
     Ok(SigningKey::from_bytes(&seed))
 }
 

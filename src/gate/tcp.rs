@@ -43,13 +43,15 @@
 //! the door now.
 
 mod connection;
+mod envelope;
 mod link;
 mod protocol;
 
+pub use envelope::{SCHEMA, SIGNATURE_FIELD};
 pub use link::{Tls, TlsSettings};
 
 use super::spool::{Spool, MAX_CAPACITY};
-use super::{encode_line, Gate, Line, VerdictMessage};
+use super::{Gate, Line, VerdictMessage};
 use anyhow::{bail, ensure, Context, Result};
 use connection::run;
 use protocol::Frame;
@@ -65,6 +67,8 @@ use std::time::{Duration, Instant};
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long after a genuine verdict the controller may grant it: the person is still at the door.
 pub const GRANT_WINDOW: Duration = Duration::from_secs(10);
+/// The default of `[gate] max_age_ms`: a verdict sent later than this after it was made is marked expired.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(5);
 /// Genuine verdicts remembered for grants; older ones are forgotten first.
 const GRANTABLE: usize = 32;
 
@@ -87,6 +91,15 @@ pub struct TcpGateSettings {
     pub door: Option<crate::gate::relay::DoorControl>,
     /// TLS 1.3 with the pinned controller; `None` only with `insecure = true`.
     pub tls: Option<TlsSettings>,
+    /// The board id every verdict line carries.
+    pub board: String,
+    /// The sha256 (hex) of the model that judged, carried by every verdict line; `None`: no classifier.
+    pub model_sha256: Option<String>,
+    /// The device key that signs every verdict line (`envelope`); `None` only with `insecure = true`.
+    pub signing_key: Option<ed25519_dalek::SigningKey>,
+    /// A verdict sent later than this after it was made goes out marked expired (`envelope`, "Expiry"), and
+    /// cannot be granted.
+    pub max_age: Duration,
 }
 
 impl TcpGateSettings {
@@ -99,6 +112,10 @@ impl TcpGateSettings {
             ack_timeout: ACK_TIMEOUT,
             door: None,
             tls: None,
+            board: "unnamed".to_owned(),
+            model_sha256: None,
+            signing_key: None,
+            max_age: DEFAULT_MAX_AGE,
         }
     }
 }
@@ -123,6 +140,8 @@ pub struct TcpGateStats {
     /// Connections refused because the peer failed TLS: another CA, an expired certificate, another name, no
     /// TLS at all, or it refused the device's certificate.
     pub tls_refused: u64,
+    /// Of `sent`, verdict lines sent marked expired: older than `max_age`, or made by an earlier start.
+    pub expired: u64,
     /// The controller's grants that opened the door.
     pub grants: u64,
     /// Grants refused: not a recent genuine verdict of this run, granted before, no relay, or a relay fault.
@@ -138,6 +157,8 @@ pub struct TcpGate {
     shared: Arc<Shared>,
     /// Encoding happens here, outside the lock.
     line: Line,
+    /// Stamps each verdict with the board, boot id, sequence, clocks, model and schema (`envelope`).
+    stamper: envelope::Stamper,
     description: String,
     recovered: usize,
     thread: Option<JoinHandle<()>>,
@@ -169,6 +190,8 @@ struct State {
     /// Genuine verdicts of this run that the controller may still grant: (id, when reported).
     grantable: heapless::Deque<(u64, Instant), GRANTABLE>,
     door: Option<crate::gate::relay::DoorControl>,
+    /// See `TcpGateSettings::max_age`: grants of older verdicts are refused too.
+    max_age: Duration,
 }
 
 /// Locks the shared state. A poisoned lock is taken over rather than propagated: every change to the state is
@@ -225,6 +248,19 @@ pub struct TcpSection {
     /// The name the controller's certificate must carry.
     #[serde(default)]
     pub controller_name: Option<String>,
+    /// The device's Ed25519 key (64 hex digits of seed, mode 600; `deepgate audit keygen` makes one) that signs
+    /// every verdict line; required unless `insecure = true`. `deepgate audit public-key FILE` prints the public
+    /// key the controller pins.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// A verdict sent later than this after it was made goes out marked `"expired":true` (never actionable),
+    /// 100 to 60000 ms; default 5000.
+    #[serde(default = "default_max_age_ms")]
+    pub max_age_ms: u64,
+}
+
+fn default_max_age_ms() -> u64 {
+    DEFAULT_MAX_AGE.as_millis() as u64
 }
 
 impl TcpSection {
@@ -249,6 +285,10 @@ impl TcpSection {
             ("controller_ca", self.controller_ca.is_some()),
             ("controller_name", self.controller_name.is_some()),
         ];
+        ensure!(
+            (100..=60_000).contains(&self.max_age_ms),
+            "gate.max_age_ms must be 100 to 60000 (a verdict older than that is not acted on)"
+        );
         for (key, present) in tls_keys {
             match self.insecure {
                 true => ensure!(!present, "gate.{key} is set but gate.insecure = true sends plaintext: choose one"),
@@ -258,6 +298,10 @@ impl TcpSection {
                 ),
             }
         }
+        ensure!(
+            self.insecure || self.signing_key.is_some(),
+            "gate.signing_key is missing: every verdict line is signed unless gate.insecure = true (a lab only)"
+        );
         Ok(())
     }
 
@@ -300,6 +344,20 @@ impl TcpGate {
         let spool =
             Spool::open(&settings.spool, settings.capacity).with_context(|| format!("gate tcp {address}"))?;
         let recovery = spool.recovery();
+        let boot = envelope::new_boot_id()?;
+        let started = Instant::now();
+        match &settings.signing_key {
+            Some(key) => log::info!(
+                "gate tcp {address}: boot {boot}; verdict lines signed (public key {})",
+                super::to_hex(key.verifying_key().as_bytes())
+            ),
+            None => {
+                log::warn!("gate tcp {address}: boot {boot}; verdict lines UNSIGNED (no gate.signing_key)")
+            }
+        }
+        let stamper =
+            envelope::Stamper::new(&settings.board, &boot, settings.model_sha256.as_deref(), started);
+        let sealer = envelope::Sealer::new(&boot, started, settings.max_age, settings.signing_key);
         // Every id below the next one was given out and may have been sent before the start.
         let highest_given = spool.next_id() - 1;
         if recovery.records > 0 {
@@ -322,6 +380,7 @@ impl TcpGate {
                 health_version: 0,
                 grantable: heapless::Deque::new(),
                 door: settings.door,
+                max_age: settings.max_age,
             }),
             work: Condvar::new(),
             progress: Condvar::new(),
@@ -332,12 +391,13 @@ impl TcpGate {
                 let shared = Arc::clone(&shared);
                 let address = address.clone();
                 let ack_timeout = settings.ack_timeout;
-                move || run(&shared, &address, tls.as_ref(), ack_timeout, highest_given)
+                move || run(&shared, &address, tls.as_ref(), &sealer, ack_timeout, highest_given)
             })
             .with_context(|| format!("starting the gate thread for {address}"))?;
         Ok(TcpGate {
             shared,
             line: Line::new(),
+            stamper,
             description: format!("tcp {address}"),
             recovered: recovery.records,
             thread: Some(thread),
@@ -369,7 +429,7 @@ impl TcpGate {
 impl Gate for TcpGate {
     /// Stores the verdict in the spool, synced to disk, and returns; never waits for the network.
     fn report(&mut self, verdict: &VerdictMessage<'_>) -> Result<()> {
-        encode_line(verdict, &mut self.line).with_context(|| format!("gate {}", self.description))?;
+        self.stamper.stamp(verdict, &mut self.line).with_context(|| format!("gate {}", self.description))?;
         let burst_started = {
             let mut state = lock(&self.shared.state);
             let appended =

@@ -23,6 +23,8 @@ pub enum Need {
     Gpu,
     /// No usable GPU: the tests of what happens without one.
     NoGpu,
+    /// Prometheus' `promtool` (Debian's `prometheus`), to check the metrics endpoint's output.
+    Promtool,
 }
 
 impl Need {
@@ -34,6 +36,7 @@ impl Need {
             Need::Nvrtc => "nvrtc",
             Need::Gpu => "gpu",
             Need::NoGpu => "no-gpu",
+            Need::Promtool => "promtool",
         }
     }
 }

@@ -26,6 +26,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // `cargo xtask ci` creates two virtual environments (the OSDP control panel, the training pipeline);
     // Debian's python3 cannot make one without this package.
     ("python3-venv", "virtual environments of tests/osdp and models/distill: ci"),
+    // `promtool check metrics` on a scrape of the runtime's Prometheus endpoint (tests/metrics.rs).
+    ("prometheus", "promtool, the metrics endpoint's check: ci"),
 ];
 
 /// The Jetson's Rust target.

@@ -2,8 +2,9 @@
 //! order, read acknowledgements and retire what they cover, and back off after a failure or a misbehaving
 //! controller, until told to stop.
 
+use super::envelope::Sealer;
 use super::link::{Link, Tls, TlsRefused};
-use super::protocol::{encode_frame, AckReader, End, Frame, Misbehaved};
+use super::protocol::{AckReader, End, Frame, Misbehaved};
 use super::{lock, wait, Shared};
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::Write;
@@ -30,6 +31,7 @@ pub(super) fn run(
     shared: &Shared,
     address: &str,
     tls: Option<&Tls>,
+    sealer: &Sealer,
     ack_timeout: Duration,
     mut highest_sent: u64,
 ) {
@@ -67,7 +69,7 @@ pub(super) fn run(
                 let secured =
                     if tls.is_some() { "TLS 1.3, controller authenticated" } else { "PLAINTEXT (insecure)" };
                 log::info!("gate tcp {address}: connected to controller at {peer} ({secured})");
-                let outcome = serve(shared, &mut stream, ack_timeout, &mut highest_sent);
+                let outcome = serve(shared, &mut stream, sealer, ack_timeout, &mut highest_sent);
                 lock(&shared.state).connection = None;
                 match outcome {
                     Ok(()) => break,
@@ -126,7 +128,8 @@ pub(super) fn connect(address: &str) -> Result<TcpStream> {
 /// What `serve` writes next.
 pub(super) enum Next {
     Health(u64),
-    Verdict(u64),
+    /// The id, and whether it goes out expired.
+    Verdict(u64, bool),
 }
 
 /// Sends the spool's verdicts in order, from the oldest unacknowledged, and applies acknowledgements, until
@@ -134,6 +137,7 @@ pub(super) enum Next {
 pub(super) fn serve(
     shared: &Shared,
     stream: &mut Link,
+    sealer: &Sealer,
     ack_timeout: Duration,
     highest_sent: &mut u64,
 ) -> Result<()> {
@@ -192,8 +196,8 @@ pub(super) fn serve(
             } else {
                 match state.spool.first_after(written) {
                     Some(record) => {
-                        encode_frame(record.id, &record.line, &mut frame)?;
-                        Some(Next::Verdict(record.id))
+                        let expired = sealer.seal(record.id, &record.line, &mut frame)?;
+                        Some(Next::Verdict(record.id, expired))
                     }
                     None => {
                         // Nothing to send: wait for a report, and read again soon while acknowledgements are
@@ -208,14 +212,14 @@ pub(super) fn serve(
                 }
             }
         };
-        let id = match next {
+        let (id, expired) = match next {
             None => continue,
             Some(Next::Health(version)) => {
                 stream.write_all(&frame).and_then(|()| stream.flush()).context("writing a health line")?;
                 health_written = version;
                 continue;
             }
-            Some(Next::Verdict(id)) => id,
+            Some(Next::Verdict(id, expired)) => (id, expired),
         };
         stream.write_all(&frame).and_then(|()| stream.flush()).context("writing a verdict line")?;
         written = id;
@@ -223,6 +227,7 @@ pub(super) fn serve(
         let burst_ended = {
             let mut state = lock(&shared.state);
             state.stats.sent += 1;
+            state.stats.expired += u64::from(expired);
             if id <= *highest_sent {
                 state.stats.resent += 1;
             }
@@ -255,10 +260,11 @@ fn grant(shared: &Shared, id: u64, answer: &mut Frame) {
                         }
                     }
                 }
+                let window = super::GRANT_WINDOW.min(state.max_age);
                 match (reported, &state.door) {
-                    (Some(at), _) if at.elapsed() > super::GRANT_WINDOW => Err(format!(
-                        "verdict {id} is older than {} s: the person has gone",
-                        super::GRANT_WINDOW.as_secs()
+                    (Some(at), _) if at.elapsed() > window => Err(format!(
+                        "verdict {id} is older than {} ms: the person has gone",
+                        window.as_millis()
                     )),
                     (_, None) => Err("this kiosk has no door relay".to_owned()),
                     (_, Some(door)) => door

@@ -9,9 +9,10 @@ use std::io::{ErrorKind, Read};
 /// The longest acknowledgement line accepted: `{"ack":18446744073709551615}` with room for spaces.
 pub(super) const MAX_ACK_LINE: usize = 64;
 
-/// A line on the wire: `{"id":N,` (at most 27 bytes), the verdict line without its `{`, and a newline, so that
-/// each verdict goes out in one write (one segment with `TCP_NODELAY`).
-pub(super) type Frame = heapless::Vec<u8, { MAX_LINE + 32 }>;
+/// A line on the wire: `{"id":N,` (at most 27 bytes), the verdict line without its `{`, the expiry and the
+/// signature (`envelope`, under 170 bytes) and a newline, so that each verdict goes out in one write (one
+/// segment with `TCP_NODELAY`).
+pub(super) type Frame = heapless::Vec<u8, { MAX_LINE + 256 }>;
 
 /// `{"id":<id>,` followed by `line` (a JSON object) without its opening brace, and a newline.
 pub(super) fn encode_frame(id: u64, line: &[u8], frame: &mut Frame) -> Result<()> {
