@@ -18,6 +18,7 @@ pub mod infer;
 pub mod logs;
 pub mod manifest;
 pub mod metrics;
+pub mod notify;
 pub mod pipeline;
 pub mod preprocess;
 pub mod quality;

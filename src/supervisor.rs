@@ -139,6 +139,8 @@ struct Reactor {
     /// The Prometheus metrics, and their endpoint when `[metrics]` asks for one.
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     metrics_server: Option<crate::metrics::Server>,
+    /// systemd's notify socket (a no-op without one); shared with the live loop's idle path.
+    notifier: std::sync::Arc<crate::notify::Notifier>,
     verdicts: u64,
     withheld: u64,
     failures: u64,
@@ -149,6 +151,7 @@ impl Reactor {
         if let Some(health) = self.monitor.observe(event) {
             self.outputs.tell(health);
             self.metrics.health(health);
+            self.notifier.status(&status_line(health));
         }
     }
 
@@ -160,6 +163,9 @@ impl Reactor {
             Event::Frame { .. } => {
                 // Each processed frame feeds the relay's watchdog; failed frames do not.
                 self.outputs.feed();
+                // systemd: ready once the first frame went through the models; alive while frames flow.
+                self.notifier.ready(&status_line(self.monitor.health()));
+                self.notifier.watchdog();
                 let ms = frame_started.elapsed().as_secs_f32() * 1000.0;
                 let mut changed = self.monitor.observe(HealthEvent::FrameTime { ms });
                 if let Some(up) = self.outputs.gate.link_up() {
@@ -170,6 +176,7 @@ impl Reactor {
                 if let Some(health) = changed {
                     self.outputs.tell(health);
                     self.metrics.health(health);
+                    self.notifier.status(&status_line(health));
                 }
             }
             Event::Verdict { source, verdict } => {
@@ -251,12 +258,15 @@ impl<'a> Supervisor<'a> {
         });
         // The endpoint first, so that a wait in model_invalid shows in it.
         let (metrics, metrics_server) = crate::metrics::start(config)?;
+        let notifier = std::sync::Arc::new(crate::notify::Notifier::from_environment());
+        notifier.status("loading models");
         let mut reactor = Reactor {
             outputs,
             audit: None,
             monitor,
             metrics,
             metrics_server,
+            notifier,
             verdicts: 0,
             withheld: 0,
             failures: 0,
@@ -311,9 +321,17 @@ impl<'a> Supervisor<'a> {
     }
 
     /// Plays a live source (a camera, or a test's scripted one) until `stop` is set.
+    ///
+    /// systemd's watchdog is pinged for each processed frame (`Reactor::on_event`) and, while the camera is
+    /// lost, on each pass of the loop without a frame: the source is then re-opening it with back-off (each
+    /// call returns within a fraction of a second), health is `camera_lost`, the door is in its fault state and
+    /// the controller knows, so a restart would only repeat that. A camera that says it is up but delivers
+    /// nothing, or a loop stuck in the source or the pipeline, sends no ping, and the watchdog restarts the unit.
     pub fn run_live(&mut self, source: &mut dyn FrameSource, name: String) {
         self.live = true;
         let (stop, frames, frame_started) = (self.stop, &self.frames, &self.frame_started);
+        let notifier = std::sync::Arc::clone(&self.reactor.notifier);
+        let camera_lost = Cell::new(false);
         let mut before_frame = |frame: Option<&Frame>| {
             if stop.load(Ordering::Relaxed) {
                 return false;
@@ -321,11 +339,18 @@ impl<'a> Supervisor<'a> {
             if frame.is_some() {
                 frames.set(frames.get() + 1);
                 frame_started.set(Instant::now());
+            } else if camera_lost.get() {
+                notifier.watchdog();
             }
             true
         };
         let reactor = &mut self.reactor;
-        let mut emit = |event: Event| reactor.on_event(event, frame_started.get());
+        let mut emit = |event: Event| {
+            if let Event::Camera { up, .. } = event {
+                camera_lost.set(!up);
+            }
+            reactor.on_event(event, frame_started.get())
+        };
         play_source(&mut self.pipeline, source, name, &mut before_frame, &mut emit);
     }
 
@@ -382,6 +407,7 @@ impl<'a> Supervisor<'a> {
         if self.stop.load(Ordering::Relaxed) {
             log::info!("stopping on signal");
         }
+        self.reactor.notifier.stopping();
         let Reactor { outputs, verdicts, withheld, failures, .. } = self.reactor;
         let Outputs { mut gate, relay } = outputs;
         drop(relay);
@@ -407,6 +433,20 @@ impl<'a> Supervisor<'a> {
         );
         summary
     }
+}
+
+/// The health state as systemd's `STATUS=` line: the state, what else is active, and whether verdicts go on.
+fn status_line(health: Health) -> String {
+    if health.state() == State::Normal {
+        return "health: normal".to_string();
+    }
+    let active: heapless::Vec<&str, 8> = health.active().map(State::name).collect();
+    format!(
+        "health: {} (active: {}); {}",
+        health.state().name(),
+        active.join(", "),
+        if health.can_decide() { "verdicts go on" } else { "no verdicts, door in its fault state" }
+    )
 }
 
 /// The pipeline, or `None` when `stop` was set while waiting for valid models (see `Supervisor::start`).

@@ -1,0 +1,142 @@
+//! systemd's watchdog and a live camera, through the supervisor as `deepgate run` drives it: while the camera
+//! is lost and being re-opened the loop goes on pinging (a restart would do nothing more), while a camera that
+//! says it streams delivers nothing the pings stop, so that the watchdog restarts the unit. One test in this
+//! binary: it sets `NOTIFY_SOCKET` in its own process environment, which no other test may share.
+
+mod common;
+
+use deepgate::capture::FrameSource;
+use deepgate::config::BoardConfig;
+use deepgate::frame::{Frame, PixelFormat};
+use deepgate::gate::stdout::StdoutGate;
+use deepgate::supervisor::{Outputs, Supervisor};
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// What the camera does for how long.
+#[derive(Clone, Copy, PartialEq)]
+enum Phase {
+    Frames,
+    Lost,
+    /// Up, but no frame comes (a stuck driver).
+    Silent,
+}
+
+/// A live camera through phases of `PHASE` each: frames, lost, frames, silent; then it sets `stop`.
+struct Camera<'a> {
+    photo: Vec<u8>,
+    width: u32,
+    height: u32,
+    started: Instant,
+    delivered: u64,
+    stop: &'a AtomicBool,
+}
+
+const PHASE: Duration = Duration::from_millis(1200);
+const PHASES: [Phase; 4] = [Phase::Frames, Phase::Lost, Phase::Frames, Phase::Silent];
+
+impl Camera<'_> {
+    fn phase(&self) -> Option<Phase> {
+        PHASES.get((self.started.elapsed().as_millis() / PHASE.as_millis()) as usize).copied()
+    }
+}
+
+impl FrameSource for Camera<'_> {
+    fn next_frame(&mut self) -> anyhow::Result<Option<Frame<'_>>> {
+        // A camera's pace, and the V4L2 source's bounded wait when there is no frame.
+        std::thread::sleep(Duration::from_millis(50));
+        match self.phase() {
+            Some(Phase::Frames) => {
+                self.delivered += 1;
+                Ok(Some(Frame {
+                    format: PixelFormat::Rgb24,
+                    width: self.width,
+                    height: self.height,
+                    stride: self.width as usize * 3,
+                    data: &self.photo,
+                    source: "/dev/video-scripted",
+                    sequence: self.delivered,
+                    timestamp_ns: self.delivered * 50_000_000,
+                    discontinuity: false,
+                }))
+            }
+            Some(Phase::Lost | Phase::Silent) => Ok(None),
+            None => {
+                self.stop.store(true, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    fn describe(&self) -> &str {
+        "/dev/video-scripted"
+    }
+
+    fn camera_up(&self) -> Option<bool> {
+        Some(self.phase() != Some(Phase::Lost))
+    }
+}
+
+#[test]
+fn a_lost_camera_being_reopened_keeps_the_watchdog_fed_and_a_silent_one_does_not() {
+    let directory = common::temp_dir("notify-camera");
+    let socket_path = directory.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    std::env::set_var("NOTIFY_SOCKET", &socket_path);
+    std::env::set_var("WATCHDOG_USEC", "200000");
+    std::env::remove_var("WATCHDOG_PID");
+    let config = BoardConfig::load(&common::board(None, &[], &[])).unwrap();
+    let image = deepgate::codec::decode_image_file(&common::fixture("scenes/coffee.png")).unwrap();
+    assert_eq!(image.format, PixelFormat::Rgb24);
+    let stop = AtomicBool::new(false);
+    let outputs = Outputs { gate: Box::new(StdoutGate::default()), relay: None };
+    let mut supervisor = Supervisor::start(&config, outputs, &stop).unwrap().expect("the models are valid");
+    // Only what the run says is kept (the start-up status lines are drained), with its time since the camera
+    // started.
+    socket.set_nonblocking(true).unwrap();
+    let mut buffer = [0u8; 512];
+    while socket.recv(&mut buffer).is_ok() {}
+    socket.set_nonblocking(false).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let started = Instant::now();
+    let listening = AtomicBool::new(true);
+    let messages = std::thread::scope(|scope| {
+        let receiver = scope.spawn(|| {
+            let mut buffer = [0u8; 512];
+            let mut messages = Vec::new();
+            while listening.load(Ordering::Relaxed) {
+                if let Ok(length) = socket.recv(&mut buffer) {
+                    let text = String::from_utf8_lossy(&buffer[..length]).into_owned();
+                    messages.push((started.elapsed(), text));
+                }
+            }
+            messages
+        });
+        let mut camera = Camera {
+            photo: image.data,
+            width: image.width,
+            height: image.height,
+            started,
+            delivered: 0,
+            stop: &stop,
+        };
+        supervisor.run_live(&mut camera, "/dev/video-scripted".into());
+        assert!(supervisor.finish().frames > 0);
+        listening.store(false, Ordering::Relaxed);
+        receiver.join().unwrap()
+    });
+    let pings = |from: Duration, to: Duration| {
+        messages.iter().filter(|(at, text)| text == "WATCHDOG=1" && *at >= from && *at < to).count()
+    };
+    let texts: Vec<&str> = messages.iter().map(|(_, text)| text.as_str()).collect();
+    assert!(texts.iter().any(|text| text.starts_with("READY=1")), "{texts:?}");
+    assert!(texts.iter().any(|text| text.starts_with("STATUS=health: camera_lost")), "{texts:?}");
+    let margin = Duration::from_millis(300);
+    // A ping every 100 ms while frames flow, and while the lost camera is re-opened.
+    assert!(pings(margin, PHASE) >= 5, "pinged while frames flow: {messages:?}");
+    assert!(pings(PHASE + margin, 2 * PHASE) >= 5, "pinged while the camera is re-opened: {messages:?}");
+    assert!(pings(2 * PHASE + margin, 3 * PHASE) >= 5, "pinged when frames are back: {messages:?}");
+    // Up but silent: the last frame's ping, then none, so that systemd's watchdog would fire.
+    assert_eq!(pings(3 * PHASE + margin, 4 * PHASE), 0, "no ping while the camera is silent: {messages:?}");
+}
