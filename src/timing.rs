@@ -52,10 +52,15 @@ impl Stage {
     }
 }
 
-/// Samples per stage in microseconds; recording stops (silently) when the reserved storage is full, so the
-/// hot path never allocates. An observer (`observe`; the metrics' histograms) sees every sample, also after.
+/// Samples per stage in microseconds, in a ring in storage reserved at start-up: once it is full, each new
+/// sample replaces the oldest, so the summaries describe the most recent samples of a run of any length and the
+/// hot path never allocates. An observer (`observe`; the metrics' histograms) sees every sample.
 pub struct StageTimes {
     samples: [Vec<u32>; STAGES.len()],
+    /// Where the next sample goes once a stage's ring is full.
+    next: [usize; STAGES.len()],
+    /// Samples recorded per stage since the start (or the last `clear`), kept or replaced.
+    recorded: [u64; STAGES.len()],
     observer: Option<StageObserver>,
 }
 
@@ -66,7 +71,10 @@ pub type StageObserver = Box<dyn FnMut(Stage, Duration) + Send>;
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct Summary {
     pub stage: &'static str,
+    /// Samples summarised: the most recent ones, at most the ring's size.
     pub count: usize,
+    /// Samples recorded in all, including those the ring has since replaced.
+    pub recorded: u64,
     pub median_ms: f64,
     pub min_ms: f64,
     pub max_ms: f64,
@@ -74,7 +82,12 @@ pub struct Summary {
 
 impl StageTimes {
     pub fn with_capacity(capacity: usize) -> StageTimes {
-        StageTimes { samples: std::array::from_fn(|_| Vec::with_capacity(capacity)), observer: None }
+        StageTimes {
+            samples: std::array::from_fn(|_| Vec::with_capacity(capacity)),
+            next: [0; STAGES.len()],
+            recorded: [0; STAGES.len()],
+            observer: None,
+        }
     }
 
     /// Every sample recorded from now on is also given to `observer`.
@@ -86,14 +99,23 @@ impl StageTimes {
         if let Some(observer) = self.observer.as_mut() {
             observer(stage, elapsed);
         }
-        let samples = &mut self.samples[stage as usize];
+        let index = stage as usize;
+        let sample = elapsed.as_micros().min(u32::MAX as u128) as u32;
+        let samples = &mut self.samples[index];
+        self.recorded[index] += 1;
         if samples.len() < samples.capacity() {
-            samples.push(elapsed.as_micros().min(u32::MAX as u128) as u32);
+            samples.push(sample);
+        } else if !samples.is_empty() {
+            let next = self.next[index] % samples.len();
+            samples[next] = sample;
+            self.next[index] = next + 1;
         }
     }
 
     pub fn clear(&mut self) {
         self.samples.iter_mut().for_each(Vec::clear);
+        self.next = [0; STAGES.len()];
+        self.recorded = [0; STAGES.len()];
     }
 
     pub fn summary(&self) -> Vec<Summary> {
@@ -114,11 +136,46 @@ impl StageTimes {
                 Some(Summary {
                     stage: stage.name(),
                     count: sorted.len(),
+                    recorded: self.recorded[stage as usize],
                     median_ms: median / 1000.0,
                     min_ms: sorted[0] as f64 / 1000.0,
                     max_ms: sorted[sorted.len() - 1] as f64 / 1000.0,
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_ring_keeps_the_most_recent_samples_without_allocating() {
+        let mut times = StageTimes::with_capacity(4);
+        let size = times.samples[Stage::Frame as usize].capacity();
+        // Twice the ring's size of 1 ms, then a ring's worth of 9 ms: only the recent ones remain.
+        for _ in 0..2 * size {
+            times.record(Stage::Frame, Duration::from_millis(1));
+        }
+        for _ in 0..size {
+            times.record(Stage::Frame, Duration::from_millis(9));
+        }
+        assert_eq!(times.samples[Stage::Frame as usize].capacity(), size, "the ring never grows");
+        let summary = times.summary();
+        let frame = summary.iter().find(|s| s.stage == "frame").expect("frame summarised");
+        assert_eq!((frame.count, frame.recorded), (size, 3 * size as u64));
+        assert_eq!((frame.min_ms, frame.median_ms, frame.max_ms), (9.0, 9.0, 9.0));
+        times.clear();
+        assert!(times.summary().is_empty());
+        times.record(Stage::Frame, Duration::from_millis(2));
+        assert_eq!(times.summary()[0].recorded, 1);
+    }
+
+    #[test]
+    fn without_storage_nothing_is_kept_and_nothing_panics() {
+        let mut times = StageTimes::with_capacity(0);
+        times.record(Stage::Letterbox, Duration::from_millis(1));
+        assert!(times.summary().is_empty());
     }
 }
