@@ -53,7 +53,7 @@ pub fn read_verified(path: &Path, entry: &ModelEntry) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| {
         format!("model `{}`: cannot read {} (missing or unreadable)", entry.id, path.display())
     })?;
-    let found = hex(&Sha256::digest(&bytes));
+    let found = crate::hex::to_hex(&Sha256::digest(&bytes));
     if found != entry.sha256.to_ascii_lowercase() {
         bail!(
             "model `{}`: {} does not match the manifest: sha256 expected {}, found {}; size expected {} bytes, found {}{}",
@@ -67,10 +67,6 @@ pub fn read_verified(path: &Path, entry: &ModelEntry) -> Result<Vec<u8>> {
         );
     }
     Ok(bytes)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Model {

@@ -14,6 +14,7 @@ pub mod frame;
 pub mod gate;
 pub mod gpu;
 pub mod health;
+pub mod hex;
 pub mod infer;
 pub mod logs;
 pub mod manifest;
