@@ -6,7 +6,14 @@ use anyhow::{bail, Result};
 
 /// Reads one source pixel as RGB, unrounded (the module definition's colour conversion).
 trait PixelReader {
+    /// The pixel by the definition's formula.
     fn rgb(frame: &Frame, x: usize, y: usize) -> [f32; 3];
+
+    /// The same value, computed faster where the format allows (the YUV formats look their products up).
+    #[inline(always)]
+    fn rgb_fast(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
+        Self::rgb(frame, x, y)
+    }
 }
 
 struct Rgb24;
@@ -26,6 +33,51 @@ pub fn yuv_to_rgb(y: u8, u: u8, v: u8) -> [f32; 3] {
         (luma + 1.596027 * v).clamp(0.0, 255.0),
         (luma - 0.391762 * u - 0.812968 * v).clamp(0.0, 255.0),
         (luma + 2.017232 * u).clamp(0.0, 255.0),
+    ]
+}
+
+/// The products of `yuv_to_rgb` for every byte value, computed at compile time as `yuv_to_rgb` computes them
+/// at run time (an IEEE product is correctly rounded either way; a test compares all 2^24 inputs).
+struct YuvTables {
+    luma: [f32; 256],
+    red_v: [f32; 256],
+    green_u: [f32; 256],
+    green_v: [f32; 256],
+    blue_u: [f32; 256],
+}
+
+static YUV: YuvTables = yuv_tables();
+
+const fn yuv_tables() -> YuvTables {
+    let mut tables = YuvTables {
+        luma: [0.0; 256],
+        red_v: [0.0; 256],
+        green_u: [0.0; 256],
+        green_v: [0.0; 256],
+        blue_u: [0.0; 256],
+    };
+    let mut byte = 0;
+    while byte < 256 {
+        let value = byte as f32;
+        tables.luma[byte] = 1.164383 * (value - 16.0);
+        tables.red_v[byte] = 1.596027 * (value - 128.0);
+        tables.green_u[byte] = 0.391762 * (value - 128.0);
+        tables.green_v[byte] = 0.812968 * (value - 128.0);
+        tables.blue_u[byte] = 2.017232 * (value - 128.0);
+        byte += 1;
+    }
+    tables
+}
+
+/// `yuv_to_rgb` with its products looked up: the same sums in the same order, so the same values.
+#[inline(always)]
+fn yuv_to_rgb_fast(y: u8, u: u8, v: u8) -> [f32; 3] {
+    let luma = YUV.luma[y as usize];
+    let (u, v) = (u as usize, v as usize);
+    [
+        (luma + YUV.red_v[v]).clamp(0.0, 255.0),
+        (luma - YUV.green_u[u] - YUV.green_v[v]).clamp(0.0, 255.0),
+        (luma + YUV.blue_u[u]).clamp(0.0, 255.0),
     ]
 }
 
@@ -60,6 +112,13 @@ impl PixelReader for Yuyv {
         let d = frame.data;
         yuv_to_rgb(d[pair + (x & 1) * 2], d[pair + 1], d[pair + 3])
     }
+
+    #[inline(always)]
+    fn rgb_fast(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
+        let pair = y * frame.stride + (x / 2) * 4;
+        let d = frame.data;
+        yuv_to_rgb_fast(d[pair + (x & 1) * 2], d[pair + 1], d[pair + 3])
+    }
 }
 
 impl PixelReader for Uyvy {
@@ -68,6 +127,13 @@ impl PixelReader for Uyvy {
         let pair = y * frame.stride + (x / 2) * 4;
         let d = frame.data;
         yuv_to_rgb(d[pair + 1 + (x & 1) * 2], d[pair], d[pair + 2])
+    }
+
+    #[inline(always)]
+    fn rgb_fast(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
+        let pair = y * frame.stride + (x / 2) * 4;
+        let d = frame.data;
+        yuv_to_rgb_fast(d[pair + 1 + (x & 1) * 2], d[pair], d[pair + 2])
     }
 }
 
@@ -78,33 +144,296 @@ impl PixelReader for Nv12 {
         let chroma = frame.stride * frame.height as usize + (y / 2) * frame.stride + (x / 2) * 2;
         yuv_to_rgb(d[y * frame.stride + x], d[chroma], d[chroma + 1])
     }
+
+    #[inline(always)]
+    fn rgb_fast(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
+        let d = frame.data;
+        let chroma = frame.stride * frame.height as usize + (y / 2) * frame.stride + (x / 2) * 2;
+        yuv_to_rgb_fast(d[y * frame.stride + x], d[chroma], d[chroma + 1])
+    }
 }
 
-/// Warps `frame` into `out` through `map` (output → source), as the module documentation defines.
+/// Warps `frame` into `out` through `map` (output → source), as the module documentation defines. A one-off
+/// call: it allocates its scratch (`Warper` keeps it from call to call; the pipeline uses one).
 /// The frame must have passed `Frame::validate`; MJPEG must be decoded first.
 pub fn warp(frame: &Frame, map: &Affine, out: &mut RgbImage) -> Result<()> {
-    frame.validate()?;
-    // An empty output is refused too: its rows would be zero-length chunks, which panic.
-    if out.width == 0 || out.height == 0 || out.data.len() != out.width * out.height * 3 {
-        bail!("output image buffer does not match its {}x{} size", out.width, out.height);
-    }
+    Warper::default().warp(frame, map, out)
+}
+
+/// The warp written sample by sample exactly as the module documentation states it, with no shortcut: slow,
+/// and the oracle `Warper`'s fast paths are tested against, bit for bit.
+pub fn warp_definition(frame: &Frame, map: &Affine, out: &mut RgbImage) -> Result<()> {
+    check(frame, out)?;
     match frame.format {
-        PixelFormat::Rgb24 => warp_with::<Rgb24>(frame, map, out),
-        PixelFormat::Bgr24 => warp_with::<Bgr24>(frame, map, out),
-        PixelFormat::Grey => warp_with::<Grey>(frame, map, out),
-        PixelFormat::Yuyv => warp_with::<Yuyv>(frame, map, out),
-        PixelFormat::Uyvy => warp_with::<Uyvy>(frame, map, out),
-        PixelFormat::Nv12 => warp_with::<Nv12>(frame, map, out),
+        PixelFormat::Rgb24 => warp_general::<Rgb24>(frame, map, out),
+        PixelFormat::Bgr24 => warp_general::<Bgr24>(frame, map, out),
+        PixelFormat::Grey => warp_general::<Grey>(frame, map, out),
+        PixelFormat::Yuyv => warp_general::<Yuyv>(frame, map, out),
+        PixelFormat::Uyvy => warp_general::<Uyvy>(frame, map, out),
+        PixelFormat::Nv12 => warp_general::<Nv12>(frame, map, out),
         PixelFormat::Mjpeg => bail!("MJPEG frames must be decoded before warping"),
     }
     Ok(())
 }
 
-fn warp_with<R: PixelReader>(frame: &Frame, map: &Affine, out: &mut RgbImage) {
-    if map.b == 0.0 && map.c == 0.0 {
-        warp_axis_aligned::<R>(frame, map, out);
+/// Refuses what no warp can read or write: a frame failing its geometry check, an empty or mis-sized output
+/// (its rows would be zero-length chunks, which panic).
+fn check(frame: &Frame, out: &RgbImage) -> Result<()> {
+    frame.validate()?;
+    if out.width == 0 || out.height == 0 || out.data.len() != out.width * out.height * 3 {
+        bail!("output image buffer does not match its {}x{} size", out.width, out.height);
+    }
+    Ok(())
+}
+
+/// Most source pixels the rotated path converts ahead into its region buffer (32 MiB of 4-lane f32); a crop that
+/// spans more is warped sample by sample instead, so a huge face in a huge still cannot grow the buffer.
+const MAX_REGION_PIXELS: usize = 1 << 21;
+
+/// Rows of horizontally filtered source the axis-aligned path keeps: every row one output row needs (two per
+/// vertical tap).
+const CACHED_ROWS: usize = 2 * super::MAX_TAPS as usize;
+
+/// The fast warp, equal to `warp_definition` bit for bit (tested): the same products and sums in the same order
+/// per output pixel, with the work shared between pixels where the definition repeats it.
+/// - Each source pixel's colour conversion is done once per call instead of once per bilinear read (up to
+///   4 × taps² reads an output pixel): source rows (axis-aligned) or the source region under a crop (rotated)
+///   are converted ahead into f32 buffers.
+/// - Axis-aligned maps (letterbox, resize) are separable: each sample's source x depends only on the output
+///   column and its y only on the row, so the horizontal interpolation (`top`, `bottom` of the definition) is
+///   computed once per source row and column tap, then the vertical step and the sum run over whole output
+///   rows in loops the compiler vectorises. A column tap outside the source adds exactly +0.0, which leaves
+///   every sum unchanged, as skipping it does.
+///
+/// Its buffers grow to the largest call's needs and are kept, so steady state allocates nothing.
+#[derive(Default)]
+pub struct Warper {
+    /// Axis-aligned: the bilinear tap of each output column and horizontal sample, `column * taps + i`.
+    columns: Vec<AxisTap>,
+    /// One source row (or the span of it the columns read) converted to RGB f32.
+    line: Vec<f32>,
+    /// Axis-aligned: horizontally interpolated source rows, `[i][column * 3 + c]` each.
+    rows: [FilteredRow; CACHED_ROWS],
+    /// Axis-aligned: one output row's running sums, `column * 3 + c`.
+    sums: Vec<f32>,
+    /// Rotated: the source region under the crop converted to RGB f32, row-major, one `[r, g, b, 0]` per
+    /// pixel (a fourth lane so a pixel is one aligned vector and the interpolation runs on all lanes at once).
+    region: Vec<[f32; 4]>,
+}
+
+/// One source row after the horizontal step of the axis-aligned path.
+#[derive(Default)]
+struct FilteredRow {
+    /// The source row, or None when the slot is free.
+    row: Option<usize>,
+    values: Vec<f32>,
+}
+
+impl Warper {
+    /// Warps `frame` into `out` through `map`, as `warp` does.
+    pub fn warp(&mut self, frame: &Frame, map: &Affine, out: &mut RgbImage) -> Result<()> {
+        check(frame, out)?;
+        match frame.format {
+            PixelFormat::Rgb24 => self.warp_with::<Rgb24>(frame, map, out),
+            PixelFormat::Bgr24 => self.warp_with::<Bgr24>(frame, map, out),
+            PixelFormat::Grey => self.warp_with::<Grey>(frame, map, out),
+            PixelFormat::Yuyv => self.warp_with::<Yuyv>(frame, map, out),
+            PixelFormat::Uyvy => self.warp_with::<Uyvy>(frame, map, out),
+            PixelFormat::Nv12 => self.warp_with::<Nv12>(frame, map, out),
+            PixelFormat::Mjpeg => bail!("MJPEG frames must be decoded before warping"),
+        }
+        Ok(())
+    }
+
+    fn warp_with<R: PixelReader>(&mut self, frame: &Frame, map: &Affine, out: &mut RgbImage) {
+        if map.b == 0.0 && map.c == 0.0 {
+            self.warp_axis_aligned::<R>(frame, map, out);
+        } else {
+            self.warp_rotated::<R>(frame, map, out);
+        }
+    }
+
+    /// The separable path for maps without rotation.
+    fn warp_axis_aligned<R: PixelReader>(&mut self, frame: &Frame, map: &Affine, out: &mut RgbImage) {
+        let taps = map.taps() as usize;
+        let step = 1.0 / taps as f32;
+        let weight = 1.0 / (taps * taps) as f32;
+        let (source_width, source_height) = (frame.width as f32, frame.height as f32);
+        let (last_x, last_y) = (frame.width as usize - 1, frame.height as usize - 1);
+        let width = out.width;
+        let values = width * 3;
+        self.columns.clear();
+        for column in 0..width {
+            for i in 0..taps {
+                let u = column as f32 + (i as f32 + 0.5) * step;
+                self.columns.push(axis_tap(map.a * u + map.tx, source_width, last_x));
+            }
+        }
+        // The span of source columns any tap reads: only it is converted.
+        let inside = self.columns.iter().filter(|tap| tap.inside);
+        let first = inside.clone().map(|tap| tap.first).min().unwrap_or(0);
+        let last = inside.map(|tap| tap.second).max().unwrap_or(0);
+        resize(&mut self.line, (last + 1 - first) * 3);
+        resize(&mut self.sums, values);
+        for slot in &mut self.rows {
+            slot.row = None;
+            resize(&mut slot.values, taps * values);
+        }
+        let Warper { columns, line, rows, sums, .. } = self;
+        let mut vertical = [AxisTap::default(); super::MAX_TAPS as usize];
+        for (row, pixels) in out.data.chunks_exact_mut(values).enumerate() {
+            for (j, tap) in vertical.iter_mut().take(taps).enumerate() {
+                let v = row as f32 + (j as f32 + 0.5) * step;
+                *tap = axis_tap(map.d * v + map.ty, source_height, last_y);
+            }
+            let vertical = &vertical[..taps];
+            // The source rows this output row needs, filtered horizontally once each.
+            let needed =
+                |row: usize| vertical.iter().any(|tap| tap.inside && (tap.first == row || tap.second == row));
+            for tap in vertical.iter().filter(|tap| tap.inside) {
+                for source_row in [tap.first, tap.second] {
+                    if rows.iter().any(|slot| slot.row == Some(source_row)) {
+                        continue;
+                    }
+                    // At most CACHED_ROWS rows are needed, so a slot holding none of them is always there.
+                    let Some(slot) = rows.iter_mut().find(|slot| !slot.row.is_some_and(needed)) else {
+                        continue;
+                    };
+                    filter_row::<R>(frame, source_row, first, columns, taps, line, &mut slot.values);
+                    slot.row = Some(source_row);
+                }
+            }
+            sums.fill(0.0);
+            for tap in vertical.iter().filter(|tap| tap.inside) {
+                let slot_of = |row: usize| rows.iter().find(|slot| slot.row == Some(row));
+                let (Some(top_row), Some(bottom_row)) = (slot_of(tap.first), slot_of(tap.second)) else {
+                    continue;
+                };
+                let fraction = tap.fraction;
+                for i in 0..taps {
+                    let tops = &top_row.values[i * values..(i + 1) * values];
+                    let bottoms = &bottom_row.values[i * values..(i + 1) * values];
+                    for ((sum, &top), &bottom) in sums.iter_mut().zip(tops).zip(bottoms) {
+                        *sum += top + (bottom - top) * fraction;
+                    }
+                }
+            }
+            for (pixel, &sum) in pixels.iter_mut().zip(sums.iter()) {
+                *pixel = (sum * weight + 0.5).clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+
+    /// The rotated path: the source region under the crop converted once, then the definition's samples read
+    /// from it. Falls back to the definition's own reads for a region too large, empty or not finite.
+    fn warp_rotated<R: PixelReader>(&mut self, frame: &Frame, map: &Affine, out: &mut RgbImage) {
+        let (last_x, last_y) = (frame.width as usize - 1, frame.height as usize - 1);
+        let Some((x0, y0, x1, y1)) = source_region(map, out.width, out.height, last_x, last_y) else {
+            warp_general::<R>(frame, map, out);
+            return;
+        };
+        let region_width = x1 + 1 - x0;
+        if region_width * (y1 + 1 - y0) > MAX_REGION_PIXELS {
+            warp_general::<R>(frame, map, out);
+            return;
+        }
+        self.region.resize(region_width * (y1 + 1 - y0), [0.0; 4]);
+        for (y, line) in (y0..=y1).zip(self.region.chunks_exact_mut(region_width)) {
+            for (x, pixel) in (x0..).zip(line.iter_mut()) {
+                let [r, g, b] = R::rgb_fast(frame, x, y);
+                *pixel = [r, g, b, 0.0];
+            }
+        }
+        let region = &self.region;
+        let pixel = |x: usize, y: usize| region[(y - y0) * region_width + (x - x0)];
+        let read = |xa: usize, xb: usize, ya: usize, yb: usize| {
+            // xa <= xb and ya <= yb: four comparisons place all four pixels.
+            if xa >= x0 && xb <= x1 && ya >= y0 && yb <= y1 {
+                [pixel(xa, ya), pixel(xb, ya), pixel(xa, yb), pixel(xb, yb)]
+            } else {
+                [(xa, ya), (xb, ya), (xa, yb), (xb, yb)].map(|(x, y)| with_lane(R::rgb_fast(frame, x, y)))
+            }
+        };
+        warp_general_reading(frame, map, out, read, floor_in_range);
+    }
+}
+
+/// Sets `buffer` to `len` values, allocating only when it has never been that long.
+fn resize(buffer: &mut Vec<f32>, len: usize) {
+    buffer.resize(len, 0.0);
+}
+
+/// Converts source pixels `first..first + line.len() / 3` of row `y` into `line`.
+#[inline(always)]
+fn convert_row<R: PixelReader>(frame: &Frame, y: usize, first: usize, line: &mut [f32]) {
+    for (x, pixel) in (first..).zip(line.chunks_exact_mut(3)) {
+        pixel.copy_from_slice(&R::rgb_fast(frame, x, y));
+    }
+}
+
+/// The horizontal step of the axis-aligned path for source row `y`: per column tap i and output column, the
+/// definition's `p0 + (p1 − p0) · fx` (its `top` or `bottom`), or 0 for a tap outside the source.
+fn filter_row<R: PixelReader>(
+    frame: &Frame,
+    y: usize,
+    first: usize,
+    columns: &[AxisTap],
+    taps: usize,
+    line: &mut [f32],
+    filtered: &mut [f32],
+) {
+    convert_row::<R>(frame, y, first, line);
+    let values = filtered.len() / taps;
+    for (column, column_taps) in columns.chunks_exact(taps).enumerate() {
+        for (i, tap) in column_taps.iter().enumerate() {
+            let out = &mut filtered[i * values + column * 3..][..3];
+            if !tap.inside {
+                out.fill(0.0);
+                continue;
+            }
+            let p0 = &line[(tap.first - first) * 3..][..3];
+            let p1 = &line[(tap.second - first) * 3..][..3];
+            for c in 0..3 {
+                out[c] = p0[c] + (p1[c] - p0[c]) * tap.fraction;
+            }
+        }
+    }
+}
+
+/// The source pixels (x0, y0)–(x1, y1), inclusive, that an output of `width` × `height` through `map` can
+/// read, with a margin for rounding; None when the map is not finite or the crop lies wholly outside.
+fn source_region(
+    map: &Affine,
+    width: usize,
+    height: usize,
+    last_x: usize,
+    last_y: usize,
+) -> Option<(usize, usize, usize, usize)> {
+    let (w, h) = (width as f32, height as f32);
+    let corners = [map.apply(0.0, 0.0), map.apply(w, 0.0), map.apply(0.0, h), map.apply(w, h)];
+    let low_x = corners.iter().map(|c| c.0).fold(f32::INFINITY, f32::min).floor() - 2.0;
+    let high_x = corners.iter().map(|c| c.0).fold(f32::NEG_INFINITY, f32::max).ceil() + 2.0;
+    let low_y = corners.iter().map(|c| c.1).fold(f32::INFINITY, f32::min).floor() - 2.0;
+    let high_y = corners.iter().map(|c| c.1).fold(f32::NEG_INFINITY, f32::max).ceil() + 2.0;
+    if !(low_x.is_finite() && high_x.is_finite() && low_y.is_finite() && high_y.is_finite()) {
+        return None;
+    }
+    if high_x < 0.0 || high_y < 0.0 || low_x > last_x as f32 || low_y > last_y as f32 {
+        return None;
+    }
+    let clamp = |value: f32, last: usize| (value.max(0.0) as usize).min(last);
+    Some((clamp(low_x, last_x), clamp(low_y, last_y), clamp(high_x, last_x), clamp(high_y, last_y)))
+}
+
+/// `x.floor()` for the positions the warp takes it of (a sample inside the source, less half a pixel: within
+/// [−0.5, 16384), where every f32 the conversion to i32 truncates is exact) without a call into libm.
+#[inline(always)]
+fn floor_in_range(x: f32) -> f32 {
+    let truncated = x as i32 as f32;
+    if truncated > x {
+        truncated - 1.0
     } else {
-        warp_general::<R>(frame, map, out);
+        truncated
     }
 }
 
@@ -125,7 +454,7 @@ fn axis_tap(s: f32, size: f32, last: usize) -> AxisTap {
         return AxisTap::default();
     }
     let position = s - 0.5;
-    let floor = position.floor();
+    let floor = floor_in_range(position);
     AxisTap {
         inside: true,
         first: (floor.max(0.0) as usize).min(last),
@@ -134,51 +463,25 @@ fn axis_tap(s: f32, size: f32, last: usize) -> AxisTap {
     }
 }
 
-/// The same warp for maps without rotation (letterbox, plain resize): the source x of a sample depends only
-/// on the output column and the y only on the row, so each is computed once per row or column instead of
-/// once per sample. Bit-identical to `warp_general` (a test checks it): with b = c = 0 the general map's
-/// products b·v and c·u are zeros that leave every sum unchanged.
-fn warp_axis_aligned<R: PixelReader>(frame: &Frame, map: &Affine, out: &mut RgbImage) {
-    let taps = map.taps() as usize;
-    let step = 1.0 / taps as f32;
-    let weight = 1.0 / (taps * taps) as f32;
-    let (source_width, source_height) = (frame.width as f32, frame.height as f32);
-    let (last_x, last_y) = (frame.width as usize - 1, frame.height as usize - 1);
-    let mut rows = [AxisTap::default(); super::MAX_TAPS as usize];
-    let mut columns = [AxisTap::default(); super::MAX_TAPS as usize];
-    for (row, line) in out.data.chunks_exact_mut(out.width * 3).enumerate() {
-        for (j, tap) in rows.iter_mut().take(taps).enumerate() {
-            let v = row as f32 + (j as f32 + 0.5) * step;
-            *tap = axis_tap(map.d * v + map.ty, source_height, last_y);
-        }
-        for (column, pixel) in line.chunks_exact_mut(3).enumerate() {
-            for (i, tap) in columns.iter_mut().take(taps).enumerate() {
-                let u = column as f32 + (i as f32 + 0.5) * step;
-                *tap = axis_tap(map.a * u + map.tx, source_width, last_x);
-            }
-            let mut sum = [0.0f32; 3];
-            for y in rows.iter().take(taps).filter(|tap| tap.inside) {
-                for x in columns.iter().take(taps).filter(|tap| tap.inside) {
-                    let p00 = R::rgb(frame, x.first, y.first);
-                    let p10 = R::rgb(frame, x.second, y.first);
-                    let p01 = R::rgb(frame, x.first, y.second);
-                    let p11 = R::rgb(frame, x.second, y.second);
-                    for c in 0..3 {
-                        let top = p00[c] + (p10[c] - p00[c]) * x.fraction;
-                        let bottom = p01[c] + (p11[c] - p01[c]) * x.fraction;
-                        sum[c] += top + (bottom - top) * y.fraction;
-                    }
-                }
-            }
-            for c in 0..3 {
-                pixel[c] = (sum[c] * weight + 0.5).clamp(0.0, 255.0) as u8;
-            }
-        }
-    }
+/// The warp exactly as the module documentation defines it, for any affine map, each sample reading the frame.
+fn warp_general<R: PixelReader>(frame: &Frame, map: &Affine, out: &mut RgbImage) {
+    let read = |xa, xb, ya, yb| {
+        [(xa, ya), (xb, ya), (xa, yb), (xb, yb)].map(|(x, y)| with_lane(R::rgb(frame, x, y)))
+    };
+    warp_general_reading(frame, map, out, read, f32::floor);
 }
 
-/// The warp exactly as the module documentation defines it, for any affine map.
-fn warp_general<R: PixelReader>(frame: &Frame, map: &Affine, out: &mut RgbImage) {
+/// The definition's warp with the four source pixels of a bilinear sample read as `read(xa, xb, ya, yb)` says
+/// ((xa, ya), (xb, ya), (xa, yb), (xb, yb): from the frame itself, or from a buffer holding the same values
+/// converted ahead) and `floor` as the definition's floor.
+#[inline(always)]
+fn warp_general_reading(
+    frame: &Frame,
+    map: &Affine,
+    out: &mut RgbImage,
+    read: impl Fn(usize, usize, usize, usize) -> [[f32; 4]; 4],
+    floor: impl Fn(f32) -> f32,
+) {
     let taps = map.taps();
     let step = 1.0 / taps as f32;
     let weight = 1.0 / (taps * taps) as f32;
@@ -188,7 +491,8 @@ fn warp_general<R: PixelReader>(frame: &Frame, map: &Affine, out: &mut RgbImage)
     let last_y = frame.height as usize - 1;
     for (row, line) in out.data.chunks_exact_mut(out.width * 3).enumerate() {
         for (column, pixel) in line.chunks_exact_mut(3).enumerate() {
-            let mut sum = [0.0f32; 3];
+            // Per channel, plus a fourth lane of zeros that is never stored.
+            let mut sum = [0.0f32; 4];
             for j in 0..taps {
                 let v = row as f32 + (j as f32 + 0.5) * step;
                 for i in 0..taps {
@@ -200,19 +504,16 @@ fn warp_general<R: PixelReader>(frame: &Frame, map: &Affine, out: &mut RgbImage)
                     }
                     let x = sx - 0.5;
                     let y = sy - 0.5;
-                    let x0 = x.floor();
-                    let y0 = y.floor();
+                    let x0 = floor(x);
+                    let y0 = floor(y);
                     let fx = x - x0;
                     let fy = y - y0;
                     let xa = (x0.max(0.0) as usize).min(last_x);
                     let xb = ((x0 + 1.0).max(0.0) as usize).min(last_x);
                     let ya = (y0.max(0.0) as usize).min(last_y);
                     let yb = ((y0 + 1.0).max(0.0) as usize).min(last_y);
-                    let p00 = R::rgb(frame, xa, ya);
-                    let p10 = R::rgb(frame, xb, ya);
-                    let p01 = R::rgb(frame, xa, yb);
-                    let p11 = R::rgb(frame, xb, yb);
-                    for c in 0..3 {
+                    let [p00, p10, p01, p11] = read(xa, xb, ya, yb);
+                    for c in 0..4 {
                         let top = p00[c] + (p10[c] - p00[c]) * fx;
                         let bottom = p01[c] + (p11[c] - p01[c]) * fx;
                         sum[c] += top + (bottom - top) * fy;
@@ -224,6 +525,12 @@ fn warp_general<R: PixelReader>(frame: &Frame, map: &Affine, out: &mut RgbImage)
             }
         }
     }
+}
+
+/// An RGB pixel with the fourth lane `warp_general_reading` computes on.
+#[inline(always)]
+fn with_lane([r, g, b]: [f32; 3]) -> [f32; 4] {
+    [r, g, b, 0.0]
 }
 
 /// Converts a whole frame to RGB at its own size (for crops written to disk and for tests).

@@ -32,11 +32,12 @@ pub trait PixelWork: Send {
     ) -> Result<()>;
 }
 
-/// The CPU reference (`cpu::warp`, then `normalise_into` for tensors), with an 8-bit image per output size kept
-/// from call to call, so that steady state allocates nothing.
+/// The CPU reference (`cpu::Warper`, then `normalise_into` for tensors), with the warper's buffers and an 8-bit
+/// image per output size kept from call to call, so that steady state allocates nothing.
 #[derive(Default)]
 pub struct CpuWork {
     scratch: Vec<RgbImage>,
+    warper: cpu::Warper,
 }
 
 impl CpuWork {
@@ -45,22 +46,20 @@ impl CpuWork {
     pub fn with_sizes(sizes: &[(usize, usize)]) -> CpuWork {
         let mut work = CpuWork::default();
         for &(width, height) in sizes {
-            work.image(width, height);
+            work.image_index(width, height);
         }
         work
     }
 
-    /// The kept image of `width` × `height`.
-    fn image(&mut self, width: usize, height: usize) -> &mut RgbImage {
-        let index = match self.scratch.iter().position(|image| (image.width, image.height) == (width, height))
-        {
+    /// The index in `scratch` of the kept image of `width` × `height`.
+    fn image_index(&mut self, width: usize, height: usize) -> usize {
+        match self.scratch.iter().position(|image| (image.width, image.height) == (width, height)) {
             Some(index) => index,
             None => {
                 self.scratch.push(RgbImage::new(width, height));
                 self.scratch.len() - 1
             }
-        };
-        &mut self.scratch[index]
+        }
     }
 }
 
@@ -71,8 +70,9 @@ impl PixelWork for CpuWork {
 
     fn letterbox(&mut self, frame: &Frame, map: &Affine, spec: &InputSpec, out: &mut [f32]) -> Result<()> {
         let (width, height) = spec.image_size();
-        let image = self.image(width, height);
-        cpu::warp(frame, map, image)?;
+        let index = self.image_index(width, height);
+        let image = &mut self.scratch[index];
+        self.warper.warp(frame, map, image)?;
         normalise_into(image, spec, out)
     }
 
@@ -85,10 +85,19 @@ impl PixelWork for CpuWork {
         images: &mut [u8],
     ) -> Result<()> {
         let (mut floats, mut bytes) = (0usize, 0usize);
+        // A face's quality crop and classifier crop have the same map when they have the same size: the
+        // second is the first's image again, so it is warped once.
+        let mut previous: Option<&CropJob> = None;
         for job in jobs {
             let values = job.width * job.height * 3;
-            let image = self.image(job.width, job.height);
-            cpu::warp(frame, &job.map, image)?;
+            let index = self.image_index(job.width, job.height);
+            let image = &mut self.scratch[index];
+            let same = previous
+                .is_some_and(|last| (last.map, last.width, last.height) == (job.map, job.width, job.height));
+            if !same {
+                self.warper.warp(frame, &job.map, image)?;
+            }
+            previous = Some(job);
             if job.rgb {
                 ensure!(
                     images.len() >= bytes + values,

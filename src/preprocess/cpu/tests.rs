@@ -552,57 +552,72 @@ fn a_sample_on_the_far_edge_of_the_source_is_outside() {
 }
 
 #[test]
-fn the_axis_aligned_fast_path_equals_the_general_warp_bit_for_bit() {
+fn the_fast_warp_equals_the_definition_bit_for_bit() {
     let mut random = XorShift(0x5eed_1234_abcd_0001);
-    let formats = PixelFormat::RAW;
+    // One warper for every case: what it keeps from one call must never leak into the next.
+    let mut warper = Warper::default();
     for (width, height) in [(1u32, 1u32), (7, 5), (33, 20), (640, 480), (97, 301)] {
-        for format in formats {
+        for format in PixelFormat::RAW {
             let stride = format.min_stride(width) + 3;
             let data = random.bytes(format.frame_bytes(stride, height));
             let source = frame(format, width, height, stride, &data);
+            let mut maps = Vec::new();
+            // Axis-aligned: shrinks of 1 to 4 taps, upscales, shifts partly off the source.
             for (output, scale, tx, ty) in [
                 (16usize, 0.3f32, -2.0f32, 3.5f32),
                 (64, 1.0, 0.0, 0.0),
                 (128, 9.7, -30.25, 12.0),
                 (40, 2.0, 0.5, -0.5),
                 (128, 5.0, -64.0, 0.0),
+                (112, 1.7, 3.0, -9.0),
             ] {
-                let map = Affine { a: scale, b: 0.0, c: 0.0, d: scale * 0.75, tx, ty };
+                maps.push((output, Affine { a: scale, b: 0.0, c: 0.0, d: scale * 0.75, tx, ty }));
+            }
+            // Rotated crops of several sizes and places, some partly or wholly off the frame.
+            for _ in 0..6 {
+                let side = [7, 23, 112][random.below(3)];
+                let angle = (random.below(2000) as f32 / 1000.0 - 1.0) * 1.2;
+                let face = (width.min(height) as f32) * (0.1 + random.below(1500) as f32 / 1000.0);
+                let cx = random.below(width as usize * 2 + 1) as f32 - width as f32 / 2.0;
+                let cy = random.below(height as usize * 2 + 1) as f32 - height as f32 / 2.0;
+                maps.push((side, Affine::square_crop(cx, cy, face / side as f32, angle, side)));
+            }
+            for (output, map) in maps {
                 let mut fast = RgbImage::new(output, output);
-                let mut general = RgbImage::new(output, output);
-                match format {
-                    PixelFormat::Rgb24 => {
-                        warp_axis_aligned::<Rgb24>(&source, &map, &mut fast);
-                        warp_general::<Rgb24>(&source, &map, &mut general);
-                    }
-                    PixelFormat::Bgr24 => {
-                        warp_axis_aligned::<Bgr24>(&source, &map, &mut fast);
-                        warp_general::<Bgr24>(&source, &map, &mut general);
-                    }
-                    PixelFormat::Grey => {
-                        warp_axis_aligned::<Grey>(&source, &map, &mut fast);
-                        warp_general::<Grey>(&source, &map, &mut general);
-                    }
-                    PixelFormat::Yuyv => {
-                        warp_axis_aligned::<Yuyv>(&source, &map, &mut fast);
-                        warp_general::<Yuyv>(&source, &map, &mut general);
-                    }
-                    PixelFormat::Uyvy => {
-                        warp_axis_aligned::<Uyvy>(&source, &map, &mut fast);
-                        warp_general::<Uyvy>(&source, &map, &mut general);
-                    }
-                    PixelFormat::Nv12 => {
-                        warp_axis_aligned::<Nv12>(&source, &map, &mut fast);
-                        warp_general::<Nv12>(&source, &map, &mut general);
-                    }
-                    PixelFormat::Mjpeg => unreachable!(),
-                }
+                let mut definition = RgbImage::new(output, output);
+                warper.warp(&source, &map, &mut fast).unwrap();
+                warp_definition(&source, &map, &mut definition).unwrap();
                 assert!(
-                    fast.data == general.data,
+                    fast.data == definition.data,
                     "{} {width}x{height} -> {output}, map {map:?}",
                     format.name()
                 );
             }
         }
+    }
+}
+
+#[test]
+fn the_looked_up_yuv_conversion_equals_the_formula_for_every_input() {
+    for y in 0..=255u8 {
+        for u in 0..=255u8 {
+            for v in 0..=255u8 {
+                let (formula, looked_up) = (yuv_to_rgb(y, u, v), yuv_to_rgb_fast(y, u, v));
+                assert!(
+                    formula.map(f32::to_bits) == looked_up.map(f32::to_bits),
+                    "Y {y} U {u} V {v}: {formula:?} != {looked_up:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn floor_without_libm_equals_floor_where_the_warp_takes_it() {
+    let mut random = XorShift(0x0f10_0123_4567_89ab);
+    let special = [-0.5f32, -0.25, 0.0, 0.5, 1.0, 1.5, 16383.5, 16383.99, 0.999_999_94];
+    let randoms = (0..100_000).map(|_| random.below(16_384 * 1024) as f32 / 1024.0 - 0.5);
+    for x in special.into_iter().chain(randoms) {
+        assert!(floor_in_range(x).to_bits() == x.floor().to_bits(), "floor of {x}");
     }
 }
