@@ -205,28 +205,50 @@ impl Model {
     }
 
     /// Runs the model on the current input and returns its outputs in manifest order: on the GPU plan while it
-    /// is healthy; on its first error the same input is run on the CPU plan, which runs every later one too.
+    /// is healthy. When the GPU plan fails, the same input is run on the CPU plan: if the CPU runs it, the GPU
+    /// failed where the model did not (a `GpuFault`, as is a contained panic), so the GPU plan is dropped and
+    /// the CPU runs every later input; if the CPU fails too, the input is at fault: that run's error, and the
+    /// GPU plan stays.
     pub fn run(&mut self) -> Result<TVec<TValue>> {
         IN_INFERENCE.with(|flag| flag.set(true));
-        let mut outputs = None;
-        if let Some(gpu) = self.gpu.as_mut() {
-            match run_on_gpu(gpu.as_mut(), &self.input) {
-                Ok(found) => outputs = Some(found),
-                Err(error) => {
-                    self.gpu = None;
-                    self.gpu_failure = Some(error.context(format!(
-                        "model `{}`: inference on the GPU failed; the CPU takes over",
-                        self.entry.id
-                    )));
-                }
-            }
-        }
-        let outputs = match outputs {
-            Some(found) => Ok(found),
-            None => self.state.run(tvec!(self.input.clone().into_tvalue())),
-        };
+        let outputs = self.run_placed();
         IN_INFERENCE.with(|flag| flag.set(false));
         outputs.with_context(|| format!("running model `{}`", self.entry.id))
+    }
+
+    fn run_placed(&mut self) -> Result<TVec<TValue>> {
+        let Some(gpu) = self.gpu.as_mut() else {
+            return self.state.run(tvec!(self.input.clone().into_tvalue()));
+        };
+        let on_gpu = match run_on_gpu(gpu.as_mut(), &self.input) {
+            Ok(found) => return Ok(found),
+            Err(error) => error,
+        };
+        match self.state.run(tvec!(self.input.clone().into_tvalue())) {
+            Ok(found) => {
+                self.drop_gpu(on_gpu);
+                Ok(found)
+            }
+            Err(_) if crate::gpu::is_fault(&on_gpu) => {
+                self.drop_gpu(on_gpu);
+                self.state.run(tvec!(self.input.clone().into_tvalue()))
+            }
+            Err(on_cpu) => Err(on_cpu.context("the input fails on the CPU plan as on the GPU's")),
+        }
+    }
+
+    fn drop_gpu(&mut self, error: anyhow::Error) {
+        self.gpu = None;
+        let fault = if crate::gpu::is_fault(&error) {
+            error
+        } else {
+            crate::gpu::GpuFault::error(format!("{error:#}"))
+        };
+        self.gpu_failure =
+            Some(fault.context(format!(
+                "model `{}`: inference on the GPU failed; the CPU takes over",
+                self.entry.id
+            )));
     }
 }
 
@@ -344,4 +366,59 @@ fn add_default_constant_of_shape_values(proto: &mut pb::ModelProto) -> usize {
         patched += 1;
     }
     patched
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GPU plan that always fails, as a device that stopped would.
+    #[derive(Debug, Clone)]
+    struct Refusing(Box<dyn State>);
+
+    impl State for Refusing {
+        fn run(&mut self, _inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+            Err(anyhow::anyhow!("the device refused the launch"))
+        }
+
+        fn runnable(&self) -> &dyn Runnable {
+            self.0.runnable()
+        }
+    }
+
+    fn student() -> Model {
+        let manifest = Manifest::load(Path::new("models/manifest.toml")).expect("the bundled manifest");
+        let entry = manifest
+            .get("deepgate_student", crate::manifest::Role::Classifier)
+            .expect("the shipped classifier")
+            .clone();
+        Model::load(&manifest, &entry).expect("the shipped classifier loads")
+    }
+
+    #[test]
+    fn a_gpu_plan_that_fails_where_the_cpu_does_not_is_dropped_as_a_gpu_fault() {
+        let mut model = student();
+        let expected = model.run().expect("the CPU plan runs");
+        model.gpu = Some(Box::new(Refusing(Box::new(model.state.clone()))));
+        let outputs = model.run().expect("the CPU takes over the same input");
+        let logits = |values: &TVec<TValue>| -> Vec<f32> {
+            let plain = values[0].try_as_plain_ram().expect("outputs in memory");
+            plain.as_slice::<f32>().expect("f32 logits").to_vec()
+        };
+        assert_eq!(logits(&outputs), logits(&expected));
+        assert!(model.gpu.is_none(), "the GPU plan is dropped");
+        let failure = model.take_gpu_failure().expect("the reason is kept for the controller");
+        assert!(crate::gpu::is_fault(&failure), "{failure:#}");
+    }
+
+    #[test]
+    fn an_input_that_fails_on_both_plans_is_that_runs_error_and_the_gpu_plan_stays() {
+        let mut model = student();
+        model.gpu = Some(Box::new(Refusing(Box::new(model.state.clone()))));
+        model.input = Tensor::zero::<f32>(&[1, 3, 5, 5]).expect("a tensor of the wrong shape");
+        let error = model.run().expect_err("no plan can run a wrong-shaped input");
+        assert!(!crate::gpu::is_fault(&error), "{error:#}");
+        assert!(model.gpu.is_some(), "the GPU plan stays");
+        assert!(model.take_gpu_failure().is_none());
+    }
 }
