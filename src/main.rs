@@ -155,6 +155,11 @@ enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// The OSDP gate's commissioning: `reset-key --board FILE` re-arms install mode for the next start.
+    Osdp {
+        #[command(subcommand)]
+        action: OsdpAction,
+    },
     /// Prints what this machine offers (CPU features, CUDA, cameras with their identity and formats) as JSON.
     Probe {
         /// Also open the GPU path as `run` would (loads libcuda and libnvrtc, compiles or loads the kernels
@@ -174,6 +179,16 @@ enum Command {
         /// Write each frame's raw bytes into this directory (created if missing) for inspection.
         #[arg(long)]
         save: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum OsdpAction {
+    /// Removes the OSDP site key and the record of the install window (local access to the state directory
+    /// needed), so that the next `deepgate run` arms install mode for `install_window_s`; logged.
+    ResetKey {
+        #[arg(long)]
+        board: PathBuf,
     },
 }
 
@@ -227,6 +242,7 @@ fn main() -> ExitCode {
         }
         Command::Audit { action: AuditAction::Keygen { out } } => cli::audit::keygen(&out),
         Command::Audit { action: AuditAction::PublicKey { key } } => cli::audit::public_key(&key),
+        Command::Osdp { action: OsdpAction::ResetKey { board } } => cli::osdp::reset_key(&board),
         Command::Probe { gpu } => cli::probe::probe(gpu),
         Command::Capture { board, frames, save } => cli::capture::capture(&board, frames, save.as_deref()),
     };

@@ -493,7 +493,7 @@ pub fn startup_line(config: &BoardConfig, pipeline: &Pipeline) -> String {
 /// The OSDP gate's settings from its section of the board config: paths resolved, the configured classifier's identity (from
 /// the manifest, so that it is known even when the model file itself fails its checks) for replies.
 fn osdp_settings(config: &BoardConfig, section: &OsdpSection) -> Result<OsdpSettings> {
-    let OsdpSection { device, baud, address, key, install_mode, vendor_code, hold_ms } = section;
+    let OsdpSection { device, baud, address, key, install_window_s, vendor_code, hold_ms } = section;
     let mut model = [0u8; 8];
     if let Some(id) = &config.models.classifier {
         let manifest = Manifest::load(&config.resolve(&config.models.manifest))?;
@@ -505,7 +505,7 @@ fn osdp_settings(config: &BoardConfig, section: &OsdpSection) -> Result<OsdpSett
         baud: *baud,
         address: *address,
         key: config.resolve(key),
-        install_mode: *install_mode,
+        install_window: Duration::from_secs(u64::from(*install_window_s)),
         vendor_code: crate::gate::osdp::parse_vendor_code(vendor_code)?,
         hold: Duration::from_millis(u64::from(*hold_ms)),
         model,

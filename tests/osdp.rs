@@ -176,10 +176,10 @@ impl Kiosk {
         directory: &Path,
         panel: &mut Panel,
         key: &Path,
-        install_mode: bool,
+        install_window_s: u32,
         edits: &[(&str, &str)],
     ) -> Kiosk {
-        Kiosk::start_with(directory, panel, key, install_mode, edits, |_| {})
+        Kiosk::start_with(directory, panel, key, install_window_s, edits, |_| {})
     }
 
     /// `start`, with `prepare` given the board's models directory before the kiosk starts.
@@ -187,7 +187,7 @@ impl Kiosk {
         directory: &Path,
         panel: &mut Panel,
         key: &Path,
-        install_mode: bool,
+        install_window_s: u32,
         edits: &[(&str, &str)],
         prepare: impl FnOnce(&Path),
     ) -> Kiosk {
@@ -198,7 +198,7 @@ impl Kiosk {
         }
         let gate = format!(
             "kind = \"osdp\"\ndevice = {pty:?}\nbaud = 115200\naddress = {ADDRESS}\nkey = {key:?}\n\
-             install_mode = {install_mode}\nvendor_code = \"{VENDOR}\"\nhold_ms = 400\n#"
+             install_window_s = {install_window_s}\nvendor_code = \"{VENDOR}\"\nhold_ms = 400\n#"
         );
         let mut all_edits =
             vec![("repeat = false", "repeat = true"), ("frame_rate = 0.0", "frame_rate = 15.0")];
@@ -282,7 +282,7 @@ fn verdicts_reach_a_real_control_panel_over_the_secure_channel_and_nothing_is_re
     let directory = common::temp_dir("osdp-verdicts");
     let key = key_file(&directory, KEY);
     let mut panel = Panel::start(&python, &directory, &["--scbk", KEY]);
-    let kiosk = Kiosk::start(&directory, &mut panel, &key, false, &[]);
+    let kiosk = Kiosk::start(&directory, &mut panel, &key, 0, &[]);
 
     panel.wait_for("the secure channel", Duration::from_secs(30), |line| line["secure"] == true);
     let verdict = panel.wait_for("a verdict", Duration::from_secs(60), |line| is_mfg(line, 1));
@@ -306,7 +306,7 @@ fn verdicts_reach_a_real_control_panel_over_the_secure_channel_and_nothing_is_re
     let start = panel.seen.len();
     panel.send("health");
     let health = panel.wait_from(start, "the health reply", Duration::from_secs(10), |line| is_mfg(line, 2));
-    assert_eq!(health["data"], "02000000", "normal, no tamper, ready: {health}");
+    assert_eq!(health["data"], "0200000000", "normal, no tamper, ready: {health}");
 
     let log = kiosk.stop();
     let panel_log = panel.stop();
@@ -327,7 +327,7 @@ fn a_panel_without_the_site_key_gets_no_verdicts() {
     let directory = common::temp_dir("osdp-wrong-key");
     let key = key_file(&directory, KEY);
     let mut panel = Panel::start(&python, &directory, &["--scbk", "00000000000000000000000000000000"]);
-    let kiosk = Kiosk::start(&directory, &mut panel, &key, false, &[]);
+    let kiosk = Kiosk::start(&directory, &mut panel, &key, 0, &[]);
     let lines = panel.collect(Duration::from_secs(8));
     let log = kiosk.stop();
     panel.stop();
@@ -349,7 +349,7 @@ fn an_attack_raises_input_1_and_hostile_bytes_on_the_line_are_refused_and_counte
     let mut panel = Panel::start(&python, &directory, &["--scbk", KEY]);
     // A frame threshold near 0 makes every frame evidence of a forgery: a stand-in for an attack video.
     let edits = [("frame_threshold = 0.5 ", "frame_threshold = 0.02")];
-    let kiosk = Kiosk::start(&directory, &mut panel, &key, false, &edits);
+    let kiosk = Kiosk::start(&directory, &mut panel, &key, 0, &edits);
     panel.wait_for("the secure channel", Duration::from_secs(30), |line| line["secure"] == true);
     let verdict = panel.wait_for("a verdict", Duration::from_secs(60), |line| is_mfg(line, 1));
     assert_eq!(&verdict["data"].as_str().unwrap()[2..4], "01", "fake: {verdict}");
@@ -385,7 +385,7 @@ fn install_mode_takes_the_site_key_from_the_panel_and_uses_it_from_then_on() {
     let directory = common::temp_dir("osdp-install");
     let key = directory.join("site.key");
     let mut panel = Panel::start(&python, &directory, &["--install"]);
-    let kiosk = Kiosk::start(&directory, &mut panel, &key, true, &[]);
+    let kiosk = Kiosk::start(&directory, &mut panel, &key, 600, &[]);
     panel.wait_for("a secure channel on the default key", Duration::from_secs(30), |line| {
         line["secure"] == true
     });
@@ -406,7 +406,7 @@ fn install_mode_takes_the_site_key_from_the_panel_and_uses_it_from_then_on() {
 
     // From then on the PD is commissioned: a panel with the new site key gets verdicts without install mode.
     let mut panel = Panel::start(&python, &directory, &["--scbk", KEY]);
-    let kiosk = Kiosk::start(&directory, &mut panel, &key, false, &[]);
+    let kiosk = Kiosk::start(&directory, &mut panel, &key, 0, &[]);
     panel.wait_for("a verdict over the new key", Duration::from_secs(60), |line| is_mfg(line, 1));
     kiosk.stop();
     panel.stop();
@@ -427,7 +427,7 @@ fn the_controller_sees_each_health_state_as_inputs_tamper_and_a_health_reply() {
         baud: 115_200,
         address: ADDRESS.parse().unwrap(),
         key,
-        install_mode: false,
+        install_window: Duration::ZERO,
         vendor_code: [0x0a, 0x1b, 0x2c],
         hold: Duration::from_millis(400),
         model: [0; 8],
@@ -453,7 +453,7 @@ fn the_controller_sees_each_health_state_as_inputs_tamper_and_a_health_reply() {
         let health = monitor.observe(event).expect("each step changes the health");
         let start = panel.seen.len();
         gate.set_health(health);
-        let expected = format!("02{code:02x}{tamper}{not_ready}");
+        let expected = format!("02{code:02x}{tamper}{not_ready}00");
         let reply = panel.wait_from(
             start,
             &format!("health {expected} after {event:?}"),
@@ -484,7 +484,7 @@ fn a_model_that_fails_its_checks_keeps_the_kiosk_up_telling_the_controller_until
     let mut panel = Panel::start(&python, &directory, &["--scbk", KEY]);
     // The board's models directory is a copy (common::board); damage its classifier there.
     let retry = [("model_retry_s = 0 ", "model_retry_s = 1 ")];
-    let kiosk = Kiosk::start_with(&directory, &mut panel, &key, false, &retry, |models| {
+    let kiosk = Kiosk::start_with(&directory, &mut panel, &key, 0, &retry, |models| {
         let path = models.join("deepgate_student.onnx");
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
@@ -492,7 +492,7 @@ fn a_model_that_fails_its_checks_keeps_the_kiosk_up_telling_the_controller_until
     });
     panel.wait_for("the secure channel", Duration::from_secs(30), |line| line["secure"] == true);
     let reply = panel.wait_for("the model_invalid health reply", Duration::from_secs(20), |line| {
-        is_mfg(line, 2) && line["data"] == "02040001"
+        is_mfg(line, 2) && line["data"] == "0204000100"
     });
     assert!(!panel.seen.iter().any(|line| is_mfg(line, 1)), "no verdicts without a valid model: {reply}");
     panel.wait_for("input 2 (not ready)", Duration::from_secs(5), |line| {
@@ -504,7 +504,7 @@ fn a_model_that_fails_its_checks_keeps_the_kiosk_up_telling_the_controller_until
     std::fs::rename(models.join("good.onnx"), models.join("deepgate_student.onnx")).unwrap();
     let start = panel.seen.len();
     panel.wait_from(start, "the normal health reply", Duration::from_secs(20), |line| {
-        is_mfg(line, 2) && line["data"] == "02000000"
+        is_mfg(line, 2) && line["data"] == "0200000000"
     });
     panel.wait_from(start, "a verdict once the model is valid", Duration::from_secs(60), |line| {
         is_mfg(line, 1)
@@ -521,7 +521,7 @@ fn a_lost_serial_line_is_logged_once_retried_and_the_kiosk_carries_on() {
     let directory = common::temp_dir("osdp-line-lost");
     let key = key_file(&directory, KEY);
     let mut panel = Panel::start(&python, &directory, &["--scbk", KEY]);
-    let kiosk = Kiosk::start(&directory, &mut panel, &key, false, &[]);
+    let kiosk = Kiosk::start(&directory, &mut panel, &key, 0, &[]);
     panel.wait_for("the secure channel", Duration::from_secs(30), |line| line["secure"] == true);
     // The panel goes, and its end of the line with it (an RS-485 adapter pulled out, as the kiosk sees it).
     panel.stop();
@@ -572,7 +572,7 @@ fn the_door_follows_the_controllers_output_command_within_the_secure_channel_onl
         baud: 115_200,
         address: ADDRESS.parse().unwrap(),
         key: key.clone(),
-        install_mode: false,
+        install_window: Duration::ZERO,
         vendor_code: [0x0a, 0x1b, 0x2c],
         hold: Duration::from_millis(400),
         model: [0; 8],
@@ -644,3 +644,6 @@ fn the_door_follows_the_controllers_output_command_within_the_secure_channel_onl
     drop(gate);
     panel.stop();
 }
+
+#[path = "osdp/commissioning.rs"]
+mod commissioning;

@@ -9,6 +9,7 @@ pub mod crops;
 pub mod eval;
 pub mod explain;
 pub mod logging;
+pub mod osdp;
 pub mod output;
 pub mod probe;
 pub mod replay;

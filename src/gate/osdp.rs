@@ -1,7 +1,8 @@
 //! The OSDP gate: deepgate as an OSDP peripheral device (PD) on an RS-485 line, polled by the access controller
 //! (the control panel, CP). The protocol and its Secure Channel are libosdp's (the `libosdp` crate); this module
 //! owns the policy (secure channel or nothing), what the controller is told, the counts and the device loop; the
-//! serial port is `serial`, the wire inspection `wire`, the site key on disk `keys`.
+//! serial port is `serial`, the wire inspection `wire`, the site key on disk `keys`, the install window and
+//! serial number `commissioning`, the status and commands the controller sends `commands`.
 //!
 //! What the controller sees (documented for integrators in ARCHITECTURE.md, "OSDP mapping"):
 //!
@@ -23,22 +24,29 @@
 //! Verdict reply (`vendor_code` from the config, little-endian): `[1, decision, p_lo, p_hi, frames_lo,
 //! frames_hi, seen_lo, seen_hi, first_frame (8 bytes), model (8 bytes)]` where decision is 0 genuine, 1 fake,
 //! 2 uncertain, 3 no face; p is the mean fake probability × 10000 (0xFFFF: none classified); model is the first
-//! 8 bytes of the classifier's sha256. Health reply: `[2, state, tamper, not_ready]` (state codes:
-//! `health::State::code`). A CP may also ask: manufacturer command `[2]` is answered with the health reply.
+//! 8 bytes of the classifier's sha256. Health reply: `[2, state, tamper, not_ready, install]` (state codes:
+//! `health::State::code`; install is 1 while install mode is armed, and a reply goes out when it ends). A CP may
+//! also ask: manufacturer command `[2]` is answered with the health reply. osdp_PDID carries this device's
+//! serial number, generated once and kept in the state directory (`commissioning`).
 //!
 //! Security: the PD enforces Secure Channel (AES-128, the site key SCBK from a private key file). The public
-//! default key SCBK-D is accepted only with `install_mode = true`, where the controller is expected to set the
-//! site key (osdp_KEYSET), which is written to the key file (mode 600, atomically) and used from then on. A
+//! default key SCBK-D is accepted only in install mode: armed for `install_window_s` at a start while no site
+//! key exists and no window was opened since the last local reset (`deepgate osdp reset-key`), ended by the
+//! window's expiry or by the controller setting the site key (osdp_KEYSET), which is written to the key file
+//! (mode 600, atomically) and used from then on; a restart never re-arms it (`commissioning`). A
 //! verdict produced while no secure channel is up is not sent, later or ever (it is about a person who has
 //! gone): it is counted as `undelivered`. Bad checksums, bad MACs, replays and oversized frames are refused by
 //! libosdp; the wire is also inspected here so that each kind of refusal is counted (see `WireStats`).
 
+mod commands;
+mod commissioning;
 mod door;
 mod keys;
 mod section;
 mod serial;
 mod wire;
 
+pub use commissioning::{reset_site_key, MAX_INSTALL_WINDOW_S};
 pub use section::{parse_vendor_code, OsdpSection};
 pub use wire::WireStats;
 
@@ -46,16 +54,15 @@ use super::{encode_line, Gate, Line, VerdictMessage};
 use crate::decide::Decision;
 use crate::health::Health;
 use anyhow::{ensure, Context, Result};
-use door::follow_output;
-use keys::{read_key, store_key};
+use commands::{command_handler, identity, PanelState};
+use commissioning::{serial_number, start_key, StartKey};
 use libosdp::{
-    OsdpCommand, OsdpEvent, OsdpEventMfgReply, OsdpFlag, OsdpStatusReport, OsdpStatusReportType, PdCapEntity,
-    PdCapability, PdId, PdInfoBuilder, PeripheralDevice,
+    OsdpEvent, OsdpEventMfgReply, OsdpFlag, PdCapEntity, PdCapability, PdInfoBuilder, PeripheralDevice,
 };
 use serial::{open_port, SerialChannel};
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -99,8 +106,10 @@ pub struct OsdpSettings {
     pub address: u8,
     /// The site key file (32 hexadecimal digits, mode 600).
     pub key: PathBuf,
-    /// Accept the public default key SCBK-D until the controller sets the site key.
-    pub install_mode: bool,
+    /// How long install mode (the public default key SCBK-D accepted until the controller sets the site key)
+    /// stays armed; zero: never. Armed only while no site key exists and no window was opened since the last
+    /// local reset (`commissioning`).
+    pub install_window: Duration,
     /// IEEE OUI for manufacturer replies and the PD identity.
     pub vendor_code: [u8; 3],
     /// How long inputs 0 and 1 stay active after a verdict.
@@ -219,9 +228,11 @@ pub struct OsdpGate {
 }
 
 impl OsdpGate {
-    /// Opens the serial port and starts the PD. Fails when the port cannot be opened or configured, or the key
-    /// file is missing, unreadable, readable by others or malformed (a missing key is accepted only in install
-    /// mode).
+    /// Opens the serial port and starts the PD. Fails when the port cannot be opened or configured, the key
+    /// file is unreadable, readable by others or malformed, or the state beside it (install window record,
+    /// serial number) cannot be read or written. Without a site key the PD starts in install mode for
+    /// `install_window` if that window was not yet opened since the last local reset, else on a random key no
+    /// controller knows.
     pub fn start(settings: &OsdpSettings) -> Result<OsdpGate> {
         ensure!(
             BAUD_RATES.contains(&settings.baud),
@@ -229,65 +240,51 @@ impl OsdpGate {
             settings.baud
         );
         ensure!(settings.address <= 126, "OSDP address {} must be 0 to 126", settings.address);
-        // In install mode without a site key yet, the PD starts on SCBK-D, the public default key the standard
-        // defines for commissioning (libosdp needs a key whenever the secure channel is enforced).
-        let key = match settings.key.exists() || !settings.install_mode {
-            true => read_key(&settings.key)?,
-            false => SCBK_D,
+        let serial = serial_number(&settings.key)?;
+        let start = start_key(&settings.key, settings.install_window)?;
+        let state = Arc::new(PanelState::default());
+        let install_until = match start {
+            StartKey::Site(_) => {
+                state.site_key.store(true, Ordering::Relaxed);
+                None
+            }
+            StartKey::Install(window) => {
+                state.install.store(true, Ordering::Relaxed);
+                log::warn!(
+                    "OSDP install mode ARMED for {} s: the public default key is accepted until the controller \
+                     sets the site key (written to {}); it is never armed again unless `deepgate osdp reset-key` \
+                     removes that key",
+                    window.as_secs(),
+                    settings.key.display()
+                );
+                Some(Instant::now() + window)
+            }
+            StartKey::Unset(_) => {
+                log::error!(
+                    "OSDP: no site key in {} and the install window is spent or not configured: no controller \
+                     can connect; `deepgate osdp reset-key` and a restart open a new install window",
+                    settings.key.display()
+                );
+                None
+            }
         };
         let port = open_port(&settings.device, settings.baud)?;
         let stats = Arc::new(OsdpStats::default());
-        let channel = SerialChannel {
-            port: Some(port),
-            device: settings.device.clone(),
-            baud: settings.baud,
-            reopen_at: Instant::now(),
-            stats: Arc::clone(&stats),
-            incoming: Inspector::default(),
-            outgoing: Inspector::default(),
-        };
-        let mut flags = OsdpFlag::EnforceSecure;
-        if settings.install_mode {
-            flags |= OsdpFlag::InstallMode;
-        }
-        let info = PdInfoBuilder::new()
-            .name("deepgate")
-            .and_then(|info| info.address(i32::from(settings.address)))
-            .and_then(|info| info.baud_rate(settings.baud as i32))
-            .map_err(|error| anyhow::anyhow!("OSDP settings: {error}"))?
-            .flag(flags)
-            .id(&identity(settings.vendor_code))
-            .capabilities(&[
-                PdCapability::ContactStatusMonitoring(PdCapEntity::new(1, INPUTS as u8)),
-                PdCapability::OutputControl(PdCapEntity::new(1, u8::from(settings.door.is_some()))),
-                PdCapability::CommunicationSecurity(PdCapEntity::new(1, 1)),
-            ])
-            .secure_channel_key(key);
-        let state = Arc::new(PanelState::default());
-        let mut pd = PeripheralDevice::new(info, Box::new(channel))
-            .map_err(|error| anyhow::anyhow!("starting the OSDP peripheral device: {error}"))?;
-        pd.set_command_callback(command_handler(settings, Arc::clone(&state), Arc::clone(&stats)));
-        if settings.install_mode {
-            log::warn!(
-                "OSDP install mode: the public default key is accepted until the controller sets the site key \
-                 (written to {}); leave install mode once it has",
-                settings.key.display()
-            );
-        }
-
+        let pd = open_device(settings, Some(port), &start, serial, &state, &stats)?;
         let (sender, receiver) = std::sync::mpsc::sync_channel(QUEUE);
         let description = format!(
-            "osdp {} at {} baud, address {}",
+            "osdp {} at {} baud, address {}, serial number {}",
             settings.device.display(),
             settings.baud,
-            settings.address
+            settings.address,
+            crate::gate::to_hex(&serial)
         );
         let thread = std::thread::Builder::new()
             .name("gate-osdp".into())
             .spawn({
                 let stats = Arc::clone(&stats);
                 let settings = settings.clone();
-                move || serve(pd, &receiver, &settings, &state, &stats)
+                move || serve(pd, &receiver, &settings, install_until, serial, &state, &stats)
             })
             .context("starting the OSDP thread")?;
         Ok(OsdpGate { sender: Some(sender), stats, thread: Some(thread), description, line: Line::new() })
@@ -366,134 +363,52 @@ impl Drop for OsdpGate {
     }
 }
 
-/// The PD identity the controller reads with osdp_ID: our vendor code, model 1, the crate version.
-fn identity(vendor_code: [u8; 3]) -> PdId {
-    let version = |text: &str| text.parse::<u8>().unwrap_or(0);
-    PdId {
-        version: 1,
-        model: 1,
-        vendor_code: (vendor_code[0], vendor_code[1], vendor_code[2]),
-        serial_number: [0; 4],
-        firmware_version: (
-            version(env!("CARGO_PKG_VERSION_MAJOR")),
-            version(env!("CARGO_PKG_VERSION_MINOR")),
-            version(env!("CARGO_PKG_VERSION_PATCH")),
-        ),
-    }
-}
-
-/// What the controller reads with osdp_ISTAT and osdp_LSTAT, shared between the OSDP thread (which changes it)
-/// and libosdp's command callback (which answers with it).
-#[derive(Default)]
-struct PanelState {
-    /// Bit i: input i active.
-    inputs: AtomicU8,
-    tamper: AtomicBool,
-    /// The last health state's code, for the manufacturer health query.
-    health: AtomicU8,
-}
-
-impl PanelState {
-    fn input_report(&self) -> OsdpStatusReport {
-        let mut report = [0u8; 64];
-        let inputs = self.inputs.load(Ordering::Relaxed);
-        for (index, entry) in report.iter_mut().take(INPUTS).enumerate() {
-            *entry = (inputs >> index) & 1;
-        }
-        OsdpStatusReport { type_: OsdpStatusReportType::Input, nr_entries: INPUTS, report }
-    }
-
-    fn local_report(&self) -> OsdpStatusReport {
-        let mut report = [0u8; 64];
-        report[0] = u8::from(self.tamper.load(Ordering::Relaxed));
-        // report[1] is power: the kiosk has no supply monitor, so it always reads normal.
-        OsdpStatusReport { type_: OsdpStatusReportType::Local, nr_entries: 2, report }
-    }
-
-    fn health_reply(&self) -> Vec<u8> {
-        let inputs = self.inputs.load(Ordering::Relaxed);
-        vec![
-            MFG_HEALTH,
-            self.health.load(Ordering::Relaxed),
-            u8::from(self.tamper.load(Ordering::Relaxed)),
-            (inputs >> 2) & 1,
-        ]
-    }
-}
-
-/// libosdp's command callback: answers status queries from `state`, stores a site key, answers the health
-/// query; refuses (NAK) what this PD does not do. Returns 0 to ACK, a negative number to NAK, a positive one
-/// to send the (rewritten) manufacturer command back as a manufacturer reply.
-fn command_handler(
+/// The PD on the serial port (`None`: opened by the channel when it first reads), on the key `start` says,
+/// with the identity and capabilities this PD reports and its command callback.
+fn open_device(
     settings: &OsdpSettings,
-    state: Arc<PanelState>,
-    stats: Arc<OsdpStats>,
-) -> impl FnMut(&mut OsdpCommand) -> i32 {
-    let key_path = settings.key.clone();
-    let vendor_code = settings.vendor_code;
-    let door = settings.door.clone();
-    // In install mode the secure channel may run on the public default key: the door follows the controller
-    // only once a site key is in place (it existed at start, or the controller has just set it).
-    let site_key = Arc::new(AtomicBool::new(!settings.install_mode || settings.key.exists()));
-    move |command| match command {
-        OsdpCommand::Output(output) => {
-            let outcome = if site_key.load(Ordering::Relaxed) {
-                follow_output(door.as_ref(), output.output_no, output.control_code, output.timer_count)
-            } else {
-                Err(anyhow::anyhow!("install mode: no site key yet, the default key is public"))
-            };
-            match outcome {
-                Ok(()) => {
-                    stats.gate.outputs.fetch_add(1, Ordering::Relaxed);
-                    0
-                }
-                Err(error) => {
-                    stats.gate.refused_commands.fetch_add(1, Ordering::Relaxed);
-                    log::warn!("OSDP: output command refused: {error:#}");
-                    -1
-                }
-            }
+    port: Option<serialport::TTYPort>,
+    start: &StartKey,
+    serial: [u8; 4],
+    state: &Arc<PanelState>,
+    stats: &Arc<OsdpStats>,
+) -> Result<PeripheralDevice> {
+    let channel = SerialChannel {
+        port,
+        device: settings.device.clone(),
+        baud: settings.baud,
+        reopen_at: Instant::now(),
+        stats: Arc::clone(stats),
+        incoming: Inspector::default(),
+        outgoing: Inspector::default(),
+    };
+    let mut flags = OsdpFlag::EnforceSecure;
+    // libosdp needs a key whenever the secure channel is enforced; in install mode it is SCBK-D, the public
+    // default key the standard defines for commissioning.
+    let key = match start {
+        StartKey::Site(key) | StartKey::Unset(key) => *key,
+        StartKey::Install(_) => {
+            flags |= OsdpFlag::InstallMode;
+            SCBK_D
         }
-        OsdpCommand::Status(report) => {
-            *report = match report.type_ {
-                OsdpStatusReportType::Input => state.input_report(),
-                OsdpStatusReportType::Local => state.local_report(),
-                _ => {
-                    stats.gate.refused_commands.fetch_add(1, Ordering::Relaxed);
-                    return -1;
-                }
-            };
-            0
-        }
-        OsdpCommand::KeySet(keyset) => match store_key(&key_path, &keyset.data) {
-            Ok(()) => {
-                stats.gate.keys_set.fetch_add(1, Ordering::Relaxed);
-                site_key.store(true, Ordering::Relaxed);
-                log::info!("OSDP: the controller set a new site key; stored in {}", key_path.display());
-                0
-            }
-            Err(error) => {
-                stats.gate.refused_commands.fetch_add(1, Ordering::Relaxed);
-                log::error!("OSDP: a new site key could not be stored, refused: {error:#}");
-                -1
-            }
-        },
-        OsdpCommand::Mfg(mfg) if mfg.vendor_code == (vendor_code[0], vendor_code[1], vendor_code[2]) => {
-            if mfg.data.first() == Some(&MFG_HEALTH) {
-                mfg.data = state.health_reply();
-                1
-            } else {
-                stats.gate.refused_commands.fetch_add(1, Ordering::Relaxed);
-                log::warn!("OSDP: unknown manufacturer command {:02x?} refused", mfg.data.first());
-                -1
-            }
-        }
-        other => {
-            stats.gate.refused_commands.fetch_add(1, Ordering::Relaxed);
-            log::warn!("OSDP: command {other:?} is not supported by this PD; refused");
-            -1
-        }
-    }
+    };
+    let info = PdInfoBuilder::new()
+        .name("deepgate")
+        .and_then(|info| info.address(i32::from(settings.address)))
+        .and_then(|info| info.baud_rate(settings.baud as i32))
+        .map_err(|error| anyhow::anyhow!("OSDP settings: {error}"))?
+        .flag(flags)
+        .id(&identity(settings.vendor_code, serial))
+        .capabilities(&[
+            PdCapability::ContactStatusMonitoring(PdCapEntity::new(1, INPUTS as u8)),
+            PdCapability::OutputControl(PdCapEntity::new(1, u8::from(settings.door.is_some()))),
+            PdCapability::CommunicationSecurity(PdCapEntity::new(1, 1)),
+        ])
+        .secure_channel_key(key);
+    let mut pd = PeripheralDevice::new(info, Box::new(channel))
+        .map_err(|error| anyhow::anyhow!("starting the OSDP peripheral device: {error}"))?;
+    pd.set_command_callback(command_handler(settings, Arc::clone(state), Arc::clone(stats)));
+    Ok(pd)
 }
 
 /// The OSDP thread: refreshes libosdp, turns verdicts and health changes into events, releases held inputs.
@@ -501,12 +416,17 @@ fn command_handler(
 /// libosdp holds only `LIBOSDP_EVENTS` events (each leaves with one poll reply), so events wait in `pending`
 /// (bounded, oldest dropped and counted) and are handed over as the controller collects them: the outgoing
 /// inspector counts event replies on the wire.
+///
+/// Install mode ends when the controller has set the site key (libosdp then drops the default key itself), or
+/// at `install_until`: the PD is then started again on a random key, so the default key is refused from then on.
 fn serve(
     mut pd: PeripheralDevice,
     receiver: &Receiver<Message>,
     settings: &OsdpSettings,
-    state: &PanelState,
-    stats: &OsdpStats,
+    install_until: Option<Instant>,
+    serial: [u8; 4],
+    state: &Arc<PanelState>,
+    stats: &Arc<OsdpStats>,
 ) {
     let mut pending: VecDeque<OsdpEvent> = VecDeque::with_capacity(PENDING);
     let push = |pending: &mut VecDeque<OsdpEvent>, event: OsdpEvent| {
@@ -531,6 +451,35 @@ fn serve(
     let mut secure = false;
     loop {
         pd.refresh();
+        if state.install.load(Ordering::Relaxed) {
+            if state.site_key.load(Ordering::Relaxed) {
+                state.install.store(false, Ordering::Relaxed);
+                log::info!("OSDP install mode ended: the controller set the site key");
+                push(&mut pending, mfg(state.health_reply()));
+            } else if install_until.is_some_and(|until| Instant::now() >= until) {
+                state.install.store(false, Ordering::Relaxed);
+                log::warn!(
+                    "OSDP install window expired without a site key: the default key is refused from now on; \
+                     `deepgate osdp reset-key` and a restart open a new window"
+                );
+                let unset = match commissioning::random_key() {
+                    Ok(key) => StartKey::Unset(key),
+                    Err(error) => {
+                        log::error!("OSDP: stopping, no key to leave install mode with: {error:#}");
+                        return;
+                    }
+                };
+                pd = match open_device(settings, None, &unset, serial, state, stats) {
+                    Ok(pd) => pd,
+                    Err(error) => {
+                        log::error!("OSDP: stopping, the PD could not leave install mode: {error:#}");
+                        return;
+                    }
+                };
+                push(&mut pending, mfg(state.health_reply()));
+                continue;
+            }
+        }
         let now_secure = pd.is_sc_active();
         if now_secure != secure {
             secure = now_secure;

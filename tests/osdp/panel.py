@@ -12,6 +12,7 @@ Protocol with the test (one JSON object per line):
     garbage            write 64 random bytes
     keyset HEX         set a new site key (osdp_KEYSET; needs the secure channel)
     health             send the manufacturer health query [2]
+    id                 print the PD identity read at connection (osdp_PDID): {"id": {"serial_number": N, ...}}
     output N CODE T    osdp_OUT: output N, control code CODE, timer T (100 ms units)
     quit
 The panel never judges; the test asserts on what it prints.
@@ -168,6 +169,9 @@ def main():
                     "command": osdp.Command.Output, "output_no": int(words[1]),
                     "control_code": int(words[2]), "timer_count": int(words[3])})
                 emit({"submitted": "output", "ok": bool(done)})
+            elif words[0] == "id":
+                pd_id = panel.get_pd_id(args.address)
+                emit({"id": {"serial_number": pd_id.serial_number, "vendor_code": pd_id.vendor_code}})
             elif words[0] == "health":
                 done = panel.submit_command(args.address, {
                     "command": osdp.Command.Manufacturer, "vendor_code": int.from_bytes(bytes.fromhex(args.vendor), "little"),
