@@ -137,7 +137,10 @@ fn the_panel_reads_a_serial_number_stable_across_restarts_and_unique_per_state_d
         let id = panel.wait_for("the PD identity", Duration::from_secs(10), |line| line.get("id").is_some());
         drop(gate);
         panel.stop();
-        id["id"]["serial_number"].as_u64().unwrap()
+        // libosdp's Python binding gives the 32-bit serial number as a signed integer.
+        id["id"]["serial_number"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no serial number in the PD identity {id}"))
     };
     let first = common::temp_dir("osdp-serial-1");
     let second = common::temp_dir("osdp-serial-2");
