@@ -160,6 +160,11 @@ enum Command {
         #[command(subcommand)]
         action: OsdpAction,
     },
+    /// Site configuration: `check` prints the board config merged with the site override, validated.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Prints what this machine offers (CPU features, CUDA, cameras with their identity and formats) as JSON.
     Probe {
         /// Also open the GPU path as `run` would (loads libcuda and libnvrtc, compiles or loads the kernels
@@ -179,6 +184,19 @@ enum Command {
         /// Write each frame's raw bytes into this directory (created if missing) for inspection.
         #[arg(long)]
         save: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Prints the merged, validated configuration (TOML; keys from the site file marked with it); exit status 2
+    /// naming the file and key when the board or the site file is refused.
+    Check {
+        #[arg(long, default_value = DEFAULT_BOARD)]
+        board: PathBuf,
+        /// The site override (must exist); default: `DEEPGATE_SITE`, else /etc/deepgate/site.toml if present.
+        #[arg(long)]
+        site: Option<PathBuf>,
     },
 }
 
@@ -243,6 +261,9 @@ fn main() -> ExitCode {
         Command::Audit { action: AuditAction::Keygen { out } } => cli::audit::keygen(&out),
         Command::Audit { action: AuditAction::PublicKey { key } } => cli::audit::public_key(&key),
         Command::Osdp { action: OsdpAction::ResetKey { board } } => cli::osdp::reset_key(&board),
+        Command::Config { action: ConfigAction::Check { board, site } } => {
+            cli::config_check::check(&board, site.as_deref())
+        }
         Command::Probe { gpu } => cli::probe::probe(gpu),
         Command::Capture { board, frames, save } => cli::capture::capture(&board, frames, save.as_deref()),
     };

@@ -611,7 +611,7 @@ fn the_shipped_classifier_decides_genuine_for_a_genuine_person_filmed_over_sever
 #[test]
 fn run_refuses_to_start_a_door_whose_relay_it_cannot_drive() {
     // No GPIO chip on a development machine (nor in CI): the relay cannot be requested, so nothing runs.
-    let relay = "[relay]\nchip = \"/dev/gpiochip-deepgate-absent\"\nline = \"DOOR_RELAY\"\nactive_low = false\n\
+    let relay = "[relay]\nauthority = \"controller\"\nchip = \"/dev/gpiochip-deepgate-absent\"\nline = \"DOOR_RELAY\"\nactive_low = false\n\
                  mode = \"fail_secure\"\nfault_state = \"locked\"\npulse_ms = 3000\nwatchdog_ms = 2000\n\n[runtime]";
     let board = common::board(None, &[&common::fixture("faces/obama.jpg")], &[("[runtime]", relay)]);
     let output = deepgate(&["run", "--board", board.to_str().unwrap()]);

@@ -4,7 +4,6 @@
 use anyhow::{bail, Context, Result};
 use deepgate::capture::v4l2::{OpenError, V4l2Source};
 use deepgate::capture::FrameSource;
-use deepgate::config::BoardConfig;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::process::ExitCode;
@@ -19,7 +18,7 @@ pub fn capture(board: &Path, frames: u64, save: Option<&Path>) -> Result<ExitCod
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop)).context("installing the signal handler")?;
     }
-    let config = BoardConfig::load(board)?;
+    let config = super::config_check::load_board(board)?;
     let Some(section) = config.source.v4l2() else {
         bail!("board config {}: `deepgate capture` needs [source] kind = \"v4l2\"", board.display());
     };

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod bench_gpu;
 pub mod calibrate;
 pub mod capture;
+pub mod config_check;
 pub mod crops;
 pub mod eval;
 pub mod explain;
@@ -22,7 +23,7 @@ use std::path::Path;
 
 /// Loads the board config and builds its pipeline (models verified, optimised and warmed up).
 pub fn start(board: &Path) -> Result<(BoardConfig, Pipeline)> {
-    let config = BoardConfig::load(board)?;
+    let config = config_check::load_board(board)?;
     log::info!("board `{}`: {}", config.board.id, config.board.description);
     let models = Models::load(&config)?;
     let pipeline = Pipeline::new(&config, models)?;
