@@ -406,27 +406,18 @@ mod fallback {
         Pipeline::new(&config, Models::load(&config).expect("the bundled models")).expect("pipeline")
     }
 
-    /// BT.601 limited range RGB → YUYV, averaging each pair's chroma (odd widths repeat the last pixel).
+    /// The photo as a YUYV camera frame, through the one encoder the tests and benches share.
     fn yuyv(rgb: &[u8], width: usize, height: usize) -> (Vec<u8>, usize) {
-        let stride = width.div_ceil(2) * 4;
-        let mut out = vec![0u8; stride * height];
-        let luma =
-            |p: &[u8]| (16.0 + 0.257 * p[0] as f32 + 0.504 * p[1] as f32 + 0.098 * p[2] as f32).round() as u8;
-        for y in 0..height {
-            for pair in 0..width.div_ceil(2) {
-                let first = &rgb[(y * width + 2 * pair) * 3..][..3];
-                let second = &rgb[(y * width + (2 * pair + 1).min(width - 1)) * 3..][..3];
-                let (r, g, b) = (
-                    (first[0] as f32 + second[0] as f32) / 2.0,
-                    (first[1] as f32 + second[1] as f32) / 2.0,
-                    (first[2] as f32 + second[2] as f32) / 2.0,
-                );
-                let u = (128.0 - 0.148 * r - 0.291 * g + 0.439 * b).round().clamp(0.0, 255.0) as u8;
-                let v = (128.0 + 0.439 * r - 0.368 * g - 0.071 * b).round().clamp(0.0, 255.0) as u8;
-                out[y * stride + pair * 4..][..4].copy_from_slice(&[luma(first), u, luma(second), v]);
-            }
-        }
-        (out, stride)
+        let stride = PixelFormat::Yuyv.min_stride(width as u32);
+        let frame = crate::capture::synthetic::camera_frame(
+            rgb,
+            width as u32,
+            height as u32,
+            PixelFormat::Yuyv,
+            stride,
+        )
+        .expect("a YUYV frame of the photo");
+        (frame, stride)
     }
 
     /// Everything the pipeline reported, one line per frame result and verdict (floats printed exactly), and

@@ -307,19 +307,12 @@ fn photo_frames(guest: &Guest, fixture: &str, scale: f32, count: u32) -> Vec<Vec
         .collect()
 }
 
-/// RGB to YUYV (BT.601, limited range, as webcams deliver); two pixels share U and V.
+/// RGB to YUYV (BT.601, limited range, as webcams deliver), through the runtime's one camera-frame encoder.
 fn yuyv(image: &image::RgbImage) -> Vec<u8> {
-    let mut out = Vec::with_capacity((image.width() * image.height() * 2) as usize);
-    let luma =
-        |[r, g, b]: [u8; 3]| (16.0 + 0.257 * r as f32 + 0.504 * g as f32 + 0.098 * b as f32).round() as u8;
-    for pair in image.as_raw().chunks_exact(6) {
-        let (first, second) = ([pair[0], pair[1], pair[2]], [pair[3], pair[4], pair[5]]);
-        let [r, g, b] = [0, 1, 2].map(|channel| (first[channel] as f32 + second[channel] as f32) / 2.0);
-        let u = (128.0 - 0.148 * r - 0.291 * g + 0.439 * b).round() as u8;
-        let v = (128.0 + 0.439 * r - 0.368 * g - 0.071 * b).round() as u8;
-        out.extend_from_slice(&[luma(first), u, luma(second), v]);
-    }
-    out
+    let format = deepgate::frame::PixelFormat::Yuyv;
+    let stride = format.min_stride(image.width());
+    deepgate::capture::synthetic::camera_frame(image.as_raw(), image.width(), image.height(), format, stride)
+        .expect("a YUYV frame")
 }
 
 #[test]
