@@ -208,7 +208,7 @@ impl Model {
     /// is healthy. When the GPU plan fails, the same input is run on the CPU plan: if the CPU runs it, the GPU
     /// failed where the model did not (a `GpuFault`, as is a contained panic), so the GPU plan is dropped and
     /// the CPU runs every later input; if the CPU fails too, the input is at fault: that run's error, and the
-    /// GPU plan stays.
+    /// GPU plan stays (unless it panicked, which leaves it unusable).
     pub fn run(&mut self) -> Result<TVec<TValue>> {
         IN_INFERENCE.with(|flag| flag.set(true));
         let outputs = self.run_placed();
@@ -229,11 +229,13 @@ impl Model {
                 self.drop_gpu(on_gpu);
                 Ok(found)
             }
-            Err(_) if crate::gpu::is_fault(&on_gpu) => {
-                self.drop_gpu(on_gpu);
-                self.state.run(tvec!(self.input.clone().into_tvalue()))
+            Err(on_cpu) => {
+                // A contained panic leaves the GPU plan unusable whatever the input was.
+                if crate::gpu::is_fault(&on_gpu) {
+                    self.drop_gpu(on_gpu);
+                }
+                Err(on_cpu.context("the input fails on the CPU plan as on the GPU's"))
             }
-            Err(on_cpu) => Err(on_cpu.context("the input fails on the CPU plan as on the GPU's")),
         }
     }
 
