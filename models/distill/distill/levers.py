@@ -37,12 +37,17 @@ def lever_spec(config: Config, lever: dict) -> tuple[Model, train.Train]:
     return dataclasses.replace(spec, **changes), schedule
 
 
-def validation_by_family(config: Config, model) -> dict[str, float | None]:
-    """AUC on the validation people of each trained family (genuine faces against that family's forgeries);
-    None where the family cannot be made of them (a face swap needs two validation people)."""
+def validation_by_family(config: Config) -> dict:
+    """Each trained family's validation set (the validation people's genuine faces and that family's fixed
+    forgeries of them), made once for every lever to be judged on."""
+    return {family: train.validation_set(config, [family]) for family in config.data.families}
+
+
+def family_aucs(model, sets: dict) -> dict[str, float | None]:
+    """AUC on each family's validation set; None where the family cannot be made of the validation people (a
+    face swap needs two of them)."""
     results = {}
-    for family in config.data.families:
-        images, labels = train.validation_set(config, [family])
+    for family, (images, labels) in sets.items():
         both = len(set(labels.tolist())) == 2
         results[family] = metrics.auc(train.probabilities(model, images), labels) if both else None
     return results
@@ -61,6 +66,7 @@ def levers(config: Config) -> dict:
     rows = []
     results = {"crop_size": config.data.crop_size, "student": dataclasses.asdict(config.student),
                "faces_sha256": faces_digest, "rows": rows}
+    sets = None
     for lever in [{"name": "baseline"}, *config.levers]:
         spec, schedule = lever_spec(config, lever)
         changes = {k: v for k, v in lever.items() if k != "name"}
@@ -72,9 +78,10 @@ def levers(config: Config) -> dict:
         name = f"lever_{lever['name']}"
         summary = train.fit(config, spec, schedule, name)
         model = train.load(config, spec, name)
+        sets = sets if sets is not None else validation_by_family(config)
         row = {"lever": lever["name"], "changes": changes, "schedule": dataclasses.asdict(schedule),
                "best_validation_auc": summary["best_validation_auc"], "best_epoch": summary["best_epoch"],
-               "validation_by_family": validation_by_family(config, model), "parameters": summary["parameters"],
+               "validation_by_family": family_aucs(model, sets), "parameters": summary["parameters"],
                "steps": schedule.epochs * schedule.steps_per_epoch, "seconds": summary["seconds"]}
         if "ssl" in summary:
             row["ssl"] = summary["ssl"]
