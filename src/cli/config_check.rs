@@ -49,6 +49,6 @@ pub fn check(board: &Path, site_option: Option<&Path>) -> Result<ExitCode> {
     let directory = &merged.config.directory;
     let directory = if directory.as_os_str().is_empty() { Path::new(".") } else { directory.as_path() };
     println!("# relative paths are relative to {}", directory.display());
-    print!("{}", site::to_toml(&merged));
+    print!("{}", site::to_toml(&merged)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -161,72 +161,25 @@ fn leaf_keys(table: &toml::Table, prefix: &str, keys: &mut Vec<String>) {
     }
 }
 
-/// The merged configuration as TOML text: top-level values first, then one `[section]` per table; each key the
-/// site file set is followed by a comment naming that file.
-pub fn to_toml(merged: &Merged) -> String {
-    let mut out = String::new();
-    write_table(&mut out, &merged.table, "", merged);
-    out
-}
-
-fn write_table(out: &mut String, table: &toml::Table, prefix: &str, merged: &Merged) {
-    let dotted = |key: &str| if prefix.is_empty() { key.to_string() } else { format!("{prefix}.{key}") };
-    for (key, value) in table.iter().filter(|(_, value)| !value.is_table()) {
-        out.push_str(&format!("{} = {}", toml_key(key), toml_value(value)));
-        if let Some(site) = &merged.site {
-            if merged.overridden.contains(&dotted(key)) {
-                out.push_str(&format!("  # {}", site.display()));
-            }
+/// The merged configuration as TOML text (the `toml` crate's writer); each key the site file set is followed by a
+/// comment naming that file.
+pub fn to_toml(merged: &Merged) -> Result<String> {
+    let text = toml::to_string(&merged.table).context("writing the merged configuration as TOML")?;
+    let Some(site) = &merged.site else { return Ok(text) };
+    let mut document: toml_edit::DocumentMut =
+        text.parse().context("reading back the merged configuration")?;
+    let note = format!("  # {}", site.display());
+    for key in &merged.overridden {
+        let mut parts = key.split('.');
+        let mut item = parts.next().and_then(|first| document.get_mut(first));
+        for part in parts {
+            item = item.and_then(|inner| inner.get_mut(part));
         }
-        out.push('\n');
-    }
-    for (key, value) in table {
-        if let toml::Value::Table(inner) = value {
-            let name = dotted(&toml_key(key));
-            out.push_str(&format!("\n[{name}]\n"));
-            write_table(out, inner, &name, merged);
+        if let Some(value) = item.and_then(toml_edit::Item::as_value_mut) {
+            value.decor_mut().set_suffix(note.as_str());
         }
     }
-}
-
-/// A key as TOML writes it: bare when it can be, else quoted.
-fn toml_key(key: &str) -> String {
-    if !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        key.to_string()
-    } else {
-        toml_string(key)
-    }
-}
-
-/// A basic string: JSON's escapes are a subset of TOML's, and DEL, which JSON leaves raw, is escaped too.
-fn toml_string(text: &str) -> String {
-    serde_json::Value::String(text.to_string()).to_string().replace('\u{7f}', "\\u007F")
-}
-
-fn toml_value(value: &toml::Value) -> String {
-    match value {
-        toml::Value::String(text) => toml_string(text),
-        toml::Value::Integer(number) => number.to_string(),
-        toml::Value::Float(number) if number.is_nan() => "nan".to_string(),
-        toml::Value::Float(number) if number.is_infinite() => {
-            if *number > 0.0 { "inf" } else { "-inf" }.to_string()
-        }
-        // Debug keeps the fraction (`1.0`), so that the value reads back as a float.
-        toml::Value::Float(number) => format!("{number:?}"),
-        toml::Value::Boolean(flag) => flag.to_string(),
-        toml::Value::Datetime(datetime) => datetime.to_string(),
-        toml::Value::Array(items) => {
-            format!("[{}]", items.iter().map(toml_value).collect::<Vec<_>>().join(", "))
-        }
-        toml::Value::Table(table) => format!(
-            "{{ {} }}",
-            table
-                .iter()
-                .map(|(key, value)| format!("{} = {}", toml_key(key), toml_value(value)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
+    Ok(document.to_string())
 }
 
 #[cfg(test)]
@@ -255,7 +208,8 @@ mod tests {
             site: None,
             overridden: Vec::new(),
         };
-        let again: toml::Table = toml::from_str(&to_toml(&merged)).expect("printed TOML parses");
+        let again: toml::Table =
+            toml::from_str(&to_toml(&merged).expect("written")).expect("printed TOML parses");
         assert_eq!(again.get("a"), table.get("a"));
         assert_eq!(again.get("b"), Some(&toml::Value::Float(1.0)));
         assert_eq!(again.get("e"), table.get("e"));
