@@ -360,7 +360,7 @@ mod tests {
         if key.is_empty() {
             text = format!("{text}\n{line}\n");
         }
-        let path = std::env::temp_dir().join(format!("deepgate-align-{}-{label}.toml", std::process::id()));
+        let path = crate::testing::scratch_dir(&format!("align-{label}")).join("alignment.toml");
         std::fs::write(&path, text).unwrap();
         let result = Alignment::load(&path);
         let _ = std::fs::remove_file(&path);

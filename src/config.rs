@@ -4,18 +4,17 @@
 //! An aggregator, in the hubris manner: each module defines its own section type (`deny_unknown_fields`) and
 //! validates it (`[source]`: `capture`, its V4L2 keys `capture::v4l2::section`; `[detector]`: `detect`;
 //! `[quality]`: `quality`; `[decision]`: `decide`; `[gate]`: `gate`, each gate its keys; `[relay]`:
-//! `gate::relay`). This file reads the file (with `inherit`), owns the sections no lower module does
-//! (`[board]`, `[models]`, `[runtime]`, `[audit]`), and checks what spans sections.
+//! `gate::relay`; `[mqtt]`: `gate::mqtt`; `[runtime]`: `runtime`). This file reads the file (with
+//! `inherit`), owns the sections that describe the board as a whole (`[board]`, `[models]`, `[audit]`, `[metrics]`), and checks what spans
+//! sections.
 
 use crate::capture::SourceSection;
 use crate::decide::DecisionSettings;
 use crate::detect::DetectorSettings;
 use crate::gate::relay::RelayConfig;
 use crate::gate::GateSection;
-use crate::infer::Placement;
-use crate::preprocess::Backend;
 use crate::quality::QualitySettings;
-use crate::settings::in_range;
+use crate::runtime::RuntimeSection;
 use anyhow::{bail, ensure, Context, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -43,6 +42,9 @@ pub struct BoardConfig {
     /// The Prometheus endpoint (`metrics`); absent: none is served.
     #[serde(default)]
     pub metrics: Option<MetricsSection>,
+    /// Fleet reporting to the site's MQTT broker (`gate::mqtt`), beside the `[gate]`; absent: none.
+    #[serde(default)]
+    pub mqtt: Option<crate::gate::mqtt::MqttSection>,
     /// The directory relative paths are resolved against (the config file's); not a key.
     #[serde(skip)]
     pub directory: PathBuf,
@@ -89,59 +91,54 @@ impl MetricsSection {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSection {
-    /// The audit log file (JSON lines, hash-chained); created if missing, verified before appending.
+    /// The audit log file (JSON lines, hash-chained); created if missing, verified before appending (a torn
+    /// last write is cut and counted; anything else that does not verify refuses the start).
     pub path: PathBuf,
     /// Optional device key (`deepgate audit keygen`): every receipt is then signed with it.
     #[serde(default)]
     pub key: Option<PathBuf>,
+    /// A receipt that cannot be written (disk full, I/O error): `"fault"` (default: no verdicts until one is
+    /// written again, health `audit_failed`) or `"continue"` (verdicts go on, health `audit_degraded`).
+    #[serde(default)]
+    pub on_failure: crate::gate::audit::OnFailure,
+    /// Rotate the file at this size (bytes) to `FILE.1`, `FILE.2`...; 0: never. The chain goes on across files.
+    #[serde(default = "AuditSection::default_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept (1 to 1000); the oldest beyond are deleted.
+    #[serde(default = "AuditSection::default_keep")]
+    pub keep: u32,
+    /// Send the chain head (last sequence and hash) to the controller every this many seconds; 0: never.
+    #[serde(default = "AuditSection::default_head_interval_s")]
+    pub head_interval_s: u32,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuntimeSection {
-    /// Where the pixel work runs; see `Backend`.
-    pub backend: Backend,
-    /// Where the detector's and the classifier's inference run (`cpu` if absent). `cuda` needs a `backend`
-    /// that may use the GPU. Choose per model with `deepgate bench-gpu` on the board: small models can be
-    /// slower on the GPU than on the CPU (launches, CPU islands such as BlazeFace's MaxPool).
-    #[serde(default)]
-    pub detector_inference: Placement,
-    #[serde(default)]
-    pub classifier_inference: Placement,
-    /// GPU path: read frames from mapped pinned host memory instead of copying them to the device. For Tegra
-    /// boards, whose GPU shares the board's memory; off by default.
-    #[serde(default)]
-    pub zero_copy: bool,
-    /// GPU path: where compiled kernels are kept between runs (default: systemd's cache directory, else
-    /// `$XDG_CACHE_HOME/deepgate/kernels`, else `~/.cache/deepgate/kernels`).
-    #[serde(default)]
-    pub kernel_cache: Option<PathBuf>,
-    /// A frame taking longer than this, capture to decision, is slow; `overload_frames` slow frames in a row
-    /// make the runtime `overloaded` (the controller is told), as many fast ones in a row end it.
-    pub frame_budget_ms: f32,
-    pub overload_frames: u32,
-    /// When a model fails its checks at start: 0 ends `deepgate run` (status 2); N > 0 keeps the runtime up
-    /// in the `model_invalid` state, the door in its fault state and the controller told, and tries to load
-    /// the models again every N seconds (a fixed model deployed is picked up).
-    pub model_retry_s: u32,
-}
+impl AuditSection {
+    fn default_max_bytes() -> u64 {
+        64 * 1024 * 1024
+    }
 
-impl RuntimeSection {
-    /// Refuses runtime settings that cannot work, naming the key.
+    fn default_keep() -> u32 {
+        8
+    }
+
+    fn default_head_interval_s() -> u32 {
+        60
+    }
+
+    /// Refuses audit settings that cannot work, naming the key.
     pub fn validate(&self) -> Result<()> {
-        in_range("runtime.frame_budget_ms", self.frame_budget_ms, 1.0, 60_000.0)?;
-        ensure!((1..=1000).contains(&self.overload_frames), "runtime.overload_frames must be 1 to 1000");
-        ensure!(self.model_retry_s <= 3600, "runtime.model_retry_s must be 0 (exit) to 3600 seconds");
-        for (key, placement) in [
-            ("detector_inference", self.detector_inference),
-            ("classifier_inference", self.classifier_inference),
-        ] {
-            ensure!(
-                placement == Placement::Cpu || self.backend != Backend::Cpu,
-                "runtime.{key} = \"cuda\" needs backend \"auto\" or \"cuda\": backend \"cpu\" never touches the GPU"
-            );
-        }
+        ensure!(
+            self.max_bytes == 0 || self.max_bytes >= 4096,
+            "audit.max_bytes must be 0 (never rotate) or at least 4096 (a file holds several receipts)"
+        );
+        ensure!((1..=1000).contains(&self.keep), "audit.keep must be 1 to 1000 rotated files");
+        ensure!(self.head_interval_s <= 86_400, "audit.head_interval_s must be 0 (never) to 86400 seconds");
         Ok(())
+    }
+
+    /// The rotation these settings ask for.
+    pub fn rotation(&self) -> crate::gate::audit::Rotation {
+        crate::gate::audit::Rotation { max_bytes: self.max_bytes, keep: self.keep }
     }
 }
 
@@ -192,8 +189,14 @@ impl BoardConfig {
         if let Some(relay) = &self.relay {
             relay.validate()?;
         }
+        if let Some(audit) = &self.audit {
+            audit.validate()?;
+        }
         if let Some(metrics) = &self.metrics {
             metrics.address()?;
+        }
+        if let Some(mqtt) = &self.mqtt {
+            mqtt.validate()?;
         }
         if let Some(classifier) = &self.models.classifier {
             ensure!(!classifier.is_empty(), "models.classifier must be a model id (omit the key for none)");
@@ -284,17 +287,27 @@ fn tidy(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::infer::Placement;
+    use crate::preprocess::Backend;
+    use crate::testing::BoardVariant;
 
     /// The development board's config, the one users start from.
     fn host_text() -> String {
         std::fs::read_to_string("board/host.toml").expect("board/host.toml is read from the crate root")
     }
 
-    /// host.toml with `old` (which must occur exactly once) replaced by `new`.
-    fn host_with(old: &str, new: &str) -> String {
-        let text = host_text();
-        assert_eq!(text.matches(old).count(), 1, "`{old}` must occur once in board/host.toml");
-        text.replacen(old, new, 1)
+    /// host.toml with each key path of `settings` set to its TOML value (`testing::BoardVariant`).
+    fn host_with(settings: &[(&str, &str)]) -> String {
+        let mut variant = BoardVariant::parse(&host_text());
+        for (key, value) in settings {
+            variant.set(key, value);
+        }
+        variant.text()
+    }
+
+    /// host.toml without `key`.
+    fn host_without(key: &str) -> String {
+        BoardVariant::parse(&host_text()).remove(key).text()
     }
 
     /// The full error chain of parsing `text`, which must fail.
@@ -310,9 +323,9 @@ mod tests {
         assert!(message.contains(key), "error does not name `{key}`: {message}");
     }
 
-    /// A scratch file path unique to this test process and `name`.
+    /// A path for `name` in a fresh scratch directory.
     fn scratch(name: &str) -> PathBuf {
-        std::env::temp_dir().join(format!("deepgate-config-test-{}-{name}", std::process::id()))
+        crate::testing::scratch_dir("config").join(name)
     }
 
     #[test]
@@ -339,92 +352,70 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_errors_naming_the_key() {
-        assert_rejected_naming(&format!("colour = \"red\"\n{}", host_text()), "colour");
-        assert_rejected_naming(&host_with("[decision]", "[decision]\nsmoothing = 0.5"), "smoothing");
-        assert_rejected_naming(&host_with("kind = \"replay\"", "kind = \"replay\"\nloop = true"), "loop");
-        assert_rejected_naming(&format!("{}\n[extra]\nanswer = 42\n", host_text()), "extra");
+        assert_rejected_naming(&host_with(&[("colour", "\"red\"")]), "colour");
+        assert_rejected_naming(&host_with(&[("decision.smoothing", "0.5")]), "smoothing");
+        assert_rejected_naming(&host_with(&[("source.loop", "true")]), "loop");
+        assert_rejected_naming(&host_with(&[("extra", "{ answer = 42 }")]), "extra");
     }
 
     #[test]
     fn missing_keys_are_errors_naming_the_key() {
-        assert_rejected_naming(&host_with("lost_frames = 5", ""), "lost_frames");
-        assert_rejected_naming(&host_with("score_threshold = 0.75", ""), "score_threshold");
-        assert_rejected_naming(&host_with("backend = \"cpu\"", ""), "backend");
-        assert_rejected_naming(&host_with("model_retry_s = 0 ", ""), "model_retry_s");
+        for key in
+            ["decision.lost_frames", "detector.score_threshold", "runtime.backend", "runtime.model_retry_s"]
+        {
+            let (_, name) = key.split_once('.').unwrap();
+            assert_rejected_naming(&host_without(key), name);
+        }
+    }
+
+    /// A TCP gate section with `keys` (inline-table entries) after its kind.
+    fn tcp_gate(keys: &str) -> String {
+        host_with(&[("gate", &format!("{{ kind = \"tcp\", {keys} }}"))])
     }
 
     #[test]
     fn out_of_range_values_are_errors_naming_the_key() {
-        let cases = [
-            ("score_threshold = 0.75", "score_threshold = 0.0", "detector.score_threshold"),
-            ("max_false_accept = 0.01", "max_false_accept = 0.9", "decision.max_false_accept"),
-            ("min_frames = 1", "min_frames = 31", "decision.max_frames"),
-            ("lost_frames = 5", "lost_frames = 0", "decision.lost_frames"),
-            ("frame_budget_ms = 500.0", "frame_budget_ms = 0.0", "runtime.frame_budget_ms"),
-            ("overload_frames = 10", "overload_frames = 0", "runtime.overload_frames"),
-            ("model_retry_s = 0 ", "model_retry_s = 99999 ", "runtime.model_retry_s"),
+        let cases: [(&[(&str, &str)], &str); 16] = [
+            (&[("detector.score_threshold", "0.0")], "detector.score_threshold"),
+            (&[("decision.max_false_accept", "0.9")], "decision.max_false_accept"),
+            (&[("decision.min_frames", "31")], "decision.max_frames"),
+            (&[("decision.lost_frames", "0")], "decision.lost_frames"),
+            (&[("runtime.frame_budget_ms", "0.0")], "runtime.frame_budget_ms"),
+            (&[("runtime.overload_frames", "0")], "runtime.overload_frames"),
+            (&[("runtime.model_retry_s", "99999")], "runtime.model_retry_s"),
+            (&[("runtime.detector_inference", "\"cuda\"")], "runtime.detector_inference"),
+            (&[("runtime.classifier_inference", "\"cuda\"")], "runtime.classifier_inference"),
             (
-                "backend = \"cpu\"",
-                "backend = \"cpu\"\ndetector_inference = \"cuda\"",
-                "runtime.detector_inference",
-            ),
-            (
-                "backend = \"cpu\"",
-                "backend = \"cpu\"\nclassifier_inference = \"cuda\"",
-                "runtime.classifier_inference",
-            ),
-            (
-                "backend = \"cpu\"",
-                "backend = \"auto\"\nclassifier_inference = \"gpu\"",
+                &[("runtime.backend", "\"auto\""), ("runtime.classifier_inference", "\"gpu\"")],
                 "classifier_inference",
             ),
-            ("frame_rate = 0.0", "frame_rate = -1.0", "source.frame_rate"),
-            ("frame_rate = 0.0", "frame_rate = nan", "source.frame_rate"),
-            ("frame_rate = 0.0", "frame_rate = inf", "source.frame_rate"),
-            ("max_yaw = 0.35", "max_yaw = nan", "quality.max_yaw"),
-            ("id = \"host\"", "id = \"front door\"", "board.id"),
-            ("id = \"host\"", "id = \"\"", "board.id"),
-            (
-                "kind = \"stdout\"",
-                "kind = \"tcp\"\naddress = \"controller.local\"\nqueue = 16\nspool = \"gate.spool\"\ninsecure = true",
-                "gate.address",
-            ),
-            (
-                "kind = \"stdout\"",
-                "kind = \"tcp\"\naddress = \":9000\"\nqueue = 16\nspool = \"gate.spool\"\ninsecure = true",
-                "gate.address",
-            ),
-            (
-                "kind = \"stdout\"",
-                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 0\nspool = \"gate.spool\"\ninsecure = true",
-                "gate.queue",
-            ),
-            (
-                "kind = \"stdout\"",
-                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 4097\nspool = \"gate.spool\"\ninsecure = true",
-                "gate.queue",
-            ),
-            (
-                "kind = \"stdout\"",
-                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16\nspool = \"\"\ninsecure = true",
-                "gate.spool",
-            ),
-            (
-                "kind = \"stdout\"",
-                "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16\nspool = \"/var/lib/\"\ninsecure = true",
-                "gate.spool",
-            ),
+            (&[("source.frame_rate", "-1.0")], "source.frame_rate"),
+            (&[("source.frame_rate", "nan")], "source.frame_rate"),
+            (&[("source.frame_rate", "inf")], "source.frame_rate"),
+            (&[("quality.max_yaw", "nan")], "quality.max_yaw"),
+            (&[("board.id", "\"front door\"")], "board.id"),
+            (&[("board.id", "\"\"")], "board.id"),
         ];
-        for (old, new, key) in cases {
-            assert_rejected_naming(&host_with(old, new), key);
+        for (settings, key) in cases {
+            assert_rejected_naming(&host_with(settings), key);
+        }
+        let gates = [
+            ("address = \"controller.local\", queue = 16, spool = \"gate.spool\"", "gate.address"),
+            ("address = \":9000\", queue = 16, spool = \"gate.spool\"", "gate.address"),
+            ("address = \"controller.local:9000\", queue = 0, spool = \"gate.spool\"", "gate.queue"),
+            ("address = \"controller.local:9000\", queue = 4097, spool = \"gate.spool\"", "gate.queue"),
+            ("address = \"controller.local:9000\", queue = 16, spool = \"\"", "gate.spool"),
+            ("address = \"controller.local:9000\", queue = 16, spool = \"/var/lib/\"", "gate.spool"),
+        ];
+        for (keys, key) in gates {
+            assert_rejected_naming(&tcp_gate(&format!("{keys}, insecure = true")), key);
         }
     }
 
     #[test]
     fn a_valid_tcp_gate_is_accepted() {
-        let text = host_with(
-            "kind = \"stdout\"",
-            "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16\nspool = \"../var/gate.spool\"\ninsecure = true",
+        let text = tcp_gate(
+            "address = \"controller.local:9000\", queue = 16, spool = \"../var/gate.spool\", insecure = true",
         );
         let mut config =
             BoardConfig::parse(&text).expect("a tcp gate with host:port, a queue and a spool is valid");
@@ -436,39 +427,49 @@ mod tests {
 
     #[test]
     fn the_tcp_link_is_tls_unless_insecure_is_said_and_never_both() {
-        let gate = |rest: &str| {
-            host_with(
-                "kind = \"stdout\"",
-                &format!("kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16\nspool = \"g.spool\"\n{rest}"),
-            )
+        const TLS: [(&str, &str); 5] = [
+            ("certificate", "\"device.crt\""),
+            ("private_key", "\"device.key\""),
+            ("controller_ca", "\"ca.crt\""),
+            ("controller_name", "\"controller.local\""),
+            ("signing_key", "\"signing.key\""),
+        ];
+        // A TCP gate with `insecure` as given (absent: None), the TLS keys but `without`, and `extra`.
+        let gate = |insecure: Option<bool>, tls: bool, without: &str, extra: &[(&str, &str)]| {
+            let mut variant = BoardVariant::parse(&host_text());
+            variant.set(
+                "gate",
+                "{ kind = \"tcp\", address = \"controller.local:9000\", queue = 16, spool = \"g.spool\" }",
+            );
+            if let Some(insecure) = insecure {
+                variant.set_value("gate.insecure", insecure);
+            }
+            let keys = TLS.iter().filter(|(key, _)| tls && *key != without);
+            for (key, value) in keys.chain(extra) {
+                variant.set(&format!("gate.{key}"), value);
+            }
+            variant.text()
         };
-        let tls = "certificate = \"device.crt\"\nprivate_key = \"device.key\"\ncontroller_ca = \"ca.crt\"\n\
-                   controller_name = \"controller.local\"\nsigning_key = \"signing.key\"";
-        let config = BoardConfig::parse(&gate(&format!("insecure = false\n{tls}"))).expect("TLS is valid");
+        let config = BoardConfig::parse(&gate(Some(false), true, "", &[])).expect("TLS is valid");
         let GateSection::Tcp(tcp) = &config.gate else { panic!("gate is {:?}", config.gate) };
         let settings = tcp.tls(|path| config.resolve(path)).expect("TLS settings");
         assert_eq!(settings.controller_name, "controller.local");
-        assert_rejected_naming(&gate(tls), "insecure");
-        assert_rejected_naming(&gate("insecure = false"), "gate.certificate is missing");
+        assert_rejected_naming(&gate(None, true, "", &[]), "insecure");
+        assert_rejected_naming(&gate(Some(false), false, "", &[]), "gate.certificate is missing");
         assert_rejected_naming(
-            &gate(&format!(
-                "insecure = false\n{}",
-                tls.replace("controller_name = \"controller.local\"", "")
-            )),
+            &gate(Some(false), true, "controller_name", &[]),
             "gate.controller_name is missing",
         );
         assert_rejected_naming(
-            &gate(&format!("insecure = true\n{}", tls.replace("\nsigning_key = \"signing.key\"", ""))),
+            &gate(Some(true), true, "signing_key", &[]),
             "gate.insecure = true sends plaintext",
         );
         // Every verdict line is signed unless the link is a lab's; the maximum age is bounded.
-        assert_rejected_naming(
-            &gate(&format!("insecure = false\n{}", tls.replace("signing_key = \"signing.key\"", ""))),
-            "gate.signing_key is missing",
-        );
-        BoardConfig::parse(&gate("insecure = true\nsigning_key = \"signing.key\"")).expect("signed in a lab");
-        for bad in ["max_age_ms = 0", "max_age_ms = 60001"] {
-            assert_rejected_naming(&gate(&format!("insecure = false\n{tls}\n{bad}")), "gate.max_age_ms");
+        assert_rejected_naming(&gate(Some(false), true, "signing_key", &[]), "gate.signing_key is missing");
+        BoardConfig::parse(&gate(Some(true), false, "", &[("signing_key", "\"signing.key\"")]))
+            .expect("signed in a lab");
+        for bad in ["0", "60001"] {
+            assert_rejected_naming(&gate(Some(false), true, "", &[("max_age_ms", bad)]), "gate.max_age_ms");
         }
         assert_eq!(tcp.max_age_ms, 5000, "the default");
     }
@@ -476,10 +477,7 @@ mod tests {
     #[test]
     fn a_tcp_gate_without_a_spool_is_refused_naming_the_key() {
         // There is no memory-only TCP gate: a spool on a RAM file system is that choice, made explicitly.
-        let text = host_with(
-            "kind = \"stdout\"",
-            "kind = \"tcp\"\naddress = \"controller.local:9000\"\nqueue = 16\ninsecure = true",
-        );
+        let text = tcp_gate("address = \"controller.local:9000\", queue = 16, insecure = true");
         assert_rejected_naming(&text, "spool");
     }
 
@@ -555,8 +553,7 @@ mod tests {
 
     #[test]
     fn a_board_inherits_another_and_states_only_what_differs() {
-        let directory = std::env::temp_dir().join(format!("deepgate-inherit-{}", std::process::id()));
-        std::fs::create_dir_all(&directory).unwrap();
+        let directory = crate::testing::scratch_dir("inherit");
         std::fs::write(directory.join("base.toml"), host_text()).unwrap();
         let child = "inherit = \"base.toml\"\n[board]\nid = \"door-2\"\n[decision]\nevidence_weight = 0.5\n\
                      [gate]\nkind = \"tcp\"\naddress = \"10.0.0.5:4000\"\nqueue = 32\nspool = \"gate.spool\"\n\
@@ -589,23 +586,41 @@ mod tests {
         assert!(error.contains("same directory"), "{error}");
     }
 
-    /// host.toml with its `[source]` replaced by a v4l2 source made of `keys`.
-    fn v4l2_config(keys: &str) -> String {
-        let text = host_text();
-        let start = text.find("[source]").unwrap();
-        let end = text.find("[models]").unwrap();
-        format!("{}[source]\nkind = \"v4l2\"\n{keys}\n{}", &text[..start], &text[end..])
-    }
+    /// The keys of a valid V4L2 `[source]`, as TOML values.
+    const V4L2_KEYS: [(&str, &str); 8] = [
+        ("device", "\"/dev/video0\""),
+        ("format", "\"YUYV\""),
+        ("width", "640"),
+        ("height", "480"),
+        ("frame_rate", "30.0"),
+        ("buffers", "4"),
+        ("allow_virtual", "false"),
+        ("enrolment", "\"/var/lib/deepgate/camera.json\""),
+    ];
 
-    const V4L2_KEYS: &str = "device = \"/dev/video0\"\nformat = \"YUYV\"\nwidth = 640\nheight = 480\n\
-                             frame_rate = 30.0\nbuffers = 4\nallow_virtual = false";
+    /// host.toml with a V4L2 `[source]`: `V4L2_KEYS`, then `settings` set (a key path under `source`), then
+    /// `without` removed.
+    fn v4l2_config(settings: &[(&str, &str)], without: &[&str]) -> String {
+        let mut variant = BoardVariant::parse(&host_text());
+        variant.set("source", "{ kind = \"v4l2\" }");
+        for (key, value) in V4L2_KEYS.iter().chain(settings) {
+            variant.set(&format!("source.{key}"), value);
+        }
+        for key in without {
+            variant.remove(&format!("source.{key}"));
+        }
+        variant.text()
+    }
 
     #[test]
     fn a_v4l2_source_parses_with_its_pins() {
-        let text = v4l2_config(&format!(
-            "{V4L2_KEYS}\ndriver = \"uvcvideo\"\ncard = \"HD Webcam\"\nbus_info = \"usb-1\"\nmin_frame_rate = 15.0"
-        ));
-        let config = BoardConfig::parse(&text).expect("valid");
+        let pins = [
+            ("driver", "\"uvcvideo\""),
+            ("card", "\"HD Webcam\""),
+            ("bus_info", "\"usb-1\""),
+            ("min_frame_rate", "15.0"),
+        ];
+        let config = BoardConfig::parse(&v4l2_config(&pins, &[])).expect("valid");
         let settings = config.source.v4l2().expect("v4l2").settings().expect("valid");
         assert_eq!(settings.device.as_deref(), Some(Path::new("/dev/video0")));
         assert_eq!(settings.pins.driver.as_deref(), Some("uvcvideo"));
@@ -615,42 +630,32 @@ mod tests {
         assert_eq!((settings.frame_rate, settings.min_frame_rate), (30.0, Some(15.0)));
         assert!(!settings.allow_virtual);
         // bus_info alone (no device) is enough: the device is found by scanning.
-        let scan = V4L2_KEYS.replace("device = \"/dev/video0\"", "bus_info = \"usb-1\"");
-        assert!(BoardConfig::parse(&v4l2_config(&scan)).is_ok());
+        assert!(BoardConfig::parse(&v4l2_config(&[("bus_info", "\"usb-1\"")], &["device"])).is_ok());
     }
 
     #[test]
     fn v4l2_keys_are_strict_and_every_value_is_checked_naming_the_key() {
-        assert_rejected_naming(&v4l2_config(&format!("{V4L2_KEYS}\nexposure = 3")), "exposure");
+        assert_rejected_naming(&v4l2_config(&[("exposure", "3")], &[]), "exposure");
         for key in ["format", "width", "height", "frame_rate", "buffers", "allow_virtual"] {
-            let without: Vec<&str> = V4L2_KEYS.lines().filter(|line| !line.starts_with(key)).collect();
-            assert_rejected_naming(&v4l2_config(&without.join("\n")), key);
+            assert_rejected_naming(&v4l2_config(&[], &[key]), key);
         }
         let cases = [
-            ("format = \"YUYV\"", "format = \"H264\"", "source.format"),
-            ("width = 640", "width = 0", "source.width"),
-            ("height = 480", "height = 20000", "source.height"),
-            ("frame_rate = 30.0", "frame_rate = 0.0", "source.frame_rate"),
-            ("frame_rate = 30.0", "frame_rate = nan", "source.frame_rate"),
-            ("buffers = 4", "buffers = 1", "source.buffers"),
-            ("buffers = 4", "buffers = 33", "source.buffers"),
-            ("device = \"/dev/video0\"", "device = \"video0\"", "source.device"),
-            ("device = \"/dev/video0\"", "device = \"/dev/video0\"\ndriver = \"\"", "source.driver"),
-            (
-                "device = \"/dev/video0\"",
-                "device = \"/dev/video0\"\ndriver = \"a-driver-name-too-long\"",
-                "source.driver",
-            ),
-            (
-                "device = \"/dev/video0\"",
-                "device = \"/dev/video0\"\nmin_frame_rate = 60.0",
-                "source.min_frame_rate",
-            ),
-            ("device = \"/dev/video0\"", "card = \"HD Webcam\"", "source.bus_info"),
+            ("format", "\"H264\"", "source.format"),
+            ("width", "0", "source.width"),
+            ("height", "20000", "source.height"),
+            ("frame_rate", "0.0", "source.frame_rate"),
+            ("frame_rate", "nan", "source.frame_rate"),
+            ("buffers", "1", "source.buffers"),
+            ("buffers", "33", "source.buffers"),
+            ("device", "\"video0\"", "source.device"),
+            ("driver", "\"\"", "source.driver"),
+            ("driver", "\"a-driver-name-too-long\"", "source.driver"),
+            ("min_frame_rate", "60.0", "source.min_frame_rate"),
         ];
-        for (old, new, key) in cases {
-            assert_eq!(V4L2_KEYS.matches(old).count(), 1, "{old}");
-            assert_rejected_naming(&v4l2_config(&V4L2_KEYS.replacen(old, new, 1)), key);
+        for (key, value, named) in cases {
+            assert_rejected_naming(&v4l2_config(&[(key, value)], &[]), named);
         }
+        // Pins without a device or a bus to find it by.
+        assert_rejected_naming(&v4l2_config(&[("card", "\"HD Webcam\"")], &["device"]), "source.bus_info");
     }
 }

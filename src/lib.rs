@@ -23,9 +23,11 @@ pub mod notify;
 pub mod pipeline;
 pub mod preprocess;
 pub mod quality;
+pub mod runtime;
 pub mod session;
 pub mod settings;
 pub mod supervisor;
 #[doc(hidden)]
 pub mod testing;
 pub mod timing;
+pub mod update;

@@ -172,6 +172,38 @@ enum Command {
         #[arg(long)]
         gpu: bool,
     },
+    /// Installs a signed update bundle (from `cargo xtask dist`) into the inactive A/B slot under
+    /// ROOT/opt/deepgate, switches `current` to it, starts it, and switches back when it does not reach READY
+    /// in time (README, "Updates"); exit status 0 installed, 1 rolled back, 2 refused (nothing changed).
+    Install {
+        bundle: PathBuf,
+        /// The signature file; default: BUNDLE.sig.
+        #[arg(long)]
+        signature: Option<PathBuf>,
+        /// The release key's public half (hex): pinned at ROOT/etc/deepgate/update.pub by the first install;
+        /// later it must equal the pinned key.
+        #[arg(long)]
+        trust_key: Option<PathBuf>,
+        /// The file system root the layout is under.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Install a version older than the current one.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Start the new version with board/BOARD.toml of the bundle; default: the board it was made for.
+        #[arg(long)]
+        board: Option<String>,
+        /// Restart this systemd unit (e.g. deepgate@jetson-orin-nano) as the readiness check, instead of a
+        /// trial `deepgate run` with a notify socket of the installer's.
+        #[arg(long)]
+        restart_unit: Option<String>,
+        /// Seconds the new version has to send READY=1.
+        #[arg(long, default_value_t = 300.0)]
+        ready_timeout: f64,
+        /// Only verify the signature and every entry of the archive; write nothing.
+        #[arg(long)]
+        check: bool,
+    },
     /// Opens the board's V4L2 camera as `run` does, captures frames and prints one JSON line describing the
     /// camera, the accepted mode and the frame counters; exit status 0 when all frames arrived, 1 if not,
     /// 2 when the config or the camera is refused.
@@ -184,6 +216,20 @@ enum Command {
         /// Write each frame's raw bytes into this directory (created if missing) for inspection.
         #[arg(long)]
         save: Option<PathBuf>,
+    },
+    /// Records the camera the board selects (driver, card, bus_info, USB vendor, product and serial) in the
+    /// board's `source.enrolment` file: from then on only that camera is used, across restarts. Prints one JSON
+    /// line; exit status 2 when the camera is not found or refused, or one is enrolled already without --replace.
+    Enroll {
+        /// A board config with `[source] kind = "v4l2"` and `source.enrolment`.
+        #[arg(long)]
+        board: PathBuf,
+        /// The device node to enrol instead of the board's `source.device` (the board's pins still apply).
+        #[arg(long)]
+        device: Option<PathBuf>,
+        /// Replace the camera enrolled now (logged).
+        #[arg(long)]
+        replace: bool,
     },
 }
 
@@ -212,8 +258,8 @@ enum OsdpAction {
 
 #[derive(Subcommand)]
 enum AuditAction {
-    /// Checks every entry's hash and order (and, with the device's public key, its signature); exit status 1
-    /// at the first broken entry.
+    /// Checks every entry's hash and order (and, with the device's public key, its signature), following the
+    /// chain across the rotated files FILE.N ... FILE.1 into FILE; exit status 1 at the first broken entry.
     Verify {
         file: PathBuf,
         /// The device's public key (hex, from `audit keygen`): every entry must be signed by it.
@@ -265,7 +311,34 @@ fn main() -> ExitCode {
             cli::config_check::check(&board, site.as_deref())
         }
         Command::Probe { gpu } => cli::probe::probe(gpu),
+        Command::Install {
+            bundle,
+            signature,
+            trust_key,
+            root,
+            allow_downgrade,
+            board,
+            restart_unit,
+            ready_timeout,
+            check,
+        } => match std::time::Duration::try_from_secs_f64(ready_timeout) {
+            Ok(ready_timeout) => {
+                let options = deepgate::update::install::Options {
+                    root,
+                    bundle,
+                    signature,
+                    trust_key,
+                    allow_downgrade,
+                    board,
+                    restart_unit,
+                    ready_timeout,
+                };
+                cli::install::install(&options, check)
+            }
+            Err(_) => Err(anyhow::anyhow!("--ready-timeout {ready_timeout}: not a number of seconds")),
+        },
         Command::Capture { board, frames, save } => cli::capture::capture(&board, frames, save.as_deref()),
+        Command::Enroll { board, device, replace } => cli::enroll::enroll(&board, device.as_deref(), replace),
     };
     let code = match result {
         Ok(code) => code,

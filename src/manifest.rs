@@ -264,11 +264,7 @@ mod tests {
             text += &format!("[[model.outputs]]\nname = \"{name}\"\nshape = {shape}\nmeaning = \"x\"\n");
         }
         text += &format!("[model.classifier]\noutput = \"softmax\"\nfake_index = 1\n{classifier}\n");
-        let path = std::env::temp_dir().join(format!(
-            "deepgate-manifest-test-{}-{}.toml",
-            std::process::id(),
-            text.len()
-        ));
+        let path = crate::testing::scratch_dir("manifest").join("manifest.toml");
         std::fs::write(&path, text)?;
         let loaded = Manifest::load(&path);
         std::fs::remove_file(&path)?;

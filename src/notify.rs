@@ -159,8 +159,7 @@ mod tests {
     use super::*;
 
     fn listener(name: &str) -> (UnixDatagram, std::path::PathBuf) {
-        let path = std::env::temp_dir().join(format!("deepgate-notify-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
+        let path = crate::testing::scratch_dir(&format!("notify-{name}")).join("notify.sock");
         let socket = UnixDatagram::bind(&path).expect("binds");
         socket.set_nonblocking(true).expect("non-blocking");
         (socket, path)

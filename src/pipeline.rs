@@ -12,7 +12,7 @@ use crate::frame::{Frame, PixelFormat};
 use crate::infer::Model;
 use crate::manifest::{Manifest, Role};
 use crate::preprocess::cuda::abi::{CropJob, MAX_CROPS};
-use crate::preprocess::cuda::{CudaOptions, KernelWork, Kernels};
+use crate::preprocess::cuda::{KernelWork, Kernels};
 use crate::preprocess::work::{CpuWork, Fallback, PixelWork};
 use crate::preprocess::{cpu, Affine, Backend, Letterbox, RgbImage};
 use crate::quality::{Quality, QualityIssue, QualitySettings};
@@ -137,11 +137,7 @@ impl Pipeline {
             crop_images: vec![0; MAX_FACES * QUALITY_CROP * QUALITY_CROP * 3],
             models,
         };
-        let options = CudaOptions {
-            backend: config.runtime.backend,
-            zero_copy: config.runtime.zero_copy,
-            kernel_cache: config.runtime.kernel_cache.as_ref().map(|path| config.resolve(path)),
-        };
+        let options = config.runtime.cuda_options(|path| config.resolve(path));
         match crate::preprocess::cuda::open(&options) {
             Ok(Some(kernels)) => {
                 log::info!("pixel work on the GPU: {}", kernels.name());

@@ -164,70 +164,10 @@ fn camera_change(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::capture::replay::open_input;
+    use crate::capture::scripted::{ScriptedCamera, Step, NAME};
     use crate::config::BoardConfig;
     use crate::frame::PixelFormat;
     use crate::pipeline::Models;
-    use std::collections::VecDeque;
-
-    /// What the fake camera does on each `next_frame` call.
-    #[derive(Clone, Copy)]
-    enum Step {
-        Frame,
-        /// No frame now, camera lost.
-        Lost,
-    }
-
-    /// A live source scripted step by step, lending one photo as its frames.
-    struct FakeCamera {
-        script: VecDeque<Step>,
-        photo: Vec<u8>,
-        width: u32,
-        height: u32,
-        up: bool,
-        delivered: u64,
-        discontinuity: bool,
-    }
-
-    impl FrameSource for FakeCamera {
-        fn next_frame(&mut self) -> anyhow::Result<Option<Frame<'_>>> {
-            match self.script.pop_front() {
-                Some(Step::Frame) => {
-                    if !self.up {
-                        self.discontinuity = true;
-                    }
-                    self.up = true;
-                    let frame = Frame {
-                        format: PixelFormat::Rgb24,
-                        width: self.width,
-                        height: self.height,
-                        stride: self.width as usize * 3,
-                        data: &self.photo,
-                        source: "/dev/video-fake",
-                        sequence: self.delivered,
-                        timestamp_ns: self.delivered * 33_000_000,
-                        discontinuity: self.discontinuity,
-                    };
-                    self.delivered += 1;
-                    self.discontinuity = false;
-                    Ok(Some(frame))
-                }
-                Some(Step::Lost) => {
-                    self.up = false;
-                    Ok(None)
-                }
-                None => anyhow::bail!("script over"),
-            }
-        }
-
-        fn describe(&self) -> &str {
-            "/dev/video-fake"
-        }
-
-        fn camera_up(&self) -> Option<bool> {
-            Some(self.up)
-        }
-    }
 
     #[derive(Debug, PartialEq)]
     enum Seen {
@@ -244,10 +184,9 @@ mod tests {
         let mut pipeline = Pipeline::new(&config, Models::load(&config).expect("models")).expect("pipeline");
         // A scene without a face: its frames never end a session on their own, so every verdict seen would
         // be one made at a camera change (a no_face verdict from the abandoned stream), which must not come.
-        let mut still = open_input(&root.join("tests/fixtures/scenes/coffee.png")).expect("photo");
-        let frame = still.next_frame().expect("decodes").expect("a frame");
-        assert_eq!(frame.format, PixelFormat::Rgb24);
-        let (width, height, photo) = (frame.width, frame.height, frame.data.to_vec());
+        let image =
+            crate::codec::decode_image_file(&root.join("tests/fixtures/scenes/coffee.png")).expect("photo");
+        assert_eq!(image.format, PixelFormat::Rgb24);
         // Lost at start, three frames, lost for three calls, two frames, then stop.
         let mut script = vec![Step::Lost, Step::Lost];
         script.extend([Step::Frame; 3]);
@@ -256,15 +195,7 @@ mod tests {
         let calls = script.len();
         // The last call loses the camera again; `before_frame` then stops the play.
         script.push(Step::Lost);
-        let mut camera = FakeCamera {
-            script: script.into(),
-            photo,
-            width,
-            height,
-            up: true,
-            delivered: 0,
-            discontinuity: true,
-        };
+        let mut camera = ScriptedCamera::new(image, script);
         let mut seen = Vec::new();
         let mut asked = 0;
         let played = {
@@ -272,7 +203,7 @@ mod tests {
             play_source(
                 &mut pipeline,
                 &mut camera,
-                "/dev/video-fake".into(),
+                NAME.into(),
                 &mut |frame| {
                     asked += 1;
                     if frame.is_none() {

@@ -9,13 +9,14 @@ use crate::capture::v4l2::{OpenError, V4l2Source};
 use crate::capture::{FrameSource, SourceSection};
 use crate::config::BoardConfig;
 use crate::frame::Frame;
-use crate::gate::audit::{AuditLog, ModelRecord, Thresholds};
+use crate::gate::audit::{AuditLog, ModelRecord, OnFailure, Thresholds};
+use crate::gate::mqtt::{MqttGate, WithFleet};
 use crate::gate::osdp::{OsdpGate, OsdpSection, OsdpSettings};
 use crate::gate::relay::RelayGate;
 use crate::gate::stdout::StdoutGate;
 use crate::gate::tcp::{TcpGate, TcpGateSettings, TcpSection};
 use crate::gate::{Gate, GateSection, VerdictMessage};
-use crate::health::{Event as HealthEvent, Health, Monitor, OverloadPolicy, State};
+use crate::health::{Event as HealthEvent, Health, Monitor, State};
 use crate::manifest::{Manifest, Role};
 use crate::pipeline::{Models, Pipeline};
 use crate::session::{play_input, play_source, Event, Played};
@@ -30,7 +31,7 @@ pub fn apply_health(health: Health, gates: &mut [&mut dyn Gate]) {
     if health.state() == State::Normal {
         log::info!("health: normal");
     } else {
-        let active: heapless::Vec<&str, 8> = health.active().map(State::name).collect();
+        let active: heapless::Vec<&str, 16> = health.active().map(State::name).collect();
         log::warn!(
             "health: {} (active: {}); {}",
             health.state().name(),
@@ -74,6 +75,18 @@ impl Outputs {
                 settings.door = door.clone();
                 Box::new(OsdpGate::start(&settings)?)
             }
+        };
+        // The site's broker beside the door's gate, as one gate for the loop (`gate::mqtt::WithFleet`).
+        let gate: Box<dyn Gate> = match &config.mqtt {
+            Some(section) => {
+                let mut settings = section.settings(&config.board.id, |path| config.resolve(path))?;
+                if let Some(id) = &config.models.classifier {
+                    let manifest = Manifest::load(&config.resolve(&config.models.manifest))?;
+                    settings.model_sha256 = Some(manifest.get(id, Role::Classifier)?.sha256.clone());
+                }
+                Box::new(WithFleet::new(gate, MqttGate::start(settings)?))
+            }
+            None => gate,
         };
         log::info!("gate: {}; backend: {:?}", gate.describe(), config.runtime.backend);
         if let Some(relay) = &relay {
@@ -144,9 +157,55 @@ struct Reactor {
     verdicts: u64,
     withheld: u64,
     failures: u64,
+    /// `[audit] on_failure`, and when the chain head goes to the controller next (`[audit] head_interval_s`).
+    audit_policy: OnFailure,
+    head_every: Option<Duration>,
+    head_due: Instant,
 }
 
 impl Reactor {
+    /// Sends the audit chain head to the gate when it is due (or `now`), and schedules the next.
+    fn report_head(&mut self, now: bool) {
+        let (Some(audit), Some(every)) = (self.audit.as_ref(), self.head_every) else { return };
+        if !now && Instant::now() < self.head_due {
+            return;
+        }
+        self.head_due = Instant::now() + every;
+        let mut line = crate::gate::Line::new();
+        match audit.head_line(&mut line) {
+            Ok(()) => self.outputs.gate.audit_head(&line),
+            Err(error) => log::error!("audit head: {error:#}"),
+        }
+    }
+
+    /// The receipt of a verdict, before it goes anywhere: whether it may go (`[audit] on_failure`).
+    fn record(&mut self, source: &str, verdict: &crate::decide::Verdict) -> bool {
+        let Some(audit) = self.audit.as_mut() else { return true };
+        let result = audit.append(source, verdict);
+        self.metrics.delivered("audit", result.is_ok());
+        match result {
+            Ok(()) => {
+                self.observe(HealthEvent::AuditWritten);
+                true
+            }
+            Err(error) => {
+                let blocking = self.audit_policy == OnFailure::Fault;
+                log::error!(
+                    "{error:#}; {}",
+                    if blocking {
+                        "verdict withheld (audit.on_failure = \"fault\")"
+                    } else {
+                        "verdict goes on"
+                    }
+                );
+                self.observe(HealthEvent::AuditWriteFailed { blocking });
+                // The controller learns at once that the head it holds is the last one written.
+                self.report_head(true);
+                !blocking
+            }
+        }
+    }
+
     fn observe(&mut self, event: HealthEvent) {
         if let Some(health) = self.monitor.observe(event) {
             self.outputs.tell(health);
@@ -173,15 +232,25 @@ impl Reactor {
                     let event = if up { HealthEvent::GateLinkUp } else { HealthEvent::GateLinkDown };
                     changed = self.monitor.observe(event).or(changed);
                 }
+                if !self.outputs.gate.worker_alive() {
+                    if !self.monitor.health().is_active(State::WorkerDead) {
+                        log::error!("gate {}: its thread has ended", self.outputs.gate.describe());
+                    }
+                    changed = self.monitor.observe(HealthEvent::WorkerDied).or(changed);
+                }
                 if let Some(health) = changed {
                     self.outputs.tell(health);
                     self.metrics.health(health);
                     self.notifier.status(&status_line(health));
                 }
+                self.report_head(false);
             }
             Event::Verdict { source, verdict } => {
-                if !self.monitor.health().can_decide() {
-                    // The failure policy: no verdicts while the runtime cannot decide (camera lost).
+                let health = self.monitor.health();
+                // The failure policy: no verdicts while the runtime cannot decide (camera lost...); with only
+                // `audit_failed` in the way, the verdict's receipt is tried again and, written, lets it go.
+                let allowed = health.can_decide() || health.blocked_only_by(State::AuditFailed);
+                if !allowed || !self.record(source, verdict) {
                     self.withheld += 1;
                     self.metrics.withheld();
                     log::warn!("{source}: verdict withheld: {}", self.monitor.health().state().name());
@@ -200,18 +269,19 @@ impl Reactor {
                 let gate = &mut self.outputs.gate;
                 let result = gate.report(&message);
                 self.metrics.delivered("gate", result.is_ok());
-                if let Err(error) = result {
+                if let Err(error) = &result {
                     log::error!("gate {}: {error:#}", gate.describe());
                 }
-                if let Some(audit) = self.audit.as_mut() {
-                    if let Err(error) = audit.append(source, verdict) {
-                        log::error!("{error:#}");
-                    }
-                }
+                self.observe(if result.is_ok() {
+                    HealthEvent::Delivered
+                } else {
+                    HealthEvent::DeliveryFailed
+                });
             }
             Event::Error { source, error } => {
                 log::error!("{source}: {error:#}");
                 self.failures += 1;
+                self.observe(HealthEvent::FrameFailed);
             }
             Event::GpuLost { error } => {
                 log::error!("{error:#}");
@@ -252,10 +322,7 @@ impl<'a> Supervisor<'a> {
         outputs: Outputs,
         stop: &'a AtomicBool,
     ) -> Result<Option<Supervisor<'a>>> {
-        let monitor = Monitor::new(OverloadPolicy {
-            budget_ms: config.runtime.frame_budget_ms,
-            window: config.runtime.overload_frames,
-        });
+        let monitor = Monitor::new(config.runtime.overload_policy());
         // The endpoint first, so that a wait in model_invalid shows in it.
         let (metrics, metrics_server) = crate::metrics::start(config)?;
         let notifier = std::sync::Arc::new(crate::notify::Notifier::from_environment());
@@ -270,6 +337,13 @@ impl<'a> Supervisor<'a> {
             verdicts: 0,
             withheld: 0,
             failures: 0,
+            audit_policy: config.audit.as_ref().map(|audit| audit.on_failure).unwrap_or_default(),
+            head_every: config
+                .audit
+                .as_ref()
+                .filter(|audit| audit.head_interval_s > 0)
+                .map(|audit| Duration::from_secs(u64::from(audit.head_interval_s))),
+            head_due: Instant::now(),
         };
         let Some(mut pipeline) = load_pipeline(config, stop, &mut reactor)? else {
             return Ok(None);
@@ -277,7 +351,10 @@ impl<'a> Supervisor<'a> {
         pipeline.times.observe(reactor.metrics.stage_observer());
         log::info!("{}", startup_line(config, &pipeline));
         if let Some(section) = &config.audit {
-            reactor.audit = Some(open_audit(config, &pipeline, &config.resolve(&section.path))?);
+            let audit = open_audit(config, &pipeline, &config.resolve(&section.path))?;
+            reactor.audit = Some(audit.rotate_at(section.rotation()));
+            // The head at start: the controller compares it with the last it holds (a cut tail shows).
+            reactor.report_head(true);
         }
         Ok(Some(Supervisor {
             config,
@@ -440,7 +517,7 @@ fn status_line(health: Health) -> String {
     if health.state() == State::Normal {
         return "health: normal".to_string();
     }
-    let active: heapless::Vec<&str, 8> = health.active().map(State::name).collect();
+    let active: heapless::Vec<&str, 16> = health.active().map(State::name).collect();
     format!(
         "health: {} (active: {}); {}",
         health.state().name(),

@@ -73,9 +73,9 @@ fn pipeline(backend: &str) -> Pipeline {
         Some("stand_in"),
         &[],
         &[
-            ("max_frames = 30 ", "max_frames = 3 "),
-            ("max_session_frames = 90 ", "max_session_frames = 4 "),
-            ("backend = \"cpu\"", &format!("backend = \"{backend}\"")),
+            ("decision.max_frames", "3"),
+            ("decision.max_session_frames", "4"),
+            ("runtime.backend", &format!("\"{backend}\"")),
         ],
     );
     let config = BoardConfig::load(&board).unwrap();
@@ -129,17 +129,7 @@ fn steady_state_frames_allocate_nothing(pipeline: &mut Pipeline) {
                 faces_seen += faces.len();
                 if let Some(verdict) = verdict {
                     verdicts += 1;
-                    let message = VerdictMessage {
-                        kind: "verdict",
-                        source: frame.source,
-                        decision: verdict.decision,
-                        fake_probability: verdict.fake_probability,
-                        frames: verdict.frames_used,
-                        frames_seen: verdict.frames_seen,
-                        first_frame: verdict.first_frame,
-                        last_frame: verdict.last_frame,
-                        reason: &verdict.reason,
-                    };
+                    let message = VerdictMessage::new(frame.source, &verdict);
                     encode_line(&message, &mut line).unwrap();
                 }
             });
@@ -176,15 +166,9 @@ fn reporting_to_the_tcp_gate_allocates_nothing() {
     let spool = common::temp_dir("allocation-spool").join("gate.spool");
     let mut gate = TcpGate::start(TcpGateSettings::new(&format!("127.0.0.1:{port}"), &spool, 64)).unwrap();
     let message = |index: u64| VerdictMessage {
-        kind: "verdict",
-        source: "allocation-test",
-        decision: Decision::Genuine,
-        fake_probability: Some(0.125),
-        frames: 3,
-        frames_seen: 4,
         first_frame: index,
         last_frame: index + 3,
-        reason: "a sentence of reason",
+        ..VerdictMessage::sample("allocation-test", Decision::Genuine)
     };
     gate.report(&message(0)).unwrap();
     for index in 1..=20 {

@@ -155,11 +155,7 @@ fn a_video_is_one_person_session_followed_across_frames() {
 
 #[test]
 fn run_stops_cleanly_on_sigterm() {
-    let board = common::board(
-        None,
-        &[],
-        &[("repeat = false", "repeat = true"), ("frame_rate = 0.0", "frame_rate = 20.0")],
-    );
+    let board = common::board(None, &[], &[("source.repeat", "true"), ("source.frame_rate", "20.0")]);
     let mut child = Command::new(common::exe())
         .args(["run", "--board", board.to_str().unwrap()])
         .env("RUST_LOG", "info")
@@ -220,10 +216,8 @@ fn the_tcp_gate_delivers_verdicts_to_a_controller_that_acknowledges_them() {
         None,
         &[&common::fixture("faces/astronaut.png"), &common::fixture("scenes/coffee.png")],
         &[(
-            "kind = \"stdout\" ",
-            &format!(
-                "kind = \"tcp\"\naddress = \"{address}\"\nqueue = 16\nspool = {spool:?}\ninsecure = true "
-            ),
+            "gate",
+            &format!("{{ kind = \"tcp\", address = \"{address}\", queue = 16, spool = {spool:?}, insecure = true }}"),
         )],
     );
     // A controller that acknowledges every line, for two runs of the runtime, one connection each.
@@ -385,7 +379,9 @@ fn eval_reports_presentation_attack_metrics_and_draws_the_roc() {
     assert_eq!(metrics["attacks"], 2);
     assert_eq!(image::open(&plot).unwrap().width(), 512);
 
-    let unjudged = common::board(None, &[], &[("classifier = \"deepgate_student\"", "# no classifier")]);
+    let unjudged = common::board_variant(None, &[], |board| {
+        board.remove("models.classifier");
+    });
     let output =
         deepgate(&["eval", "--board", unjudged.to_str().unwrap(), "--labels", csv.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
@@ -432,13 +428,13 @@ fn probe_gpu_opens_the_gpu_path_or_says_why_not() {
 
 #[test]
 fn hostile_or_broken_board_configs_are_refused_clearly() {
-    let board = common::board(None, &[], &[("nms_iou = 0.3 ", "nms_iou = 0.3\nexecute = \"rm -rf /\" ")]);
+    let board = common::board(None, &[], &[("detector.execute", "\"rm -rf /\"")]);
     let output = deepgate(&["run", "--board", board.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("execute") && stderr.contains(board.to_str().unwrap()), "{stderr}");
 
-    let board = common::board(None, &[], &[("score_threshold = 0.75", "score_threshold = 7.5")]);
+    let board = common::board(None, &[], &[("detector.score_threshold", "7.5")]);
     let output = deepgate(&["run", "--board", board.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("detector.score_threshold"));
@@ -524,7 +520,7 @@ fn run_keeps_hash_chained_receipts_that_audit_verify_checks() {
             &common::fixture("faces/obama.jpg"),
             &common::fixture("scenes/coffee.png"),
         ],
-        &[("[runtime]", &format!("[audit]\npath = {log:?}\n\n[runtime]"))],
+        &[("audit.path", &format!("{log:?}"))],
     );
     for _ in 0..2 {
         let output = deepgate(&["run", "--board", board.to_str().unwrap()]);
@@ -564,7 +560,7 @@ fn signed_receipts_verify_only_against_the_device_public_key() {
     let board = common::board(
         None,
         &[&common::fixture("faces/obama.jpg"), &common::fixture("scenes/coffee.png")],
-        &[("[runtime]", &format!("[audit]\npath = {log:?}\nkey = {key:?}\n\n[runtime]"))],
+        &[("audit.path", &format!("{log:?}")), ("audit.key", &format!("{key:?}"))],
     );
     let output = deepgate(&["run", "--board", board.to_str().unwrap()]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -611,9 +607,11 @@ fn the_shipped_classifier_decides_genuine_for_a_genuine_person_filmed_over_sever
 #[test]
 fn run_refuses_to_start_a_door_whose_relay_it_cannot_drive() {
     // No GPIO chip on a development machine (nor in CI): the relay cannot be requested, so nothing runs.
-    let relay = "[relay]\nauthority = \"controller\"\nchip = \"/dev/gpiochip-deepgate-absent\"\nline = \"DOOR_RELAY\"\nactive_low = false\n\
-                 mode = \"fail_secure\"\nfault_state = \"locked\"\npulse_ms = 3000\nwatchdog_ms = 2000\n\n[runtime]";
-    let board = common::board(None, &[&common::fixture("faces/obama.jpg")], &[("[runtime]", relay)]);
+    let relay =
+        "{ authority = \"controller\", chip = \"/dev/gpiochip-deepgate-absent\", line = \"DOOR_RELAY\", \
+                 active_low = false, mode = \"fail_secure\", fault_state = \"locked\", pulse_ms = 3000, \
+                 watchdog_ms = 2000 }";
+    let board = common::board(None, &[&common::fixture("faces/obama.jpg")], &[("relay", relay)]);
     let output = deepgate(&["run", "--board", board.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -19,14 +19,21 @@ fn deepgate(arguments: &[&str], fault_at: Option<u64>) -> Output {
 }
 
 fn board(backend: &str) -> PathBuf {
-    common::board(None, &[], &[("backend = \"cpu\"", &format!("backend = \"{backend}\""))])
+    common::board(None, &[], &[("runtime.backend", &format!("\"{backend}\""))])
 }
 
 /// `backend` with both models' inference placed on the GPU.
 fn board_with_inference_on_gpu(backend: &str) -> PathBuf {
-    let runtime =
-        format!("backend = \"{backend}\"\ndetector_inference = \"cuda\"\nclassifier_inference = \"cuda\"");
-    common::board(None, &[], &[("backend = \"cpu\"", &runtime)])
+    let backend = format!("\"{backend}\"");
+    common::board(
+        None,
+        &[],
+        &[
+            ("runtime.backend", &backend),
+            ("runtime.detector_inference", "\"cuda\""),
+            ("runtime.classifier_inference", "\"cuda\""),
+        ],
+    )
 }
 
 /// The verdicts' decisions and frame counts, in order.

@@ -35,17 +35,7 @@ impl Gate for RecordingGate {
     }
 }
 
-const GENUINE: VerdictMessage<'static> = VerdictMessage {
-    kind: "verdict",
-    source: "camera",
-    decision: Decision::Genuine,
-    fake_probability: Some(0.05),
-    frames: 5,
-    frames_seen: 5,
-    first_frame: 1,
-    last_frame: 5,
-    reason: "test",
-};
+const GENUINE: VerdictMessage<'static> = VerdictMessage::sample("camera", Decision::Genuine);
 
 /// Whether the line reaches `energised` within 3 s.
 fn settles_at(line: &RecordingLine, energised: bool) -> bool {

@@ -16,11 +16,7 @@ use std::sync::atomic::AtomicBool;
 fn board_with_metrics(metrics: &str) -> std::path::PathBuf {
     let photo = common::fixture("faces/obama.jpg");
     let scene = common::fixture("scenes/coffee.png");
-    common::board(
-        None,
-        &[&photo, &scene],
-        &[("\n[runtime]", &format!("\n[metrics]\n{metrics}\n\n[runtime]"))],
-    )
+    common::board(None, &[&photo, &scene], &[("metrics", &format!("{{ {metrics} }}"))])
 }
 
 /// `GET target` on `address`: the status line and the body.
@@ -98,7 +94,7 @@ fn a_running_supervisor_serves_metrics_that_promtool_accepts_and_that_count_what
 
 #[test]
 fn the_metrics_section_is_strict() {
-    let unknown = board_with_metrics("listen = \"127.0.0.1:9464\"\nport = 9464");
+    let unknown = board_with_metrics("listen = \"127.0.0.1:9464\", port = 9464");
     let error = format!("{:#}", BoardConfig::load(&unknown).unwrap_err());
     assert!(error.contains("unknown field `port`"), "{error}");
     let bad = board_with_metrics("listen = \"localhost\"");

@@ -59,9 +59,9 @@ fn ready_waits_for_the_first_frame_pings_stop_when_the_source_stalls_and_status_
         None,
         &[&fifo],
         &[
-            ("frame_rate = 0.0", "frame_rate = 10.0"),
-            ("frame_budget_ms = 500.0", "frame_budget_ms = 1.0"),
-            ("overload_frames = 10", "overload_frames = 3"),
+            ("source.frame_rate", "10.0"),
+            ("runtime.frame_budget_ms", "1.0"),
+            ("runtime.overload_frames", "3"),
         ],
     );
     let socket_path = directory.join("notify.sock");

@@ -5,78 +5,18 @@
 
 mod common;
 
-use deepgate::capture::FrameSource;
+use deepgate::capture::scripted::{ScriptedCamera, Step, NAME};
 use deepgate::config::BoardConfig;
-use deepgate::frame::{Frame, PixelFormat};
+use deepgate::frame::PixelFormat;
 use deepgate::gate::stdout::StdoutGate;
 use deepgate::supervisor::{Outputs, Supervisor};
 use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// What the camera does for how long.
-#[derive(Clone, Copy, PartialEq)]
-enum Phase {
-    Frames,
-    Lost,
-    /// Up, but no frame comes (a stuck driver).
-    Silent,
-}
-
-/// A live camera through phases of `PHASE` each: frames, lost, frames, silent; then it sets `stop`.
-struct Camera<'a> {
-    photo: Vec<u8>,
-    width: u32,
-    height: u32,
-    started: Instant,
-    delivered: u64,
-    stop: &'a AtomicBool,
-}
-
+/// How long each phase of the camera lasts: frames, lost, frames, silent; then it sets `stop`.
 const PHASE: Duration = Duration::from_millis(1200);
-const PHASES: [Phase; 4] = [Phase::Frames, Phase::Lost, Phase::Frames, Phase::Silent];
-
-impl Camera<'_> {
-    fn phase(&self) -> Option<Phase> {
-        PHASES.get((self.started.elapsed().as_millis() / PHASE.as_millis()) as usize).copied()
-    }
-}
-
-impl FrameSource for Camera<'_> {
-    fn next_frame(&mut self) -> anyhow::Result<Option<Frame<'_>>> {
-        // A camera's pace, and the V4L2 source's bounded wait when there is no frame.
-        std::thread::sleep(Duration::from_millis(50));
-        match self.phase() {
-            Some(Phase::Frames) => {
-                self.delivered += 1;
-                Ok(Some(Frame {
-                    format: PixelFormat::Rgb24,
-                    width: self.width,
-                    height: self.height,
-                    stride: self.width as usize * 3,
-                    data: &self.photo,
-                    source: "/dev/video-scripted",
-                    sequence: self.delivered,
-                    timestamp_ns: self.delivered * 50_000_000,
-                    discontinuity: false,
-                }))
-            }
-            Some(Phase::Lost | Phase::Silent) => Ok(None),
-            None => {
-                self.stop.store(true, Ordering::Relaxed);
-                Ok(None)
-            }
-        }
-    }
-
-    fn describe(&self) -> &str {
-        "/dev/video-scripted"
-    }
-
-    fn camera_up(&self) -> Option<bool> {
-        Some(self.phase() != Some(Phase::Lost))
-    }
-}
+const PHASES: [Step; 4] = [Step::Frame, Step::Lost, Step::Frame, Step::Silent];
 
 #[test]
 fn a_lost_camera_being_reopened_keeps_the_watchdog_fed_and_a_silent_one_does_not() {
@@ -113,15 +53,10 @@ fn a_lost_camera_being_reopened_keeps_the_watchdog_fed_and_a_silent_one_does_not
             }
             messages
         });
-        let mut camera = Camera {
-            photo: image.data,
-            width: image.width,
-            height: image.height,
-            started,
-            delivered: 0,
-            stop: &stop,
-        };
-        supervisor.run_live(&mut camera, "/dev/video-scripted".into());
+        // A camera's pace, and the V4L2 source's bounded wait when there is no frame.
+        let mut camera =
+            ScriptedCamera::timed(image, &PHASES, PHASE).paced(Duration::from_millis(50)).stopping(&stop);
+        supervisor.run_live(&mut camera, NAME.into());
         assert!(supervisor.finish().frames > 0);
         listening.store(false, Ordering::Relaxed);
         receiver.join().unwrap()

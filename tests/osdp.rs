@@ -197,12 +197,11 @@ impl Kiosk {
             common::drifting_video(&video, "faces/astronaut.png", 400, 480, 12, 4);
         }
         let gate = format!(
-            "kind = \"osdp\"\ndevice = {pty:?}\nbaud = 115200\naddress = {ADDRESS}\nkey = {key:?}\n\
-             install_window_s = {install_window_s}\nvendor_code = \"{VENDOR}\"\nhold_ms = 400\n#"
+            "{{ kind = \"osdp\", device = {pty:?}, baud = 115200, address = {ADDRESS}, key = {key:?}, \
+             install_window_s = {install_window_s}, vendor_code = \"{VENDOR}\", hold_ms = 400 }}"
         );
-        let mut all_edits =
-            vec![("repeat = false", "repeat = true"), ("frame_rate = 0.0", "frame_rate = 15.0")];
-        all_edits.push(("kind = \"stdout\"", &gate));
+        let mut all_edits = vec![("source.repeat", "true"), ("source.frame_rate", "15.0")];
+        all_edits.push(("gate", &gate));
         all_edits.extend_from_slice(edits);
         let board = common::board(None, &[&video], &all_edits);
         let models = board.parent().unwrap().to_path_buf();
@@ -348,7 +347,7 @@ fn an_attack_raises_input_1_and_hostile_bytes_on_the_line_are_refused_and_counte
     let key = key_file(&directory, KEY);
     let mut panel = Panel::start(&python, &directory, &["--scbk", KEY]);
     // A frame threshold near 0 makes every frame evidence of a forgery: a stand-in for an attack video.
-    let edits = [("frame_threshold = 0.5 ", "frame_threshold = 0.02")];
+    let edits = [("decision.frame_threshold", "0.02")];
     let kiosk = Kiosk::start(&directory, &mut panel, &key, 0, &edits);
     panel.wait_for("the secure channel", Duration::from_secs(30), |line| line["secure"] == true);
     let verdict = panel.wait_for("a verdict", Duration::from_secs(60), |line| is_mfg(line, 1));
@@ -483,7 +482,7 @@ fn a_model_that_fails_its_checks_keeps_the_kiosk_up_telling_the_controller_until
     let key = key_file(&directory, KEY);
     let mut panel = Panel::start(&python, &directory, &["--scbk", KEY]);
     // The board's models directory is a copy (common::board); damage its classifier there.
-    let retry = [("model_retry_s = 0 ", "model_retry_s = 1 ")];
+    let retry = [("runtime.model_retry_s", "1")];
     let kiosk = Kiosk::start_with(&directory, &mut panel, &key, 0, &retry, |models| {
         let path = models.join("deepgate_student.onnx");
         let bytes = std::fs::read(&path).unwrap();
@@ -603,17 +602,7 @@ fn the_door_follows_the_controllers_output_command_within_the_secure_channel_onl
     let mut gate = OsdpGate::start(&settings(&panel.pty.clone(), relay.control())).unwrap();
     panel.send("start");
     panel.wait_for("the secure channel", Duration::from_secs(30), |line| line["secure"] == true);
-    let genuine = VerdictMessage {
-        kind: "verdict",
-        source: "camera",
-        decision: Decision::Genuine,
-        fake_probability: Some(0.05),
-        frames: 5,
-        frames_seen: 5,
-        first_frame: 1,
-        last_frame: 5,
-        reason: "test",
-    };
+    let genuine = VerdictMessage::sample("camera", Decision::Genuine);
     relay.report(&genuine).unwrap();
     gate.report(&genuine).unwrap();
     panel.wait_for("the verdict", Duration::from_secs(10), |line| is_mfg(line, 1));

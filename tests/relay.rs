@@ -43,17 +43,7 @@ fn start_with(
 }
 
 fn verdict(decision: Decision) -> VerdictMessage<'static> {
-    VerdictMessage {
-        kind: "verdict",
-        source: "camera",
-        decision,
-        fake_probability: Some(0.1),
-        frames: 5,
-        frames_seen: 6,
-        first_frame: 1,
-        last_frame: 6,
-        reason: "test",
-    }
+    VerdictMessage::sample("camera", decision)
 }
 
 fn values(line: &RecordingLine) -> Vec<bool> {

@@ -44,17 +44,7 @@ fn a_panic_on_another_thread_latches_the_fault_state() {
     // Latched: neither a feed nor clear_fault ends it, and a genuine verdict is refused.
     relay.feed();
     relay.clear_fault();
-    let verdict = VerdictMessage {
-        kind: "verdict",
-        source: "camera",
-        decision: Decision::Genuine,
-        fake_probability: Some(0.1),
-        frames: 5,
-        frames_seen: 5,
-        first_frame: 1,
-        last_frame: 5,
-        reason: "test",
-    };
+    let verdict = VerdictMessage::sample("camera", Decision::Genuine);
     relay.report(&verdict).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(

@@ -90,8 +90,9 @@ fn a_named_site_file_must_exist_and_a_broken_board_is_named_as_such() {
     }
 
     let board = common::temp_dir("board").join("door.toml");
-    let host = std::fs::read_to_string(common::root().join("board/host.toml")).unwrap();
-    std::fs::write(&board, host.replace("max_frames = 30", "max_frame = 30")).unwrap();
+    let mut misspelt = common::BoardVariant::load(&common::root().join("board/host.toml"));
+    misspelt.remove("decision.max_frames").set("decision.max_frame", "30");
+    misspelt.write(&board);
     let site = site_file("[decision]\nframe_threshold = 0.4\n");
     let output =
         deepgate_with_site(Some(&site), &["config", "check", "--board", &board.display().to_string()]);

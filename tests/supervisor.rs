@@ -5,10 +5,10 @@
 
 mod common;
 
-use deepgate::capture::FrameSource;
+use deepgate::capture::scripted::{ScriptedCamera, Step, NAME};
 use deepgate::config::BoardConfig;
 use deepgate::decide::Decision;
-use deepgate::frame::{Frame, PixelFormat};
+use deepgate::frame::PixelFormat;
 use deepgate::gate::relay::{Authority, DoorMode, DoorState, RecordingLine, RelayGate, RelaySettings};
 use deepgate::gate::{Gate, VerdictMessage};
 use deepgate::health::{Health, State};
@@ -86,7 +86,7 @@ fn a_replay_board_plays_to_its_end_with_verdicts_at_the_gate_and_a_failed_input_
     ];
     let paths: Vec<&std::path::Path> = inputs.iter().map(|path| path.as_path()).collect();
     // Paced like a camera at 5 frames a second, so that the relay's thread sees the door fed between frames.
-    let board = common::board(None, &paths, &[("frame_rate = 0.0", "frame_rate = 5.0")]);
+    let board = common::board(None, &paths, &[("source.frame_rate", "5.0")]);
     let config = BoardConfig::load(&board).unwrap();
     let gate = RecordingGate::default();
     let (relay, line) = maglock();
@@ -112,68 +112,6 @@ fn a_replay_board_plays_to_its_end_with_verdicts_at_the_gate_and_a_failed_input_
     assert_eq!(transitions(&line), [false, true, false], "{:?}", line.writes());
 }
 
-/// What the scripted camera does on each call.
-#[derive(Clone, Copy)]
-enum Step {
-    Frame,
-    Lost,
-}
-
-/// A live source that lends one photo as its frames, loses the camera where the script says, and sets the
-/// stop flag (as a signal would) when the script is over.
-struct ScriptedCamera<'a> {
-    script: std::collections::VecDeque<Step>,
-    photo: Vec<u8>,
-    width: u32,
-    height: u32,
-    up: bool,
-    delivered: u64,
-    stop: &'a AtomicBool,
-}
-
-impl FrameSource for ScriptedCamera<'_> {
-    fn next_frame(&mut self) -> anyhow::Result<Option<Frame<'_>>> {
-        match self.script.pop_front() {
-            Some(Step::Frame) => {
-                // A camera's pace (about 15 frames a second): the relay's thread sees each change of the door.
-                std::thread::sleep(Duration::from_millis(60));
-                let discontinuity = !self.up || self.delivered == 0;
-                self.up = true;
-                self.delivered += 1;
-                Ok(Some(Frame {
-                    format: PixelFormat::Rgb24,
-                    width: self.width,
-                    height: self.height,
-                    stride: self.width as usize * 3,
-                    data: &self.photo,
-                    source: "/dev/video-scripted",
-                    sequence: self.delivered - 1,
-                    timestamp_ns: self.delivered * 33_000_000,
-                    discontinuity,
-                }))
-            }
-            Some(Step::Lost) => {
-                self.up = false;
-                // Long enough for the relay's thread to write the fault state before the camera is back.
-                std::thread::sleep(Duration::from_millis(100));
-                Ok(None)
-            }
-            None => {
-                self.stop.store(true, Ordering::Relaxed);
-                Ok(None)
-            }
-        }
-    }
-
-    fn describe(&self) -> &str {
-        "/dev/video-scripted"
-    }
-
-    fn camera_up(&self) -> Option<bool> {
-        Some(self.up)
-    }
-}
-
 #[test]
 fn a_camera_that_goes_puts_the_door_in_its_fault_state_and_tells_the_controller_until_it_is_back() {
     let config = BoardConfig::load(&common::board(None, &[], &[])).unwrap();
@@ -187,16 +125,10 @@ fn a_camera_that_goes_puts_the_door_in_its_fault_state_and_tells_the_controller_
     let mut script = vec![Step::Frame; 2];
     script.extend([Step::Lost; 3]);
     script.extend([Step::Frame; 2]);
-    let mut camera = ScriptedCamera {
-        script: script.into(),
-        photo: image.data,
-        width: image.width,
-        height: image.height,
-        up: true,
-        delivered: 0,
-        stop: &stop,
-    };
-    supervisor.run_live(&mut camera, "/dev/video-scripted".into());
+    // A camera's pace (about 15 frames a second), and a loss long enough for the relay's thread to write the
+    // fault state before the camera is back: the relay's thread sees each change of the door.
+    let mut camera = ScriptedCamera::new(image, script).paced(Duration::from_millis(60)).stopping(&stop);
+    supervisor.run_live(&mut camera, NAME.into());
     let summary = supervisor.finish();
     assert_eq!((summary.frames, summary.failures), (4, 0), "{summary:?}");
     assert!(summary.live && !summary.failed(), "a camera run ends on a signal, its normal end");
@@ -214,7 +146,7 @@ fn a_camera_that_goes_puts_the_door_in_its_fault_state_and_tells_the_controller_
 
 #[test]
 fn invalid_models_on_a_board_that_retries_hold_the_door_and_tell_the_controller_until_stopped() {
-    let board = common::board(None, &[], &[("model_retry_s = 0", "model_retry_s = 1")]);
+    let board = common::board(None, &[], &[("runtime.model_retry_s", "1")]);
     let model = board.parent().unwrap().join("blazeface_front_128.onnx");
     std::fs::write(&model, b"not a model").unwrap();
     let config = BoardConfig::load(&board).unwrap();
@@ -236,4 +168,158 @@ fn invalid_models_on_a_board_that_retries_hold_the_door_and_tell_the_controller_
     assert_eq!(gate.states(), [State::ModelInvalid], "told once, however often the load is retried");
     assert_eq!(line.energised(), Some(false), "the maglock is in its fault state: {:?}", line.writes());
     assert!(!transitions(&line).contains(&true), "the door never locked: {:?}", line.writes());
+}
+
+/// A gate that refuses the verdicts the test marks (as a TCP gate whose spool write fails) and whose worker
+/// thread panics at the report the test names (a real thread, a real panic); it records like `RecordingGate`.
+struct FailingGate {
+    recording: RecordingGate,
+    reports: u32,
+    refuse: Vec<u32>,
+    panic_at: u32,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Gate for FailingGate {
+    fn report(&mut self, verdict: &VerdictMessage<'_>) -> anyhow::Result<()> {
+        self.reports += 1;
+        if self.reports == self.panic_at {
+            let worker =
+                std::thread::spawn(|| panic!("the gate's worker panicked (deliberately, in a test)"));
+            while !worker.is_finished() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.worker = Some(worker);
+        }
+        if self.refuse.contains(&self.reports) {
+            anyhow::bail!("writing the spool: No space left on device (os error 28)");
+        }
+        self.recording.report(verdict)
+    }
+
+    fn flush(&mut self, _timeout: Duration) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    fn describe(&self) -> &str {
+        "failing"
+    }
+
+    fn set_health(&mut self, health: Health) {
+        self.recording.set_health(health);
+    }
+
+    fn worker_alive(&self) -> bool {
+        self.worker.as_ref().is_none_or(|worker| !worker.is_finished())
+    }
+}
+
+#[test]
+fn a_verdict_the_gate_refuses_and_a_dead_gate_worker_are_health_the_controller_sees() {
+    let photo = common::fixture("faces/obama.jpg");
+    let scene = common::fixture("scenes/coffee.png");
+    let board = common::board(None, &[&photo, &scene, &photo, &scene, &photo], &[]);
+    let config = BoardConfig::load(&board).unwrap();
+    let recording = RecordingGate::default();
+    let gate =
+        FailingGate { recording: recording.clone(), reports: 0, refuse: vec![1], panic_at: 3, worker: None };
+    let stop = AtomicBool::new(false);
+    let outputs = Outputs { gate: Box::new(gate), relay: None };
+    let mut supervisor = Supervisor::start(&config, outputs, &stop).unwrap().expect("the models are valid");
+    supervisor.run().unwrap();
+    assert!(!supervisor.health().can_decide(), "a dead worker stops decisions");
+    let summary = supervisor.finish();
+    // The first verdict refused (delivery_failed), the second taken (normal again), the third taken while
+    // its worker died; from the next frame on: worker_dead, verdicts withheld.
+    assert_eq!(recording.states(), [State::DeliveryFailed, State::Normal, State::WorkerDead], "{summary:?}");
+    assert_eq!((summary.verdicts, summary.withheld), (3, 2), "{summary:?}");
+    assert_eq!(recording.verdicts().len(), 2, "the refused one is not delivered");
+}
+
+/// A live source that fails where its script says (as the V4L2 source fails a corrupt MJPEG or short frame)
+/// and otherwise is the scripted camera.
+struct Failing<'a> {
+    camera: ScriptedCamera<'a>,
+    fails: std::collections::VecDeque<bool>,
+}
+
+impl deepgate::capture::FrameSource for Failing<'_> {
+    fn next_frame(&mut self) -> anyhow::Result<Option<deepgate::frame::Frame<'_>>> {
+        if self.fails.pop_front() == Some(true) {
+            std::thread::sleep(Duration::from_millis(10));
+            anyhow::bail!("{NAME}: MJPEG frame is not a complete JPEG; dropped");
+        }
+        self.camera.next_frame()
+    }
+
+    fn describe(&self) -> &str {
+        self.camera.describe()
+    }
+
+    fn camera_up(&self) -> Option<bool> {
+        self.camera.camera_up()
+    }
+}
+
+#[test]
+fn a_streak_of_failed_frames_stops_decisions_until_as_many_good_frames_follow() {
+    let board = common::board(None, &[], &[("runtime.overload_frames", "3")]);
+    let config = BoardConfig::load(&board).unwrap();
+    let image = deepgate::codec::decode_image_file(&common::fixture("scenes/coffee.png")).unwrap();
+    let gate = RecordingGate::default();
+    let (relay, line) = maglock();
+    let stop = AtomicBool::new(false);
+    let outputs = Outputs { gate: Box::new(gate.clone()), relay: Some(relay) };
+    let mut supervisor = Supervisor::start(&config, outputs, &stop).unwrap().expect("the models are valid");
+    // Two failures (no streak), a frame, four failures (a streak of three and more), four frames.
+    let fails = [false, true, true, false, true, true, true, true, false, false, false, false];
+    let frames = fails.iter().filter(|fail| !**fail).count();
+    let camera = ScriptedCamera::new(image, vec![Step::Frame; frames])
+        .paced(Duration::from_millis(60))
+        .stopping(&stop);
+    let mut source = Failing { camera, fails: fails.into_iter().collect() };
+    supervisor.run_live(&mut source, NAME.into());
+    let summary = supervisor.finish();
+    assert_eq!((summary.frames, summary.failures), (frames as u64, 6), "{summary:?}");
+    assert_eq!(gate.states(), [State::FrameErrors, State::Normal], "told of the streak and its end");
+    // The door: fault state until fed, locked, fault state during the streak, locked again, fault state at the end.
+    assert_eq!(transitions(&line), [false, true, false, true, false], "{:?}", line.writes());
+}
+
+#[test]
+fn a_panic_on_a_gate_thread_ends_the_run_with_status_101_for_a_restart() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let spool = common::temp_dir("panic-spool").join("gate.spool");
+    let inputs = [common::fixture("faces/obama.jpg")];
+    let board = common::board(
+        None,
+        &[&inputs[0]],
+        &[
+            ("gate", &format!("{{ kind = \"tcp\", address = \"{address}\", queue = 16, spool = {spool:?}, insecure = true }}")),
+            ("source.repeat", "true"),
+            ("source.frame_rate", "5.0"),
+        ],
+    );
+    let output = std::process::Command::new(common::exe())
+        .args(["run", "--board", common::text(&board)])
+        .env("RUST_LOG", "warn")
+        .env("DEEPGATE_DEBUG_PANIC", "gate-tcp")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(101), "{stderr}");
+    assert!(stderr.contains("thread `gate-tcp` panicked: ending the process"), "{stderr}");
+    // Without the switch the same board runs until stopped: the panic, not the board, ended it.
+    let mut child = std::process::Command::new(common::exe())
+        .args(["run", "--board", common::text(&board)])
+        .env("RUST_LOG", "warn")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(child.try_wait().unwrap().is_none(), "the run goes on");
+    // SAFETY: a plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
 }

@@ -19,15 +19,9 @@ const PATIENCE: Duration = Duration::from_secs(10);
 /// The verdict reported `index`-th; its `first_frame` is `index`, so that a line shows which verdict it carries.
 fn verdict(source: &str, index: u64) -> VerdictMessage<'_> {
     VerdictMessage {
-        kind: "verdict",
-        source,
-        decision: decision(index),
-        fake_probability: Some(0.25),
-        frames: 3,
-        frames_seen: 4,
         first_frame: index,
         last_frame: index + 3,
-        reason: "test",
+        ..VerdictMessage::sample(source, decision(index))
     }
 }
 

@@ -169,17 +169,7 @@ impl Drop for Controller {
 }
 
 fn verdict() -> VerdictMessage<'static> {
-    VerdictMessage {
-        kind: "verdict",
-        source: "camera",
-        decision: Decision::Genuine,
-        fake_probability: Some(0.02),
-        frames: 5,
-        frames_seen: 6,
-        first_frame: 1,
-        last_frame: 6,
-        reason: "test",
-    }
+    VerdictMessage::sample("camera", Decision::Genuine)
 }
 
 fn start_gate(directory: &Path, port: u16, tls: TlsSettings) -> TcpGate {

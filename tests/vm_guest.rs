@@ -219,9 +219,10 @@ fn vivid_refuses_a_format_it_does_not_have() {
 #[test]
 fn a_virtual_camera_is_refused_unless_allowed() {
     let Some(guest) = guest() else { return };
+    // A real camera's board names its enrolment file (required); the virtual device is refused before that.
     let source =
         "device = \"/dev/video0\"\nformat = \"YUYV\"\nwidth = 640\nheight = 480\nframe_rate = 25.0\n\
-                  allow_virtual = false";
+                  allow_virtual = false\nenrolment = \"/tmp/deepgate-not-allowed/camera.json\"";
     let board = board(&guest, "vivid-not-allowed", source, "");
     let (_, output) = capture(&guest, &board, 3);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -436,6 +437,20 @@ impl Running {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Waits until the standard error holds `text`: its lines come through another pipe and thread than the
+    /// JSON lines, so a log line written before a health line may be read after it.
+    fn wait_for_log(&self, text: &str, timeout: Duration) {
+        let start = Instant::now();
+        while !self.stderr().contains(text) {
+            assert!(
+                start.elapsed() < timeout,
+                "no log line with `{text}` within {timeout:?}:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// SIGTERM, as a service manager stops the kiosk; the runtime must exit cleanly and soon.
     fn stop(mut self) -> ExitStatus {
         run_tool("kill", &["-TERM", &self.child.id().to_string()]);
@@ -573,4 +588,127 @@ fn a_different_camera_at_the_same_path_is_not_taken_for_the_pinned_one() {
     running.wait_for("normal when vivid is back", Duration::from_secs(60), |line| is_health(line, "normal"));
     let status = running.stop();
     assert!(status.success(), "deepgate run ended with {status} after SIGTERM");
+}
+
+/// A fresh, empty state directory for one test, and the enrolment file in it (not there yet).
+fn enrolment_file(guest: &Guest, name: &str) -> PathBuf {
+    let directory = guest.root.join("state").join(name);
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    directory.join("camera.json")
+}
+
+/// `deepgate enroll --board FILE` and its JSON line.
+fn enroll(guest: &Guest, board: &Path, replace: bool) -> (Option<Value>, std::process::Output) {
+    let mut arguments = vec!["enroll", "--board", board.to_str().unwrap()];
+    if replace {
+        arguments.push("--replace");
+    }
+    let output = deepgate(guest, &arguments);
+    let line = json_lines(&output.stdout).into_iter().find(|line| line["type"] == "enrolment");
+    (line, output)
+}
+
+#[test]
+fn only_the_enrolled_camera_is_used_across_restarts() {
+    let Some(guest) = guest() else { return };
+    let file = enrolment_file(&guest, "enrolled");
+    let pins = format!("enrolment = \"{}\"", file.display());
+    let board = board(&guest, "vivid-enrolled", &vivid_source(&pins), "");
+    // Nothing enrolled: every camera is refused, at install time (capture) and by the runtime, which waits in
+    // camera_lost (the controller sees tamper) and takes the camera once it is enrolled.
+    let (_, output) = capture(&guest, &board, 3);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no camera is enrolled"), "{stderr}");
+    let mut running = Running::start(&guest, &board);
+    running.wait_for("camera_lost before enrolment", Duration::from_secs(120), |line| {
+        is_health(line, "camera_lost")
+    });
+    running.wait_for_log("no camera is enrolled", Duration::from_secs(10));
+    let (line, output) = enroll(&guest, &board, false);
+    let line =
+        line.unwrap_or_else(|| panic!("no enrolment line: {}", String::from_utf8_lossy(&output.stderr)));
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        (&line["driver"], &line["device"]),
+        (&Value::from("vivid"), &Value::from("/dev/video0")),
+        "{line}"
+    );
+    assert!(line["usb"].is_null() && line["replaced"].is_null(), "vivid is no USB device: {line}");
+    let stored: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!((&stored["bus_info"], &stored["usb"]), (&line["bus_info"], &Value::Null), "{stored}");
+    running.wait_for("normal once the camera is enrolled", Duration::from_secs(60), |line| {
+        is_health(line, "normal")
+    });
+    // A second enrolment needs --replace.
+    let (_, output) = enroll(&guest, &board, false);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("already enrolled") && stderr.contains("--replace"), "{stderr}");
+    assert!(running.stop().success());
+
+    // A restart: the enrolment is read back and the camera accepted from the first frame.
+    let mut running = Running::start(&guest, &board);
+    running.wait_until_streaming(Duration::from_secs(120));
+    let lines = running.collect(Duration::from_secs(3));
+    assert!(
+        !lines.iter().any(|line| is_health(line, "camera_lost")),
+        "the enrolled camera refused: {lines:#?}"
+    );
+    // Another camera where the enrolled one was (same path, nothing else pinned) at the next start: nothing
+    // pinned in memory yet, the enrolment alone refuses it, and the runtime waits for the enrolled camera.
+    assert!(running.stop().success());
+    vivid_bind(false);
+    insmod_loopback(&guest, 0);
+    assert_eq!(driver_name(0).as_deref(), Some("deepgate-loopback"), "v4l2loopback did not get /dev/video0");
+    let mut running = Running::start(&guest, &board);
+    running.wait_for("camera_lost for another camera", Duration::from_secs(120), |line| {
+        is_health(line, "camera_lost")
+    });
+    let lines = running.collect(Duration::from_secs(10));
+    assert!(!lines.iter().any(|line| is_health(line, "normal")), "another camera was used: {lines:#?}");
+    assert!(!lines.iter().any(is_verdict), "verdicts from another camera: {lines:#?}");
+    running.wait_for_log(
+        "is not the enrolled camera: driver: enrolled `vivid`, found `v4l2 loopback`",
+        Duration::from_secs(10),
+    );
+    let stderr = running.stderr();
+    assert!(!stderr.contains("streaming, first frame"), "another camera streamed:\n{stderr}");
+    run_tool("rmmod", &["v4l2loopback"]);
+    vivid_bind(true);
+    running.wait_for("normal when vivid is back", Duration::from_secs(60), |line| is_health(line, "normal"));
+    let status = running.stop();
+    assert!(status.success(), "deepgate run ended with {status} after SIGTERM");
+}
+
+#[test]
+fn a_frozen_picture_is_a_camera_fault_until_it_moves() {
+    let Some(guest) = guest() else { return };
+    insmod_loopback(&guest, 10);
+    // One still, written over and over: what an injector replaying a photo, or a stuck camera, delivers.
+    let still = photo_frames(&guest, "faces/astronaut.png", 1.2, 1);
+    let writer = Writer::start("/dev/video10", still);
+    std::thread::sleep(Duration::from_millis(500));
+    let source =
+        "device = \"/dev/video10\"\nformat = \"YUYV\"\nwidth = 640\nheight = 480\nframe_rate = 10.0\n\
+                  allow_virtual = true\nfrozen_frames = 20";
+    let board = board(&guest, "loopback-frozen", source, "");
+    let mut running = Running::start(&guest, &board);
+    running.wait_until_streaming(Duration::from_secs(120));
+    running.wait_for("camera_lost for a frozen picture", Duration::from_secs(60), |line| {
+        is_health(line, "camera_lost")
+    });
+    running.wait_for_log("frozen: the same picture 21 times in a row", Duration::from_secs(10));
+    let while_frozen = running.collect(Duration::from_secs(5));
+    assert!(!while_frozen.iter().any(is_verdict), "verdicts on a frozen picture: {while_frozen:#?}");
+    // The picture moves again: the camera is live, and the controller told so.
+    writer.show(photo_frames(&guest, "faces/astronaut.png", 1.2, 6));
+    running
+        .wait_for("normal once the picture moves", Duration::from_secs(60), |line| is_health(line, "normal"));
+    running.wait_for_log("the picture changes again", Duration::from_secs(10));
+    let status = running.stop();
+    assert!(status.success(), "deepgate run ended with {status} after SIGTERM");
+    drop(writer);
+    run_tool("rmmod", &["v4l2loopback"]);
 }

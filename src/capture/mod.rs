@@ -1,6 +1,8 @@
-//! Frame sources: the one trait every capture backend implements, and the replay backends.
+//! Frame sources: the one trait every capture backend implements, the replay backends, and the scripted camera
+//! tests use in place of the V4L2 one.
 
 pub mod replay;
+pub mod scripted;
 pub mod synthetic;
 pub mod v4l2;
 pub mod y4m;
@@ -93,12 +95,9 @@ pub(crate) mod test_support {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(relative)
     }
 
-    /// A fresh, empty directory under the system temporary directory, unique to this process and label.
+    /// A fresh, empty directory for one test (`testing::scratch_dir`).
     pub(crate) fn scratch_directory(label: &str) -> PathBuf {
-        let directory = std::env::temp_dir().join(format!("deepgate-replay-{}-{label}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&directory);
-        std::fs::create_dir_all(&directory).unwrap();
-        directory
+        crate::testing::scratch_dir(&format!("replay-{label}"))
     }
 
     /// The error an operation was expected to return, with its whole context chain.

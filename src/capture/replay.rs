@@ -330,7 +330,8 @@ mod tests {
         let directory = scratch_directory("directory-empty");
         std::fs::write(directory.join("readme.txt"), "nothing to see").unwrap();
         let message = error_text(DirectorySource::open(&directory));
-        assert!(message.contains("deepgate-replay") && message.contains("no JPEG or PNG"), "{message}");
+        let named = message.contains(&directory.display().to_string());
+        assert!(named && message.contains("no JPEG or PNG"), "{message}");
         let _ = std::fs::remove_dir_all(&directory);
     }
 

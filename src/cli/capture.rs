@@ -77,6 +77,8 @@ pub fn capture(board: &Path, frames: u64, save: Option<&Path>) -> Result<ExitCod
         "errors": counters.errors,
         "timeouts": counters.timeouts,
         "reopens": counters.reopens,
+        "frozen": counters.frozen,
+        "clock_backwards": counters.clock_backwards,
         "first_sequence": first_sequence,
         "checksum_first": checksum_first,
     });

@@ -128,10 +128,11 @@ fn cuda() -> serde_json::Value {
 }
 
 /// Every /dev/video* node: its identity as VIDIOC_QUERYCAP reports it (the values `[source]`'s `driver`,
-/// `card` and `bus_info` pins take), whether deepgate counts it as virtual, whether it is a streaming capture
-/// node, and the formats and frame sizes it offers. Nodes that cannot be opened are listed with the error.
+/// `card` and `bus_info` pins take), its USB vendor, product and serial (null: not USB), whether deepgate
+/// counts it as virtual, whether it is a streaming capture node, and the formats and frame sizes it offers.
+/// Nodes that cannot be opened are listed with the error.
 fn cameras() -> Vec<serde_json::Value> {
-    use deepgate::capture::v4l2::{device::Device, identity, negotiate};
+    use deepgate::capture::v4l2::{device::Device, enrolment, identity, negotiate};
     video_nodes_or_sysfs()
         .into_iter()
         .map(|path| {
@@ -157,11 +158,17 @@ fn cameras() -> Vec<serde_json::Value> {
                     } else {
                         Vec::new()
                     };
+                    // What `deepgate enroll` would record beside the identity: the USB ids, or null.
+                    let usb = device
+                        .char_device()
+                        .and_then(|(major, minor)| enrolment::usb_identity(major, minor))
+                        .map_or_else(|error| json!({ "error": error.to_string() }), |usb| json!(usb));
                     json!({
                         "device": device_name,
                         "driver": caps.identity.driver,
                         "card": caps.identity.card,
                         "bus_info": caps.identity.bus_info,
+                        "usb": usb,
                         "virtual": identity::is_virtual(&caps.identity.driver),
                         "capture": capture,
                         "formats": formats,

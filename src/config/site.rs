@@ -34,6 +34,12 @@ pub const PATH_KEYS: &[&str] = &[
     "gate.controller_ca",
     "gate.signing_key",
     "gate.key",
+    "mqtt.spool",
+    "mqtt.ca",
+    "mqtt.certificate",
+    "mqtt.private_key",
+    "mqtt.password_file",
+    "mqtt.signing_key",
     "audit.path",
     "audit.key",
     "runtime.kernel_cache",
@@ -189,7 +195,7 @@ mod tests {
     #[test]
     fn a_missing_default_site_file_is_no_override_but_a_named_one_is_an_error() {
         let board = Path::new("board/host.toml");
-        let absent = std::env::temp_dir().join(format!("deepgate-site-absent-{}.toml", std::process::id()));
+        let absent = crate::testing::scratch_dir("site").join("absent.toml");
         let merged = merge(board, &SiteFile::Default(absent.clone())).expect("no site file, no override");
         assert!(merged.site.is_none() && merged.overridden.is_empty());
         let error = format!("{:#}", merge(board, &SiteFile::Named(absent.clone())).unwrap_err());

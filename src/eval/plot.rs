@@ -315,7 +315,7 @@ mod tests {
         // The curve (x = BPCER, y = 1 − APCER) runs (0, 0) → (0, 0.5) → (0.5, 1) → (1, 1); its EER is 0.25.
         let points = [(f64::INFINITY, 1.0, 0.0), (0.9, 0.5, 0.0), (0.5, 0.0, 0.5), (0.1, 0.0, 1.0)]
             .map(|(threshold, apcer, bpcer)| RocPoint { threshold, apcer, bpcer });
-        let path = std::env::temp_dir().join(format!("deepgate-roc-test-{}.png", std::process::id()));
+        let path = crate::testing::scratch_dir("roc").join("roc.png");
         write_roc_png(&points, 0.875, 0.25, &path)?;
         let picture = image::open(&path)?.to_rgb8();
         std::fs::remove_file(&path)?;
@@ -349,7 +349,7 @@ mod tests {
     #[test]
     fn draws_the_histogram_bars_and_the_thresholds() -> Result<()> {
         // Four bins over [0, 1]: the second is the fullest, the fourth empty.
-        let path = std::env::temp_dir().join(format!("deepgate-histogram-test-{}.png", std::process::id()));
+        let path = crate::testing::scratch_dir("histogram").join("histogram.png");
         write_histogram_png(&[2, 4, 1, 0], 0.625, Some(0.875), &path)?;
         let picture = image::open(&path)?.to_rgb8();
         std::fs::remove_file(&path)?;
@@ -376,7 +376,7 @@ mod tests {
 
     #[test]
     fn rejects_nonsense() {
-        let path = std::env::temp_dir().join("deepgate-roc-never-written.png");
+        let path = crate::testing::scratch_dir("roc-refused").join("roc.png");
         assert!(write_roc_png(&[], 0.5, 0.5, &path).is_err());
         let point = RocPoint { threshold: 0.5, apcer: f64::NAN, bpcer: 0.0 };
         assert!(write_roc_png(&[point], 0.5, 0.5, &path).is_err());

@@ -9,18 +9,37 @@
 //! stops nobody who can rewrite the whole file; signatures do, for anyone who checks them against the
 //! device's public key (`deepgate audit verify --public-key`). The key file holds the 32-byte secret seed as
 //! 64 hex characters and must not be readable by group or others.
+//!
+//! Survival, as the gate spool's (`gate::spool`):
+//! - A torn last write (power loss in the middle of a line; a line of zeros a file system left after a
+//!   crash; a line without its newline) is cut at the next open, back to the last whole entry, and counted
+//!   (logged, and in the chain head line). Only a tail that is not JSON at all and lies within one write of
+//!   the end is cut; a well-formed entry that does not verify is tampering, and the log is refused.
+//! - A write that fails (disk full, I/O error) is undone: the file is cut back to its last whole entry before
+//!   the next write, so a failure never leaves a broken line inside the chain. What the runtime does then is
+//!   `[audit] on_failure` (`OnFailure`).
+//! - Rotation (`[audit] max_bytes`, `keep`): once the file reaches `max_bytes` it is renamed `FILE.1` (the
+//!   older ones shift to `FILE.2`...; beyond `keep` the oldest is deleted) and a new `FILE` starts. The chain
+//!   is carried: the new file's first entry continues the sequence and names the last hash of `FILE.1`.
+//!   `verify` follows the chain from the oldest kept file to `FILE`; the oldest kept file's first entry is
+//!   taken as given (the files before it are gone), which the chain head reports make checkable.
+//! - The chain head (the last entry's sequence, hash and signature) goes to the controller every
+//!   `[audit] head_interval_s` (`HeadMessage`), so a log cut or replaced on the box is detectable off it.
 
 use crate::decide::Decision;
 use crate::decide::Verdict;
 use crate::gate::{from_hex, to_hex};
 use anyhow::{bail, Context, Result};
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+
+mod verify;
+pub use verify::{chain_files, ensure_found, verify, Verification, MAX_TORN_BYTES};
 
 /// The previous hash of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -69,11 +88,11 @@ struct LineOut<'a> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct LineIn<'a> {
+pub(crate) struct LineIn<'a> {
     #[serde(borrow)]
-    entry: &'a RawValue,
-    hash: String,
-    signature: Option<String>,
+    pub(crate) entry: &'a RawValue,
+    pub(crate) hash: String,
+    pub(crate) signature: Option<String>,
 }
 
 /// Reads a device key file (64 hex characters of secret seed), refusing one that group or others can read.
@@ -126,22 +145,90 @@ fn chain_hash(previous: &str, entry_json: &str) -> String {
     to_hex(&hasher.finalize())
 }
 
+/// What the runtime does when a receipt cannot be written (disk full, I/O error): `[audit] on_failure`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// No verdict without its receipt: health `audit_failed` (no decisions, door in its fault state, the
+    /// controller told) until a receipt is written again. The default: where receipts are kept, they are
+    /// part of what a decision is.
+    #[default]
+    Fault,
+    /// Verdicts go on without receipts: health `audit_degraded` (the controller told) until a receipt is
+    /// written again.
+    Continue,
+}
+
+/// When the log moves to a new file (`[audit] max_bytes`, `keep`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    /// The size at which the file is rotated; 0: never.
+    pub max_bytes: u64,
+    /// Rotated files kept (`FILE.1` to `FILE.keep`), at least 1.
+    pub keep: u32,
+}
+
+impl Rotation {
+    pub const NEVER: Rotation = Rotation { max_bytes: 0, keep: 1 };
+}
+
+/// The rotated file `n` of the log at `path`: `FILE.n`.
+pub fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{n}"));
+    path.with_file_name(name)
+}
+
+/// The chain head as the controller reads it: `{"type":"audit_head","board":...,"sequence":N,"hash":"..",
+/// "signature":"..","time_ms":..,"torn_bytes":N,"failing":false}`. `sequence` is the last entry's (null
+/// before the first), `hash` its chain hash (64 zeros before the first), `signature` its signature when
+/// signing (the controller checks it against the device's public key: the head is the device's);
+/// `torn_bytes`: a torn tail cut at this start; `failing`: the last write failed.
+#[derive(Serialize)]
+pub struct HeadMessage<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub board: &'a str,
+    pub sequence: Option<u64>,
+    pub hash: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<&'a str>,
+    pub time_ms: u64,
+    pub torn_bytes: u64,
+    pub failing: bool,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
 /// The log being appended to.
 pub struct AuditLog {
     path: PathBuf,
-    file: File,
+    /// None until the first write after a rotation that could not create the new file.
+    file: Option<File>,
+    /// The file's length through its last whole entry: a failed write is cut back to it.
+    committed: u64,
+    /// A write failed and its bytes may still be in the file: cut back to `committed` before the next one.
+    dirty: bool,
     next_sequence: u64,
     last_hash: String,
+    last_signature: Option<String>,
     board: String,
     models: Vec<ModelRecord>,
     thresholds: Thresholds,
     key: Option<SigningKey>,
+    rotation: Rotation,
+    torn_bytes: u64,
 }
 
 impl AuditLog {
-    /// Opens (or creates) the log at `path` and verifies the existing chain: a log that does not verify is
-    /// refused, so that evidence of tampering is never buried under new entries. With a signing `key`, every
-    /// existing entry must carry this key's valid signature too.
+    /// Opens (or creates) the log at `path` and verifies the existing chain, across its rotated files
+    /// (`verify`): a torn last write is cut (module documentation); any other problem refuses the log, so that
+    /// evidence of tampering is never buried under new entries. With a signing `key`, every existing entry
+    /// must carry this key's valid signature too.
     pub fn open(
         path: &Path,
         board: &str,
@@ -149,44 +236,87 @@ impl AuditLog {
         thresholds: Thresholds,
         key: Option<SigningKey>,
     ) -> Result<AuditLog> {
-        let (next_sequence, last_hash) = if path.exists() {
-            let summary = verify(path, key.as_ref().map(|key| key.verifying_key()).as_ref())?;
-            if let Some(problem) = summary.problem {
+        let public = key.as_ref().map(SigningKey::verifying_key);
+        let checked = verify::check_chain(path, public.as_ref())?;
+        let mut torn_bytes = 0;
+        if let Some(problem) = &checked.verification.problem {
+            let Some(torn) = checked.torn else {
                 bail!(
-                    "audit log {} does not verify ({problem}); move it aside to start a new one",
+                    "audit log {} does not verify ({problem}); move it (and its rotated files) aside to start \
+                     a new one",
                     path.display()
                 );
-            }
-            (summary.entries, summary.last_hash)
-        } else {
-            (0, GENESIS.to_string())
-        };
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening audit log {}", path.display()))?;
+            };
+            cut(path, torn.offset)?;
+            torn_bytes = torn.bytes;
+            log::warn!(
+                "audit log {}: cut a torn last write ({} bytes at offset {}: {problem}); {} entries intact",
+                path.display(),
+                torn.bytes,
+                torn.offset,
+                checked.verification.entries
+            );
+        }
+        let verification = checked.verification;
+        let file = append_to(path)?;
+        let committed =
+            file.metadata().with_context(|| format!("reading audit log {}", path.display()))?.len();
         Ok(AuditLog {
             path: path.to_path_buf(),
-            file,
-            next_sequence,
-            last_hash,
+            file: Some(file),
+            committed,
+            dirty: false,
+            next_sequence: verification.first_sequence + verification.entries,
+            last_hash: verification.last_hash,
+            last_signature: verification.last_signature,
             board: board.to_string(),
             models,
             thresholds,
             key,
+            rotation: Rotation::NEVER,
+            torn_bytes,
         })
     }
 
-    /// Appends the receipt of `verdict` about `source` and syncs it to disk.
+    /// Rotates the file as `rotation` says from now on.
+    pub fn rotate_at(mut self, rotation: Rotation) -> AuditLog {
+        self.rotation = Rotation { max_bytes: rotation.max_bytes, keep: rotation.keep.max(1) };
+        self
+    }
+
+    /// Bytes of a torn last write cut at open (0: none).
+    pub fn torn_bytes(&self) -> u64 {
+        self.torn_bytes
+    }
+
+    /// The next entry's sequence number, and the last entry's hash.
+    pub fn head(&self) -> (u64, &str) {
+        (self.next_sequence, &self.last_hash)
+    }
+
+    /// The chain head line for the controller (`HeadMessage`), into `line`.
+    pub fn head_line(&self, line: &mut super::Line) -> Result<()> {
+        let message = HeadMessage {
+            kind: "audit_head",
+            board: &self.board,
+            sequence: self.next_sequence.checked_sub(1),
+            hash: &self.last_hash,
+            signature: self.last_signature.as_deref(),
+            time_ms: now_ms(),
+            torn_bytes: self.torn_bytes,
+            failing: self.dirty,
+        };
+        super::encode_line(&message, line)
+    }
+
+    /// Appends the receipt of `verdict` about `source` and syncs it to disk; then rotates the file if it
+    /// reached `max_bytes` (a rotation that fails is logged and tried again after the next receipt: the receipt
+    /// itself is written). On error nothing of the receipt remains in the chain.
     pub fn append(&mut self, source: &str, verdict: &Verdict) -> Result<()> {
-        let time_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as u64);
         let entry = Entry {
             sequence: self.next_sequence,
             previous: self.last_hash.clone(),
-            time_ms,
+            time_ms: now_ms(),
             board: self.board.clone(),
             source: source.to_string(),
             decision: verdict.decision,
@@ -202,282 +332,109 @@ impl AuditLog {
         let hash = chain_hash(&self.last_hash, &entry_json);
         let raw = RawValue::from_string(entry_json)?;
         let signature = self.key.as_ref().map(|key| to_hex(&key.sign(hash.as_bytes()).to_bytes()));
-        let mut line = serde_json::to_string(&LineOut { entry: &raw, hash: &hash, signature })?;
+        let mut line =
+            serde_json::to_string(&LineOut { entry: &raw, hash: &hash, signature: signature.clone() })?;
         line.push('\n');
-        self.file
-            .write_all(line.as_bytes())
-            .and_then(|()| self.file.sync_data())
-            .with_context(|| format!("writing audit log {}", self.path.display()))?;
+        self.write(line.as_bytes()).with_context(|| format!("writing audit log {}", self.path.display()))?;
         self.next_sequence += 1;
         self.last_hash = hash;
+        self.last_signature = signature;
+        if self.rotation.max_bytes > 0 && self.committed >= self.rotation.max_bytes {
+            if let Err(error) = self.rotate() {
+                log::error!("{error:#}; trying again after the next receipt");
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one whole line and syncs it, first cutting back what a failed write left; on error, cuts back
+    /// again (or leaves that to the next write, `dirty`).
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let file = match &mut self.file {
+            Some(file) => file,
+            slot @ None => {
+                let file = append_to(&self.path).map_err(std::io::Error::other)?;
+                self.committed = file.metadata()?.len();
+                slot.insert(file)
+            }
+        };
+        if self.dirty {
+            file.set_len(self.committed)?;
+            self.dirty = false;
+        }
+        match file.write_all(bytes).and_then(|()| file.sync_data()) {
+            Ok(()) => {
+                self.committed += bytes.len() as u64;
+                Ok(())
+            }
+            Err(error) => {
+                // Cut back now if the file system lets us; the next write cuts again in any case, and until a
+                // write succeeds the head line says `failing`.
+                let _ = file.set_len(self.committed);
+                self.dirty = true;
+                Err(error)
+            }
+        }
+    }
+
+    /// `FILE` becomes `FILE.1`, `FILE.n` becomes `FILE.n+1`, `FILE.keep` is deleted; a new `FILE` starts.
+    fn rotate(&mut self) -> Result<()> {
+        let what = |path: &Path| format!("rotating audit log {}", path.display());
+        let oldest = rotated(&self.path, self.rotation.keep);
+        match std::fs::remove_file(&oldest) {
+            Ok(()) => log::info!("audit log: deleted {}, the oldest kept", oldest.display()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error).with_context(|| what(&oldest)),
+        }
+        for n in (1..self.rotation.keep).rev() {
+            let from = rotated(&self.path, n);
+            match std::fs::rename(&from, rotated(&self.path, n + 1)) {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(error).with_context(|| what(&from))
+                }
+                _ => {}
+            }
+        }
+        std::fs::rename(&self.path, rotated(&self.path, 1)).with_context(|| what(&self.path))?;
+        // From here the old file is FILE.1; a new FILE is made now or, if that fails, at the next write.
+        self.file = None;
+        self.committed = 0;
+        self.dirty = false;
+        self.file = Some(append_to(&self.path)?);
+        sync_directory(&self.path);
+        log::info!(
+            "audit log {}: rotated; the chain goes on at entry {}",
+            self.path.display(),
+            self.next_sequence
+        );
         Ok(())
     }
 }
 
-/// The result of checking a log.
-#[derive(Debug, Serialize)]
-pub struct Verification {
-    /// Entries that verified, from the start.
-    pub entries: u64,
-    /// Of those, the entries whose signature was checked against the given public key.
-    pub signatures_checked: u64,
-    pub last_hash: String,
-    /// The first problem: its line number and what is wrong. None when the whole log verifies.
-    pub problem: Option<String>,
+fn append_to(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening audit log {}", path.display()))
 }
 
-/// Checks every entry of the log at `path` in order and stops at the first broken one. With a `public_key`,
-/// every entry must also carry a valid signature by that key (an unsigned entry is a problem); without one,
-/// signatures are not checked.
-pub fn verify(path: &Path, public_key: Option<&VerifyingKey>) -> Result<Verification> {
-    let file = File::open(path).with_context(|| format!("opening audit log {}", path.display()))?;
-    let mut verification =
-        Verification { entries: 0, signatures_checked: 0, last_hash: GENESIS.to_string(), problem: None };
-    for (index, line) in BufReader::new(file).split(b'\n').enumerate() {
-        let number = index + 1;
-        let line = line.with_context(|| format!("reading audit log {}", path.display()))?;
-        match check_line(&line, verification.entries, &verification.last_hash, public_key) {
-            Ok(hash) => verification.last_hash = hash,
-            Err(problem) => {
-                verification.problem = Some(format!("line {number}: {problem}"));
-                return Ok(verification);
-            }
-        }
-        verification.entries += 1;
-        verification.signatures_checked += u64::from(public_key.is_some());
-    }
-    Ok(verification)
+/// Cuts the file at `path` to `length` bytes, durably.
+fn cut(path: &Path, length: u64) -> Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|file| file.set_len(length).and_then(|()| file.sync_all()))
+        .with_context(|| format!("cutting the torn tail of audit log {}", path.display()))
 }
 
-/// Why one line does not continue the chain (`expected_sequence`, `previous` hash) or lacks a valid
-/// signature by `public_key`, if so; else its hash.
-fn check_line(
-    line: &[u8],
-    expected_sequence: u64,
-    previous: &str,
-    public_key: Option<&VerifyingKey>,
-) -> std::result::Result<String, String> {
-    let parsed: LineIn = serde_json::from_slice(line).map_err(|error| format!("not a receipt ({error})"))?;
-    let entry: Entry =
-        serde_json::from_str(parsed.entry.get()).map_err(|error| format!("malformed entry ({error})"))?;
-    if entry.sequence != expected_sequence {
-        return Err(format!(
-            "entry has sequence {} where {expected_sequence} was expected (entries removed, inserted or reordered)",
-            entry.sequence
-        ));
+/// Makes renames in the log's directory durable; a failure only costs durability of the names, logged.
+fn sync_directory(path: &Path) {
+    let directory = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Err(error) = File::open(directory).and_then(|directory| directory.sync_all()) {
+        log::warn!("audit log: syncing directory {}: {error}", directory.display());
     }
-    if entry.previous != previous {
-        return Err(format!("entry {} does not follow the one before it (chain broken)", entry.sequence));
-    }
-    if chain_hash(previous, parsed.entry.get()) != parsed.hash {
-        return Err(format!("entry {} was altered after it was written (hash mismatch)", entry.sequence));
-    }
-    if let Some(public_key) = public_key {
-        let Some(signature) = &parsed.signature else {
-            return Err(format!("entry {} is not signed", entry.sequence));
-        };
-        let bytes = from_hex::<64>(signature, "the signature").map_err(|error| format!("{error:#}"))?;
-        public_key.verify(parsed.hash.as_bytes(), &Signature::from_bytes(&bytes)).map_err(|_| {
-            format!("entry {} is not signed by this key (rewritten, or another device's)", entry.sequence)
-        })?;
-    }
-    Ok(parsed.hash)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::decide::{Reason, Scores};
-
-    fn verdict(decision: Decision, scores: &[f32]) -> Verdict {
-        let mut reason = Reason::new();
-        let _ = reason.push_str("test");
-        Verdict {
-            decision,
-            fake_probability: Some(scores.iter().sum::<f32>() / scores.len() as f32),
-            frames_used: scores.len() as u32,
-            frames_seen: scores.len() as u32 + 1,
-            first_frame: 0,
-            last_frame: scores.len() as u64,
-            evidence: 1.5,
-            reason,
-            scores: scores.iter().copied().collect::<Scores>(),
-        }
-    }
-
-    fn log_with_three_entries(name: &str) -> PathBuf {
-        let path = std::env::temp_dir().join(format!("deepgate-audit-{}-{name}.jsonl", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let models = vec![ModelRecord { id: "detector".into(), sha256: "ab".repeat(32) }];
-        let thresholds = Thresholds { frame_threshold: 0.5, genuine_at: -4.55, fake_at: 2.99 };
-        let mut log = AuditLog::open(&path, "kiosk-1", models, thresholds, None).unwrap();
-        log.append("cam", &verdict(Decision::Genuine, &[0.1, 0.05])).unwrap();
-        log.append("cam", &verdict(Decision::Fake, &[0.9, 0.95, 0.99])).unwrap();
-        log.append("cam", &verdict(Decision::Uncertain, &[0.5])).unwrap();
-        path
-    }
-
-    fn lines(path: &Path) -> Vec<String> {
-        std::fs::read_to_string(path).unwrap().lines().map(str::to_string).collect()
-    }
-
-    #[test]
-    fn receipts_record_the_decision_scores_models_and_thresholds_and_verify() {
-        let path = log_with_three_entries("intact");
-        let verification = verify(&path, None).unwrap();
-        assert_eq!(verification.entries, 3);
-        assert!(verification.problem.is_none(), "{verification:?}");
-        let second: serde_json::Value = serde_json::from_str(&lines(&path)[1]).unwrap();
-        let entry = &second["entry"];
-        assert_eq!(entry["sequence"], 1);
-        assert_eq!(entry["decision"], "fake");
-        assert_eq!(entry["board"], "kiosk-1");
-        assert_eq!(entry["frame_scores"].as_array().unwrap().len(), 3);
-        assert_eq!(entry["models"][0]["sha256"], "ab".repeat(32));
-        assert_eq!(entry["thresholds"]["frame_threshold"], 0.5);
-        let first: serde_json::Value = serde_json::from_str(&lines(&path)[0]).unwrap();
-        assert_eq!(entry["previous"], first["hash"], "each entry carries the hash of the one before");
-        assert_eq!(first["entry"]["previous"], GENESIS);
-    }
-
-    #[test]
-    fn an_altered_entry_is_found_at_its_line() {
-        let path = log_with_three_entries("altered");
-        let mut text = lines(&path);
-        text[1] = text[1].replacen("\"decision\":\"fake\"", "\"decision\":\"genuine\"", 1);
-        std::fs::write(&path, text.join("\n") + "\n").unwrap();
-        let verification = verify(&path, None).unwrap();
-        assert_eq!(verification.entries, 1);
-        let problem = verification.problem.unwrap();
-        assert!(problem.starts_with("line 2:") && problem.contains("altered"), "{problem}");
-    }
-
-    #[test]
-    fn deleted_reordered_and_torn_entries_are_found() {
-        let path = log_with_three_entries("deleted");
-        let text = lines(&path);
-        std::fs::write(&path, format!("{}\n{}\n", text[0], text[2])).unwrap();
-        let problem = verify(&path, None).unwrap().problem.unwrap();
-        assert!(problem.starts_with("line 2:") && problem.contains("sequence 2 where 1"), "{problem}");
-
-        std::fs::write(&path, format!("{}\n{}\n{}\n", text[1], text[0], text[2])).unwrap();
-        let problem = verify(&path, None).unwrap().problem.unwrap();
-        assert!(problem.starts_with("line 1:"), "{problem}");
-
-        // A crash in the middle of writing leaves a torn last line.
-        std::fs::write(&path, format!("{}\n{}\n{}", text[0], text[1], &text[2][..40])).unwrap();
-        let verification = verify(&path, None).unwrap();
-        assert_eq!(verification.entries, 2);
-        assert!(verification.problem.unwrap().starts_with("line 3: not a receipt"));
-    }
-
-    #[test]
-    fn reopening_continues_an_intact_chain_and_refuses_a_broken_one() {
-        let path = log_with_three_entries("reopen");
-        let thresholds = Thresholds { frame_threshold: 0.5, genuine_at: -4.55, fake_at: 2.99 };
-        let mut log = AuditLog::open(&path, "kiosk-1", Vec::new(), thresholds, None).unwrap();
-        log.append("cam", &verdict(Decision::NoFace, &[0.2])).unwrap();
-        drop(log);
-        let verification = verify(&path, None).unwrap();
-        assert_eq!((verification.entries, verification.problem), (4, None));
-
-        let text = lines(&path);
-        std::fs::write(&path, text[1..].join("\n") + "\n").unwrap();
-        let error = AuditLog::open(&path, "kiosk-1", Vec::new(), thresholds, None).err().unwrap();
-        assert!(format!("{error:#}").contains("does not verify"), "{error:#}");
-    }
-
-    fn key(seed: u8) -> SigningKey {
-        SigningKey::from_bytes(&[seed; 32])
-    }
-
-    fn signed_log(name: &str, signer: &SigningKey) -> PathBuf {
-        let path = std::env::temp_dir().join(format!("deepgate-audit-{}-{name}.jsonl", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let thresholds = Thresholds { frame_threshold: 0.5, genuine_at: -4.55, fake_at: 2.99 };
-        let mut log = AuditLog::open(&path, "kiosk-1", Vec::new(), thresholds, Some(signer.clone())).unwrap();
-        log.append("cam", &verdict(Decision::Genuine, &[0.1])).unwrap();
-        log.append("cam", &verdict(Decision::Fake, &[0.9])).unwrap();
-        log.append("cam", &verdict(Decision::Genuine, &[0.2])).unwrap();
-        path
-    }
-
-    #[test]
-    fn signed_receipts_verify_against_the_device_key_only() {
-        let device = key(7);
-        let path = signed_log("signed", &device);
-        let verification = verify(&path, Some(&device.verifying_key())).unwrap();
-        assert_eq!((verification.entries, verification.signatures_checked), (3, 3));
-        assert!(verification.problem.is_none(), "{verification:?}");
-        let problem = verify(&path, Some(&key(8).verifying_key())).unwrap().problem.unwrap();
-        assert!(problem.starts_with("line 1:") && problem.contains("not signed by this key"), "{problem}");
-        // Without a key, the chain is still checked and signatures are left alone.
-        assert_eq!(verify(&path, None).unwrap().signatures_checked, 0);
-    }
-
-    #[test]
-    fn a_rebuilt_chain_without_the_key_is_found_where_it_was_rewritten() {
-        // Whoever can write the file can alter an entry and recompute every hash after it: the chain then
-        // verifies, but the signatures no longer match.
-        let device = key(7);
-        let path = signed_log("rebuilt", &device);
-        let mut rebuilt = Vec::new();
-        let mut previous = GENESIS.to_string();
-        for (index, line) in lines(&path).iter().enumerate() {
-            let parsed: serde_json::Value = serde_json::from_str(line).unwrap();
-            if index == 0 {
-                // The first entry stays as written.
-                rebuilt.push(line.clone());
-                previous = parsed["hash"].as_str().unwrap().to_string();
-                continue;
-            }
-            let mut entry = parsed["entry"].clone();
-            entry["previous"] = serde_json::Value::String(previous.clone());
-            if index == 1 {
-                entry["decision"] = serde_json::Value::String("genuine".into());
-            }
-            let entry_json = serde_json::to_string(&entry).unwrap();
-            let hash = chain_hash(&previous, &entry_json);
-            let signature = parsed["signature"].as_str().unwrap();
-            rebuilt.push(format!(r#"{{"entry":{entry_json},"hash":"{hash}","signature":"{signature}"}}"#));
-            previous = hash;
-        }
-        std::fs::write(&path, rebuilt.join("\n") + "\n").unwrap();
-        assert!(verify(&path, None).unwrap().problem.is_none(), "the rebuilt chain itself is consistent");
-        let verification = verify(&path, Some(&device.verifying_key())).unwrap();
-        assert_eq!(verification.entries, 1);
-        assert!(verification.problem.unwrap().starts_with("line 2:"));
-    }
-
-    #[test]
-    fn unsigned_entries_and_another_devices_log_are_refused_when_signing() {
-        let path = log_with_three_entries("unsigned");
-        let problem = verify(&path, Some(&key(7).verifying_key())).unwrap().problem.unwrap();
-        assert!(problem.contains("entry 0 is not signed"), "{problem}");
-        let thresholds = Thresholds { frame_threshold: 0.5, genuine_at: -4.55, fake_at: 2.99 };
-        let error = AuditLog::open(&path, "kiosk-1", Vec::new(), thresholds, Some(key(7))).err().unwrap();
-        assert!(format!("{error:#}").contains("does not verify"), "{error:#}");
-        let other = signed_log("other-device", &key(9));
-        assert!(AuditLog::open(&other, "kiosk-1", Vec::new(), thresholds, Some(key(7))).is_err());
-    }
-
-    #[test]
-    fn key_files_are_created_private_and_refused_when_readable_by_others() {
-        use std::os::unix::fs::PermissionsExt;
-        let path = std::env::temp_dir().join(format!("deepgate-audit-{}-device.key", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let public = generate_signing_key(&path).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        let loaded = load_signing_key(&path).unwrap();
-        assert_eq!(public_key_hex(&loaded), public);
-        assert_eq!(parse_public_key(&public).unwrap(), loaded.verifying_key());
-        assert!(generate_signing_key(&path).is_err(), "an existing key is never overwritten");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let error = load_signing_key(&path).err().unwrap();
-        assert!(format!("{error:#}").contains("chmod 600"), "{error:#}");
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::write(&path, "not hex\n").unwrap();
-        assert!(format!("{:#}", load_signing_key(&path).err().unwrap()).contains("64 hexadecimal digits"));
-        assert!(parse_public_key("abc").is_err());
-    }
-}
+mod tests;

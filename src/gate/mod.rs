@@ -2,6 +2,7 @@
 //! form.
 
 pub mod audit;
+pub mod mqtt;
 pub mod osdp;
 pub mod relay;
 pub mod spool;
@@ -48,6 +49,30 @@ impl<'a> VerdictMessage<'a> {
             reason: &verdict.reason,
         }
     }
+
+    /// A plausible message of `decision` about `source`, for tests and tools that exercise delivery (gates, the
+    /// relay, the spool) without running the models: 5 of 6 frames used, frames 1 to 6, a mean fake
+    /// probability that fits the decision (none for `no_face`). Change a field with struct update syntax.
+    #[doc(hidden)]
+    pub const fn sample(source: &'a str, decision: Decision) -> VerdictMessage<'a> {
+        let (fake_probability, reason) = match decision {
+            Decision::Genuine => (Some(0.05), "sample: genuine"),
+            Decision::Fake => (Some(0.95), "sample: fake"),
+            Decision::Uncertain => (Some(0.5), "sample: uncertain"),
+            Decision::NoFace => (None, "sample: no face"),
+        };
+        VerdictMessage {
+            kind: "verdict",
+            source,
+            decision,
+            fake_probability,
+            frames: 5,
+            frames_seen: 6,
+            first_frame: 1,
+            last_frame: 6,
+            reason,
+        }
+    }
 }
 
 /// Rounds to a multiple of `step` (0.01 pixel, 0.0001 probability) for JSON lines that people read.
@@ -85,7 +110,7 @@ struct HealthMessage<'a> {
 
 /// Writes the health line of `health` (no newline) into `line`: the one encoder of the TCP and stdout gates.
 pub fn encode_health(health: crate::health::Health, line: &mut Line) -> Result<()> {
-    let active: heapless::Vec<&'static str, 8> = health.active().map(crate::health::State::name).collect();
+    let active: heapless::Vec<&'static str, 16> = health.active().map(crate::health::State::name).collect();
     let message = HealthMessage {
         kind: "health",
         state: health.state().name(),
@@ -157,6 +182,18 @@ pub trait Gate: Send {
 
     /// A change of the runtime's health (`health::Monitor`): gates that can tell their controller, do.
     fn set_health(&mut self, _health: crate::health::Health) {}
+
+    /// Whether every thread the gate needs is still running: false once one has ended (returned or
+    /// panicked) before the gate was dropped, which the supervisor turns into health `worker_dead`. Called
+    /// once per frame: must be cheap.
+    fn worker_alive(&self) -> bool {
+        true
+    }
+
+    /// The audit log's chain head as a JSON line (`gate::audit::HeadMessage`), every `[audit]
+    /// head_interval_s`: gates that speak JSON lines send it (not spooled or acknowledged: only the latest
+    /// matters); OSDP has no place for it.
+    fn audit_head(&mut self, _line: &Line) {}
 }
 
 /// Reads a secret (a device key) from `path`, refusing a file that group or others can read: a key others can

@@ -41,6 +41,8 @@
 mod commands;
 mod commissioning;
 mod door;
+#[doc(hidden)]
+pub mod fuzzing;
 mod keys;
 mod section;
 mod serial;
@@ -284,7 +286,10 @@ impl OsdpGate {
             .spawn({
                 let stats = Arc::clone(&stats);
                 let settings = settings.clone();
-                move || serve(pd, &receiver, &settings, install_until, serial, &state, &stats)
+                move || {
+                    crate::health::debug_panic_point("gate-osdp");
+                    serve(pd, &receiver, &settings, install_until, serial, &state, &stats)
+                }
             })
             .context("starting the OSDP thread")?;
         Ok(OsdpGate { sender: Some(sender), stats, thread: Some(thread), description, line: Line::new() })
@@ -348,6 +353,12 @@ impl Gate for OsdpGate {
     fn set_health(&mut self, health: Health) {
         self.send(Message::Health(health));
     }
+
+    /// The OSDP thread is running: it ends on its own only when it cannot go on (no key to leave install
+    /// mode with, the PD not restartable) or on a panic, and then no controller hears from this device.
+    fn worker_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|thread| !thread.is_finished())
+    }
 }
 
 impl Drop for OsdpGate {
@@ -382,6 +393,18 @@ fn open_device(
         incoming: Inspector::default(),
         outgoing: Inspector::default(),
     };
+    device_on(settings, Box::new(channel), start, serial, state, stats)
+}
+
+/// The PD on any channel (the serial port; an in-memory one in `fuzzing`), configured as `open_device` says.
+fn device_on(
+    settings: &OsdpSettings,
+    channel: Box<dyn libosdp::Channel>,
+    start: &StartKey,
+    serial: [u8; 4],
+    state: &Arc<PanelState>,
+    stats: &Arc<OsdpStats>,
+) -> Result<PeripheralDevice> {
     let mut flags = OsdpFlag::EnforceSecure;
     // libosdp needs a key whenever the secure channel is enforced; in install mode it is SCBK-D, the public
     // default key the standard defines for commissioning.
@@ -405,7 +428,7 @@ fn open_device(
             PdCapability::CommunicationSecurity(PdCapEntity::new(1, 1)),
         ])
         .secure_channel_key(key);
-    let mut pd = PeripheralDevice::new(info, Box::new(channel))
+    let mut pd = PeripheralDevice::new(info, channel)
         .map_err(|error| anyhow::anyhow!("starting the OSDP peripheral device: {error}"))?;
     pd.set_command_callback(command_handler(settings, Arc::clone(state), Arc::clone(stats)));
     Ok(pd)

@@ -366,6 +366,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::config::BoardConfig;
+    use crate::testing::BoardVariant;
 
     /// board/host.toml with its commented `[relay]` example switched on.
     fn host_with_relay() -> String {
@@ -381,12 +382,9 @@ mod tests {
         format!("{before}{example}")
     }
 
-    /// The relay example with `old` (which must occur once in it) replaced by `new`.
-    fn relay_with(old: &str, new: &str) -> String {
-        let text = host_with_relay();
-        let start = text.find("[relay]").unwrap();
-        assert_eq!(text[start..].matches(old).count(), 1, "`{old}` must occur once in the [relay] example");
-        format!("{}{}", &text[..start], text[start..].replacen(old, new, 1))
+    /// The relay example with `relay.<key>` set to `value` (TOML; `testing::BoardVariant`).
+    fn relay_with(key: &str, value: &str) -> String {
+        BoardVariant::parse(&host_with_relay()).set(&format!("relay.{key}"), value).text()
     }
 
     fn error_of(text: &str) -> String {
@@ -418,35 +416,34 @@ mod tests {
 
     #[test]
     fn a_line_offset_is_accepted() {
-        let config = BoardConfig::parse(&relay_with("line = \"DOOR_RELAY\"", "line = 17")).unwrap();
+        let config = BoardConfig::parse(&relay_with("line", "17")).unwrap();
         assert_eq!(config.relay.unwrap().line, LineSelector::Offset(17));
     }
 
     #[test]
     fn bad_values_are_refused_naming_the_key() {
         let cases = [
-            ("pulse_ms = 3000", "pulse_ms = 50", "relay.pulse_ms = 50 is outside 100..=30000"),
-            ("pulse_ms = 3000", "pulse_ms = 30001", "relay.pulse_ms = 30001"),
-            ("watchdog_ms = 2000", "watchdog_ms = 0", "relay.watchdog_ms = 0 is outside 100..=60000"),
-            ("watchdog_ms = 2000", "watchdog_ms = 600000", "relay.watchdog_ms = 600000"),
-            (
-                "chip = \"/dev/gpiochip0\"",
-                "chip = \"gpiochip0\"",
-                "relay.chip `gpiochip0` must be the absolute path",
-            ),
-            ("line = \"DOOR_RELAY\"", "line = \"\"", "relay.line `` must be a line name"),
-            ("line = \"DOOR_RELAY\"", "line = \"A_NAME_LONGER_THAN_THE_KERNEL_KEEPS\"", "relay.line"),
-            ("line = \"DOOR_RELAY\"", "line = 70000", "relay.line = 70000 is outside 0..=65535"),
-            ("line = \"DOOR_RELAY\"", "line = -1", "relay.line = -1 is outside"),
-            ("line = \"DOOR_RELAY\"", "line = 1.5", "relay.line: a line offset"),
-            ("mode = \"fail_secure\"", "mode = \"fail_open\"", "fail_open"),
-            ("fault_state = \"locked\"", "fault_state = \"open\"", "open"),
-            ("authority = \"controller\"", "authority = \"kiosk\"", "kiosk"),
-            ("active_low = false", "active_low = \"no\"", "active_low"),
+            ("pulse_ms", "50", "relay.pulse_ms = 50 is outside 100..=30000"),
+            ("pulse_ms", "30001", "relay.pulse_ms = 30001"),
+            ("watchdog_ms", "0", "relay.watchdog_ms = 0 is outside 100..=60000"),
+            ("watchdog_ms", "600000", "relay.watchdog_ms = 600000"),
+            ("chip", "\"gpiochip0\"", "relay.chip `gpiochip0` must be the absolute path"),
+            ("line", "\"\"", "relay.line `` must be a line name"),
+            ("line", "\"A_NAME_LONGER_THAN_THE_KERNEL_KEEPS\"", "relay.line"),
+            ("line", "70000", "relay.line = 70000 is outside 0..=65535"),
+            ("line", "-1", "relay.line = -1 is outside"),
+            ("line", "1.5", "relay.line: a line offset"),
+            ("mode", "\"fail_open\"", "fail_open"),
+            ("fault_state", "\"open\"", "open"),
+            ("authority", "\"kiosk\"", "kiosk"),
+            ("active_low", "\"no\"", "active_low"),
         ];
-        for (old, new, expected) in cases {
-            let message = error_of(&relay_with(old, new));
-            assert!(message.contains(expected), "`{new}`: error does not contain `{expected}`: {message}");
+        for (key, value, expected) in cases {
+            let message = error_of(&relay_with(key, value));
+            assert!(
+                message.contains(expected),
+                "`{key} = {value}`: error does not contain `{expected}`: {message}"
+            );
         }
     }
 
@@ -455,17 +452,11 @@ mod tests {
         for key in
             ["chip", "line", "active_low", "mode", "fault_state", "authority", "pulse_ms", "watchdog_ms"]
         {
-            let text = host_with_relay();
-            let start = text.find("[relay]").unwrap();
-            let kept: String = text[start..]
-                .lines()
-                .filter(|line| !line.starts_with(&format!("{key} =")))
-                .map(|line| format!("{line}\n"))
-                .collect();
-            let message = error_of(&format!("{}{kept}", &text[..start]));
+            let without = BoardVariant::parse(&host_with_relay()).remove(&format!("relay.{key}")).text();
+            let message = error_of(&without);
             assert!(message.contains(key), "missing `{key}` is not named: {message}");
         }
-        let message = error_of(&relay_with("pulse_ms = 3000", "pulse_ms = 3000\nhold_ms = 100"));
+        let message = error_of(&relay_with("hold_ms", "100"));
         assert!(message.contains("hold_ms"), "{message}");
     }
 

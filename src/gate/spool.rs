@@ -343,10 +343,7 @@ mod tests {
 
     /// A fresh directory for one test, and the spool path in it.
     fn scratch(name: &str) -> PathBuf {
-        let directory = std::env::temp_dir().join(format!("deepgate-spool-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&directory);
-        std::fs::create_dir_all(&directory).unwrap();
-        directory.join("gate.spool")
+        crate::testing::scratch_dir(&format!("spool-{name}")).join("gate.spool")
     }
 
     /// A verdict-like JSON line for `index`, padded to about `size` bytes.

@@ -42,4 +42,13 @@ impl Gate for StdoutGate {
             log::error!("gate stdout: {error:#}");
         }
     }
+
+    /// `{"type":"audit_head",...}`, as the TCP gate sends it.
+    fn audit_head(&mut self, line: &Line) {
+        let mut out = std::io::stdout().lock();
+        let written = out.write_all(line).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush());
+        if let Err(error) = written {
+            log::error!("gate stdout: writing the audit head: {error}");
+        }
+    }
 }

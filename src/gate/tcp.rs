@@ -48,13 +48,18 @@ mod link;
 mod protocol;
 
 pub use envelope::{SCHEMA, SIGNATURE_FIELD};
+/// The envelope and the sealed line's frame, shared with the fleet output (`gate::mqtt`), which publishes the
+/// same signed lines.
+pub(crate) use envelope::{new_boot_id, Sealer, Stamper};
+#[doc(hidden)]
+pub use protocol::read_controller_lines;
 pub use link::{Tls, TlsSettings};
 
 use super::spool::{Spool, MAX_CAPACITY};
 use super::{Gate, Line, VerdictMessage};
 use anyhow::{bail, ensure, Context, Result};
 use connection::run;
-use protocol::Frame;
+pub(crate) use protocol::Frame;
 use serde::Deserialize;
 use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
@@ -187,6 +192,10 @@ struct State {
     /// Health lines carry no id and are not spooled or acknowledged: only the present state matters.
     health: Frame,
     health_version: u64,
+    /// The audit log's chain head line with its newline, and its version: sent like the health line (each
+    /// connection the latest once, and again when it changes), never spooled.
+    audit_head: Frame,
+    audit_head_version: u64,
     /// Genuine verdicts of this run that the controller may still grant: (id, when reported).
     grantable: heapless::Deque<(u64, Instant), GRANTABLE>,
     door: Option<crate::gate::relay::DoorControl>,
@@ -378,6 +387,8 @@ impl TcpGate {
                 dropped_in_burst: 0,
                 health: Frame::new(),
                 health_version: 0,
+                audit_head: Frame::new(),
+                audit_head_version: 0,
                 grantable: heapless::Deque::new(),
                 door: settings.door,
                 max_age: settings.max_age,
@@ -391,7 +402,10 @@ impl TcpGate {
                 let shared = Arc::clone(&shared);
                 let address = address.clone();
                 let ack_timeout = settings.ack_timeout;
-                move || run(&shared, &address, tls.as_ref(), &sealer, ack_timeout, highest_given)
+                move || {
+                    crate::health::debug_panic_point("gate-tcp");
+                    run(&shared, &address, tls.as_ref(), &sealer, ack_timeout, highest_given)
+                }
             })
             .with_context(|| format!("starting the gate thread for {address}"))?;
         Ok(TcpGate {
@@ -498,6 +512,28 @@ impl Gate for TcpGate {
             state.health_version += 1;
         }
         self.shared.work.notify_one();
+    }
+
+    /// Queues the audit head line for the controller, as the health line is.
+    fn audit_head(&mut self, line: &Line) {
+        {
+            let mut state = lock(&self.shared.state);
+            state.audit_head.clear();
+            let stored =
+                state.audit_head.extend_from_slice(line).is_ok() && state.audit_head.push(b'\n').is_ok();
+            if !stored {
+                state.audit_head.clear();
+                log::error!("gate {}: the audit head line does not fit", self.description);
+                return;
+            }
+            state.audit_head_version += 1;
+        }
+        self.shared.work.notify_one();
+    }
+
+    /// The connection thread is running, unless it ended (a panic) before the gate was dropped.
+    fn worker_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|thread| !thread.is_finished())
     }
 }
 

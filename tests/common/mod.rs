@@ -7,8 +7,8 @@ pub mod skip;
 #[allow(unused_imports)]
 pub use skip::{skip, Need};
 
+pub use deepgate::testing::BoardVariant;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The source tree: where it was built, or `DEEPGATE_SOURCE_ROOT` for test binaries carried to another machine
 /// (`cargo xtask gpu-check`).
@@ -37,17 +37,9 @@ pub fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
 }
 
-/// A fresh, empty directory under the system temp dir, unique to this process and call.
+/// A fresh, empty directory for one test: the library's one scratch-directory helper.
 pub fn temp_dir(name: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let directory = std::env::temp_dir().join(format!(
-        "deepgate-test-{}-{name}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&directory);
-    std::fs::create_dir_all(&directory).unwrap();
-    directory
+    deepgate::testing::scratch_dir(name)
 }
 
 /// A models directory holding the shipped models and manifest plus the test classifiers.
@@ -69,34 +61,54 @@ pub fn models_with_test_classifiers() -> PathBuf {
     directory
 }
 
-/// Writes a board config derived from board/host.toml: `classifier` selects a test classifier instead of the
-/// shipped one (None: as shipped), `paths` replaces the replay inputs, and each (old, new) in `edits` replaces text in the file.
-pub fn board(classifier: Option<&str>, paths: &[&Path], edits: &[(&str, &str)]) -> PathBuf {
+/// Writes a board config derived from board/host.toml into a fresh models directory (the shipped models and
+/// manifest plus the test classifiers, `models_with_test_classifiers`), its paths made absolute: `classifier`
+/// selects a test classifier instead of the shipped one (None: as shipped), `paths` replaces the replay
+/// inputs, and each (key path, TOML value) in `settings` sets one key, e.g. `("source.frame_rate", "5.0")` or
+/// a whole section, `("gate", "{ kind = \"tcp\", ... }")` (`deepgate::testing::BoardVariant::set`).
+pub fn board(classifier: Option<&str>, paths: &[&Path], settings: &[(&str, &str)]) -> PathBuf {
+    board_variant(classifier, paths, |variant| {
+        for (key, value) in settings {
+            variant.set(key, value);
+        }
+    })
+}
+
+/// As `board`, with the changes `edit` makes to the variant (keys removed, values made in Rust).
+pub fn board_variant(
+    classifier: Option<&str>,
+    paths: &[&Path],
+    edit: impl FnOnce(&mut BoardVariant),
+) -> PathBuf {
     let models = models_with_test_classifiers();
-    let host = std::fs::read_to_string(root().join("board/host.toml")).unwrap();
-    let mut text = host
-        .replace("\"../models/manifest.toml\"", &format!("{:?}", models.join("manifest.toml")))
-        .replace("\"../models/alignment.toml\"", &format!("{:?}", models.join("alignment.toml")));
+    let mut variant = BoardVariant::load(&root().join("board/host.toml"));
+    variant.set_value("models.manifest", text(&models.join("manifest.toml")));
+    variant.set_value("models.alignment", text(&models.join("alignment.toml")));
     if let Some(classifier) = classifier {
-        let start = text.find("\nclassifier = ").expect("board/host.toml names a classifier") + 1;
-        let end = start + text[start..].find('\n').unwrap();
-        text.replace_range(start..end, &format!("classifier = \"{classifier}\""));
+        variant.set_value("models.classifier", classifier);
     }
-    let tests = format!("\"{}/tests/", root().display());
-    text = text.replace("\"../tests/", &tests);
-    if !paths.is_empty() {
-        let list: Vec<String> = paths.iter().map(|path| format!("{path:?}")).collect();
-        let start = text.find("paths = [").unwrap();
-        let end = start + text[start..].find(']').unwrap() + 1;
-        text.replace_range(start..end, &format!("paths = [{}]", list.join(", ")));
-    }
-    for (old, new) in edits {
-        assert!(text.contains(old), "board/host.toml no longer contains {old:?}");
-        text = text.replace(old, new);
-    }
+    // The replay inputs, host.toml's relative to its directory.
+    let inputs: Vec<PathBuf> = if paths.is_empty() {
+        let host =
+            variant.get("source.paths").and_then(toml_edit::Value::as_array).expect("host.toml replays");
+        let absolute = |path: &str| match path.strip_prefix("../") {
+            Some(from_root) => root().join(from_root),
+            None => root().join("board").join(path),
+        };
+        host.iter().filter_map(toml_edit::Value::as_str).map(absolute).collect()
+    } else {
+        paths.iter().map(|path| path.to_path_buf()).collect()
+    };
+    variant.set_value("source.paths", inputs.iter().map(|path| text(path)).collect::<toml_edit::Array>());
+    edit(&mut variant);
     let path = models.join("board.toml");
-    std::fs::write(&path, text).unwrap();
+    variant.write(&path);
     path
+}
+
+/// A path as a board config writes it.
+pub fn text(path: &Path) -> &str {
+    path.to_str().expect("test paths are UTF-8")
 }
 
 /// Intersection over union of two [x, y, w, h] boxes.

@@ -25,6 +25,8 @@ pub enum Need {
     NoGpu,
     /// Prometheus' `promtool` (Debian's `prometheus`), to check the metrics endpoint's output.
     Promtool,
+    /// Debian's `mosquitto` broker, started by the test (tests/mqtt.rs).
+    Mosquitto,
 }
 
 impl Need {
@@ -37,6 +39,7 @@ impl Need {
             Need::Gpu => "gpu",
             Need::NoGpu => "no-gpu",
             Need::Promtool => "promtool",
+            Need::Mosquitto => "mosquitto",
         }
     }
 }

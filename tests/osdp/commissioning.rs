@@ -107,10 +107,10 @@ fn install_mode_ends_with_its_window_or_keyset_and_only_a_local_reset_rearms_it(
     let video = directory.join("astronaut.y4m");
     common::drifting_video(&video, "faces/astronaut.png", 64, 64, 2, 1);
     let gate_section = format!(
-        "kind = \"osdp\"\ndevice = \"/dev/null\"\nbaud = 115200\naddress = {ADDRESS}\nkey = {key:?}\n\
-         install_window_s = 60\nvendor_code = \"{VENDOR}\"\nhold_ms = 400\n#"
+        "{{ kind = \"osdp\", device = \"/dev/null\", baud = 115200, address = {ADDRESS}, key = {key:?}, \
+         install_window_s = 60, vendor_code = \"{VENDOR}\", hold_ms = 400 }}"
     );
-    let board = common::board(None, &[&video], &[("kind = \"stdout\"", &gate_section)]);
+    let board = common::board(None, &[&video], &[("gate", &gate_section)]);
     let output = Command::new(common::exe())
         .args(["osdp", "reset-key", "--board", board.to_str().unwrap()])
         .output()

@@ -215,6 +215,8 @@ pub fn ci() -> Result<()> {
     let cargo = cargo();
     run(&cargo, &["fmt", "--all", "--check"])?;
     run(&cargo, &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
+    // Supply chain (deny.toml): licences, banned crates, sources; offline, so advisories are not checked here.
+    run(&cargo, &["deny", "--frozen", "check", "licenses", "bans", "sources"])?;
     // The OSDP interoperability test talks to a real control panel: PyPI's libosdp, in its own environment.
     let panel_python = crate::distill::python_environment(&root().join("tests/osdp"))?;
     // The CUDA kernels are compiled by NVRTC in the tests (no GPU needed): PyPI's NVRTC wheel, found by the
@@ -235,9 +237,15 @@ pub fn ci() -> Result<()> {
         ],
     )?;
     check_skips(&output, REQUIRED_HERE)?;
+    // Every parser of outside input under libFuzzer for a bounded time, the machine's cores at once
+    // (RELIABILITY.md, "Fuzzing", has a longer run's figures).
+    crate::fuzz::fuzz(&["--seconds".into(), "20".into()])?;
     // The training pipeline: its unit tests, then the whole pipeline in miniature (fixtures, tiny models).
     // The debug binary is already built by the tests; the smoke run needs no release build.
     let binary = deepgate_binary(false)?;
+    // Faults measured on that binary (RELIABILITY.md): 20 kills -9, the state directory full, wall-clock jumps,
+    // a one-minute soak; the full run's figures (200 kills, an hour's soak) are in RELIABILITY.md.
+    crate::reliability::ci(&binary)?;
     // The Python peer of `deepgate bench` (bench/peer.py, its own pinned environment) must run and agree with
     // deepgate on the same frames: one short round at both sizes in YUYV, NV12 and MJPEG (timings: bench-peer).
     crate::bench_peer::check(&binary)?;
@@ -245,10 +253,14 @@ pub fn ci() -> Result<()> {
     crate::distill::distill_with(&["all".into(), "configs/smoke.toml".into()], &binary)?;
     // The Jetson build: the bundle a board installs, then the tests that matter on the board run on that same
     // aarch64 release build under qemu-user (the dependencies compile once for both).
-    crate::dist::dist(&["--board".into(), "jetson-orin-nano".into()])?;
+    // Signed with a throwaway key and verified by the runtime (`deepgate install --check`).
+    crate::dist::signed_for_ci("jetson-orin-nano", &binary)?;
     crate::cross::test_aarch64()?;
     // Real V4L2 drivers: Debian's kernel under qemu, an x86_64 guest and an aarch64 guest (the Jetson build).
     crate::vm::vm_test(&["--arch".into(), "all".into()])?;
+    // The shipped systemd unit under a real systemd (PID 1 of a Debian guest on the same kernel): READY, the
+    // watchdog killing a runtime whose camera stalls, the restart. After vm-test, whose build it reuses.
+    crate::systemd_test::systemd_test(&[])?;
     eprintln!("\nci: all checks passed");
     Ok(())
 }

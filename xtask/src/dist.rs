@@ -1,6 +1,11 @@
 //! `cargo xtask dist --board <name>`: the one archive a Jetson installs, built reproducibly: the aarch64
-//! release binary, the board config (and what it inherits), the models the manifest lists, the systemd unit
-//! and `SHA256SUMS`. Everything is checked before the long cross build starts.
+//! release binary, the board config (and what it inherits), the models the manifest lists, the systemd unit,
+//! `LICENSE` and `THIRD-PARTY-NOTICES` (`notices`), and `SHA256SUMS`. Everything is checked before the long
+//! cross build starts. With `--signing-key FILE` the bundle gets its detached Ed25519 signature,
+//! `<bundle>.sig`, which `deepgate install` checks against the key pinned on the board (the format is
+//! `src/update/mod.rs`'s; `cargo xtask ci` verifies one with the runtime). A release engineer must say which: a
+//! key, or `--unsigned` for a bundle boards will refuse (a lab's), so an unsigned bundle is never made by
+//! forgetting a flag.
 
 use crate::ci::{root, target_dir};
 use anyhow::{bail, ensure, Context, Result};
@@ -18,10 +23,35 @@ struct Source {
     mode: u32,
 }
 
+/// How the bundle is signed: with the key in a file, or not at all (`--unsigned`, said explicitly).
+enum Signing {
+    Key(PathBuf),
+    Unsigned,
+}
+
 pub fn dist(arguments: &[String]) -> Result<()> {
-    let board = match arguments {
-        [flag, board] if flag == "--board" => board.as_str(),
-        _ => bail!("usage: cargo xtask dist --board <name>   (known boards: {})", known_boards()?.join(", ")),
+    let usage = || -> Result<String> {
+        Ok(format!(
+            "usage: cargo xtask dist --board <name> (--signing-key FILE | --unsigned)   (known boards: {})",
+            known_boards()?.join(", ")
+        ))
+    };
+    let (board, signing) = match arguments {
+        [flag, board, sign, key] if flag == "--board" && sign == "--signing-key" => {
+            (board.as_str(), Signing::Key(PathBuf::from(key)))
+        }
+        [flag, board, unsigned] if flag == "--board" && unsigned == "--unsigned" => (board.as_str(), Signing::Unsigned),
+        [flag, _] if flag == "--board" => bail!(
+            "{}\nA bundle needs --signing-key FILE (the release key, 64 hex digits, mode 600; `deepgate audit keygen \
+             --out FILE` makes one): boards refuse unsigned bundles. --unsigned makes one anyway (a lab's).",
+            usage()?
+        ),
+        _ => bail!("{}", usage()?),
+    };
+    // The key is read before the long build: a wrong path or mode should not cost the cross build.
+    let signing_key = match &signing {
+        Signing::Key(path) => Some(read_signing_key(path)?),
+        Signing::Unsigned => None,
     };
     let known = known_boards()?;
     if !known.iter().any(|name| name == board) {
@@ -35,6 +65,10 @@ pub fn dist(arguments: &[String]) -> Result<()> {
     let name = format!("deepgate-{version}-{board}-aarch64");
     // Gather and check every file first: a missing model should not cost a 7-minute cross build.
     let mut files = bundle_files(board)?;
+    // The project's licence and the third-party notices generated from the lock file (xtask/src/notices.rs).
+    for (bundle_path, path) in crate::notices::bundle_licences(&target_dir().join("dist").join(board))? {
+        files.insert(bundle_path, Source { path, mode: 0o644 });
+    }
     let binary = crate::cross::build_binary()?;
     crate::cross::check_aarch64_elf(&binary)?;
     crate::cross::check_glibc(&binary)?;
@@ -52,14 +86,177 @@ pub fn dist(arguments: &[String]) -> Result<()> {
     write_archive(&archive, &name, &files, mtime)?;
 
     let bytes = std::fs::read(&archive).with_context(|| format!("reading back {}", archive.display()))?;
+    let signature_path = PathBuf::from(format!("{}.sig", archive.display()));
+    let signed = match &signing_key {
+        Some(key) => {
+            let header = BundleHeader {
+                file: format!("{name}.tar.gz"),
+                bytes: &bytes,
+                version: &version,
+                commit: &git_commit(),
+                target: crate::setup::AARCH64,
+                board,
+                created: mtime,
+            };
+            write_signature(&signature_path, &header, key)?;
+            format!(
+                "signature {} (public key {})",
+                signature_path.display(),
+                hex(key.verifying_key().as_bytes())
+            )
+        }
+        None => {
+            // A signature left from an earlier signed run would not match this archive.
+            let _ = std::fs::remove_file(&signature_path);
+            "UNSIGNED (--unsigned): `deepgate install` refuses it".to_string()
+        }
+    };
     eprintln!(
-        "\ndist: {} ({:.1} MiB, {} files, mtimes {mtime_origin})\nsha256 {}",
+        "\ndist: {} ({:.1} MiB, {} files, mtimes {mtime_origin})\nsha256 {}\n{signed}",
         archive.display(),
         bytes.len() as f64 / (1024.0 * 1024.0),
         files.len() + 1,
         hex(&Sha256::digest(&bytes))
     );
     Ok(())
+}
+
+/// CI's dist stage: a throwaway release key (made fresh, mode 600, under the target directory), the bundle
+/// signed with it, then checked by the runtime itself (`deepgate install --check` with the key's public half),
+/// so the signature xtask writes and the one the board verifies cannot drift apart.
+pub fn signed_for_ci(board: &str, deepgate: &Path) -> Result<()> {
+    let directory = target_dir().join("dist");
+    std::fs::create_dir_all(&directory).with_context(|| format!("creating {}", directory.display()))?;
+    let key_path = directory.join("ci-throwaway-release.key");
+    let _ = std::fs::remove_file(&key_path);
+    let key = generate_signing_key(&key_path)?;
+    let public = directory.join("ci-throwaway-release.pub");
+    std::fs::write(&public, format!("{}\n", hex(key.verifying_key().as_bytes())))
+        .with_context(|| format!("writing {}", public.display()))?;
+    dist(&["--board".into(), board.into(), "--signing-key".into(), path_str(&key_path)?.into()])?;
+    let bundle = directory.join(format!("deepgate-{}-{board}-aarch64.tar.gz", package_version()?));
+    let scratch = directory.join("ci-install-root");
+    crate::ci::run(
+        path_str(deepgate)?,
+        &[
+            "install",
+            "--check",
+            path_str(&bundle)?,
+            "--trust-key",
+            path_str(&public)?,
+            "--root",
+            path_str(&scratch)?,
+        ],
+    )
+    .context("the runtime refused the bundle dist signed")
+}
+
+/// What the signature vouches for (`src/update/mod.rs`, `Header`).
+struct BundleHeader<'a> {
+    file: String,
+    bytes: &'a [u8],
+    version: &'a str,
+    commit: &'a str,
+    target: &'a str,
+    board: &'a str,
+    created: u64,
+}
+
+/// The signature file: the header lines exactly as the runtime's `Header::to_text` writes them, then the
+/// Ed25519 signature of those bytes as the last line. Ed25519 signatures are deterministic, so the same archive
+/// and key give the same file.
+fn signature_text(header: &BundleHeader, key: &ed25519_dalek::SigningKey) -> String {
+    use ed25519_dalek::Signer;
+    let text = format!(
+        "# deepgate update bundle signature (README, \"Updates\"): `deepgate install` checks it\n\
+         format = 1\nfile = {:?}\nsize = {}\nsha256 = {:?}\nversion = {:?}\ncommit = {:?}\n\
+         target = {:?}\nboard = {:?}\ncreated = {}\n",
+        header.file,
+        header.bytes.len(),
+        hex(&Sha256::digest(header.bytes)),
+        header.version,
+        header.commit,
+        header.target,
+        header.board,
+        header.created
+    );
+    let signature = key.sign(text.as_bytes());
+    format!("{text}signature = \"{}\"\n", hex(&signature.to_bytes()))
+}
+
+fn write_signature(path: &Path, header: &BundleHeader, key: &ed25519_dalek::SigningKey) -> Result<()> {
+    let partial = path.with_extension("sig.partial");
+    std::fs::write(&partial, signature_text(header, key))
+        .with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, path)
+        .with_context(|| format!("renaming {} to {}", partial.display(), path.display()))
+}
+
+/// The release key: 64 hex digits of Ed25519 seed (as `deepgate audit keygen` writes one), in a file only its
+/// owner can read.
+pub fn read_signing_key(path: &Path) -> Result<ed25519_dalek::SigningKey> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata =
+        std::fs::metadata(path).with_context(|| format!("reading the signing key {}", path.display()))?;
+    let mode = metadata.permissions().mode() & 0o777;
+    ensure!(
+        mode & 0o077 == 0,
+        "the signing key {} is readable by group or others (mode {mode:o}); chmod 600 it",
+        path.display()
+    );
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the signing key {}", path.display()))?;
+    let text = text.trim();
+    ensure!(
+        text.len() == 64 && text.bytes().all(|byte| byte.is_ascii_hexdigit()),
+        "the signing key {} must be 64 hexadecimal digits (`deepgate audit keygen --out FILE` makes one)",
+        path.display()
+    );
+    let mut seed = [0u8; 32];
+    for (index, byte) in seed.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * index..2 * index + 2], 16)?;
+    }
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+}
+
+/// Makes a new signing key file (mode 600, never over an existing file) from the kernel's random source: CI's
+/// throwaway release key.
+pub fn generate_signing_key(path: &Path) -> Result<ed25519_dalek::SigningKey> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut seed))
+        .context("reading /dev/urandom")?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    writeln!(file, "{}", hex(&seed)).and_then(|()| file.sync_all())?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+}
+
+/// The commit the bundle is built from, as the binary's start-up line names it (12 digits, `build.rs`), with
+/// `-dirty` when tracked files have uncommitted changes; "unknown" outside a git checkout.
+fn git_commit() -> String {
+    let git = |arguments: &[&str]| {
+        std::process::Command::new("git")
+            .args(arguments)
+            .current_dir(root())
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short=12", "HEAD"]) {
+        Some(commit) if !commit.is_empty() => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Some(changes) if changes.is_empty() => commit,
+            _ => format!("{commit}-dirty"),
+        },
+        _ => "unknown".into(),
+    }
 }
 
 fn path_str(path: &Path) -> Result<&str> {
@@ -325,6 +522,37 @@ mod tests {
                 .count();
             assert_eq!(onnx, listed, "{board}: exactly the manifest's models");
         }
+    }
+
+    #[test]
+    fn the_signature_covers_the_header_lines_and_a_bundle_is_never_unsigned_by_omission() {
+        use ed25519_dalek::Verifier;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+        let header = BundleHeader {
+            file: "b.tar.gz".into(),
+            bytes: b"archive",
+            version: "0.1.0",
+            commit: "abc",
+            target: crate::setup::AARCH64,
+            board: "jetson-orin-nano",
+            created: 1,
+        };
+        let text = signature_text(&header, &key);
+        assert_eq!(text, signature_text(&header, &key), "deterministic");
+        // The same vector is verified by the runtime (src/update/mod.rs, `a_signature_made_by_xtask_dist_verifies`).
+        assert!(text.ends_with("\nsignature = \"990acf846eea0b028e07c492b213543e8eac9a0d1c5c157fa60507f33b199adfb462868c0fe6ef46292ce8805ef0ae68cf5925d3d86e14602e0603417c324409\"\n"), "{text}");
+        let (signed, line) = text.trim_end().rsplit_once('\n').unwrap();
+        let digits = line.strip_prefix("signature = \"").and_then(|rest| rest.strip_suffix('"')).unwrap();
+        let bytes: Vec<u8> =
+            (0..64).map(|index| u8::from_str_radix(&digits[2 * index..2 * index + 2], 16).unwrap()).collect();
+        let signature = ed25519_dalek::Signature::from_slice(&bytes).unwrap();
+        let signed = format!("{signed}\n");
+        key.verifying_key().verify(signed.as_bytes(), &signature).unwrap();
+        assert!(signed.contains(&format!("sha256 = \"{}\"\n", hex(&Sha256::digest(b"archive")))), "{signed}");
+        assert!(signed.contains("size = 7\n") && signed.contains("target = \"aarch64-unknown-linux-gnu\"\n"));
+
+        let error = dist(&["--board".into(), "jetson-orin-nano".into()]).unwrap_err();
+        assert!(error.to_string().contains("--signing-key FILE"), "{error}");
     }
 
     /// Two archives of the same files are the same bytes, and hold what `sha256sum -c` needs.

@@ -1,6 +1,7 @@
 //! `cargo xtask setup`: everything a fresh Debian machine with rustup needs for every task (build, ci, dist,
-//! test-aarch64, vm-test): the Debian packages (one list, below), the aarch64 Rust target and the rustup
-//! components the checks use. Each piece is installed only when missing, so a second run is quick and offline.
+//! test-aarch64, vm-test): the Debian packages (one list, below), the aarch64 Rust target, the rustup
+//! components the checks use and cargo-deny (pinned). Each piece is installed only when missing, so a second
+//! run is quick and offline.
 
 use crate::ci::run;
 use anyhow::{bail, Context, Result};
@@ -22,12 +23,15 @@ const PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-arm", "arm64 guest: vm-test"),
     ("busybox-static", "the guest's init and shell: vm-test"),
     ("kmod", "depmod for the guest kernel's modules: vm-test"),
-    ("cpio", "the guest's initramfs: vm-test"),
+    ("cpio", "the guest's initramfs: vm-test, systemd-test"),
+    ("debootstrap", "the Debian root with systemd as PID 1: systemd-test"),
     // `cargo xtask ci` creates two virtual environments (the OSDP control panel, the training pipeline);
     // Debian's python3 cannot make one without this package.
     ("python3-venv", "virtual environments of tests/osdp and models/distill: ci"),
     // `promtool check metrics` on a scrape of the runtime's Prometheus endpoint (tests/metrics.rs).
     ("prometheus", "promtool, the metrics endpoint's check: ci"),
+    // libfaketime: `cargo xtask reliability` jumps the runtime's wall clock forward and back.
+    ("faketime", "wall-clock jumps: reliability"),
 ];
 
 /// The Jetson's Rust target.
@@ -35,7 +39,25 @@ pub const AARCH64: &str = "aarch64-unknown-linux-gnu";
 
 pub fn setup() -> Result<()> {
     install_packages()?;
-    rustup()
+    rustup()?;
+    // `cargo deny check` in ci (deny.toml); cargo-fuzz is installed by `cargo xtask fuzz` itself.
+    cargo_tool("deny", CARGO_DENY_VERSION)
+}
+
+/// The cargo-deny release ci runs (its deny.toml schema is version 2).
+pub const CARGO_DENY_VERSION: &str = "0.20.2";
+
+/// Installs the cargo subcommand `cargo-<tool>` at exactly `version` (`cargo install --locked`, into cargo's
+/// own bin directory, which a CI cache keeps), unless that version is already there.
+pub fn cargo_tool(tool: &str, version: &str) -> Result<()> {
+    let installed = Command::new(crate::ci::cargo()).args([tool, "--version"]).output();
+    let text = installed.map(|output| String::from_utf8_lossy(&output.stdout).to_string()).unwrap_or_default();
+    if text.split_whitespace().any(|word| word == version) {
+        return Ok(());
+    }
+    let package = format!("cargo-{tool}");
+    run(&crate::ci::cargo(), &["install", &package, "--version", version, "--locked"])
+        .with_context(|| format!("installing {package} {version} (crates.io must be reachable once)"))
 }
 
 fn install_packages() -> Result<()> {
@@ -89,7 +111,7 @@ fn installed(package: &str) -> bool {
         .is_ok_and(|output| output.status.success() && output.stdout == b"install ok installed")
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // The real user id from the kernel, without a libc dependency for one call.
     std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
         status

@@ -2,9 +2,9 @@
 //! with an initramfs holding the project's binaries; tests/vm_guest.rs runs inside against the kernel's vivid
 //! driver and a v4l2loopback device fed with face photos. ARCHITECTURE.md, "Tests with real drivers".
 
-mod cpio;
-mod debian;
-mod initramfs;
+pub(crate) mod cpio;
+pub(crate) mod debian;
+pub(crate) mod initramfs;
 
 use anyhow::{bail, Context, Result};
 use std::io::{BufRead, Write};
@@ -117,7 +117,7 @@ impl Arch {
         }
     }
 
-    fn qemu(self) -> (&'static str, &'static str) {
+    pub(crate) fn qemu(self) -> (&'static str, &'static str) {
         match self {
             Arch::X86_64 => ("qemu-system-x86_64", "qemu-system-x86"),
             Arch::Aarch64 => ("qemu-system-aarch64", "qemu-system-arm"),
@@ -176,7 +176,7 @@ fn parse_options(arguments: &[String]) -> Result<Options> {
     Ok(options)
 }
 
-fn target_directory() -> PathBuf {
+pub(crate) fn target_directory() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::ci::root().join("target"))
@@ -231,7 +231,8 @@ pub fn vm_test(arguments: &[String]) -> Result<()> {
         );
         let log = work.join("console.log");
         let boot = Instant::now();
-        let status = boot_guest(arch, &kernel.vmlinuz, &initramfs, &log, options.timeout);
+        let guest = Guest { init: "/init", memory_mib: 1024 };
+        let status = boot_guest(arch, &guest, &kernel.vmlinuz, &initramfs, &log, options.timeout);
         let seconds = boot.elapsed().as_secs_f64();
         eprintln!(
             "vm-test {}: guest ran {seconds:.1} s (boot to power-off); console log {}",
@@ -265,7 +266,7 @@ pub fn vm_test(arguments: &[String]) -> Result<()> {
 /// Builds `deepgate` and the guest test program for `arch` and returns their paths. One `cargo test --no-run`
 /// builds both (an integration test's build includes the package's binaries). x86_64: the dev profile (its
 /// dependencies are optimised); aarch64: release, the build that ships to a Jetson.
-fn build(arch: Arch) -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn build(arch: Arch) -> Result<(PathBuf, PathBuf)> {
     let mut arguments = vec!["test", "--locked", "--no-run", "--test", "vm_guest"];
     if arch != Arch::host() {
         arguments.extend(["--release", "--target", arch.rust_target()]);
@@ -284,17 +285,32 @@ fn build(arch: Arch) -> Result<(PathBuf, PathBuf)> {
     ))
 }
 
+/// What differs between the guests booted here: vm-test's busybox `/init`, systemd-test's systemd.
+pub(crate) struct Guest {
+    /// The initramfs program the kernel starts as PID 1 (`rdinit=`).
+    pub init: &'static str,
+    pub memory_mib: u32,
+}
+
 /// Boots the guest, copying its console into `log` (and onto standard error) line by line, and returns the
-/// guest test program's exit status read from the console (`/init` prints it last).
-fn boot_guest(arch: Arch, kernel: &Path, initramfs: &Path, log: &Path, timeout: Duration) -> Result<i32> {
+/// guest test program's exit status read from the console (the guest prints `initramfs::STATUS_MARKER` last).
+pub(crate) fn boot_guest(
+    arch: Arch,
+    guest: &Guest,
+    kernel: &Path,
+    initramfs: &Path,
+    log: &Path,
+    timeout: Duration,
+) -> Result<i32> {
     let (qemu, _) = arch.qemu();
     let (machine, console) = arch.qemu_arguments();
-    let append = format!("{console} panic=-1 quiet loglevel=4 rdinit=/init");
+    let append = format!("{console} panic=-1 quiet loglevel=4 rdinit={}", guest.init);
+    let memory = guest.memory_mib.to_string();
     let mut command = Command::new(qemu);
     // Two vCPUs (qemu runs them on two host threads): the tests run deepgate beside a frame writer.
     command
         .args(machine)
-        .args(["-smp", "2", "-m", "1024", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+        .args(["-smp", "2", "-m", &memory, "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
@@ -379,7 +395,7 @@ fn guest_skips(log: &Path) -> Result<()> {
     Ok(())
 }
 
-fn print_tail(log: &Path) {
+pub(crate) fn print_tail(log: &Path) {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     eprintln!("--- last lines of {} ---", log.display());

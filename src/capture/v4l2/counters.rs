@@ -22,6 +22,10 @@ pub struct Counters {
     pub timeouts: u64,
     /// Successful re-opens after the camera was lost.
     pub reopens: u64,
+    /// Times the picture froze (`source.frozen_frames` repeats in a row).
+    pub frozen: u64,
+    /// Buffer timestamps earlier than the one before (the camera was then re-opened).
+    pub clock_backwards: u64,
 }
 
 impl fmt::Display for Counters {
@@ -29,8 +33,16 @@ impl fmt::Display for Counters {
         write!(
             f,
             "{} frames delivered, {} dropped (sequence gaps), {} short, {} corrupt MJPEG, {} error-flagged, \
-             {} time-outs, {} re-opens",
-            self.delivered, self.dropped, self.short, self.corrupt, self.errors, self.timeouts, self.reopens
+             {} time-outs, {} re-opens, {} frozen, {} timestamps backwards",
+            self.delivered,
+            self.dropped,
+            self.short,
+            self.corrupt,
+            self.errors,
+            self.timeouts,
+            self.reopens,
+            self.frozen,
+            self.clock_backwards
         )
     }
 }

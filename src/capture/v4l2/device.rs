@@ -70,6 +70,14 @@ impl Device {
         &self.path
     }
 
+    /// The open node's character device number `(major, minor)`, from the open file itself (not the path, which
+    /// may name another node by now): how sysfs finds the device behind it.
+    pub fn char_device(&self) -> io::Result<(u32, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        let number = self.file.metadata()?.rdev();
+        Ok((libc::major(number), libc::minor(number)))
+    }
+
     /// One ioctl on this device; `argument` must be the struct `request` is defined with.
     fn ioctl<T>(&self, request: vidioc::_IOC_TYPE, argument: &mut T) -> io::Result<()> {
         loop {

@@ -4,7 +4,9 @@
 
 pub mod counters;
 pub mod device;
+pub mod enrolment;
 pub mod identity;
+pub mod integrity;
 pub mod negotiate;
 pub mod section;
 
@@ -13,7 +15,9 @@ use crate::frame::Frame;
 use anyhow::{anyhow, bail, Result};
 use counters::{Backoff, Counters, SequenceTracker};
 use device::{Device, StartError, Stream};
+use enrolment::{Enrolment, UsbIdentity};
 use identity::{Candidate, Identity, Pins, Selection};
+use integrity::{ClockCheck, FrozenDetector, Picture};
 use negotiate::{Defect, Mode, Requested};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -28,6 +32,10 @@ pub struct V4l2Settings {
     pub min_frame_rate: Option<f32>,
     pub buffers: u32,
     pub allow_virtual: bool,
+    /// The enrolment file, when the board names one (`section`, `enrolment`).
+    pub enrolment: Option<PathBuf>,
+    /// Repeats in a row that make the picture frozen; 0: not checked.
+    pub frozen_frames: u32,
 }
 
 /// Why a camera could not be opened; the kind decides what the runtime does.
@@ -35,7 +43,8 @@ pub struct V4l2Settings {
 pub enum OpenError {
     /// Not there or not usable now (unplugged, busy, not streaming yet): camera lost, retried.
     Absent(anyhow::Error),
-    /// A device whose identity differs from the pins (a swapped camera): camera lost, retried, never used.
+    /// A device whose identity differs from the pins or the enrolment (a swapped camera), or any device while
+    /// the board names an enrolment file that does not exist yet: camera lost, retried, never used.
     Mismatch(anyhow::Error),
     /// The configuration cannot work with this device (virtual device not allowed, a format or rate the driver
     /// cannot give, another buffer count, several devices matching): an error at start (exit status 2); after
@@ -91,9 +100,79 @@ fn frame_timeout(frames_per_second: f32) -> Duration {
     Duration::from_secs_f32((4.0 * period).clamp(0.2, 10.0))
 }
 
-/// Finds the device (the configured path, or the one scanned device matching the pins), checks what it is,
-/// and streams from it in the configured mode.
-fn open_camera(settings: &V4l2Settings, pins: &Pins) -> Result<Open, OpenError> {
+/// A capture device found and checked against the board's pins and the virtual-device rule, not yet streaming.
+struct Found {
+    device: Device,
+    path: String,
+    identity: Identity,
+    is_virtual: bool,
+}
+
+/// The camera the board's settings select, with its whole identity: what `deepgate enroll` records.
+#[derive(Clone, Debug)]
+pub struct Identified {
+    pub path: String,
+    pub identity: Identity,
+    /// The USB device's ids from sysfs; `None`: not a USB device.
+    pub usb: Option<UsbIdentity>,
+    pub is_virtual: bool,
+}
+
+/// Finds the camera `settings` select (the configured path, or the one scanned device matching the board's
+/// pins) and reads its identity, without the enrolment check and without streaming: for `deepgate enroll`.
+pub fn identify(settings: &V4l2Settings) -> Result<Identified, OpenError> {
+    let found = find_camera(settings, &settings.pins)?;
+    let usb = usb_of(&found)?;
+    Ok(Identified { path: found.path, identity: found.identity, usb, is_virtual: found.is_virtual })
+}
+
+/// The USB ids of a found device, from sysfs.
+fn usb_of(found: &Found) -> Result<Option<UsbIdentity>, OpenError> {
+    let path = &found.path;
+    let (major, minor) = found
+        .device
+        .char_device()
+        .map_err(|error| OpenError::Absent(anyhow!("camera {path}: fstat: {error}")))?;
+    enrolment::usb_identity(major, minor).map_err(|error| {
+        OpenError::Absent(anyhow!(
+            "camera {path}: reading its device in /sys/dev/char/{major}:{minor}: {error}"
+        ))
+    })
+}
+
+/// Whether a found camera is the enrolled one, when the board names an enrolment file: a camera that is not,
+/// or any camera while none is enrolled, is refused like a swapped one (`Mismatch`: camera lost, retried).
+/// The file is read at every open, so a camera enrolled while the runtime waits is taken at the next try.
+fn check_enrolment(settings: &V4l2Settings, found: &Found) -> Result<(), OpenError> {
+    let Some(file) = &settings.enrolment else { return Ok(()) };
+    let (path, identity) = (&found.path, &found.identity);
+    let enrolled = match Enrolment::load(file) {
+        Ok(Some(enrolled)) => enrolled,
+        Ok(None) => {
+            return Err(OpenError::Mismatch(anyhow!(
+                "camera {path} ({identity}) refused: no camera is enrolled ({} does not exist); record this \
+                 kiosk's camera with `deepgate enroll --board FILE`",
+                file.display()
+            )))
+        }
+        Err(error) => {
+            return Err(OpenError::Mismatch(anyhow!("camera {path} ({identity}) refused: {error:#}")));
+        }
+    };
+    let usb = usb_of(found)?;
+    match enrolled.mismatch(identity, usb.as_ref()) {
+        None => Ok(()),
+        Some(difference) => Err(OpenError::Mismatch(anyhow!(
+            "camera {path} is not the enrolled camera: {difference} (enrolled in {}); refused until the \
+             enrolled camera is back or `deepgate enroll --replace` enrols this one",
+            file.display()
+        ))),
+    }
+}
+
+/// Finds the device (the configured path, or the one scanned device matching the pins) and checks what it is:
+/// a streaming capture device, matching the pins, virtual only where allowed.
+fn find_camera(settings: &V4l2Settings, pins: &Pins) -> Result<Found, OpenError> {
     let device = match &settings.device {
         Some(path) => Device::open(path).map_err(|error| {
             let message = anyhow!("opening camera {}: {error}", path.display());
@@ -142,6 +221,14 @@ fn open_camera(settings: &V4l2Settings, pins: &Pins) -> Result<Open, OpenError> 
             identity::REAL_DRIVERS
         )));
     }
+    Ok(Found { device, path, identity, is_virtual })
+}
+
+/// Finds the camera, checks it against the enrolment, and streams from it in the configured mode.
+fn open_camera(settings: &V4l2Settings, pins: &Pins) -> Result<Open, OpenError> {
+    let found = find_camera(settings, pins)?;
+    check_enrolment(settings, &found)?;
+    let Found { device, path, identity, is_virtual } = found;
     let requested = settings.requested;
     // An ioctl failing here is the device's state (v4l2loopback refuses formats until its writer streams,
     // another process may hold the device), not the configuration: retried. A format the driver answers
@@ -205,6 +292,9 @@ pub struct V4l2Source {
     backoff: Backoff,
     counters: Counters,
     sequence: SequenceTracker,
+    /// Injection signs: a frozen picture (a fault until it changes) and timestamps going backwards.
+    frozen: FrozenDetector,
+    clock: ClockCheck,
     /// Consecutive time-outs, and how long the current wait for a frame has lasted.
     timeouts_in_row: u32,
     waited: Duration,
@@ -226,6 +316,7 @@ impl V4l2Source {
             (None, Some(bus_info)) => format!("v4l2 camera at {bus_info}"),
             (None, None) => "v4l2 camera".to_string(),
         };
+        let frozen_frames = settings.frozen_frames;
         let mut source = V4l2Source {
             pins: settings.pins.clone(),
             settings,
@@ -233,6 +324,8 @@ impl V4l2Source {
             backoff: Backoff::default(),
             counters: Counters::default(),
             sequence: SequenceTracker::default(),
+            frozen: FrozenDetector::new(frozen_frames),
+            clock: ClockCheck::default(),
             timeouts_in_row: 0,
             waited: Duration::ZERO,
             discontinuity: true,
@@ -276,6 +369,8 @@ impl V4l2Source {
         self.last_failure.clear();
         self.backoff.reset();
         self.sequence.reset();
+        self.frozen.reset();
+        self.clock.reset();
         self.timeouts_in_row = 0;
         self.waited = Duration::ZERO;
         self.discontinuity = true;
@@ -406,6 +501,50 @@ impl V4l2Source {
     }
 }
 
+impl V4l2Source {
+    /// Checks a dequeued frame for injection signs; `false`: it is withheld from the pipeline. A timestamp
+    /// earlier than the last one loses the camera (re-opened with back-off: `camera_lost` meanwhile); a frozen
+    /// picture keeps the camera down (`camera_up` false) until a frame differs, which then starts a new stream.
+    fn live_frame(&mut self, index: usize, length: usize, timestamp_ns: u64) -> bool {
+        let State::Streaming(open) = &self.state else { return false };
+        if let Err(backwards) = self.clock.observe(timestamp_ns) {
+            self.counters.clock_backwards += 1;
+            let why = format!(
+                "the buffer timestamp went backwards by {} us ({} -> {} ns): not a live camera's clock",
+                (backwards.previous_ns - backwards.now_ns) / 1000,
+                backwards.previous_ns,
+                backwards.now_ns
+            );
+            self.lose(&why);
+            return false;
+        }
+        match self.frozen.observe(&open.stream.buffer(index)[..length]) {
+            Picture::Moving | Picture::Repeating { .. } => true,
+            Picture::Froze { repeats } => {
+                self.counters.frozen += 1;
+                log::error!(
+                    "camera {}: frozen: the same picture {} times in a row (source.frozen_frames = {}); no \
+                     decisions until it changes",
+                    open.opened.path,
+                    repeats + 1,
+                    self.settings.frozen_frames
+                );
+                false
+            }
+            Picture::Frozen => false,
+            Picture::Thawed { repeats } => {
+                log::warn!(
+                    "camera {}: the picture changes again after {} repeats",
+                    open.opened.path,
+                    repeats
+                );
+                self.discontinuity = true;
+                true
+            }
+        }
+    }
+}
+
 /// CLOCK_MONOTONIC now, for drivers that do not stamp buffers on it.
 fn monotonic_now_ns() -> u64 {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -420,6 +559,9 @@ impl FrameSource for V4l2Source {
             return Ok(None);
         }
         let Some((index, length, timestamp_ns)) = self.step()? else { return Ok(None) };
+        if !self.live_frame(index, length, timestamp_ns) {
+            return Ok(None);
+        }
         let State::Streaming(open) = &self.state else { return Ok(None) };
         if self.discontinuity {
             // The integrator's (and the VM tests') sign that frames flow, at start and after every re-open.
@@ -447,7 +589,7 @@ impl FrameSource for V4l2Source {
     }
 
     fn camera_up(&self) -> Option<bool> {
-        Some(matches!(self.state, State::Streaming(_)))
+        Some(matches!(self.state, State::Streaming(_)) && !self.frozen.is_frozen())
     }
 }
 

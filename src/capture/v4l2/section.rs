@@ -39,6 +39,23 @@ pub struct V4l2Section {
     pub buffers: u32,
     /// true: accept virtual devices (vivid, v4l2loopback): tests and demos only.
     pub allow_virtual: bool,
+    /// The enrolment file `deepgate enroll` writes (an absolute path in the state directory, e.g.
+    /// /var/lib/deepgate/camera.json). When it is named, a camera is used only if it is the enrolled one in every
+    /// part (driver, card, bus_info, USB vendor, product and serial), across restarts, until `deepgate enroll
+    /// --replace`; while the file does not exist every camera is refused (`camera_lost`, tamper: a door does not
+    /// run on a camera nobody enrolled). Required for a real camera (`allow_virtual = false`); a test or demo
+    /// board may leave it out, and then the camera first opened is kept for the run only.
+    #[serde(default)]
+    pub enrolment: Option<PathBuf>,
+    /// This many frames in a row repeating the frame before them byte for byte make the camera frozen: a fault
+    /// (`camera_lost`, tamper) until the picture changes. A live sensor's noise changes every frame; a frozen
+    /// picture is a stuck camera or an injected still. 0 turns the check off; default 30.
+    #[serde(default = "default_frozen_frames")]
+    pub frozen_frames: u32,
+}
+
+fn default_frozen_frames() -> u32 {
+    super::integrity::DEFAULT_FROZEN_FRAMES
 }
 
 impl V4l2Section {
@@ -62,6 +79,8 @@ impl V4l2Section {
             min_frame_rate: self.min_frame_rate,
             buffers: self.buffers,
             allow_virtual: self.allow_virtual,
+            enrolment: self.enrolment.clone(),
+            frozen_frames: self.frozen_frames,
         };
         validate(&settings)?;
         Ok(settings)
@@ -105,5 +124,71 @@ fn validate(settings: &V4l2Settings) -> Result<()> {
         in_range("source.min_frame_rate", *minimum, 0.1, *frame_rate)?;
     }
     ensure!((2..=32).contains(buffers), "source.buffers {buffers} must be 2 to 32");
+    match &settings.enrolment {
+        Some(file) => ensure!(
+            file.is_absolute() && file.file_name().is_some(),
+            "source.enrolment `{}` must be an absolute file path in the state directory, such as \
+             /var/lib/deepgate/camera.json",
+            file.display()
+        ),
+        None => ensure!(
+            settings.allow_virtual,
+            "source.enrolment is required for a real camera (allow_virtual = false): name the file `deepgate \
+             enroll` records the camera in, e.g. enrolment = \"/var/lib/deepgate/camera.json\""
+        ),
+    }
+    let frozen_frames = settings.frozen_frames;
+    ensure!(
+        frozen_frames == 0 || (2..=10_000).contains(&frozen_frames),
+        "source.frozen_frames {frozen_frames} must be 0 (off) or 2 to 10000"
+    );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEYS: &str = "device = \"/dev/video0\"\nformat = \"YUYV\"\nwidth = 640\nheight = 480\n\
+                        frame_rate = 30.0\nbuffers = 4\n";
+
+    fn settings(extra: &str) -> Result<V4l2Settings> {
+        let section: V4l2Section = toml::from_str(&format!("{KEYS}{extra}")).context("parsing")?;
+        section.settings()
+    }
+
+    fn refused(extra: &str) -> String {
+        format!("{:#}", settings(extra).expect_err(extra))
+    }
+
+    #[test]
+    fn a_real_camera_needs_an_enrolment_file_and_a_test_camera_may_go_without() {
+        let real = settings("allow_virtual = false\nenrolment = \"/var/lib/deepgate/camera.json\"").unwrap();
+        assert_eq!(real.enrolment.as_deref(), Some(std::path::Path::new("/var/lib/deepgate/camera.json")));
+        assert_eq!(real.frozen_frames, 30, "the default");
+        let message = refused("allow_virtual = false");
+        assert!(message.starts_with("source.enrolment is required for a real camera"), "{message}");
+        assert_eq!(settings("allow_virtual = true").unwrap().enrolment, None);
+        for relative in ["camera.json", "/"] {
+            let message = refused(&format!("allow_virtual = true\nenrolment = \"{relative}\""));
+            assert!(
+                message.starts_with(&format!("source.enrolment `{relative}` must be an absolute")),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn frozen_frames_is_off_or_at_least_two() {
+        for (value, accepted) in [(0, true), (1, false), (2, true), (10_000, true), (10_001, false)] {
+            let result = settings(&format!("allow_virtual = true\nfrozen_frames = {value}"));
+            assert_eq!(result.is_ok(), accepted, "{value}");
+            if let Err(error) = result {
+                assert!(
+                    format!("{error:#}").starts_with(&format!("source.frozen_frames {value}")),
+                    "{error:#}"
+                );
+            }
+        }
+    }
 }

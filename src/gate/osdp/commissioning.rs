@@ -118,10 +118,7 @@ mod tests {
     use super::*;
 
     fn directory(name: &str) -> PathBuf {
-        let directory = std::env::temp_dir().join(format!("deepgate-osdp-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&directory);
-        std::fs::create_dir_all(&directory).unwrap();
-        directory
+        crate::testing::scratch_dir(&format!("osdp-{name}"))
     }
 
     #[test]

@@ -37,8 +37,7 @@ mod tests {
     #[test]
     fn a_stored_site_key_replaces_the_old_one_privately() {
         use std::os::unix::fs::PermissionsExt;
-        let directory = std::env::temp_dir().join(format!("deepgate-osdp-key-{}", std::process::id()));
-        std::fs::create_dir_all(&directory).unwrap();
+        let directory = crate::testing::scratch_dir("osdp-key");
         let path = directory.join("site.key");
         store_key(&path, &[0x11; 16]).unwrap();
         store_key(&path, &[0x22; 16]).unwrap();

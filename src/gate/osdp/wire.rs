@@ -71,7 +71,9 @@ impl Inspector {
             bytes = &bytes[take..];
             let length = (self.buffer.len() >= 4)
                 .then(|| usize::from(u16::from_le_bytes([self.buffer[2], self.buffer[3]])));
-            if length == Some(self.buffer.len()) {
+            // A header announcing exactly its own 4 bytes is complete here but shorter than any frame: it is
+            // refused as out of range on the next turn, like every other bad length (found by fuzz/osdp_wire).
+            if length == Some(self.buffer.len()) && self.buffer.len() >= MIN_FRAME {
                 self.finish(stats, epoch);
             }
         }
@@ -184,6 +186,23 @@ mod tests {
             (load(&again.frames), load(&again.bad_check), load(&again.oversized)),
             (load(&stats.frames), load(&stats.bad_check), load(&stats.oversized))
         );
+    }
+
+    #[test]
+    fn a_header_announcing_only_itself_is_refused_not_read_past() {
+        // Once a panic in the serial channel's read, inside libosdp's C callback: the process aborted.
+        let poll = frame(1, 0x04, 0x60, &[]);
+        for chunk in [1, 4, 64] {
+            let stats = WireStats::default();
+            let mut inspector = Inspector::default();
+            let mut stream = vec![SOM, 0x00, 0x04, 0x00];
+            stream.extend_from_slice(&poll);
+            for piece in stream.chunks(chunk) {
+                inspector.feed(piece, &stats, Instant::now());
+            }
+            let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+            assert_eq!((load(&stats.oversized), load(&stats.frames)), (1, 1), "reads of {chunk}");
+        }
     }
 
     #[test]

@@ -128,6 +128,8 @@ pub(super) fn connect(address: &str) -> Result<TcpStream> {
 /// What `serve` writes next.
 pub(super) enum Next {
     Health(u64),
+    /// The audit head line of this version.
+    AuditHead(u64),
     /// The id, and whether it goes out expired.
     Verdict(u64, bool),
 }
@@ -150,6 +152,8 @@ pub(super) fn serve(
     let mut owed_since: Option<Instant> = None;
     // The health version written on this connection (0: none yet, so the current one goes first).
     let mut health_written = 0u64;
+    // The same for the audit head line.
+    let mut head_written = 0u64;
     loop {
         // Acknowledgements first, and a closed connection found before the next line is written into it.
         let polled = acks.poll(stream, *highest_sent);
@@ -193,6 +197,11 @@ pub(super) fn serve(
                 // Cannot fail: both are frames of the same size.
                 let _ = frame.extend_from_slice(&state.health);
                 Some(Next::Health(state.health_version))
+            } else if state.audit_head_version != head_written && !state.audit_head.is_empty() {
+                frame.clear();
+                // Cannot fail: both are frames of the same size.
+                let _ = frame.extend_from_slice(&state.audit_head);
+                Some(Next::AuditHead(state.audit_head_version))
             } else {
                 match state.spool.first_after(written) {
                     Some(record) => {
@@ -217,6 +226,11 @@ pub(super) fn serve(
             Some(Next::Health(version)) => {
                 stream.write_all(&frame).and_then(|()| stream.flush()).context("writing a health line")?;
                 health_written = version;
+                continue;
+            }
+            Some(Next::AuditHead(version)) => {
+                stream.write_all(&frame).and_then(|()| stream.flush()).context("writing the audit head")?;
+                head_written = version;
                 continue;
             }
             Some(Next::Verdict(id, expired)) => (id, expired),

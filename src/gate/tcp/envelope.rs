@@ -174,17 +174,7 @@ mod tests {
     use ed25519_dalek::{Signature, Verifier};
 
     fn verdict() -> VerdictMessage<'static> {
-        VerdictMessage {
-            kind: "verdict",
-            source: "camera",
-            decision: Decision::Genuine,
-            fake_probability: Some(0.02),
-            frames: 5,
-            frames_seen: 6,
-            first_frame: 1,
-            last_frame: 6,
-            reason: "test",
-        }
+        VerdictMessage::sample("camera", Decision::Genuine)
     }
 
     /// Cuts a sealed line at its signature field, as the module documentation tells a verifier to.

@@ -12,7 +12,7 @@ pub(super) const MAX_ACK_LINE: usize = 64;
 /// A line on the wire: `{"id":N,` (at most 27 bytes), the verdict line without its `{`, the expiry and the
 /// signature (`envelope`, under 170 bytes) and a newline, so that each verdict goes out in one write (one
 /// segment with `TCP_NODELAY`).
-pub(super) type Frame = heapless::Vec<u8, { MAX_LINE + 256 }>;
+pub(crate) type Frame = heapless::Vec<u8, { MAX_LINE + 256 }>;
 
 /// `{"id":<id>,` followed by `line` (a JSON object) without its opening brace, and a newline.
 pub(super) fn encode_frame(id: u64, line: &[u8], frame: &mut Frame) -> Result<()> {
@@ -157,6 +157,23 @@ impl AckReader {
     }
 }
 
+/// The controller's lines as the acknowledgement reader takes them, for the fuzz target (`fuzz/`), not an API:
+/// `bytes` arrive in reads of `chunk` bytes (at least 1); returns the highest acknowledgement and the grants, or
+/// why the connection would be ended.
+#[doc(hidden)]
+pub fn read_controller_lines(
+    bytes: &[u8],
+    chunk: usize,
+    highest_sent: u64,
+) -> Result<(Option<u64>, Vec<u64>), String> {
+    let mut reader = AckReader::default();
+    let mut polled = Polled { through: None, grants: heapless::Vec::new(), end: None };
+    for piece in bytes.chunks(chunk.max(1)) {
+        reader.take(piece, highest_sent, &mut polled)?;
+    }
+    Ok((polled.through, polled.grants.to_vec()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,5 +225,14 @@ mod tests {
         assert!(refusal(b"{\"ack\":1,\"extra\":2}\n").contains("is not"));
         assert!(refusal(b"\n").contains("is not"));
         assert!(refusal(&[b'7'; 65]).contains("longer than 64 bytes"));
+    }
+
+    #[test]
+    fn lines_split_across_reads_parse_as_one() {
+        let stream = b"{\"grant\":2}\n{\"ack\":3}\n{\"ack\":1}\n";
+        for chunk in [1, 2, 7, 64] {
+            assert_eq!(read_controller_lines(stream, chunk, 3), Ok((Some(3), vec![2])), "reads of {chunk}");
+        }
+        assert!(read_controller_lines(b"{\"ack\":4}\n", 1, 3).unwrap_err().contains("never sent"));
     }
 }

@@ -621,8 +621,7 @@ mod tests {
         if !nvrtc_or_skip("compiled_kernels_are_cached_by_source_architecture_and_version") {
             return;
         }
-        let directory = std::env::temp_dir().join(format!("deepgate-kernel-cache-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&directory);
+        let directory = crate::testing::scratch_dir("kernel-cache");
         let version = nvrtc_version().unwrap();
         let (first, how) = cached_kernels(Some(&directory), "sm_87", version).unwrap();
         assert!(how.starts_with("compiled by NVRTC"), "{how}");

@@ -33,7 +33,7 @@ pub fn cache_key(arch: &str, nvrtc_version: (i32, i32)) -> String {
         hash.update(option.as_bytes());
     }
     let digest = hash.finalize();
-    let short: String = digest.iter().take(8).map(|byte| format!("{byte:02x}")).collect();
+    let short = crate::hex::to_hex(&digest[..8]);
     format!("kernels-{short}-{arch}-nvrtc{}.{}", nvrtc_version.0, nvrtc_version.1)
 }
 

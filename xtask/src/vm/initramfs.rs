@@ -132,7 +132,7 @@ fn add_libraries(archive: &mut Archive, arch: Arch, binaries: &[PathBuf]) -> Res
 }
 
 /// A stripped copy of `binary` in `directory` (debug information is most of a debug build's size).
-fn stripped(arch: Arch, binary: &Path, directory: &Path) -> Result<PathBuf> {
+pub(crate) fn stripped(arch: Arch, binary: &Path, directory: &Path) -> Result<PathBuf> {
     let name = binary.file_name().context("binary has a name")?;
     let copy = directory.join(name);
     let strip = arch.strip();

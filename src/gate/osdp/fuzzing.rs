@@ -1,0 +1,145 @@
+//! Entry points for the fuzz targets (`fuzz/`, `cargo xtask fuzz`), not an API: the wire inspector and the
+//! peripheral device, each fed hostile bytes the way the serial port would deliver them. The PD is this gate's
+//! own (identity, capabilities, Secure Channel enforced, install mode on the public default key, the command
+//! callback that stores a site key), on an in-memory channel instead of the tty.
+
+use super::commands::PanelState;
+use super::commissioning::StartKey;
+use super::wire::Inspector;
+use super::{device_on, OsdpSettings, OsdpStats, WireStats};
+use anyhow::Result;
+use libosdp::{Channel, ChannelError};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Feeds `bytes` to one direction's inspector in reads of `chunk` bytes (at least 1), as a serial port splits
+/// a stream, and returns the counts.
+pub fn inspect_wire(bytes: &[u8], chunk: usize) -> WireStats {
+    let stats = WireStats::default();
+    let epoch = Instant::now();
+    let mut inspector = Inspector::default();
+    for piece in bytes.chunks(chunk.max(1)) {
+        inspector.feed(piece, &stats, epoch);
+    }
+    stats
+}
+
+/// The controller's side of the line as the fuzzer writes it: `bytes` read `chunk` at a time, and whatever the
+/// PD answers counted by the outgoing inspector.
+struct HostileLine {
+    bytes: Vec<u8>,
+    position: usize,
+    chunk: usize,
+    stats: Arc<OsdpStats>,
+    incoming: Inspector,
+    outgoing: Inspector,
+}
+
+impl Channel for HostileLine {
+    fn get_id(&self) -> i32 {
+        0
+    }
+
+    fn read(&mut self, buffer: &mut [u8]) -> Result<usize, ChannelError> {
+        let end = self.bytes.len().min(self.position + self.chunk).min(self.position + buffer.len());
+        let piece = &self.bytes[self.position..end];
+        if piece.is_empty() {
+            return Err(ChannelError::WouldBlock);
+        }
+        buffer[..piece.len()].copy_from_slice(piece);
+        self.incoming.feed(piece, &self.stats.received, self.stats.epoch);
+        self.position = end;
+        Ok(piece.len())
+    }
+
+    fn write(&mut self, buffer: &[u8]) -> Result<usize, ChannelError> {
+        self.outgoing.feed(buffer, &self.stats.sent, self.stats.epoch);
+        Ok(buffer.len())
+    }
+
+    fn flush(&mut self) -> Result<(), ChannelError> {
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), ChannelError> {
+        Ok(())
+    }
+}
+
+/// Runs this gate's PD (address 1, install mode: the public default key) on a line carrying `bytes`, read
+/// `chunk` bytes at a time, refreshing libosdp after each read and a few times after the last; a site key the
+/// controller sets is stored at `key` (a path in a scratch directory). Returns the counts of what crossed the
+/// wire and what the command callback did.
+pub fn peripheral_device(bytes: &[u8], chunk: usize, key: &Path) -> Result<Arc<OsdpStats>> {
+    let settings = OsdpSettings {
+        device: "/dev/null".into(),
+        baud: 9600,
+        address: 1,
+        key: key.to_path_buf(),
+        install_window: Duration::from_secs(60),
+        vendor_code: [0x0A, 0x0B, 0x0C],
+        hold: Duration::from_millis(500),
+        model: [0; 8],
+        door: None,
+    };
+    let stats = Arc::new(OsdpStats::default());
+    let state = Arc::new(PanelState::default());
+    state.install.store(true, Ordering::Relaxed);
+    let chunk = chunk.max(1);
+    let line = HostileLine {
+        bytes: bytes.to_vec(),
+        position: 0,
+        chunk,
+        stats: Arc::clone(&stats),
+        incoming: Inspector::default(),
+        outgoing: Inspector::default(),
+    };
+    let start = StartKey::Install(settings.install_window);
+    let mut pd = device_on(&settings, Box::new(line), &start, [1, 2, 3, 4], &state, &stats)?;
+    for _ in 0..bytes.len().div_ceil(chunk) + 4 {
+        pd.refresh();
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::osdp::wire::{crc16, SOM};
+
+    /// A plain osdp_POLL to address 1 with sequence 0 and a CRC: a frame a controller really sends.
+    fn poll() -> Vec<u8> {
+        let mut frame = vec![SOM, 0x01, 8, 0, 0x04, 0x60];
+        let crc = crc16(&frame);
+        frame.extend_from_slice(&crc.to_le_bytes());
+        frame
+    }
+
+    #[test]
+    fn the_inspector_counts_the_same_frames_whatever_the_reads() {
+        let mut stream = vec![0x00, 0x11];
+        stream.extend(poll());
+        stream.extend(poll());
+        for chunk in [1, 3, 64] {
+            let stats = inspect_wire(&stream, chunk);
+            assert_eq!(stats.frames.load(Ordering::Relaxed), 2, "reads of {chunk}");
+            assert_eq!(stats.garbage.load(Ordering::Relaxed), 2, "reads of {chunk}");
+        }
+    }
+
+    #[test]
+    fn the_device_answers_a_poll_and_survives_garbage() {
+        let directory = std::env::temp_dir().join(format!("deepgate-osdp-fuzzing-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let key = directory.join("osdp.key");
+        let stats = peripheral_device(&poll(), 4, &key).unwrap();
+        assert_eq!(stats.received.frames.load(Ordering::Relaxed), 1);
+        assert!(stats.sent.frames.load(Ordering::Relaxed) >= 1, "the PD answered nothing");
+        let stats = peripheral_device(&[SOM, 0xFF, 0xFF, 0xFF, 0x53, 0x01], 2, &key).unwrap();
+        assert_eq!(stats.sent.frames.load(Ordering::Relaxed), 0, "garbage was answered");
+        assert!(!key.exists(), "no controller set a key");
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+}
