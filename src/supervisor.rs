@@ -1,9 +1,10 @@
-//! The supervisor: `deepgate run` as a library call. It opens the board's outputs (the controller's gate and
-//! the door relay), loads the models (waiting in `model_invalid` when the board allows it), opens the audit log,
-//! plays the board's source through the person-session loop (`session`) with pacing, feeds the failure policy
-//! (`health`) and tells every gate about its changes, withholds verdicts while the runtime cannot decide, and at
-//! the end puts the door in its fault state before flushing the gate. The binary installs the signal handlers
-//! and turns the `Summary` into an exit status; tests drive the same calls with their own gates and sources.
+//! The supervisor: `deepgate run` as a library call. It opens the board's outputs (the controller's gate, with
+//! the fleet's MQTT broker beside it when the board has `[mqtt]`, and the door relay), loads the models
+//! (waiting in `model_invalid` when the board allows it), opens the audit log, plays the board's source
+//! through the person-session loop (`session`) with pacing, feeds the failure policy (`health`) and tells every
+//! gate about its changes, withholds verdicts while the runtime cannot decide, and at the end puts the door
+//! in its fault state before flushing the gate. The binary installs the signal handlers and turns the
+//! `Summary` into an exit status; tests drive the same calls with their own gates and sources.
 
 use crate::capture::v4l2::{OpenError, V4l2Source};
 use crate::capture::{FrameSource, SourceSection};

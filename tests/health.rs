@@ -67,13 +67,18 @@ fn genuine_opens(relay: &mut RelayGate, line: &RecordingLine) -> bool {
 #[test]
 fn each_state_puts_the_door_and_the_controller_where_the_policy_says() {
     // (events entering the state, the state, door in its fault state)
-    let cases: [(&[Event], State, bool); 6] = [
+    let cases: [(&[Event], State, bool); 11] = [
         (&[], State::Normal, false),
         (&[Event::GpuFailed], State::GpuLost, false),
         (&[Event::GateLinkDown], State::GateLinkDown, false),
         (&[Event::FrameTime { ms: 900.0 }, Event::FrameTime { ms: 900.0 }], State::Overloaded, false),
         (&[Event::ModelInvalid], State::ModelInvalid, true),
         (&[Event::CameraLost], State::CameraLost, true),
+        (&[Event::AuditWriteFailed { blocking: false }], State::AuditDegraded, false),
+        (&[Event::DeliveryFailed], State::DeliveryFailed, false),
+        (&[Event::FrameFailed, Event::FrameFailed], State::FrameErrors, true),
+        (&[Event::AuditWriteFailed { blocking: true }], State::AuditFailed, true),
+        (&[Event::WorkerDied], State::WorkerDead, true),
     ];
     for (events, state, door_fault) in cases {
         let line = RecordingLine::default();
@@ -108,9 +113,18 @@ fn each_state_puts_the_door_and_the_controller_where_the_policy_says() {
             assert_eq!(relay.stats().refused, refused + 1, "{state:?}: a genuine verdict does not open it");
             std::thread::sleep(Duration::from_millis(300));
             assert_eq!(line.energised(), Some(false), "{state:?}: the door stays in its fault state");
-            // Recovery: the door works again.
-            let back = if state == State::CameraLost { Event::CameraBack } else { Event::ModelValid };
-            let recovered = monitor.observe(back).expect("a change");
+            // Recovery: the door works again; a dead worker has none until restart.
+            let back: &[Event] = match state {
+                State::CameraLost => &[Event::CameraBack],
+                State::ModelInvalid => &[Event::ModelValid],
+                State::FrameErrors => &[Event::FrameTime { ms: 10.0 }, Event::FrameTime { ms: 10.0 }],
+                State::AuditFailed => &[Event::AuditWritten],
+                _ => {
+                    assert_eq!(monitor.observe(Event::AuditWritten), None, "{state:?}: stays");
+                    continue;
+                }
+            };
+            let recovered = back.iter().filter_map(|event| monitor.observe(*event)).last().expect("a change");
             apply_health(recovered, &mut [&mut relay, &mut gate]);
             assert_eq!(gate.told.last().map(|told| told.state()), Some(State::Normal));
             relay.feed();

@@ -40,7 +40,8 @@ fn free_port() -> u16 {
 
 /// Mosquitto, or a visible skip.
 fn mosquitto_present() -> bool {
-    let present = Path::new(MOSQUITTO).exists() && Command::new("mosquitto_sub").arg("--help").output().is_ok();
+    let present =
+        Path::new(MOSQUITTO).exists() && Command::new("mosquitto_sub").arg("--help").output().is_ok();
     if !present {
         skip(
             Need::Mosquitto,
@@ -86,7 +87,13 @@ impl Broker {
             .arg(self.directory.join("mosquitto.conf"))
             .stdout(Stdio::null())
             // Its warnings and errors (TLS refusals) go to a file beside its configuration.
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.directory.join("mosquitto.log")).unwrap())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.directory.join("mosquitto.log"))
+                    .unwrap(),
+            )
             .spawn()
             .unwrap();
         self.child = Some(child);
@@ -192,7 +199,9 @@ impl Subscriber {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.messages.recv_timeout(left) {
                 Ok(message) => messages.push(message),
-                Err(RecvTimeoutError::Timeout) => panic!("gave up waiting; got {} message(s)", messages.len()),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("gave up waiting; got {} message(s)", messages.len())
+                }
                 Err(RecvTimeoutError::Disconnected) => panic!("the subscriber ended"),
             }
         }
@@ -228,7 +237,7 @@ fn report(gate: &mut MqttGate, index: u32) -> Duration {
     let message = VerdictMessage {
         kind: "verdict",
         source: &source,
-        decision: if index % 2 == 0 { Decision::Genuine } else { Decision::Fake },
+        decision: if index.is_multiple_of(2) { Decision::Genuine } else { Decision::Fake },
         fake_probability: Some(0.25),
         frames: 5,
         frames_seen: 6,
@@ -250,7 +259,8 @@ fn signature_valid(payload: &[u8]) -> bool {
     let text = std::str::from_utf8(payload).unwrap();
     let Some(at) = text.rfind(SIGNATURE_FIELD) else { return false };
     let hex = &text[at + SIGNATURE_FIELD.len()..text.len() - 2];
-    let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    let bytes: Vec<u8> =
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
     let signature = Signature::from_slice(&bytes).unwrap();
     let signed = format!("{}}}", &text[..at]);
     signing_key().verifying_key().verify(signed.as_bytes(), &signature).is_ok()
@@ -276,7 +286,20 @@ fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
 /// `mosquitto_sub` as a subscriber that arrives late: the first message on `topic` (a retained one), or none.
 fn retained(port: u16, topic: &str) -> Option<String> {
     let output = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-C", "1", "-W", "3", "-v", "--retained-only"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-W",
+            "3",
+            "-v",
+            "--retained-only",
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8(output.stdout).unwrap();
@@ -312,13 +335,21 @@ fn verdicts_arrive_in_order_with_qos_1_signed_health_and_status_retained() {
         assert!(signature_valid(&message.payload), "{}", String::from_utf8_lossy(&message.payload));
     }
     let stats = gate.stats();
-    assert_eq!((stats.published, stats.acked, stats.queued, stats.connects, stats.unpaired), (20, 20, 0, 1, 0), "{stats:?}");
+    assert_eq!(
+        (stats.published, stats.acked, stats.queued, stats.connects, stats.unpaired),
+        (20, 20, 0, 1, 0),
+        "{stats:?}"
+    );
     // A back office that arrives now learns the kiosk's state from the retained messages.
     assert_eq!(retained(broker.port, "deepgate/order/kiosk-7/status").as_deref(), Some("online"));
-    let health: Value =
-        serde_json::from_str(&retained(broker.port, "deepgate/order/kiosk-7/health").expect("retained health"))
-            .unwrap();
-    assert_eq!((health["state"].as_str(), health["can_decide"].as_bool()), (Some("camera_lost"), Some(false)));
+    let health: Value = serde_json::from_str(
+        &retained(broker.port, "deepgate/order/kiosk-7/health").expect("retained health"),
+    )
+    .unwrap();
+    assert_eq!(
+        (health["state"].as_str(), health["can_decide"].as_bool()),
+        (Some("camera_lost"), Some(false))
+    );
     // A clean stop says offline itself.
     drop(gate);
     assert_eq!(retained(broker.port, "deepgate/order/kiosk-7/status").as_deref(), Some("offline"));
@@ -384,7 +415,9 @@ impl Relay {
                     let mut list = streams.lock().unwrap();
                     list.push(client.try_clone().unwrap());
                     list.push(server.try_clone().unwrap());
-                    for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    for (mut from, mut to) in
+                        [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
+                    {
                         std::thread::spawn(move || {
                             let _ = std::io::copy(&mut from, &mut to);
                             let _ = to.shutdown(Shutdown::Both);
@@ -435,7 +468,8 @@ fn a_lost_network_makes_the_broker_say_offline_and_loses_nothing() {
     relay.refuse.store(false, Ordering::Relaxed);
     gate.flush(PATIENCE).unwrap();
     let after = subscriber.collect_until(|messages| {
-        distinct_ids(&[before.as_slice(), messages].concat()).0.len() >= 20 && statuses(messages).contains(&"online".to_owned())
+        distinct_ids(&[before.as_slice(), messages].concat()).0.len() >= 20
+            && statuses(messages).contains(&"online".to_owned())
     });
     let all = [before.as_slice(), after.as_slice()].concat();
     let (ids, duplicates) = distinct_ids(&all);
@@ -477,7 +511,9 @@ fn a_restarted_kiosk_publishes_what_its_spool_still_holds() {
     let ids: Vec<u64> = verdicts.iter().map(|message| message.json()["id"].as_u64().unwrap()).collect();
     assert_eq!(ids, [1, 2, 3, 4, 5, 6]);
     // The first five keep the first run's boot and seq, and go out expired: they were made by an earlier start.
-    assert!(verdicts[..5].iter().all(|message| boot(message) == boot(verdicts[0]) && message.json()["expired"] == true));
+    assert!(verdicts[..5]
+        .iter()
+        .all(|message| boot(message) == boot(verdicts[0]) && message.json()["expired"] == true));
     assert_ne!(boot(verdicts[5]), boot(verdicts[0]));
     assert_eq!(verdicts[5].json()["seq"].as_u64(), Some(1));
     let stats = second.stats();

@@ -693,12 +693,14 @@ fn a_frozen_picture_is_a_camera_fault_until_it_moves() {
     let source =
         "device = \"/dev/video10\"\nformat = \"YUYV\"\nwidth = 640\nheight = 480\nframe_rate = 10.0\n\
                   allow_virtual = true\nfrozen_frames = 20";
-    let board = board(&guest, "loopback-frozen", source, "");
+    // Three frames at least for a decision: a still gives one (its repeats are no new evidence, withheld).
+    let board = board(&guest, "loopback-frozen", source, "[decision]\nmin_frames = 3");
     let mut running = Running::start(&guest, &board);
     running.wait_until_streaming(Duration::from_secs(120));
-    running.wait_for("camera_lost for a frozen picture", Duration::from_secs(60), |line| {
+    let lines = running.wait_for("camera_lost for a frozen picture", Duration::from_secs(60), |line| {
         is_health(line, "camera_lost")
     });
+    assert!(!lines.iter().any(is_verdict), "a verdict on a still picture: {lines:#?}");
     running.wait_for_log("frozen: the same picture 21 times in a row", Duration::from_secs(10));
     let while_frozen = running.collect(Duration::from_secs(5));
     assert!(!while_frozen.iter().any(is_verdict), "verdicts on a frozen picture: {while_frozen:#?}");
@@ -707,8 +709,21 @@ fn a_frozen_picture_is_a_camera_fault_until_it_moves() {
     running
         .wait_for("normal once the picture moves", Duration::from_secs(60), |line| is_health(line, "normal"));
     running.wait_for_log("the picture changes again", Duration::from_secs(10));
+    let log = running.stderr.clone();
     let status = running.stop();
     assert!(status.success(), "deepgate run ended with {status} after SIGTERM");
+    // The camera's summary at exit: the still's repeats were withheld, and it froze once.
+    wait_until("the camera summary", Duration::from_secs(5), || {
+        log.lock().unwrap().contains("frames delivered")
+    });
+    let log = log.lock().unwrap().clone();
+    let summary = log.lines().find(|line| line.contains("frames delivered")).unwrap();
+    let repeated: u64 = summary
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" repeated (withheld)"))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no repeat count in {summary}"));
+    assert!(repeated >= 20 && summary.contains(", 1 frozen,"), "{summary}");
     drop(writer);
     run_tool("rmmod", &["v4l2loopback"]);
 }

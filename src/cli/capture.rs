@@ -77,6 +77,7 @@ pub fn capture(board: &Path, frames: u64, save: Option<&Path>) -> Result<ExitCod
         "errors": counters.errors,
         "timeouts": counters.timeouts,
         "reopens": counters.reopens,
+        "repeated": counters.repeated,
         "frozen": counters.frozen,
         "clock_backwards": counters.clock_backwards,
         "first_sequence": first_sequence,

@@ -5,6 +5,7 @@
 
 use anyhow::{Context, Result};
 use deepgate::supervisor::{Outputs, Supervisor};
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -52,9 +53,12 @@ fn exit_on_panic() {
             return;
         }
         let thread = std::thread::current();
-        log::error!(
-            "thread `{}` panicked: ending the process (exit status {PANIC_EXIT}) for a restart; door relay in \
-             its fault state",
+        // Straight to stderr (the journal), not through the logger: the panic may have come from inside it,
+        // holding its lock. A failed write is ignored: the exit matters more than the line.
+        let _ = writeln!(
+            std::io::stderr(),
+            "deepgate: thread `{}` panicked: ending the process (exit status {PANIC_EXIT}) for a restart; door \
+             relay in its fault state",
             thread.name().unwrap_or("unnamed")
         );
         std::process::exit(PANIC_EXIT);

@@ -118,8 +118,8 @@ fn nvrtc_library_directory() -> Result<PathBuf> {
 
 /// The environments `ci` provides to `cargo test` (tests/common/skip.rs names them): a test that skips for
 /// want of one of these fails CI. The VM guests are required inside the guest (`vm-test`), not here.
-/// promtool comes with `cargo xtask setup` (the Debian package `prometheus`).
-const REQUIRED_HERE: &[&str] = &["osdp", "nvrtc", "promtool"];
+/// promtool comes with `cargo xtask setup` (the Debian package `prometheus`), and so does mosquitto.
+const REQUIRED_HERE: &[&str] = &["osdp", "nvrtc", "promtool", "mosquitto"];
 
 /// One `SKIPPED [<need>] <test>: <reason>` line of a test's output (tests/common/skip.rs writes them).
 #[derive(Debug, PartialEq, Eq)]

@@ -174,8 +174,8 @@ pub(crate) struct Runtime {
 
 impl Runtime {
     /// Starts `binary run --board board`, logging to `log` (appended: one file across restarts), at nice 10
-    /// (the harness measures correctness and flatness, not speed, on a shared machine). `wrapper`: environment
-    /// variables for it (libfaketime).
+    /// (the harness measures correctness and flatness, not speed, on a shared machine). `environment`: variables
+    /// set for it (libfaketime).
     pub fn start(binary: &Path, board: &Path, log: &Path, environment: &[(&str, &str)]) -> Result<Runtime> {
         let file = std::fs::OpenOptions::new()
             .create(true)

@@ -30,6 +30,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("python3-venv", "virtual environments of tests/osdp and models/distill: ci"),
     // `promtool check metrics` on a scrape of the runtime's Prometheus endpoint (tests/metrics.rs).
     ("prometheus", "promtool, the metrics endpoint's check: ci"),
+    // The broker the fleet output's tests start (tests/mqtt.rs); mosquitto_sub is their late subscriber.
+    ("mosquitto", "the MQTT broker of the fleet output's tests: ci"),
+    ("mosquitto-clients", "mosquitto_sub, a subscriber in the fleet output's tests: ci"),
     // libfaketime: `cargo xtask reliability` jumps the runtime's wall clock forward and back.
     ("faketime", "wall-clock jumps: reliability"),
 ];

@@ -22,6 +22,8 @@ pub struct Counters {
     pub timeouts: u64,
     /// Successful re-opens after the camera was lost.
     pub reopens: u64,
+    /// Frames withheld because they repeat the frame before byte for byte (no new evidence).
+    pub repeated: u64,
     /// Times the picture froze (`source.frozen_frames` repeats in a row).
     pub frozen: u64,
     /// Buffer timestamps earlier than the one before (the camera was then re-opened).
@@ -33,7 +35,7 @@ impl fmt::Display for Counters {
         write!(
             f,
             "{} frames delivered, {} dropped (sequence gaps), {} short, {} corrupt MJPEG, {} error-flagged, \
-             {} time-outs, {} re-opens, {} frozen, {} timestamps backwards",
+             {} time-outs, {} re-opens, {} repeated (withheld), {} frozen, {} timestamps backwards",
             self.delivered,
             self.dropped,
             self.short,
@@ -41,6 +43,7 @@ impl fmt::Display for Counters {
             self.errors,
             self.timeouts,
             self.reopens,
+            self.repeated,
             self.frozen,
             self.clock_backwards
         )

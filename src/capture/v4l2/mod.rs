@@ -503,7 +503,9 @@ impl V4l2Source {
 
 impl V4l2Source {
     /// Checks a dequeued frame for injection signs; `false`: it is withheld from the pipeline. A timestamp
-    /// earlier than the last one loses the camera (re-opened with back-off: `camera_lost` meanwhile); a frozen
+    /// earlier than the last one loses the camera (re-opened with back-off: `camera_lost` meanwhile); a frame
+    /// repeating the one before byte for byte is no new evidence and is withheld (counted), so that a still
+    /// held up to the camera or injected cannot add up to a decision before it counts as frozen; a frozen
     /// picture keeps the camera down (`camera_up` false) until a frame differs, which then starts a new stream.
     fn live_frame(&mut self, index: usize, length: usize, timestamp_ns: u64) -> bool {
         let State::Streaming(open) = &self.state else { return false };
@@ -519,9 +521,14 @@ impl V4l2Source {
             return false;
         }
         match self.frozen.observe(&open.stream.buffer(index)[..length]) {
-            Picture::Moving | Picture::Repeating { .. } => true,
+            Picture::Moving => true,
+            Picture::Repeating { .. } => {
+                self.counters.repeated += 1;
+                false
+            }
             Picture::Froze { repeats } => {
                 self.counters.frozen += 1;
+                self.counters.repeated += 1;
                 log::error!(
                     "camera {}: frozen: the same picture {} times in a row (source.frozen_frames = {}); no \
                      decisions until it changes",
@@ -531,7 +538,10 @@ impl V4l2Source {
                 );
                 false
             }
-            Picture::Frozen => false,
+            Picture::Frozen => {
+                self.counters.repeated += 1;
+                false
+            }
             Picture::Thawed { repeats } => {
                 log::warn!(
                     "camera {}: the picture changes again after {} repeats",

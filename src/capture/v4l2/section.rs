@@ -49,7 +49,8 @@ pub struct V4l2Section {
     pub enrolment: Option<PathBuf>,
     /// This many frames in a row repeating the frame before them byte for byte make the camera frozen: a fault
     /// (`camera_lost`, tamper) until the picture changes. A live sensor's noise changes every frame; a frozen
-    /// picture is a stuck camera or an injected still. 0 turns the check off; default 30.
+    /// picture is a stuck camera or an injected still. Each repeat is withheld from the pipeline before that
+    /// (no new evidence), so a still never adds up to a decision. 0 turns the check off; default 30.
     #[serde(default = "default_frozen_frames")]
     pub frozen_frames: u32,
 }

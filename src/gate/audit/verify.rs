@@ -74,8 +74,11 @@ pub fn chain_files(path: &Path) -> Result<Vec<PathBuf>> {
     }
     numbered.sort_by_key(|(number, _)| std::cmp::Reverse(*number));
     let mut files: Vec<PathBuf> = numbered.into_iter().map(|(_, path)| path).collect();
-    if path.exists() {
-        files.push(path.to_path_buf());
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.is_file() => files.push(path.to_path_buf()),
+        Ok(_) => bail!("audit log {} is not a regular file", path.display()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("reading audit log {}", path.display())),
     }
     Ok(files)
 }

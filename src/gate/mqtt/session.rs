@@ -27,8 +27,8 @@
 use super::{lock, MqttSettings, Shared, WINDOW};
 use crate::gate::tcp::{Frame, Sealer};
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, NetworkOptions, Outgoing,
-    QoS, TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, NetworkOptions,
+    Outgoing, QoS, TlsConfiguration, Transport,
 };
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -129,8 +129,16 @@ impl Session {
 
     /// Connects, publishes and reconnects until the gate says stop; then says `offline` and disconnects.
     pub(super) async fn run(self, shared: &Shared) {
-        let Session { client, mut eventloop, verdict_topic, health_topic, status_topic, sealer, highest_published, description } =
-            self;
+        let Session {
+            client,
+            mut eventloop,
+            verdict_topic,
+            health_topic,
+            status_topic,
+            sealer,
+            highest_published,
+            description,
+        } = self;
         let publisher = Publisher {
             shared,
             client: &client,
@@ -173,7 +181,14 @@ struct Publisher<'a> {
 impl Publisher<'_> {
     /// One publication, remembered in request order. False when rumqttc's channel refused it (it cannot be
     /// full: the window keeps it below its capacity; logged if it happens anyway).
-    fn request(&self, flight: &mut Flight, topic: &str, retain: bool, payload: Vec<u8>, id: Option<u64>) -> bool {
+    fn request(
+        &self,
+        flight: &mut Flight,
+        topic: &str,
+        retain: bool,
+        payload: Vec<u8>,
+        id: Option<u64>,
+    ) -> bool {
         match self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload) {
             Ok(()) => {
                 flight.requested.push_back(id);
@@ -284,7 +299,12 @@ impl Publisher<'_> {
 
 /// Polls the event loop until the gate says stop: reacts to CONNACK, writes and PUBACKs; after a failure,
 /// backs off (waking early for a stop).
-async fn connection(publisher: &Publisher<'_>, eventloop: &mut EventLoop, status_topic: &str, description: &str) {
+async fn connection(
+    publisher: &Publisher<'_>,
+    eventloop: &mut EventLoop,
+    status_topic: &str,
+    description: &str,
+) {
     let shared = publisher.shared;
     let mut backoff = INITIAL_BACKOFF;
     let mut failures_in_a_row = 0u32;
@@ -348,7 +368,7 @@ fn forget_connection(eventloop: &mut EventLoop) {
 fn log_failure(description: &str, error: &ConnectionError, failures_in_a_row: u32) {
     if failures_in_a_row == 1 {
         log::warn!("{description}: {error}; verdicts wait in the spool, reconnecting");
-    } else if failures_in_a_row % 20 == 0 {
+    } else if failures_in_a_row.is_multiple_of(20) {
         log::warn!("{description}: still unreachable after {failures_in_a_row} attempts: {error}");
     } else {
         log::debug!("{description}: {error}");
@@ -357,7 +377,12 @@ fn log_failure(description: &str, error: &ConnectionError, failures_in_a_row: u3
 
 /// A clean stop while connected: `offline` (retained) and DISCONNECT, so that subscribers learn at once and the
 /// broker does not publish the last will as for a crash. At most `GOODBYE`.
-async fn goodbye(publisher: &Publisher<'_>, eventloop: &mut EventLoop, status_topic: &str, description: &str) {
+async fn goodbye(
+    publisher: &Publisher<'_>,
+    eventloop: &mut EventLoop,
+    status_topic: &str,
+    description: &str,
+) {
     {
         let mut flight = publisher.flight.borrow_mut();
         if !flight.connected {

@@ -45,8 +45,9 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>> {
         Some((certificate, key)) => {
             let chain = certificates(certificate, "mqtt.certificate")?;
             let key_text = crate::gate::read_private_file(key, "mqtt.private_key")?;
-            let key = PrivateKeyDer::from_pem_slice(key_text.as_bytes())
-                .map_err(|error| anyhow!("mqtt.private_key {}: no usable PEM private key: {error}", key.display()))?;
+            let key = PrivateKeyDer::from_pem_slice(key_text.as_bytes()).map_err(|error| {
+                anyhow!("mqtt.private_key {}: no usable PEM private key: {error}", key.display())
+            })?;
             builder
                 .with_client_auth_cert(chain, key)
                 .context("mqtt.certificate and mqtt.private_key do not make a usable client identity")?

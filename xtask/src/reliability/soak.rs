@@ -68,6 +68,12 @@ pub fn soak(binary: &Path, directory: &Path, duration: Duration) -> Result<()> {
         directory.display()
     );
     let mut runtime = Runtime::start(binary, &board, &directory.join("deepgate.log"), &[])?;
+    // Sampling starts with the first verdict: before it, /proc may still show `nice`, not yet the runtime.
+    ensure!(
+        controller.wait_for(Duration::from_secs(60), |ledger| !ledger.received.is_empty()),
+        "no verdict within 60 s of the start; see {}",
+        runtime.log.display()
+    );
     let csv_path = directory.join("samples.csv");
     let mut csv =
         std::fs::File::create(&csv_path).with_context(|| format!("creating {}", csv_path.display()))?;
