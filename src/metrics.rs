@@ -1,7 +1,7 @@
 //! The runtime's metrics in the Prometheus text format, served on `[metrics] listen` (`GET /metrics`):
 //! frames, faces, verdicts by decision, per-stage latency histograms (every sample, for as long as it runs),
-//! camera, gate and relay counters, the health state and the build. The supervisor feeds it from the session
-//! loop's events; the counters are atomics, so the frame loop never waits on a scrape.
+//! camera, gate, relay and fleet (MQTT) counters, the health state and the build. The supervisor feeds it
+//! from the session loop's events; the counters are atomics, so the frame loop never waits on a scrape.
 //!
 //! The HTTP side is std's `TcpListener` on one thread, not an HTTP crate: one read-only resource, requests read
 //! with a size limit and time-outs, answered and closed. A server crate would bring a parser, keep-alive and
@@ -9,6 +9,7 @@
 
 use crate::config::BoardConfig;
 use crate::decide::Decision;
+use crate::gate::mqtt::MqttStatsSource;
 use crate::health::{Health, State};
 use crate::session::Event;
 use crate::timing::{Stage, StageObserver, STAGES};
@@ -45,6 +46,21 @@ pub struct Metrics {
     health: IntGaugeVec,
     health_active: IntGaugeVec,
     stages: HistogramVec,
+    /// The fleet output's counters, when the board has one (`watch_fleet`).
+    fleet: std::sync::OnceLock<Fleet>,
+}
+
+/// The fleet output's counters (`gate::mqtt`), copied from its gate at each scrape: nothing on the frame path.
+struct Fleet {
+    source: MqttStatsSource,
+    published: IntCounter,
+    republished: IntCounter,
+    acked: IntCounter,
+    dropped: IntCounter,
+    connects: IntCounter,
+    failures: IntCounter,
+    queued: IntGauge,
+    link_up: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter> {
@@ -132,6 +148,7 @@ impl Metrics {
                 registry.register(Box::new(metric.clone()))?;
                 metric
             },
+            fleet: std::sync::OnceLock::new(),
             registry,
         };
         for decision in [Decision::Genuine, Decision::Fake, Decision::Uncertain, Decision::NoFace] {
@@ -208,8 +225,49 @@ impl Metrics {
         })
     }
 
+    /// Reports the fleet output's counters from now on (`deepgate_mqtt_*`), read at each scrape.
+    pub fn watch_fleet(&self, source: MqttStatsSource) -> Result<()> {
+        let registry = &self.registry;
+        let fleet = Fleet {
+            published: counter(registry, "mqtt_published_total", "Verdicts published, again too.")?,
+            republished: counter(
+                registry,
+                "mqtt_republished_total",
+                "Verdicts published again: after a reconnection, or found in the spool at start.",
+            )?,
+            acked: counter(registry, "mqtt_acked_total", "Verdicts the broker acknowledged.")?,
+            dropped: counter(registry, "mqtt_dropped_total", "Verdicts dropped: spool full.")?,
+            connects: counter(registry, "mqtt_connects_total", "Connections the broker accepted.")?,
+            failures: counter(registry, "mqtt_failures_total", "Broker connections failed.")?,
+            queued: gauge(registry, "mqtt_queued", "Verdicts waiting for the broker.")?,
+            link_up: gauge(registry, "mqtt_link_up", "1 while connected to the broker.")?,
+            source,
+        };
+        self.fleet.set(fleet).map_err(|_| anyhow::anyhow!("metrics: the fleet output is watched already"))
+    }
+
+    /// Copies the fleet output's counters into the registry's (they only grow, so the difference is added;
+    /// the endpoint answers one scrape at a time, so two copies never race).
+    fn refresh_fleet(&self) {
+        let Some(fleet) = self.fleet.get() else { return };
+        let stats = fleet.source.stats();
+        for (counter, value) in [
+            (&fleet.published, stats.published),
+            (&fleet.republished, stats.republished),
+            (&fleet.acked, stats.acked),
+            (&fleet.dropped, stats.dropped),
+            (&fleet.connects, stats.connects),
+            (&fleet.failures, stats.failures),
+        ] {
+            counter.inc_by(value.saturating_sub(counter.get()));
+        }
+        fleet.queued.set(stats.queued as i64);
+        fleet.link_up.set(i64::from(fleet.source.connected()));
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> Result<String> {
+        self.refresh_fleet();
         prometheus::TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .context("encoding the metrics")

@@ -326,6 +326,9 @@ impl<'a> Supervisor<'a> {
         let monitor = Monitor::new(config.runtime.overload_policy());
         // The endpoint first, so that a wait in model_invalid shows in it.
         let (metrics, metrics_server) = crate::metrics::start(config)?;
+        if let Some(fleet) = outputs.gate.fleet() {
+            metrics.watch_fleet(fleet)?;
+        }
         let notifier = std::sync::Arc::new(crate::notify::Notifier::from_environment());
         notifier.status("loading models");
         let mut reactor = Reactor {

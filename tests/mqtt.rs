@@ -510,7 +510,8 @@ fn a_restarted_kiosk_publishes_what_its_spool_still_holds() {
     let verdicts = verdicts(&messages);
     let ids: Vec<u64> = verdicts.iter().map(|message| message.json()["id"].as_u64().unwrap()).collect();
     assert_eq!(ids, [1, 2, 3, 4, 5, 6]);
-    // The first five keep the first run's boot and seq, and go out expired: they were made by an earlier start.
+    // The first five keep the first run's boot and seq, and go out expired: they were made by an earlier
+    // start.
     assert!(verdicts[..5]
         .iter()
         .all(|message| boot(message) == boot(verdicts[0]) && message.json()["expired"] == true));
@@ -527,8 +528,8 @@ fn a_slow_subscriber_does_not_stall_the_kiosk() {
     }
     let directory = scratch("slow");
     let broker = Broker::start(&directory, None);
-    // A subscriber that stops reading once subscribed: it never acknowledges, so the broker's in-flight window
-    // for it (20) and its queue (max_queued_messages 100) fill, and the broker drops the rest for it.
+    // A subscriber that stops reading once subscribed: it never acknowledges, so the broker's in-flight
+    // window for it (20) and its queue (max_queued_messages 100) fill, and the broker drops the rest for it.
     let mut options = MqttOptions::new("slow", "127.0.0.1", broker.port);
     options.set_clean_session(false);
     let (slow, mut slow_connection) = Client::new(options, 8);
@@ -634,4 +635,66 @@ fn tls_with_a_device_certificate_is_accepted_and_a_wrong_ca_or_no_certificate_re
     }
     assert!(subscriber.messages.recv_timeout(Duration::from_millis(500)).is_err(), "nothing else arrived");
     assert_eq!(good.stats().acked, 1);
+}
+
+#[test]
+fn a_board_with_an_mqtt_section_reports_to_the_broker_beside_its_door_gate() {
+    if !mosquitto_present() {
+        return;
+    }
+    let directory = scratch("board");
+    let broker = Broker::start(&directory, None);
+    let subscriber = Subscriber::start(broker.port, "back-office-board", "deepgate/board-site/+/#");
+    let spool = directory.join("mqtt.spool");
+    let section = format!(
+        "{{ broker = \"127.0.0.1:{}\", site = \"board-site\", queue = 16, spool = \"{}\", insecure = true }}",
+        broker.port,
+        spool.display()
+    );
+    let board = common::board(None, &[], &[("mqtt", &section)]);
+    let config = deepgate::config::BoardConfig::load(&board).unwrap();
+    let mut outputs = deepgate::supervisor::Outputs::open(&config).unwrap();
+    assert!(outputs.gate.describe().starts_with("stdout + mqtt 127.0.0.1:"), "{}", outputs.gate.describe());
+    let (source, reason) = ("camera-0", "from the board");
+    let message = VerdictMessage {
+        kind: "verdict",
+        source,
+        decision: Decision::Genuine,
+        fake_probability: Some(0.01),
+        frames: 5,
+        frames_seen: 5,
+        first_frame: 1,
+        last_frame: 5,
+        reason,
+    };
+    outputs.gate.report(&message).unwrap();
+    outputs.gate.flush(PATIENCE).unwrap();
+    let messages = subscriber.collect_until(|messages| !verdicts(messages).is_empty());
+    let verdict = verdicts(&messages)[0].json();
+    assert_eq!(verdicts(&messages)[0].topic, format!("deepgate/board-site/{}/verdict", config.board.id));
+    assert_eq!(
+        (verdict["board"].as_str(), verdict["reason"].as_str()),
+        (Some(config.board.id.as_str()), Some(reason))
+    );
+    assert!(verdict["model_sha256"].is_string() == config.models.classifier.is_some(), "{verdict}");
+    // The metrics endpoint reads the fleet output's counters at each scrape.
+    let metrics = deepgate::metrics::Metrics::new(&config.board.id).unwrap();
+    metrics.watch_fleet(outputs.gate.fleet().expect("the fleet output beside the gate")).unwrap();
+    let text = metrics.render().unwrap();
+    for line in ["deepgate_mqtt_published_total 1", "deepgate_mqtt_acked_total 1", "deepgate_mqtt_queued 0"] {
+        assert!(text.lines().any(|metric| metric == line), "{line} missing from\n{text}");
+    }
+    assert!(text.lines().any(|metric| metric == "deepgate_mqtt_link_up 1"), "{text}");
+    // And Prometheus' own checker accepts them where it is installed (tests/metrics.rs requires it in CI).
+    if let Ok(mut promtool) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+    {
+        use std::io::Write;
+        promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        let output = promtool.wait_with_output().unwrap();
+        assert!(output.status.success(), "promtool: {}", String::from_utf8_lossy(&output.stdout));
+    }
 }

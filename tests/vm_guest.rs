@@ -693,7 +693,8 @@ fn a_frozen_picture_is_a_camera_fault_until_it_moves() {
     let source =
         "device = \"/dev/video10\"\nformat = \"YUYV\"\nwidth = 640\nheight = 480\nframe_rate = 10.0\n\
                   allow_virtual = true\nfrozen_frames = 20";
-    // Three frames at least for a decision: a still gives one (its repeats are no new evidence, withheld).
+    // Three frames at least for a decision: a still gives two (the first and the one its repeats are compared
+    // with); its repeats are no new evidence and are withheld.
     let board = board(&guest, "loopback-frozen", source, "[decision]\nmin_frames = 3");
     let mut running = Running::start(&guest, &board);
     running.wait_until_streaming(Duration::from_secs(120));
@@ -701,7 +702,7 @@ fn a_frozen_picture_is_a_camera_fault_until_it_moves() {
         is_health(line, "camera_lost")
     });
     assert!(!lines.iter().any(is_verdict), "a verdict on a still picture: {lines:#?}");
-    running.wait_for_log("frozen: the same picture 21 times in a row", Duration::from_secs(10));
+    running.wait_for_log("frozen: 20 frames in a row repeat the one before", Duration::from_secs(10));
     let while_frozen = running.collect(Duration::from_secs(5));
     assert!(!while_frozen.iter().any(is_verdict), "verdicts on a frozen picture: {while_frozen:#?}");
     // The picture moves again: the camera is live, and the controller told so.

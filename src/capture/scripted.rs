@@ -159,8 +159,10 @@ mod tests {
         DecodedImage { format: PixelFormat::Rgb24, width: 4, height: 2, data: (0..24).collect() }
     }
 
-    /// (sequence, discontinuity) of a frame, None for no frame, with `camera_up` after the call.
-    fn calls(camera: &mut ScriptedCamera, count: usize) -> Vec<(Option<(u64, bool)>, Option<bool>)> {
+    /// One call: (sequence, discontinuity) of its frame or None for no frame, and `camera_up` after it.
+    type Call = (Option<(u64, bool)>, Option<bool>);
+
+    fn calls(camera: &mut ScriptedCamera, count: usize) -> Vec<Call> {
         (0..count)
             .map(|_| {
                 let frame = camera.next_frame().expect("within the script").map(|frame| {

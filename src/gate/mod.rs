@@ -194,6 +194,11 @@ pub trait Gate: Send {
     /// head_interval_s`: gates that speak JSON lines send it (not spooled or acknowledged: only the latest
     /// matters); OSDP has no place for it.
     fn audit_head(&mut self, _line: &Line) {}
+
+    /// The counters of the fleet output beside this gate (`mqtt::WithFleet`), for the metrics endpoint.
+    fn fleet(&self) -> Option<mqtt::MqttStatsSource> {
+        None
+    }
 }
 
 /// Reads a secret (a device key) from `path`, refusing a file that group or others can read: a key others can

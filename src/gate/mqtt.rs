@@ -12,21 +12,23 @@
 //!   "seq":..,...,"expired":false,"signature":".."}`), `id` being this output's own spool id.
 //! - `health`: the runtime's health line (`gate::encode_health`), QoS 1, retained: a subscriber that arrives
 //!   later gets the current state at once. Published on every change and again on every connection.
-//! - `status`: `online` (QoS 1, retained) on every connection; `offline` (retained) as the last will the broker
-//!   publishes when the connection dies without a goodbye (power cut, network loss, crash), and published by
-//!   the kiosk itself when it stops cleanly.
+//! - `status`: `online` (QoS 1, retained) on every connection; `offline` (retained) as the last will the
+//!   broker publishes when the connection dies without a goodbye (power cut, network loss, crash), and
+//!   published by the kiosk itself when it stops cleanly.
 //!
 //! # Delivery: at least once, with ids
 //!
-//! `report` stores the stamped verdict in this output's own spool (`gate::spool`, synced to disk) and returns;
-//! the output's thread publishes waiting verdicts in id order with QoS 1, at most [`WINDOW`] unacknowledged at a
-//! time, and removes a verdict from the spool only when the broker's PUBACK for it (and for every earlier one)
-//! has arrived. The MQTT session is clean (`clean_session = true`): the spool is the session. On every new
-//! connection, after an outage or a restart of the runtime, everything still in the spool is published again,
-//! with the same id, boot and seq; a PUBACK lost with a connection therefore means a duplicate, never a loss.
-//! Subscribers de-duplicate by (`board`, `boot`, `seq`) (or by (`board`, `id`) while the spool file lives):
-//! after that, every verdict is seen exactly once and, per board, in order. "No duplicates" means exactly that:
-//! at least once on the wire, once after de-duplication by id. A spool that is full drops its oldest verdict
+//! `report` stores the stamped verdict in this output's own spool (`gate::spool`, synced to disk) and
+//! returns; the output's thread publishes waiting verdicts in id order with QoS 1, at most [`WINDOW`]
+//! unacknowledged at a time, and removes a verdict from the spool only when the broker's PUBACK for it (and
+//! for every earlier one) has arrived. The MQTT session is clean (`clean_session = true`): the spool is the
+//! session (a persistent session's unacknowledged publications live in the client's memory, which a restart
+//! loses; and the kiosk subscribes to nothing the broker would have to keep). On every new connection, after
+//! an outage or a restart of the runtime, everything still in the spool is published again, with the same id,
+//! boot and seq; a PUBACK lost with a connection therefore means a duplicate, never a loss. Subscribers
+//! de-duplicate by (`board`, `boot`, `seq`) (or by (`board`, `id`) while the spool file lives): after that,
+//! every verdict is seen exactly once and, per board, in order. "No duplicates" means exactly that: at least
+//! once on the wire, once after de-duplication by id. A spool that is full drops its oldest verdict
 //! (counted), as the TCP gate's does; `seq` then shows the gap.
 //!
 //! The broker acknowledges to the kiosk, not to the subscribers: a slow or absent subscriber is the broker's
@@ -54,8 +56,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Verdicts published and not yet acknowledged by the broker, at most: enough to fill a link with a long round
-/// trip, few enough that a reconnection sends little again.
+/// Verdicts published and not yet acknowledged by the broker, at most: enough to fill a link with a long
+/// round trip, few enough that a reconnection sends little again.
 pub const WINDOW: usize = 32;
 /// The default of `[mqtt] topic_prefix`.
 pub const DEFAULT_PREFIX: &str = "deepgate";
@@ -147,6 +149,23 @@ pub struct MqttStats {
     pub unpaired: u64,
     /// Verdicts in the spool, waiting for a PUBACK.
     pub queued: usize,
+}
+
+/// A handle on an `MqttGate`'s counters for the metrics endpoint, which reads them at each scrape.
+#[derive(Clone)]
+pub struct MqttStatsSource(Arc<Shared>);
+
+impl MqttStatsSource {
+    /// The counters, read under one lock.
+    pub fn stats(&self) -> MqttStats {
+        let state = lock(&self.0.state);
+        MqttStats { queued: state.spool.len(), ..state.stats }
+    }
+
+    /// Whether the broker connection is up now.
+    pub fn connected(&self) -> bool {
+        lock(&self.0.state).connected
+    }
 }
 
 /// What the gate and its thread share.
@@ -270,8 +289,12 @@ impl MqttGate {
 
     /// The counters, read under one lock.
     pub fn stats(&self) -> MqttStats {
-        let state = lock(&self.shared.state);
-        MqttStats { queued: state.spool.len(), ..state.stats }
+        self.stats_source().stats()
+    }
+
+    /// A handle on the counters that the metrics endpoint keeps.
+    pub fn stats_source(&self) -> MqttStatsSource {
+        MqttStatsSource(Arc::clone(&self.shared))
     }
 
     /// Verdicts found waiting in the spool at start.
@@ -303,8 +326,8 @@ impl Gate for MqttGate {
         Ok(())
     }
 
-    /// Waits until the broker acknowledged every stored verdict, or `timeout` passed; what is not acknowledged
-    /// stays in the spool for the next start.
+    /// Waits until the broker acknowledged every stored verdict, or `timeout` passed; what is not
+    /// acknowledged stays in the spool for the next start.
     fn flush(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut state = lock(&self.shared.state);
@@ -384,9 +407,9 @@ impl Drop for MqttGate {
     }
 }
 
-/// The door's gate with the fleet output beside it, as one `Gate` for the supervisor: verdicts and health go to
-/// both, the door's gate first. The door's gate alone decides the result of `report` and the link state the
-/// health policy sees (`gate_link_down` is about the door's controller; a broker outage does not stop the
+/// The door's gate with the fleet output beside it, as one `Gate` for the supervisor: verdicts and health go
+/// to both, the door's gate first. The door's gate alone decides the result of `report` and the link state
+/// the health policy sees (`gate_link_down` is about the door's controller; a broker outage does not stop the
 /// door); the fleet output's failures are logged and counted in its own stats.
 pub struct WithFleet {
     gate: Box<dyn Gate>,
@@ -411,6 +434,11 @@ impl Gate for WithFleet {
         let result = self.gate.report(verdict);
         if let Err(error) = self.fleet.report(verdict) {
             log::error!("{error:#}");
+        } else if !self.fleet.worker_alive() {
+            log::error!(
+                "{}: its thread ended; verdicts wait in its spool until a restart",
+                self.fleet.describe()
+            );
         }
         result
     }
@@ -438,8 +466,14 @@ impl Gate for WithFleet {
         self.fleet.set_health(health);
     }
 
+    /// The door's gate's threads only: the fleet output's thread ending (a bug) must not put the door in its
+    /// fault state; `report` logs it instead, and its spool keeps the verdicts for the next start.
     fn worker_alive(&self) -> bool {
-        self.gate.worker_alive() && self.fleet.worker_alive()
+        self.gate.worker_alive()
+    }
+
+    fn fleet(&self) -> Option<MqttStatsSource> {
+        Some(self.fleet.stats_source())
     }
 
     /// The door's controller only: the fleet topics carry verdicts, health and status.

@@ -48,12 +48,13 @@ mod link;
 mod protocol;
 
 pub use envelope::{SCHEMA, SIGNATURE_FIELD};
-/// The envelope and the sealed line's frame, shared with the fleet output (`gate::mqtt`), which publishes the
-/// same signed lines.
-pub(crate) use envelope::{new_boot_id, Sealer, Stamper};
 #[doc(hidden)]
 pub use protocol::read_controller_lines;
 pub use link::{Tls, TlsSettings};
+
+/// The envelope and the sealed line's frame, shared with the fleet output (`gate::mqtt`), which publishes the
+/// same signed lines.
+pub(crate) use envelope::{new_boot_id, Sealer, Stamper};
 
 use super::spool::{Spool, MAX_CAPACITY};
 use super::{Gate, Line, VerdictMessage};

@@ -99,7 +99,8 @@ pub fn board_variant(
     } else {
         paths.iter().map(|path| path.to_path_buf()).collect()
     };
-    variant.set_value("source.paths", inputs.iter().map(|path| text(path)).collect::<toml_edit::Array>());
+    let inputs: toml_edit::Array = inputs.iter().map(|path| text(path)).collect();
+    variant.set_value("source.paths", inputs);
     edit(&mut variant);
     let path = models.join("board.toml");
     variant.write(&path);

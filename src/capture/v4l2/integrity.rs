@@ -57,8 +57,9 @@ pub enum Picture {
 
 /// Finds a frozen picture: `limit` frames in a row that each repeat the frame before them byte for byte. Each
 /// frame is compared by a 4 KiB sample first; only when the samples match is the whole frame hashed (64 bits)
-/// and compared with the previous frame's whole hash. The first repeat after a changed frame is known by its
-/// sample alone (the frame before it was not hashed in full); every later one is compared in full.
+/// and compared with the previous frame's whole hash. A frame is a repeat only when that whole comparison says
+/// so: the first frame whose sample matches a changed frame's cannot be compared in full (the changed frame was
+/// not hashed whole), so it is the reference, not a repeat, and a still is frozen at its `limit + 2`nd frame.
 #[derive(Clone, Copy, Debug)]
 pub struct FrozenDetector {
     limit: u32,
@@ -91,7 +92,7 @@ impl FrozenDetector {
         let sample = sample_hash(data);
         let repeat = if self.sample == Some(sample) {
             let full = full_hash(data);
-            let same = self.full.is_none_or(|previous| previous == full);
+            let same = self.full == Some(full);
             self.full = Some(full);
             same
         } else {
@@ -179,11 +180,14 @@ mod tests {
         let still = noisy_frame(1, 640 * 480 * 2);
         let other = noisy_frame(2, still.len());
         let mut detector = FrozenDetector::new(3);
-        let seen = observe_all(&mut detector, &[&other, &still, &still, &still, &still, &still, &other]);
+        let seen =
+            observe_all(&mut detector, &[&other, &still, &still, &still, &still, &still, &still, &other]);
         assert_eq!(
             seen,
             [
                 Picture::Moving,
+                Picture::Moving,
+                // Its sample matches; the whole frame is hashed, but the one before was not: the reference.
                 Picture::Moving,
                 Picture::Repeating { repeats: 1 },
                 Picture::Repeating { repeats: 2 },
@@ -193,7 +197,8 @@ mod tests {
             ]
         );
         assert!(!detector.is_frozen());
-        assert_eq!(detector.observe(&other), Picture::Repeating { repeats: 1 }, "counting starts again");
+        assert_eq!(detector.observe(&other), Picture::Moving, "counting starts again from a reference");
+        assert_eq!(detector.observe(&other), Picture::Repeating { repeats: 1 });
     }
 
     #[test]
@@ -205,17 +210,25 @@ mod tests {
         changed[step + SAMPLE_RUN + 7] ^= 0xff;
         assert_eq!(sample_hash(&still), sample_hash(&changed), "the change is outside the sample");
         let mut detector = FrozenDetector::new(2);
-        // still, still (first repeat, by sample), changed (sample matches, full hash differs from still's).
-        let seen = observe_all(&mut detector, &[&still, &still, &still, &changed, &changed]);
+        // The still frozen, then changed: its sample matches the still's, its whole hash does not.
+        let seen = observe_all(&mut detector, &[&still, &still, &still, &still, &changed, &changed]);
         assert_eq!(
             seen,
             [
+                Picture::Moving,
                 Picture::Moving,
                 Picture::Repeating { repeats: 1 },
                 Picture::Froze { repeats: 2 },
                 Picture::Thawed { repeats: 2 },
                 Picture::Repeating { repeats: 1 },
             ]
+        );
+        // A frame that differs outside the sample from the frame before is never taken for a repeat.
+        let mut detector = FrozenDetector::new(2);
+        let alternating = [&still, &changed, &still, &changed, &still, &changed];
+        assert_eq!(
+            observe_all(&mut detector, &alternating.map(|frame| frame.as_slice())),
+            [Picture::Moving; 6]
         );
     }
 
@@ -228,8 +241,13 @@ mod tests {
         let tiny = [1u8, 2, 3];
         let mut detector = FrozenDetector::new(2);
         assert_eq!(
-            observe_all(&mut detector, &[&tiny, &tiny, &tiny]),
-            [Picture::Moving, Picture::Repeating { repeats: 1 }, Picture::Froze { repeats: 2 }]
+            observe_all(&mut detector, &[&tiny, &tiny, &tiny, &tiny]),
+            [
+                Picture::Moving,
+                Picture::Moving,
+                Picture::Repeating { repeats: 1 },
+                Picture::Froze { repeats: 2 }
+            ]
         );
         assert_eq!(
             detector.observe(&[]),
@@ -248,7 +266,7 @@ mod tests {
         let mut off = FrozenDetector::new(0);
         assert!((0..100).all(|_| off.observe(&still) == Picture::Moving));
         let mut detector = FrozenDetector::new(2);
-        observe_all(&mut detector, &[&still, &still, &still]);
+        observe_all(&mut detector, &[&still, &still, &still, &still]);
         assert!(detector.is_frozen());
         detector.reset();
         assert!(!detector.is_frozen());

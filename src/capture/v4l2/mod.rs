@@ -505,7 +505,7 @@ impl V4l2Source {
     /// Checks a dequeued frame for injection signs; `false`: it is withheld from the pipeline. A timestamp
     /// earlier than the last one loses the camera (re-opened with back-off: `camera_lost` meanwhile); a frame
     /// repeating the one before byte for byte is no new evidence and is withheld (counted), so that a still
-    /// held up to the camera or injected cannot add up to a decision before it counts as frozen; a frozen
+    /// held up to the camera or injected gives two frames, not a decision's worth, before it is frozen; a frozen
     /// picture keeps the camera down (`camera_up` false) until a frame differs, which then starts a new stream.
     fn live_frame(&mut self, index: usize, length: usize, timestamp_ns: u64) -> bool {
         let State::Streaming(open) = &self.state else { return false };
@@ -530,10 +530,9 @@ impl V4l2Source {
                 self.counters.frozen += 1;
                 self.counters.repeated += 1;
                 log::error!(
-                    "camera {}: frozen: the same picture {} times in a row (source.frozen_frames = {}); no \
-                     decisions until it changes",
+                    "camera {}: frozen: {repeats} frames in a row repeat the one before byte for byte \
+                     (source.frozen_frames = {}); no decisions until the picture changes",
                     open.opened.path,
-                    repeats + 1,
                     self.settings.frozen_frames
                 );
                 false

@@ -50,7 +50,8 @@ pub struct V4l2Section {
     /// This many frames in a row repeating the frame before them byte for byte make the camera frozen: a fault
     /// (`camera_lost`, tamper) until the picture changes. A live sensor's noise changes every frame; a frozen
     /// picture is a stuck camera or an injected still. Each repeat is withheld from the pipeline before that
-    /// (no new evidence), so a still never adds up to a decision. 0 turns the check off; default 30.
+    /// (no new evidence): a still gives it two frames, fewer than a camera board's `decision.min_frames`.
+    /// 0 turns the check off (repeats are then delivered); default 30.
     #[serde(default = "default_frozen_frames")]
     pub frozen_frames: u32,
 }

@@ -1,5 +1,5 @@
-//! The `[mqtt]` keys (`MqttSection`), their checks, and the settings they make: the password, the TLS files and
-//! the signing key read at start, so that a bad file is a start-up error naming its key.
+//! The `[mqtt]` keys (`MqttSection`), their checks, and the settings they make: the password, the TLS files
+//! and the signing key read at start, so that a bad file is a start-up error naming its key.
 
 use super::{tls, MqttSettings, DEFAULT_PREFIX};
 use crate::gate::spool::MAX_CAPACITY;

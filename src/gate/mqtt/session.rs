@@ -274,7 +274,8 @@ impl Publisher<'_> {
         }
     }
 
-    /// The broker acknowledged `pkid`: the verdicts below the lowest one still unacknowledged leave the spool.
+    /// The broker acknowledged `pkid`: the verdicts below the lowest one still unacknowledged leave the
+    /// spool.
     fn acknowledged(&self, pkid: u16) {
         {
             let mut flight = self.flight.borrow_mut();
@@ -355,9 +356,9 @@ async fn connection(
 }
 
 /// After a failure, what rumqttc still holds from the dead connection: events it queued and has not handed
-/// out yet (PUBACKs read in a batch, writes), and a publication held back for a packet-id collision. Handed out
-/// after the next CONNACK, they would be paired with that connection's publications and could retire a verdict
-/// the broker never acknowledged; the spool sends everything again anyway.
+/// out yet (PUBACKs read in a batch, writes), and a publication held back for a packet-id collision. Handed
+/// out after the next CONNACK, they would be paired with that connection's publications and could retire a
+/// verdict the broker never acknowledged; the spool sends everything again anyway.
 fn forget_connection(eventloop: &mut EventLoop) {
     eventloop.state.events.clear();
     eventloop.state.collision = None;
@@ -375,8 +376,8 @@ fn log_failure(description: &str, error: &ConnectionError, failures_in_a_row: u3
     }
 }
 
-/// A clean stop while connected: `offline` (retained) and DISCONNECT, so that subscribers learn at once and the
-/// broker does not publish the last will as for a crash. At most `GOODBYE`.
+/// A clean stop while connected: `offline` (retained) and DISCONNECT, so that subscribers learn at once and
+/// the broker does not publish the last will as for a crash. At most `GOODBYE`.
 async fn goodbye(
     publisher: &Publisher<'_>,
     eventloop: &mut EventLoop,

@@ -1,6 +1,6 @@
 //! The fleet output's TLS to the broker: rustls (ring, TLS 1.3, as the TCP gate's link), trusting only the
-//! configured CA, with the device's client certificate when the board has one. Loaded once at start, so that a
-//! bad file is a start-up error naming its key.
+//! configured CA, with the device's client certificate when the board has one. Loaded once at start, so that
+//! a bad file is a start-up error naming its key.
 
 use anyhow::{anyhow, ensure, Context, Result};
 use rustls::pki_types::pem::PemObject;
