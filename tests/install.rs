@@ -43,18 +43,17 @@ fn good_files() -> &'static Files {
         for name in names {
             files.insert(format!("models/{name}"), (std::fs::read(models.join(&name)).unwrap(), 0o644));
         }
-        let photo = common::fixture("faces/obama.jpg");
-        let mut board = std::fs::read_to_string(common::root().join("board/host.toml")).unwrap();
-        let start = board.find("paths = [").unwrap();
-        let end = start + board[start..].find(']').unwrap() + 1;
-        board.replace_range(start..end, &format!("paths = [{photo:?}]"));
-        for (old, new) in [("repeat = false", "repeat = true"), ("frame_rate = 0.0", "frame_rate = 5.0")] {
-            assert!(board.contains(old), "board/host.toml no longer contains {old:?}");
-            board = board.replacen(old, new, 1);
-        }
-        files.insert("board/kiosk.toml".into(), (board.into_bytes(), 0o644));
+        files.insert("board/kiosk.toml".into(), (kiosk_board(&common::fixture("faces/obama.jpg")), 0o644));
         files
     })
+}
+
+/// board/host.toml replaying `input` over and over at 5 frames per second, as the bundle's `board/kiosk.toml`.
+fn kiosk_board(input: &Path) -> Vec<u8> {
+    let mut variant = common::BoardVariant::load(&common::root().join("board/host.toml"));
+    let paths: toml_edit::Array = [input.to_str().expect("a UTF-8 path")].into_iter().collect();
+    variant.set_value("source.paths", paths).set("source.repeat", "true").set("source.frame_rate", "5.0");
+    variant.text().into_bytes()
 }
 
 /// One tar entry as a test wants it, hostile ones included (written by hand, past `tar`'s own path checks).
@@ -273,10 +272,7 @@ fn a_good_update_switches_and_reaches_ready_and_a_broken_one_is_rolled_back() {
     let fifo = directory.join("never.y4m");
     assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success(), "mkfifo {}", fifo.display());
     let mut silent = good_files().clone();
-    let board = String::from_utf8(silent["board/kiosk.toml"].0.clone()).unwrap();
-    let photo = format!("{:?}", common::fixture("faces/obama.jpg"));
-    assert!(board.contains(&photo));
-    silent.get_mut("board/kiosk.toml").unwrap().0 = board.replace(&photo, &format!("{fifo:?}")).into_bytes();
+    silent.get_mut("board/kiosk.toml").unwrap().0 = kiosk_board(&fifo);
     let fourth =
         signed(&directory, "v4", &bundle_archive("deepgate-0.4.0-kiosk", &silent), "0.4.0", &release);
     let output = install(&fourth, &root, &["--ready-timeout", "5"]);

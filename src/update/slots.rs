@@ -182,8 +182,7 @@ mod tests {
 
     #[test]
     fn the_link_switches_between_slots_and_refuses_what_it_did_not_make() {
-        let root = std::env::temp_dir().join(format!("deepgate-slots-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let root = crate::testing::scratch_dir("slots");
         let layout = Layout::new(&root);
         let _lock = layout.lock().unwrap();
         assert!(layout.lock().unwrap_err().to_string().contains("another install"));

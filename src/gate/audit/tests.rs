@@ -19,8 +19,7 @@ fn verdict(decision: Decision, scores: &[f32]) -> Verdict {
 }
 
 fn log_with_three_entries(name: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("deepgate-audit-{}-{name}.jsonl", std::process::id()));
-    let _ = std::fs::remove_file(&path);
+    let path = crate::testing::scratch_dir(name).join("audit.jsonl");
     let models = vec![ModelRecord { id: "detector".into(), sha256: "ab".repeat(32) }];
     let thresholds = Thresholds { frame_threshold: 0.5, genuine_at: -4.55, fake_at: 2.99 };
     let mut log = AuditLog::open(&path, "kiosk-1", models, thresholds, None).unwrap();
@@ -105,8 +104,7 @@ fn key(seed: u8) -> SigningKey {
 }
 
 fn signed_log(name: &str, signer: &SigningKey) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("deepgate-audit-{}-{name}.jsonl", std::process::id()));
-    let _ = std::fs::remove_file(&path);
+    let path = crate::testing::scratch_dir(name).join("audit.jsonl");
     let thresholds = Thresholds { frame_threshold: 0.5, genuine_at: -4.55, fake_at: 2.99 };
     let mut log = AuditLog::open(&path, "kiosk-1", Vec::new(), thresholds, Some(signer.clone())).unwrap();
     log.append("cam", &verdict(Decision::Genuine, &[0.1])).unwrap();
@@ -177,8 +175,7 @@ fn unsigned_entries_and_another_devices_log_are_refused_when_signing() {
 #[test]
 fn key_files_are_created_private_and_refused_when_readable_by_others() {
     use std::os::unix::fs::PermissionsExt;
-    let path = std::env::temp_dir().join(format!("deepgate-audit-{}-device.key", std::process::id()));
-    let _ = std::fs::remove_file(&path);
+    let path = crate::testing::scratch_dir("audit-key").join("device.key");
     let public = generate_signing_key(&path).unwrap();
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     let loaded = load_signing_key(&path).unwrap();
@@ -196,10 +193,7 @@ fn key_files_are_created_private_and_refused_when_readable_by_others() {
 
 /// A fresh directory of its own for one test: rotated files are found by listing the log's directory.
 fn directory(name: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("deepgate-audit-{}-dir-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&path);
-    std::fs::create_dir_all(&path).unwrap();
-    path
+    crate::testing::scratch_dir(name)
 }
 
 fn thresholds() -> Thresholds {
