@@ -58,6 +58,29 @@ pub struct DetectorSettings {
     pub min_face_px: f32,
     /// Boxes overlapping more than this are blended into one.
     pub nms_iou: f32,
+    /// Run the detector at least every this many frames (1: every frame). In between, the last detection's
+    /// faces are held while they stay still and confident (`pipeline::hold`); absent: 1.
+    #[serde(default = "every_frame")]
+    pub redetect_every: u32,
+    /// A detection whose faces all score at least this may be held; a weaker one is re-detected next frame.
+    #[serde(default = "hold_min_score_default")]
+    pub hold_min_score: f32,
+    /// Mean absolute difference (8-bit levels) of a held face's quality crop from its crop at the detection
+    /// above which the face may have moved or changed: the detector runs again on that same frame.
+    #[serde(default = "hold_max_change_default")]
+    pub hold_max_change: f32,
+}
+
+fn every_frame() -> u32 {
+    1
+}
+
+fn hold_min_score_default() -> f32 {
+    0.9
+}
+
+fn hold_max_change_default() -> f32 {
+    6.0
 }
 
 impl DetectorSettings {
@@ -65,7 +88,10 @@ impl DetectorSettings {
     pub fn validate(&self) -> Result<()> {
         in_range("detector.score_threshold", self.score_threshold, 0.05, 1.0)?;
         in_range("detector.min_face_px", self.min_face_px, 0.0, 4096.0)?;
-        in_range("detector.nms_iou", self.nms_iou, 0.05, 1.0)
+        in_range("detector.nms_iou", self.nms_iou, 0.05, 1.0)?;
+        ensure!((1..=30).contains(&self.redetect_every), "detector.redetect_every must be 1 to 30");
+        in_range("detector.hold_min_score", self.hold_min_score, self.score_threshold, 1.0)?;
+        in_range("detector.hold_max_change", self.hold_max_change, 0.5, 64.0)
     }
 }
 
@@ -303,7 +329,14 @@ mod tests {
     }
 
     fn settings() -> DetectorSettings {
-        DetectorSettings { score_threshold: 0.5, min_face_px: 0.0, nms_iou: 0.3 }
+        DetectorSettings {
+            score_threshold: 0.5,
+            min_face_px: 0.0,
+            nms_iou: 0.3,
+            redetect_every: 1,
+            hold_min_score: 0.9,
+            hold_max_change: 6.0,
+        }
     }
 
     /// Input pixels are source pixels.

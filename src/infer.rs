@@ -69,6 +69,27 @@ pub fn read_verified(path: &Path, entry: &ModelEntry) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Parses an ONNX file's bytes as tract's inference model, ConstantOfShape defaults patched, and checks that
+/// its one input has the manifest's name. Its input fact is the file's own: `Model::load_on` pins it.
+pub fn parse_onnx(bytes: &[u8], entry: &ModelEntry) -> Result<InferenceModel> {
+    let onnx = tract_onnx::onnx();
+    let mut proto = onnx.proto_model_for_read(&mut &bytes[..])?;
+    let patched = add_default_constant_of_shape_values(&mut proto);
+    if patched > 0 {
+        log::debug!("model `{}`: gave {patched} ConstantOfShape nodes their float32 zero", entry.id);
+    }
+    let model = onnx.model_for_proto_model(&proto)?;
+    let input_names: Vec<String> =
+        model.input_outlets()?.iter().map(|outlet| model.node(outlet.node).name.clone()).collect();
+    ensure!(
+        input_names == [entry.input.name.as_str()],
+        "the manifest names input `{}`, the file has {:?}",
+        entry.input.name,
+        input_names
+    );
+    Ok(model)
+}
+
 impl Model {
     /// Loads `entry` from the manifest's directory on the CPU: verify, parse, pin, optimise, warm up.
     pub fn load(manifest: &Manifest, entry: &ModelEntry) -> Result<Model> {
@@ -82,23 +103,7 @@ impl Model {
         let path = manifest.path_of(entry);
         let bytes = read_verified(&path, entry)?;
         let context = || format!("model `{}` ({})", entry.id, path.display());
-        let onnx = tract_onnx::onnx();
-        let mut proto = onnx.proto_model_for_read(&mut &bytes[..]).with_context(context)?;
-        let patched = add_default_constant_of_shape_values(&mut proto);
-        if patched > 0 {
-            log::debug!("model `{}`: gave {patched} ConstantOfShape nodes their float32 zero", entry.id);
-        }
-        let mut model = onnx.model_for_proto_model(&proto).with_context(context)?;
-
-        let input_names: Vec<String> =
-            model.input_outlets()?.iter().map(|outlet| model.node(outlet.node).name.clone()).collect();
-        ensure!(
-            input_names == [entry.input.name.as_str()],
-            "{}: the manifest names input `{}`, the file has {:?}",
-            context(),
-            entry.input.name,
-            input_names
-        );
+        let mut model = parse_onnx(&bytes, entry).with_context(context)?;
         let shape = entry.input.shape;
         model.set_input_fact(0, f32::fact(shape).into()).with_context(context)?;
         let output_names: Vec<&str> = entry.outputs.iter().map(|o| o.name.as_str()).collect();

@@ -1,6 +1,8 @@
 //! The pipeline for one frame: preprocess → detect → align → judge quality → classify → decide. It owns every
 //! buffer it uses, allocated at start-up, so that a frame in steady state costs no heap allocation outside
-//! tract's own inference and MJPEG decoding.
+//! tract's own inference and MJPEG decoding. The detector may skip frames while the faces hold still (`hold`).
+
+pub mod hold;
 
 use crate::align::Alignment;
 use crate::classify::Classifier;
@@ -18,6 +20,7 @@ use crate::preprocess::{cpu, Affine, Backend, Letterbox, RgbImage};
 use crate::quality::{Quality, QualityIssue, QualitySettings};
 use crate::timing::{Stage, StageTimes};
 use anyhow::Result;
+use hold::{Hold, HoldCounts};
 use std::time::Instant;
 
 /// Side of the aligned crop the quality gates measure, fixed so that their thresholds do not depend on the
@@ -107,6 +110,8 @@ pub struct Pipeline {
     crop_slots: heapless::Vec<Option<usize>, MAX_FACES>,
     crop_tensors: Vec<f32>,
     crop_images: Vec<u8>,
+    /// When the detector may be skipped (`[detector] redetect_every`).
+    hold: Hold,
 }
 
 impl Pipeline {
@@ -135,6 +140,7 @@ impl Pipeline {
             crop_slots: heapless::Vec::new(),
             crop_tensors: vec![0.0; MAX_FACES * crop_width * crop_height * 3],
             crop_images: vec![0; MAX_FACES * QUALITY_CROP * QUALITY_CROP * 3],
+            hold: Hold::new(&config.detector, QUALITY_CROP * QUALITY_CROP * 3),
             models,
         };
         let options = config.runtime.cuda_options(|path| config.resolve(path));
@@ -226,14 +232,33 @@ impl Pipeline {
             self.judge_frame(frame)
         };
         self.decoded = decoded;
+        if verdict.is_err() {
+            // The faces and crops of a failed frame are not a detection to hold.
+            self.hold.reset();
+        }
         let verdict = verdict?;
         self.times.record(Stage::Frame, start.elapsed());
         Ok((&self.results, verdict))
     }
 
     /// Detection, then each face's judgement, then the decision, on a frame of raw pixels.
+    /// A frame the schedule allows is held: the last detection's faces, cropped from this frame; when one of
+    /// their crops changed too much the detector runs on this frame after all (`hold`).
     fn judge_frame(&mut self, frame: &Frame) -> Result<Option<Verdict>> {
-        self.detect(frame)?;
+        let quality_len = QUALITY_CROP * QUALITY_CROP * 3;
+        let mut held = self.hold.may_hold(frame);
+        if !held {
+            self.detect(frame)?;
+        }
+        self.make_crops(frame)?;
+        if held && self.hold.moved(&self.crop_images, quality_len) {
+            held = false;
+            self.detect(frame)?;
+            self.make_crops(frame)?;
+        }
+        if !held {
+            self.hold.detected(frame, &self.faces, &self.crop_slots, &self.crop_images, quality_len);
+        }
         let main = self.decider.select_main(&self.faces);
         self.judge_faces(frame, main)?;
         let mark = Instant::now();
@@ -274,10 +299,9 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Each face's judgement into `self.results`: every crop of the frame in one call of the pixel work (the
-    /// classifier-crop stage), then per face its quality and, when it can be aligned, its fake probability.
-    fn judge_faces(&mut self, frame: &Frame, main: Option<usize>) -> Result<()> {
-        self.results.clear();
+    /// Every crop of the frame's faces in one call of the pixel work (the classifier-crop stage).
+    fn make_crops(&mut self, frame: &Frame) -> Result<()> {
+        self.crop_slots.clear();
         if !self.faces.is_empty() {
             let mark = Instant::now();
             plan_crops(&self.faces, &self.models, self.crop_size, &mut self.crop_jobs, &mut self.crop_slots)?;
@@ -289,6 +313,13 @@ impl Pipeline {
             self.pixels.crops(frame, &self.crop_jobs, spec, &mut self.crop_tensors, &mut self.crop_images)?;
             self.times.record(Stage::ClassifierCrop, mark.elapsed());
         }
+        Ok(())
+    }
+
+    /// Each face's judgement into `self.results` from the crops `make_crops` made: its quality and, when it can
+    /// be aligned, its fake probability.
+    fn judge_faces(&mut self, frame: &Frame, main: Option<usize>) -> Result<()> {
+        self.results.clear();
         let quality_len = QUALITY_CROP * QUALITY_CROP * 3;
         let tensor_len = self.crop_size.0 * self.crop_size.1 * 3;
         for (index, face) in self.faces.iter().enumerate() {
@@ -327,7 +358,19 @@ impl Pipeline {
 
     /// Ends the current stream's session (end of input or discontinuity); see `Decider::finish`.
     pub fn finish(&mut self) -> Option<Verdict> {
+        self.hold.reset();
         self.decider.finish()
+    }
+
+    /// How often the detector ran, was skipped, and was sent back by the motion test (`hold`).
+    pub fn hold_counts(&self) -> HoldCounts {
+        self.hold.counts
+    }
+
+    /// Runs the detector at least every `redetect_every` frames from now on (the board's `[detector]` key;
+    /// `deepgate bench` compares settings in one run).
+    pub fn set_redetect_every(&mut self, redetect_every: u32) {
+        self.hold.set_redetect_every(redetect_every);
     }
 
     /// The side of the classifier's crop (the alignment's default size when no classifier is configured).

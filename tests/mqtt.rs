@@ -2,309 +2,25 @@
 //! its own ports with a generated configuration (persistence on) in a temporary directory. Subscribers are a
 //! rumqttc client with a persistent session (the way a fleet's back office listens) and, for the retained
 //! messages, Mosquitto's own `mosquitto_sub`. Network loss is a TCP relay between kiosk and broker that the
-//! test cuts; TLS certificates are made at test time with rcgen.
+//! test cuts or silences; TLS certificates are made at test time with rcgen.
 
 mod common;
+#[path = "mqtt/harness.rs"]
+mod harness;
 
-use common::{skip, Need};
 use deepgate::decide::Decision;
-use deepgate::gate::mqtt::{MqttGate, MqttSettings, TlsFiles};
-use deepgate::gate::tcp::SIGNATURE_FIELD;
+use deepgate::gate::mqtt::{MqttGate, TlsFiles};
 use deepgate::gate::{Gate, VerdictMessage};
 use deepgate::health::{Event as HealthEvent, Monitor, OverloadPolicy};
-use ed25519_dalek::{Signature, SigningKey, Verifier};
+use harness::*;
 use rumqttc::{Client, Event, Incoming, MqttOptions, QoS};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-const PATIENCE: Duration = Duration::from_secs(20);
-const MOSQUITTO: &str = "/usr/sbin/mosquitto";
-
-fn scratch(name: &str) -> PathBuf {
-    let directory = std::env::temp_dir().join(format!("deepgate-mqtt-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&directory);
-    std::fs::create_dir_all(&directory).unwrap();
-    directory
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Mosquitto, or a visible skip.
-fn mosquitto_present() -> bool {
-    let present =
-        Path::new(MOSQUITTO).exists() && Command::new("mosquitto_sub").arg("--help").output().is_ok();
-    if !present {
-        skip(
-            Need::Mosquitto,
-            "no /usr/sbin/mosquitto or mosquitto_sub: `cargo xtask setup` installs Debian's mosquitto and \
-             mosquitto-clients",
-        );
-    }
-    present
-}
-
-/// A Mosquitto on a plaintext port (and a TLS one when asked), persistence in its directory.
-struct Broker {
-    directory: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Broker {
-    fn start(directory: &Path, tls: Option<(u16, &str)>) -> Broker {
-        let port = free_port();
-        let mut config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-             max_queued_messages 100\nlog_dest stderr\nlog_type error\nlog_type warning\n",
-            directory.display()
-        );
-        // As root, Mosquitto would drop to the `mosquitto` user, which cannot read this directory.
-        if Command::new("id").arg("-u").output().is_ok_and(|output| output.stdout.starts_with(b"0\n")) {
-            config.push_str("user root\n");
-        }
-        if let Some((tls_port, tls_lines)) = tls {
-            config.push_str(&format!("listener {tls_port} 127.0.0.1\n{tls_lines}"));
-        }
-        std::fs::write(directory.join("mosquitto.conf"), config).unwrap();
-        let mut broker = Broker { directory: directory.to_path_buf(), port, child: None };
-        broker.run();
-        broker
-    }
-
-    /// Starts the process and waits for its plaintext port.
-    fn run(&mut self) {
-        let child = Command::new(MOSQUITTO)
-            .arg("-c")
-            .arg(self.directory.join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            // Its warnings and errors (TLS refusals) go to a file beside its configuration.
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.directory.join("mosquitto.log"))
-                    .unwrap(),
-            )
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + PATIENCE;
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {}", self.port);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM, as an operator's restart: Mosquitto saves its persistence file and exits.
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-            child.wait().unwrap();
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// One message as a subscriber got it.
-#[derive(Clone, Debug)]
-struct Message {
-    topic: String,
-    payload: Vec<u8>,
-    qos: QoS,
-    retain: bool,
-}
-
-impl Message {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.payload).unwrap()
-    }
-}
-
-/// A rumqttc subscriber with a persistent session (clean_session = false, QoS 1), so that what is published
-/// while it reconnects (after a broker restart) waits for it at the broker.
-struct Subscriber {
-    messages: Receiver<Message>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Subscriber {
-    fn start(port: u16, id: &str, filter: &str) -> Subscriber {
-        let mut options = MqttOptions::new(id, "127.0.0.1", port);
-        options.set_clean_session(false);
-        options.set_keep_alive(Duration::from_secs(5));
-        let (client, mut connection) = Client::new(options, 64);
-        let (sender, messages) = std::sync::mpsc::channel();
-        let stop = Arc::new(AtomicBool::new(false));
-        let subscribed = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-        std::thread::spawn({
-            let (stop, subscribed, filter) = (Arc::clone(&stop), Arc::clone(&subscribed), filter.to_owned());
-            move || {
-                for event in connection.iter() {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    match event {
-                        Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                            client.try_subscribe(filter.clone(), QoS::AtLeastOnce).unwrap();
-                        }
-                        Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                            *subscribed.0.lock().unwrap() = true;
-                            subscribed.1.notify_all();
-                        }
-                        Ok(Event::Incoming(Incoming::Publish(publish))) => {
-                            let message = Message {
-                                topic: publish.topic.clone(),
-                                payload: publish.payload.to_vec(),
-                                qos: publish.qos,
-                                retain: publish.retain,
-                            };
-                            if sender.send(message).is_err() {
-                                break;
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(_) => std::thread::sleep(Duration::from_millis(100)),
-                    }
-                }
-            }
-        });
-        let guard = subscribed.0.lock().unwrap();
-        let (guard, _) = subscribed.1.wait_timeout_while(guard, PATIENCE, |done| !*done).unwrap();
-        assert!(*guard, "the subscriber did not subscribe within {PATIENCE:?}");
-        Subscriber { messages, stop }
-    }
-
-    /// Messages until `done` says so (given all so far), or the patience runs out.
-    fn collect_until(&self, mut done: impl FnMut(&[Message]) -> bool) -> Vec<Message> {
-        let deadline = Instant::now() + PATIENCE;
-        let mut messages = Vec::new();
-        while !done(&messages) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.messages.recv_timeout(left) {
-                Ok(message) => messages.push(message),
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!("gave up waiting; got {} message(s)", messages.len())
-                }
-                Err(RecvTimeoutError::Disconnected) => panic!("the subscriber ended"),
-            }
-        }
-        messages
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn verdicts(messages: &[Message]) -> Vec<&Message> {
-    messages.iter().filter(|message| message.topic.ends_with("/verdict")).collect()
-}
-
-/// The distinct verdict ids among `messages`, and how many arrived more than once.
-fn distinct_ids(messages: &[Message]) -> (BTreeSet<u64>, usize) {
-    let mut ids = BTreeSet::new();
-    let mut duplicates = 0;
-    for message in verdicts(messages) {
-        if !ids.insert(message.json()["id"].as_u64().unwrap()) {
-            duplicates += 1;
-        }
-    }
-    (ids, duplicates)
-}
-
-/// Reports verdict `index` and returns how long `report` took.
-fn report(gate: &mut MqttGate, index: u32) -> Duration {
-    let (source, reason) = (format!("camera-{index}"), format!("verdict {index}"));
-    let message = VerdictMessage {
-        kind: "verdict",
-        source: &source,
-        decision: if index.is_multiple_of(2) { Decision::Genuine } else { Decision::Fake },
-        fake_probability: Some(0.25),
-        frames: 5,
-        frames_seen: 6,
-        first_frame: u64::from(index) * 10,
-        last_frame: u64::from(index) * 10 + 5,
-        reason: &reason,
-    };
-    let started = Instant::now();
-    gate.report(&message).unwrap();
-    started.elapsed()
-}
-
-fn signing_key() -> SigningKey {
-    SigningKey::from_bytes(&[7; 32])
-}
-
-/// Whether the verdict payload's signature verifies: the bytes before the signature field, closed with `}`.
-fn signature_valid(payload: &[u8]) -> bool {
-    let text = std::str::from_utf8(payload).unwrap();
-    let Some(at) = text.rfind(SIGNATURE_FIELD) else { return false };
-    let hex = &text[at + SIGNATURE_FIELD.len()..text.len() - 2];
-    let bytes: Vec<u8> =
-        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
-    let signature = Signature::from_slice(&bytes).unwrap();
-    let signed = format!("{}}}", &text[..at]);
-    signing_key().verifying_key().verify(signed.as_bytes(), &signature).is_ok()
-}
-
-fn settings(port: u16, site: &str, spool: &Path) -> MqttSettings {
-    // The gate's log lines in the test's output (RUST_LOG), for a failure's diagnosis.
-    let _ = env_logger::builder().is_test(true).try_init();
-    let mut settings = MqttSettings::new("127.0.0.1", port, site, "kiosk-7", spool, 1024);
-    settings.signing_key = Some(signing_key());
-    settings.keep_alive = Duration::from_secs(5);
-    settings
-}
-
-fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !condition() {
-        assert!(Instant::now() < deadline, "waited {PATIENCE:?} for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `mosquitto_sub` as a subscriber that arrives late: the first message on `topic` (a retained one), or none.
-fn retained(port: u16, topic: &str) -> Option<String> {
-    let output = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-t",
-            topic,
-            "-C",
-            "1",
-            "-W",
-            "3",
-            "-v",
-            "--retained-only",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8(output.stdout).unwrap();
-    text.strip_prefix(&format!("{topic} ")).map(|payload| payload.trim_end().to_owned())
-}
 
 #[test]
 fn verdicts_arrive_in_order_with_qos_1_signed_health_and_status_retained() {
@@ -389,53 +105,6 @@ fn a_broker_restart_while_verdicts_flow_loses_none() {
     assert!(slowest < Duration::from_millis(500), "a report waited {slowest:?} for the network");
 }
 
-/// A TCP relay between kiosk and broker that the test can cut (both directions shut down at once, as a
-/// network loss that the broker notices) and refuse (no new connections get through).
-struct Relay {
-    port: u16,
-    streams: Arc<Mutex<Vec<TcpStream>>>,
-    refuse: Arc<AtomicBool>,
-}
-
-impl Relay {
-    fn start(upstream: u16) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let streams: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let refuse = Arc::new(AtomicBool::new(false));
-        std::thread::spawn({
-            let (streams, refuse) = (Arc::clone(&streams), Arc::clone(&refuse));
-            move || {
-                for client in listener.incoming() {
-                    let Ok(client) = client else { continue };
-                    if refuse.load(Ordering::Relaxed) {
-                        continue;
-                    }
-                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else { continue };
-                    let mut list = streams.lock().unwrap();
-                    list.push(client.try_clone().unwrap());
-                    list.push(server.try_clone().unwrap());
-                    for (mut from, mut to) in
-                        [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
-                    {
-                        std::thread::spawn(move || {
-                            let _ = std::io::copy(&mut from, &mut to);
-                            let _ = to.shutdown(Shutdown::Both);
-                        });
-                    }
-                }
-            }
-        });
-        Relay { port, streams, refuse }
-    }
-
-    fn cut(&self) {
-        for stream in self.streams.lock().unwrap().drain(..) {
-            let _ = stream.shutdown(Shutdown::Both);
-        }
-    }
-}
-
 #[test]
 fn a_lost_network_makes_the_broker_say_offline_and_loses_nothing() {
     if !mosquitto_present() {
@@ -480,6 +149,43 @@ fn a_lost_network_makes_the_broker_say_offline_and_loses_nothing() {
     let stats = gate.stats();
     eprintln!("network loss: {duplicates} duplicate(s), statuses {seen:?}, {stats:?}");
     assert_eq!((stats.unpaired, stats.acked, stats.queued), (0, 20, 0), "{stats:?}");
+}
+
+#[test]
+fn a_silent_network_is_noticed_by_keep_alive_on_both_sides_and_loses_nothing() {
+    if !mosquitto_present() {
+        return;
+    }
+    let directory = scratch("silent");
+    let broker = Broker::start(&directory, None);
+    let relay = Relay::start(broker.port);
+    let subscriber = Subscriber::start(broker.port, "back-office-silent", "deepgate/silent/+/#");
+    let mut settings = settings(relay.port, "silent", &directory.join("mqtt.spool"));
+    // rumqttc's shortest: the broker gives up after 1.5 s of silence, the kiosk after two unanswered pings.
+    settings.keep_alive = Duration::from_secs(1);
+    let mut gate = MqttGate::start(settings).unwrap();
+    wait_for("the kiosk's connection", || gate.link_up() == Some(true));
+    report(&mut gate, 1);
+    gate.flush(PATIENCE).unwrap();
+    relay.silence();
+    let silenced = Instant::now();
+    for index in 2..=6 {
+        report(&mut gate, index);
+    }
+    let messages = subscriber.collect_until(|messages| {
+        messages.iter().any(|message| message.topic.ends_with("/status") && message.payload == b"offline")
+    });
+    let offline_after = silenced.elapsed();
+    gate.flush(PATIENCE).unwrap();
+    let earlier = distinct_ids(&messages).0;
+    let rest = subscriber.collect_until(|more| earlier.union(&distinct_ids(more).0).count() >= 6);
+    let all = [messages.as_slice(), rest.as_slice()].concat();
+    assert_eq!(distinct_ids(&all).0, (1..=6).collect::<BTreeSet<_>>());
+    let stats = gate.stats();
+    eprintln!("silent network: offline after {offline_after:?}; {stats:?}");
+    assert!(offline_after < Duration::from_secs(10), "{offline_after:?}");
+    assert_eq!((stats.acked, stats.queued, stats.unpaired), (6, 0, 0), "{stats:?}");
+    assert!(stats.connects >= 2, "{stats:?}");
 }
 
 #[test]
@@ -559,33 +265,6 @@ fn a_slow_subscriber_does_not_stall_the_kiosk() {
     eprintln!("slow subscriber: 300 verdicts acknowledged in {elapsed:?}; slowest report {slowest:?}; the slow one got {slow_got}");
     assert!(slowest < Duration::from_millis(500), "a report waited {slowest:?}");
     assert!(elapsed < Duration::from_secs(15), "the kiosk took {elapsed:?}");
-}
-
-/// A CA and what it issued, written into `directory`.
-struct Authority {
-    certificate: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-fn authority(name: &str) -> Authority {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
-    Authority { certificate: params.self_signed(&key).unwrap(), key }
-}
-
-fn issue(directory: &Path, file: &str, issuer: &Authority, name: &str) -> (PathBuf, PathBuf) {
-    use std::os::unix::fs::PermissionsExt;
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
-    let certificate = params.signed_by(&key, &issuer.certificate, &issuer.key).unwrap();
-    let paths = (directory.join(format!("{file}.crt")), directory.join(format!("{file}.key")));
-    std::fs::write(&paths.0, certificate.pem()).unwrap();
-    std::fs::write(&paths.1, key.serialize_pem()).unwrap();
-    std::fs::set_permissions(&paths.1, std::fs::Permissions::from_mode(0o600)).unwrap();
-    paths
 }
 
 #[test]
@@ -692,7 +371,6 @@ fn a_board_with_an_mqtt_section_reports_to_the_broker_beside_its_door_gate() {
         .stdout(Stdio::piped())
         .spawn()
     {
-        use std::io::Write;
         promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
         let output = promtool.wait_with_output().unwrap();
         assert!(output.status.success(), "promtool: {}", String::from_utf8_lossy(&output.stdout));

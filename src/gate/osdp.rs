@@ -390,7 +390,8 @@ fn open_device(
         baud: settings.baud,
         reopen_at: Instant::now(),
         stats: Arc::clone(stats),
-        incoming: Inspector::default(),
+        incoming: wire::Guard::default(),
+        released: VecDeque::with_capacity(2 * MAX_FRAME),
         outgoing: Inspector::default(),
     };
     device_on(settings, Box::new(channel), start, serial, state, stats)

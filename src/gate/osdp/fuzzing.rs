@@ -5,10 +5,11 @@
 
 use super::commands::PanelState;
 use super::commissioning::StartKey;
-use super::wire::Inspector;
+use super::wire::{Guard, Inspector};
 use super::{device_on, OsdpSettings, OsdpStats, WireStats};
 use anyhow::Result;
 use libosdp::{Channel, ChannelError};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,7 +34,8 @@ struct HostileLine {
     position: usize,
     chunk: usize,
     stats: Arc<OsdpStats>,
-    incoming: Inspector,
+    incoming: Guard,
+    released: VecDeque<u8>,
     outgoing: Inspector,
 }
 
@@ -42,16 +44,23 @@ impl Channel for HostileLine {
         0
     }
 
+    /// As the serial channel reads: the line's bytes through the guard, libosdp served what it released.
     fn read(&mut self, buffer: &mut [u8]) -> Result<usize, ChannelError> {
-        let end = self.bytes.len().min(self.position + self.chunk).min(self.position + buffer.len());
-        let piece = &self.bytes[self.position..end];
-        if piece.is_empty() {
+        if self.released.is_empty() {
+            let end = self.bytes.len().min(self.position + self.chunk).min(self.position + buffer.len());
+            let piece = &self.bytes[self.position..end];
+            let released = &mut self.released;
+            self.incoming.pass(piece, &self.stats.received, self.stats.epoch, |bytes| released.extend(bytes));
+            self.position = end;
+        }
+        let count = self.released.len().min(buffer.len());
+        if count == 0 {
             return Err(ChannelError::WouldBlock);
         }
-        buffer[..piece.len()].copy_from_slice(piece);
-        self.incoming.feed(piece, &self.stats.received, self.stats.epoch);
-        self.position = end;
-        Ok(piece.len())
+        for (slot, byte) in buffer.iter_mut().zip(self.released.drain(..count)) {
+            *slot = byte;
+        }
+        Ok(count)
     }
 
     fn write(&mut self, buffer: &[u8]) -> Result<usize, ChannelError> {
@@ -93,12 +102,13 @@ pub fn peripheral_device(bytes: &[u8], chunk: usize, key: &Path) -> Result<Arc<O
         position: 0,
         chunk,
         stats: Arc::clone(&stats),
-        incoming: Inspector::default(),
+        incoming: Guard::default(),
+        released: VecDeque::new(),
         outgoing: Inspector::default(),
     };
     let start = StartKey::Install(settings.install_window);
     let mut pd = device_on(&settings, Box::new(line), &start, [1, 2, 3, 4], &state, &stats)?;
-    for _ in 0..bytes.len().div_ceil(chunk) + 4 {
+    for _ in 0..bytes.len().div_ceil(chunk) + 8 {
         pd.refresh();
     }
     Ok(stats)
@@ -140,6 +150,16 @@ mod tests {
         let stats = peripheral_device(&[SOM, 0xFF, 0xFF, 0xFF, 0x53, 0x01], 2, &key).unwrap();
         assert_eq!(stats.sent.frames.load(Ordering::Relaxed), 0, "garbage was answered");
         assert!(!key.exists(), "no controller set a key");
+        // A plain command with a code libosdp cannot name (0x9B) once crashed the process (SIGSEGV in libosdp);
+        // the guard drops it, and the poll after it is still answered.
+        let mut stream = vec![SOM, 0x01, 8, 0, 0x04, 0x9B];
+        let crc = crc16(&stream);
+        stream.extend_from_slice(&crc.to_le_bytes());
+        stream.extend(poll());
+        let stats = peripheral_device(&stream, 3, &key).unwrap();
+        assert_eq!(stats.received.dropped_commands.load(Ordering::Relaxed), 1);
+        assert_eq!(stats.received.frames.load(Ordering::Relaxed), 2);
+        assert!(stats.sent.frames.load(Ordering::Relaxed) >= 1, "the poll after it was not answered");
         std::fs::remove_dir_all(&directory).unwrap();
     }
 }

@@ -1,7 +1,7 @@
 //! The OSDP gate's serial port as libosdp's channel: raw, non-blocking, every byte both ways shown to the wire
 //! inspector, a failed port closed, logged once and opened again until it is back.
 
-use super::wire::Inspector;
+use super::wire::{Guard, Inspector};
 use super::OsdpStats;
 use anyhow::{Context, Result};
 use libosdp::{Channel, ChannelError};
@@ -22,7 +22,10 @@ pub(super) struct SerialChannel {
     /// When to try opening a failed port again.
     pub(super) reopen_at: Instant,
     pub(super) stats: Arc<OsdpStats>,
-    pub(super) incoming: Inspector,
+    /// The controller's bytes, held until their frame is complete and checked (`Guard`).
+    pub(super) incoming: Guard,
+    /// What the guard released and libosdp has not read yet.
+    pub(super) released: std::collections::VecDeque<u8>,
     pub(super) outgoing: Inspector,
 }
 
@@ -62,7 +65,8 @@ impl SerialChannel {
         self.port = None;
         self.reopen_at = Instant::now() + REOPEN;
         // Half a frame from before the failure must not be joined to what comes after it.
-        (self.incoming, self.outgoing) = (Inspector::default(), Inspector::default());
+        (self.incoming, self.outgoing) = (Guard::default(), Inspector::default());
+        self.released.clear();
         ChannelError::WouldBlock
     }
 }
@@ -77,15 +81,27 @@ impl Channel for SerialChannel {
     }
 
     fn read(&mut self, buffer: &mut [u8]) -> Result<usize, ChannelError> {
-        let Some(port) = self.port() else { return Err(ChannelError::WouldBlock) };
-        match port.read(buffer) {
-            Ok(count) => {
-                self.incoming.feed(&buffer[..count], &self.stats.received, self.stats.epoch);
-                Ok(count)
+        if self.released.is_empty() {
+            let Some(port) = self.port() else { return Err(ChannelError::WouldBlock) };
+            match port.read(buffer) {
+                Ok(count) => {
+                    let released = &mut self.released;
+                    self.incoming.pass(&buffer[..count], &self.stats.received, self.stats.epoch, |bytes| {
+                        released.extend(bytes)
+                    });
+                }
+                Err(error) if would_block(&error) => return Err(ChannelError::WouldBlock),
+                Err(error) => return Err(self.failed(&error)),
             }
-            Err(error) if would_block(&error) => Err(ChannelError::WouldBlock),
-            Err(error) => Err(self.failed(&error)),
         }
+        let count = self.released.len().min(buffer.len());
+        if count == 0 {
+            return Err(ChannelError::WouldBlock);
+        }
+        for (slot, byte) in buffer.iter_mut().zip(self.released.drain(..count)) {
+            *slot = byte;
+        }
+        Ok(count)
     }
 
     fn write(&mut self, buffer: &[u8]) -> Result<usize, ChannelError> {

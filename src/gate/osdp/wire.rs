@@ -24,6 +24,8 @@ pub struct WireStats {
     pub event_replies: AtomicU64,
     /// When the last good frame passed, in milliseconds since `OsdpStats::epoch`.
     pub last_frame_ms: AtomicU64,
+    /// Frames with a command code libosdp cannot name, dropped before it sees them (it would crash).
+    pub dropped_commands: AtomicU64,
 }
 
 /// Follows OSDP framing on one direction of the wire to count frames and refusals; it never changes a byte
@@ -33,6 +35,8 @@ pub struct WireStats {
 #[derive(Default)]
 pub(super) struct Inspector {
     buffer: heapless::Vec<u8, MAX_FRAME>,
+    /// The command or reply code of the last good frame counted, until `Guard` takes it.
+    last_code: Option<u8>,
 }
 
 pub(super) const SOM: u8 = 0x53;
@@ -97,6 +101,7 @@ impl Inspector {
         stats.frames.fetch_add(1, Ordering::Relaxed);
         stats.last_frame_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         let code_at = 5 + if control & 0x08 != 0 { usize::from(frame[5]) } else { 0 };
+        self.last_code = frame.get(code_at).copied();
         if frame.get(code_at).is_some_and(|code| EVENT_REPLIES.contains(code)) {
             stats.event_replies.fetch_add(1, Ordering::Relaxed);
         }
@@ -117,6 +122,64 @@ impl Inspector {
         let rest: heapless::Vec<u8, MAX_FRAME> = self.buffer.iter().skip(1).copied().collect();
         self.buffer.clear();
         self.feed(&rest, stats, epoch);
+    }
+}
+
+/// The command codes libosdp 3.2.7 has a name for in the range it names (`osdp_cmd_name`, osdp_common.c): for
+/// another code in 0x60..=0xA7 it reads a name through a null pointer and the process dies (SIGSEGV), which it
+/// does while logging a plain command refused under Secure Channel enforcement, i.e. for one unauthenticated
+/// frame (found by fuzz/osdp_pd).
+const NAMED_COMMANDS: [u8; 28] = [
+    0x60, 0x61, 0x62, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6A, 0x6B, 0x6C, 0x6D, 0x6E, 0x73, 0x74, 0x75,
+    0x76, 0x77, 0x7B, 0x7C, 0x80, 0xA1, 0xA2, 0xA3, 0xA4, 0xA5, 0xA7,
+];
+
+/// Whether libosdp would crash naming command `code` (see `NAMED_COMMANDS`).
+fn crashes_libosdp(code: u8) -> bool {
+    (0x60..=0xA7).contains(&code) && !NAMED_COMMANDS.contains(&code)
+}
+
+/// The controller's bytes held back until the frame they belong to is complete, so that a frame libosdp would
+/// crash on (`crashes_libosdp`) is dropped before libosdp sees it; libosdp would only have refused it, so the
+/// controller merely gets no answer. Everything else passes unchanged, frames and noise alike, at most one
+/// frame later. Counts go to `stats` as the inspector's do; dropped frames to `stats.dropped_commands`.
+#[derive(Default)]
+pub(super) struct Guard {
+    inspector: Inspector,
+    held: heapless::Vec<u8, HELD>,
+}
+
+/// Bytes held while a frame is incomplete: beyond this (a stream that never settles on a frame boundary)
+/// they pass unfiltered rather than stall the line.
+const HELD: usize = 2 * MAX_FRAME;
+
+impl Guard {
+    /// Takes `bytes` read from the line and hands `release` what libosdp may read, in order.
+    pub(super) fn pass(
+        &mut self,
+        bytes: &[u8],
+        stats: &WireStats,
+        epoch: Instant,
+        mut release: impl FnMut(&[u8]),
+    ) {
+        for &byte in bytes {
+            if self.held.push(byte).is_err() {
+                release(&self.held);
+                self.held.clear();
+                let _ = self.held.push(byte);
+            }
+            self.inspector.feed(&[byte], stats, epoch);
+            if !self.inspector.buffer.is_empty() {
+                continue;
+            }
+            // At a frame boundary: what is held is noise and at most one complete frame, at its end.
+            if self.inspector.last_code.take().is_some_and(crashes_libosdp) {
+                stats.dropped_commands.fetch_add(1, Ordering::Relaxed);
+            } else {
+                release(&self.held);
+            }
+            self.held.clear();
+        }
     }
 }
 

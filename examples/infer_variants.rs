@@ -1,0 +1,383 @@
+//! Model inference alone, under tract's variants and onnxruntime, side by side in one run (issue 15 point 3).
+//!
+//! `cargo run --release --example infer_variants -- [--rounds R] [--runs N] [--int8 PATH]... [--no-peer]`
+//!
+//! Per manifest model (the detector and the classifier the bundled manifest names), on deepgate's test pattern:
+//!   runtime      `deepgate::infer::Model`: the input fact pinned to the manifest's shape, then
+//!                `into_optimized`, one thread (what the runtime runs)
+//!   unpinned     the file's own input fact, `into_optimized` straight from the ONNX inference model
+//!   mt2, mt2-eager   the runtime's plan inside tract-linalg's 2-thread executor (`Executor::multithread`),
+//!                with tract's default threading thresholds, then with every threshold at 0 (thread always)
+//!   nnef         the pinned, decluttered model written as NNEF (tract_core extensions) and read back: start
+//!                time from the NNEF bytes against the ONNX bytes, run time of its optimised plan
+//!   int8:FILE    (classifier, each --int8) a quantised ONNX form, loaded and pinned as the runtime does
+//!   ort1, ort2   onnxruntime (bench/.venv, `bench/infer_peer.py` as a co-process), 1 and 2 intra-op threads
+//! Variants alternate within every round; the table gives per-run medians over all rounds, the spread of the
+//! rounds' medians, the start (load) time, and each variant's largest output difference from the runtime plan.
+
+use anyhow::{bail, ensure, Context, Result};
+use deepgate::infer::{fill_test_pattern, parse_onnx, read_verified, Model};
+use deepgate::manifest::{Manifest, ModelEntry};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
+use tract_linalg::multithread::{self, Executor};
+use tract_onnx::prelude::*;
+
+struct Options {
+    rounds: usize,
+    runs: usize,
+    int8: Vec<PathBuf>,
+    peer: bool,
+    python: PathBuf,
+}
+
+fn options() -> Result<Options> {
+    let mut options = Options {
+        rounds: 5,
+        runs: 60,
+        int8: vec![],
+        peer: true,
+        python: PathBuf::from("bench/.venv/bin/python"),
+    };
+    let mut arguments = std::env::args().skip(1);
+    while let Some(argument) = arguments.next() {
+        let mut value = || arguments.next().with_context(|| format!("{argument} needs a value"));
+        match argument.as_str() {
+            "--rounds" => options.rounds = value()?.parse().context("--rounds")?,
+            "--runs" => options.runs = value()?.parse().context("--runs")?,
+            "--int8" => options.int8.push(PathBuf::from(value()?)),
+            "--python" => options.python = PathBuf::from(value()?),
+            "--no-peer" => options.peer = false,
+            other => bail!("unknown argument `{other}` (see the header of examples/infer_variants.rs)"),
+        }
+    }
+    ensure!(options.rounds > 0 && options.runs > 0, "--rounds and --runs must be at least 1");
+    Ok(options)
+}
+
+/// How a variant runs: the runtime's own `Model`, or a plan of its own with its input.
+enum Plan {
+    Runtime(Box<Model>),
+    Typed { state: Box<TypedSimpleState>, input: Tensor },
+    Peer { threads: usize },
+}
+
+struct Variant {
+    name: String,
+    plan: Plan,
+    executor: Option<(Executor, bool)>,
+    load_ms: Option<f64>,
+    times: Vec<f64>,
+    round_medians: Vec<f64>,
+    difference: f32,
+}
+
+impl Variant {
+    fn new(name: impl Into<String>, plan: Plan, load_ms: Option<f64>) -> Variant {
+        Variant {
+            name: name.into(),
+            plan,
+            executor: None,
+            load_ms,
+            times: vec![],
+            round_medians: vec![],
+            difference: 0.0,
+        }
+    }
+}
+
+/// The onnxruntime co-process.
+struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    version: String,
+}
+
+impl Peer {
+    fn start(python: &Path) -> Result<Peer> {
+        ensure!(
+            python.exists(),
+            "{} is missing: `cargo xtask bench-peer` makes bench/.venv (or pass --python, or --no-peer)",
+            python.display()
+        );
+        let mut child = Command::new(python)
+            .arg("bench/infer_peer.py")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} bench/infer_peer.py", python.display()))?;
+        let stdin = child.stdin.take().context("peer stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("peer stdout")?);
+        Ok(Peer { child, stdin, stdout, version: String::new() })
+    }
+
+    fn time(
+        &mut self,
+        file: &Path,
+        entry: &ModelEntry,
+        runs: usize,
+        threads: usize,
+    ) -> Result<(Vec<f64>, Vec<f32>)> {
+        let request = serde_json::json!({
+            "model": file, "input": entry.input.name, "shape": entry.input.shape,
+            "outputs": entry.outputs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(),
+            "runs": runs, "threads": threads,
+        });
+        writeln!(self.stdin, "{request}")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        ensure!(!line.is_empty(), "bench/infer_peer.py stopped (its stderr says why)");
+        let answer: serde_json::Value = serde_json::from_str(&line).context("the peer's answer")?;
+        self.version = answer["onnxruntime"].as_str().unwrap_or("?").to_string();
+        let numbers = |key: &str| -> Result<Vec<f64>> {
+            answer[key]
+                .as_array()
+                .with_context(|| format!("no `{key}` in the peer's answer"))?
+                .iter()
+                .map(|v| v.as_f64().context("a number"))
+                .collect()
+        };
+        Ok((numbers("ms")?, numbers("outputs")?.into_iter().map(|v| v as f32).collect()))
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[sorted.len() / 2]
+}
+
+fn flatten(outputs: &[TValue]) -> Result<Vec<f32>> {
+    let mut values = vec![];
+    for output in outputs {
+        values.extend_from_slice(output.try_as_plain_ram()?.as_slice::<f32>()?);
+    }
+    Ok(values)
+}
+
+fn largest_difference(a: &[f32], b: &[f32]) -> Result<f32> {
+    ensure!(a.len() == b.len(), "{} output values against {}", a.len(), b.len());
+    Ok(a.iter().zip(b).fold(0f32, |most, (x, y)| most.max((x - y).abs())))
+}
+
+fn test_input(entry: &ModelEntry) -> Result<Tensor> {
+    let mut input = Tensor::zero::<f32>(&entry.input.shape)?;
+    fill_test_pattern(input.try_as_plain_ram_mut()?.as_slice_mut::<f32>()?);
+    Ok(input)
+}
+
+/// The ONNX file through tract's stages to a runnable plan, timed: (state, parse+pin+declutter ms, total ms).
+fn onnx_plan(bytes: &[u8], entry: &ModelEntry, pin: bool) -> Result<(TypedSimpleState, TypedModel, f64)> {
+    let start = Instant::now();
+    let mut model = parse_onnx(bytes, entry)?;
+    if pin {
+        model.set_input_fact(0, f32::fact(entry.input.shape).into())?;
+    }
+    let outputs: Vec<&str> = entry.outputs.iter().map(|o| o.name.as_str()).collect();
+    model.select_outputs_by_name(&outputs)?;
+    let decluttered = model.into_typed()?.into_decluttered()?;
+    let plan = decluttered.clone().into_optimized()?.into_runnable()?;
+    Ok((TypedSimpleState::new(&plan)?, decluttered, ms(start)))
+}
+
+fn nnef_plan(nnef: &tract_nnef::framework::Nnef, bytes: &[u8]) -> Result<(TypedSimpleState, f64)> {
+    let start = Instant::now();
+    let model = nnef.model_for_read(&mut &bytes[..])?;
+    let plan = model.into_optimized()?.into_runnable()?;
+    Ok((TypedSimpleState::new(&plan)?, ms(start)))
+}
+
+fn variants_for(
+    manifest: &Manifest,
+    entry: &ModelEntry,
+    int8: &[PathBuf],
+    peer: bool,
+) -> Result<Vec<Variant>> {
+    let bytes = read_verified(&manifest.path_of(entry), entry)?;
+    let mut onnx_loads = vec![];
+    let mut nnef_loads = vec![];
+    let nnef = tract_nnef::nnef();
+    let (_, decluttered, _) = onnx_plan(&bytes, entry, true)?;
+    let nnef_bytes = nnef.write_to_tar(&decluttered, vec![]).context("writing the model as NNEF")?;
+    for _ in 0..5 {
+        onnx_loads.push(onnx_plan(&bytes, entry, true)?.2);
+        nnef_loads.push(nnef_plan(&nnef, &nnef_bytes)?.1);
+    }
+    let input = test_input(entry)?;
+    let load = Instant::now();
+    let runtime = Model::load(manifest, entry)?;
+    let runtime_ms = ms(load);
+    let mut variants = vec![Variant::new("runtime", Plan::Runtime(Box::new(runtime)), Some(runtime_ms))];
+    let (state, _, unpinned_ms) = onnx_plan(&bytes, entry, false)?;
+    variants.push(Variant::new(
+        "unpinned",
+        Plan::Typed { state: Box::new(state), input: input.clone() },
+        Some(unpinned_ms),
+    ));
+    for (name, eager) in [("mt2", false), ("mt2-eager", true)] {
+        let mut variant = Variant::new(name, Plan::Runtime(Box::new(Model::load(manifest, entry)?)), None);
+        variant.executor = Some((Executor::multithread(2), eager));
+        variants.push(variant);
+    }
+    let (state, _) = nnef_plan(&nnef, &nnef_bytes)?;
+    variants.push(Variant::new(
+        format!("nnef ({} kB)", nnef_bytes.len() / 1000),
+        Plan::Typed { state: Box::new(state), input: input.clone() },
+        Some(median(&nnef_loads)),
+    ));
+    println!(
+        "{}: start, ONNX bytes -> runnable plan {:.1} ms, NNEF bytes -> runnable plan {:.1} ms (medians of 5)",
+        entry.id,
+        median(&onnx_loads),
+        median(&nnef_loads)
+    );
+    if entry.classifier.is_some() {
+        for path in int8 {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let (state, _, load_ms) = onnx_plan(&bytes, entry, true)
+                .with_context(|| format!("tract loading {}", path.display()))?;
+            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            variants.push(Variant::new(
+                format!("int8:{name}"),
+                Plan::Typed { state: Box::new(state), input: input.clone() },
+                Some(load_ms),
+            ));
+        }
+    }
+    if peer {
+        variants.push(Variant::new("ort1", Plan::Peer { threads: 1 }, None));
+        variants.push(Variant::new("ort2", Plan::Peer { threads: 2 }, None));
+    }
+    Ok(variants)
+}
+
+fn set_thresholds(eager: bool) {
+    multithread::set_threading_panel_threshold(if eager { 0 } else { 64 });
+    multithread::set_threading_element_threshold(if eager { 0 } else { 32768 });
+    multithread::set_threading_mac_threshold(if eager { 0 } else { 1 << 21 });
+}
+
+/// One batch of `runs` timed runs of `variant` (after one untimed run whose outputs are returned).
+fn batch(
+    variant: &mut Variant,
+    runs: usize,
+    path: &Path,
+    entry: &ModelEntry,
+    peer: Option<&mut Peer>,
+) -> Result<Vec<f32>> {
+    let executor = variant.executor.clone();
+    if let Some((_, eager)) = &executor {
+        set_thresholds(*eager);
+    }
+    let mut times = Vec::with_capacity(runs);
+    let outputs = match &mut variant.plan {
+        Plan::Peer { threads } => {
+            let peer = peer.context("no peer")?;
+            let (found, outputs) = peer.time(path, entry, runs, *threads)?;
+            times = found;
+            outputs
+        }
+        Plan::Runtime(model) => {
+            model.write_input(|_, values| {
+                fill_test_pattern(values);
+                Ok(())
+            })?;
+            let mut run = || -> Result<Vec<f32>> {
+                let outputs = flatten(&model.run()?)?;
+                for _ in 0..runs {
+                    let start = Instant::now();
+                    model.run()?;
+                    times.push(ms(start));
+                }
+                Ok(outputs)
+            };
+            match executor {
+                Some((pool, _)) => multithread::multithread_tract_scope(pool, run)?,
+                None => run()?,
+            }
+        }
+        Plan::Typed { state, input } => {
+            let outputs = flatten(&state.run(tvec!(input.clone().into_tvalue()))?)?;
+            for _ in 0..runs {
+                let start = Instant::now();
+                state.run(tvec!(input.clone().into_tvalue()))?;
+                times.push(ms(start));
+            }
+            outputs
+        }
+    };
+    set_thresholds(false);
+    variant.round_medians.push(median(&times));
+    variant.times.extend(times);
+    Ok(outputs)
+}
+
+fn main() -> Result<()> {
+    let options = options()?;
+    let manifest = Manifest::load(Path::new("models/manifest.toml"))?;
+    let mut peer = if options.peer { Some(Peer::start(&options.python)?) } else { None };
+    let mut tables = vec![];
+    for entry in &manifest.models {
+        let path = std::fs::canonicalize(manifest.path_of(entry))?;
+        let mut variants = variants_for(&manifest, entry, &options.int8, options.peer)?;
+        for _ in 0..options.rounds {
+            let mut reference: Option<Vec<f32>> = None;
+            for variant in variants.iter_mut() {
+                let outputs = batch(variant, options.runs, &path, entry, peer.as_mut())
+                    .with_context(|| format!("{}: variant {}", entry.id, variant.name))?;
+                match &reference {
+                    None => reference = Some(outputs),
+                    Some(expected) => {
+                        variant.difference = variant.difference.max(largest_difference(expected, &outputs)?)
+                    }
+                }
+            }
+        }
+        tables.push((entry.id.clone(), variants));
+    }
+    let version = peer.as_ref().map(|p| p.version.clone()).unwrap_or_default();
+    println!(
+        "\n{} rounds x {} runs per variant, alternating; tract 0.23.9, onnxruntime {version}\n",
+        options.rounds, options.runs
+    );
+    for (id, variants) in &tables {
+        let ort1 = variants.iter().find(|v| v.name == "ort1").map(|v| median(&v.times));
+        println!("| {id} | median ms | rounds' medians | vs ort1 | start ms | max abs diff vs runtime |");
+        println!("|---|---|---|---|---|---|");
+        for variant in variants {
+            let spread =
+                |f: fn(f64, f64) -> f64| variant.round_medians.iter().copied().reduce(f).unwrap_or(f64::NAN);
+            let here = median(&variant.times);
+            println!(
+                "| {} | {:.2} | {:.2}–{:.2} | {} | {} | {:.1e} |",
+                variant.name,
+                here,
+                spread(f64::min),
+                spread(f64::max),
+                ort1.map(|o| format!("{:.2}×", here / o)).unwrap_or_default(),
+                variant.load_ms.map(|l| format!("{l:.1}")).unwrap_or_default(),
+                variant.difference
+            );
+        }
+        println!();
+    }
+    Ok(())
+}
