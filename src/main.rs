@@ -129,6 +129,14 @@ enum Command {
         /// (`cargo xtask bench-peer`).
         #[arg(long)]
         save_frames: Option<PathBuf>,
+        /// Detector schedules (`[detector] redetect_every` values) to compare side by side, e.g. `1,3`.
+        #[arg(long, value_delimiter = ',')]
+        redetect_every: Vec<u32>,
+        /// Capture-to-verdict latency and time to the first verdict, frames delivered at --camera-fps.
+        #[arg(long)]
+        latency: bool,
+        #[arg(long, default_value_t = 30.0)]
+        camera_fps: f64,
     },
     /// The preprocessing on the CPU reference and on the CUDA kernels side by side (and, with `--torch PYTHON`,
     /// the same work in PyTorch on the same GPU): per-stage medians, ratios, the letterbox kernel's bandwidth.
@@ -295,9 +303,29 @@ fn main() -> ExitCode {
         Command::Explain { board, out, method, patch, stride, image } => {
             cli::explain::explain(&board, &image, &out, method, cli::explain::Occlusion { patch, stride })
         }
-        Command::Bench { board, image, size, formats, frames, json, save_frames } => {
-            cli::bench::bench(&board, &image, &size, &formats, frames, json, save_frames.as_deref())
-        }
+        Command::Bench {
+            board,
+            image,
+            size,
+            formats,
+            frames,
+            json,
+            save_frames,
+            redetect_every,
+            latency,
+            camera_fps,
+        } => cli::bench::bench(&cli::bench::BenchOptions {
+            board,
+            image,
+            size,
+            formats,
+            frames,
+            json,
+            save_frames,
+            redetect_every,
+            latency,
+            camera_fps,
+        }),
         Command::BenchGpu { board, image, size, formats, frames, torch, json } => {
             cli::bench_gpu::bench_gpu(&board, &image, &size, &formats, frames, torch.as_deref(), json)
         }

@@ -2,7 +2,10 @@
 
 `python -m distill.quantise --config configs/full.toml` writes, into the run directory:
   quantised/<model_id>_int8_qdq.onnx    QuantizeLinear/DequantizeLinear pairs around each weight and activation
-  quantised/<model_id>_int8_qop.onnx    QLinearConv/QLinearMatMul operators (QOperator format)
+  quantised/<model_id>_int8_qop.onnx    QOperator format, every op onnxruntime can quantise (QLinearConv and
+                                         onnxruntime's own com.microsoft QLinearAdd, QGemm, ...)
+  quantised/<model_id>_int8_qconv.onnx  QOperator format, convolutions only: standard ONNX QLinearConv between
+                                         QuantizeLinear/DequantizeLinear, the form other runtimes (tract) can read
   quantised.json                         per-family AUC on the held-out test people, f32 against each int8 form
 
 Calibration: the training identities' crops and, for each, one forgery of every trained family (forge.py), so
@@ -67,6 +70,9 @@ class Reader:
         self.index = 0
 
 
+FORMATS = ("qdq", "qop", "qconv")
+
+
 def quantise(f32: Path, out: Path, images: np.ndarray, fmt: str) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -75,6 +81,7 @@ def quantise(f32: Path, out: Path, images: np.ndarray, fmt: str) -> None:
     quant_pre_process(str(f32), str(prepared), skip_symbolic_shape=True)
     quantize_static(str(prepared), str(out), Reader("image", images),
                     quant_format=QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator,
+                    op_types_to_quantize=["Conv"] if fmt == "qconv" else None,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                     calibrate_method=CalibrationMethod.MinMax)
     prepared.unlink()
@@ -106,7 +113,7 @@ def run(config: configuration.Config) -> dict:
     reference = fake_probabilities(f32, test)
     results = {"model": config.model_id, "calibration_crops": len(calibration), "test_crops": len(test),
                "auc_loss_bound": AUC_LOSS_BOUND, "f32": evaluate.family_aucs(scored, reference), "int8": {}}
-    for fmt in ("qdq", "qop"):
+    for fmt in FORMATS:
         path = out / f"{config.model_id}_int8_{fmt}.onnx"
         quantise(f32, path, calibration, fmt)
         scores = fake_probabilities(path, test)
