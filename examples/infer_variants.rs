@@ -1,6 +1,7 @@
 //! Model inference alone, under tract's variants and onnxruntime, side by side in one run (issue 15 point 3).
 //!
-//! `cargo run --release --example infer_variants -- [--rounds R] [--runs N] [--int8 PATH]... [--no-peer]`
+//! `cargo run --release --features infer-bench --example infer_variants -- [--rounds R] [--runs N] [--int8 PATH]...
+//! [--no-peer] [--python PATH]` (the feature brings tract-linalg's `multithread-mm` and tract-nnef)
 //!
 //! Per manifest model (the detector and the classifier the bundled manifest names), on deepgate's test pattern:
 //!   runtime      `deepgate::infer::Model`: the input fact pinned to the manifest's shape, then

@@ -13,6 +13,8 @@ fn pipeline(redetect_every: u32) -> Pipeline {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut config = BoardConfig::load(&root.join("board/host.toml")).expect("board/host.toml");
     config.detector.redetect_every = redetect_every;
+    // Any face the detector reports may be held: these tests are about the schedule, not the score bound.
+    config.detector.hold_min_score = config.detector.score_threshold;
     config.detector.validate().expect("valid [detector]");
     Pipeline::new(&config, Models::load(&config).expect("the bundled models")).expect("pipeline")
 }
@@ -87,7 +89,7 @@ fn a_still_face_is_held_between_detections_with_the_same_results_as_every_frame(
 #[test]
 fn a_face_that_moves_or_is_swapped_is_detected_again_on_that_frame() {
     let still = photo("obama.jpg");
-    let moved = shifted(&still, still.width as usize / 4);
+    let moved = shifted(&still, still.width as usize / 8);
     // A different person in the same frame size: the first photo's size, the second's pixels scaled to it.
     let other = photo("obama2.jpg");
     let other = image::imageops::resize(

@@ -13,7 +13,8 @@ that the activation ranges cover what the model sees at work. Never the validati
 
 The rule for shipping, fixed BEFORE any test figure was looked at: an int8 form may replace the f32 student only
 if, on the held-out test people, no family's AUC (PNG and JPEG together) falls by more than `AUC_LOSS_BOUND`, and
-only if tract runs it faster than the f32 student (measured by `cargo run --release --example infer_variants`).
+only if tract runs it faster than the f32 student (measured by
+`cargo run --release --features infer-bench --example infer_variants`).
 The test crops are the evaluate step's (`evaluate.test_crops`), scored by onnxruntime for both forms: nothing
 here is tuned on them (calibration method and format are fixed choices, not picked by their test scores).
 """

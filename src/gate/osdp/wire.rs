@@ -35,8 +35,17 @@ pub struct WireStats {
 #[derive(Default)]
 pub(super) struct Inspector {
     buffer: heapless::Vec<u8, MAX_FRAME>,
-    /// The command or reply code of the last good frame counted, until `Guard` takes it.
-    last_code: Option<u8>,
+    /// The last good frame counted, until `Guard` takes it.
+    last_frame: Option<GoodFrame>,
+}
+
+/// A complete frame with a good check, as the inspector counted it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GoodFrame {
+    /// Its length in bytes (SOM to check).
+    length: usize,
+    /// Its command or reply code; `None` when a security block announced runs past the frame.
+    code: Option<u8>,
 }
 
 pub(super) const SOM: u8 = 0x53;
@@ -101,7 +110,7 @@ impl Inspector {
         stats.frames.fetch_add(1, Ordering::Relaxed);
         stats.last_frame_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         let code_at = 5 + if control & 0x08 != 0 { usize::from(frame[5]) } else { 0 };
-        self.last_code = frame.get(code_at).copied();
+        self.last_frame = Some(GoodFrame { length: frame.len(), code: frame.get(code_at).copied() });
         if frame.get(code_at).is_some_and(|code| EVENT_REPLIES.contains(code)) {
             stats.event_replies.fetch_add(1, Ordering::Relaxed);
         }
@@ -139,18 +148,21 @@ fn crashes_libosdp(code: u8) -> bool {
     (0x60..=0xA7).contains(&code) && !NAMED_COMMANDS.contains(&code)
 }
 
-/// The controller's bytes held back until the frame they belong to is complete, so that a frame libosdp would
-/// crash on (`crashes_libosdp`) is dropped before libosdp sees it; libosdp would only have refused it, so the
-/// controller merely gets no answer. Everything else passes unchanged, frames and noise alike, at most one
-/// frame later. Counts go to `stats` as the inspector's do; dropped frames to `stats.dropped_commands`.
+/// The controller's bytes held back until the frame they belong to is complete, and then passed to libosdp
+/// only if it is a whole frame with a good check and a command code libosdp can name (`crashes_libosdp`), with
+/// the mark byte that preceded it. Everything else (noise, broken frames, frames libosdp would crash on) is
+/// dropped here: libosdp would only have refused it, so the controller merely gets no answer, as for line
+/// noise. libosdp thus never frames bytes itself that the inspector did not frame the same way: it reads a
+/// stream of checked frames only. Counts go to `stats` as the inspector's do; dropped frames with a command
+/// code libosdp cannot name to `stats.dropped_commands`.
 #[derive(Default)]
 pub(super) struct Guard {
     inspector: Inspector,
     held: heapless::Vec<u8, HELD>,
 }
 
-/// Bytes held while a frame is incomplete: beyond this (a stream that never settles on a frame boundary)
-/// they pass unfiltered rather than stall the line.
+/// Bytes held while a frame is incomplete: the frame so far and the noise before it. When noise fills it, only
+/// the frame so far is kept (a frame is at most `MAX_FRAME` bytes).
 const HELD: usize = 2 * MAX_FRAME;
 
 impl Guard {
@@ -164,19 +176,28 @@ impl Guard {
     ) {
         for &byte in bytes {
             if self.held.push(byte).is_err() {
-                release(&self.held);
+                // Noise before the frame so far: dropped. The inspector's buffer is the frame so far, the last
+                // bytes held, shorter than MAX_FRAME.
                 self.held.clear();
+                let _ = self.held.extend_from_slice(&self.inspector.buffer);
                 let _ = self.held.push(byte);
             }
             self.inspector.feed(&[byte], stats, epoch);
             if !self.inspector.buffer.is_empty() {
                 continue;
             }
-            // At a frame boundary: what is held is noise and at most one complete frame, at its end.
-            if self.inspector.last_code.take().is_some_and(crashes_libosdp) {
-                stats.dropped_commands.fetch_add(1, Ordering::Relaxed);
-            } else {
-                release(&self.held);
+            // At a frame boundary: what is held is noise, broken frames and at most one good frame, at its end.
+            match self.inspector.last_frame.take() {
+                Some(GoodFrame { length, code: Some(code) }) if !crashes_libosdp(code) => {
+                    let start = self.held.len().saturating_sub(length);
+                    let from = if start > 0 && self.held[start - 1] == MARK { start - 1 } else { start };
+                    release(&self.held[from..]);
+                }
+                Some(GoodFrame { code: Some(_), .. }) => {
+                    stats.dropped_commands.fetch_add(1, Ordering::Relaxed);
+                }
+                // A security block announced past the frame's end, or no good frame: libosdp would refuse it.
+                Some(GoodFrame { code: None, .. }) | None => {}
             }
             self.held.clear();
         }
