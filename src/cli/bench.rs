@@ -122,31 +122,53 @@ pub fn bench(options: &BenchOptions) -> Result<ExitCode> {
         }
         if options.latency {
             let moved_data = camera_frame(moved.as_raw(), width, height, format, stride)?;
-            let pictures = [Frame::still(format, width, height, stride, &data, "bench")];
-            let measured = latency(&mut pipeline, &pictures, frames, options.camera_fps, started)?;
-            let first = *first_verdict.get_or_insert(measured.first_verdict_ms);
-            let moving = [
-                Frame::still(format, width, height, stride, &data, "bench"),
-                Frame::still(format, width, height, stride, &moved_data, "bench"),
-            ];
-            let moving = latency(&mut pipeline, &moving, frames, options.camera_fps, started)?;
-            let report = json!({
-                "format": format.name(), "width": width, "height": height, "camera_fps": options.camera_fps,
-                "models_loaded_ms": loaded.as_secs_f64() * 1e3, "first_verdict_after_start_ms": first,
-                "still": measured, "moving": moving, "rss": memory(),
-            });
-            if !json {
-                println!("{} {width}x{height} at {} fps: models loaded in {:.0} ms, first verdict {:.0} ms after start",
-                    format.name(), options.camera_fps, loaded.as_secs_f64() * 1e3, first);
-                for (name, measured) in [("still", &measured), ("moving", &moving)] {
-                    println!(
-                        "  {name:<7} capture-to-verdict median {:.1} ms (max {:.1}), session first frame to verdict median {:.1} ms, {} verdicts, {} of {} frames dropped",
-                        measured.capture_to_verdict_ms, measured.capture_to_verdict_max_ms,
-                        measured.session_to_verdict_ms, measured.verdicts, measured.dropped, measured.delivered
-                    );
+            // The board's schedule, or each one asked for in turn.
+            let schedules: Vec<Option<u32>> = match options.redetect_every.as_slice() {
+                [] => vec![None],
+                values => values.iter().copied().map(Some).collect(),
+            };
+            for schedule in schedules {
+                if let Some(every) = schedule {
+                    pipeline.set_redetect_every(every);
                 }
+                let still = [Frame::still(format, width, height, stride, &data, "bench")];
+                let measured = latency(&mut pipeline, &still, frames, options.camera_fps, started)?;
+                let first = *first_verdict.get_or_insert(measured.first_verdict_ms);
+                let moving = [
+                    Frame::still(format, width, height, stride, &data, "bench"),
+                    Frame::still(format, width, height, stride, &moved_data, "bench"),
+                ];
+                let moving = latency(&mut pipeline, &moving, frames, options.camera_fps, started)?;
+                if !json {
+                    println!(
+                        "{} {width}x{height} at {} fps, redetect_every {}: models loaded in {:.0} ms, first \
+                         verdict {:.0} ms after start",
+                        format.name(),
+                        options.camera_fps,
+                        schedule.map_or("as the board says".to_string(), |every| every.to_string()),
+                        loaded.as_secs_f64() * 1e3,
+                        first
+                    );
+                    for (name, measured) in [("still", &measured), ("moving", &moving)] {
+                        println!(
+                            "  {name:<7} capture-to-verdict median {:.1} ms (max {:.1}), session first frame \
+                             to verdict median {:.1} ms, {} verdicts, {} of {} frames dropped",
+                            measured.capture_to_verdict_ms,
+                            measured.capture_to_verdict_max_ms,
+                            measured.session_to_verdict_ms,
+                            measured.verdicts,
+                            measured.dropped,
+                            measured.delivered
+                        );
+                    }
+                }
+                results.push(json!({
+                    "format": format.name(), "width": width, "height": height,
+                    "camera_fps": options.camera_fps, "redetect_every": schedule,
+                    "models_loaded_ms": loaded.as_secs_f64() * 1e3, "first_verdict_after_start_ms": first,
+                    "still": measured, "moving": moving, "rss": memory(),
+                }));
             }
-            results.push(report);
             continue;
         }
         if !options.redetect_every.is_empty() {
@@ -210,7 +232,7 @@ pub fn bench(options: &BenchOptions) -> Result<ExitCode> {
         }
         results.push(json!({
             "format": format.name(), "width": width, "height": height, "frames": frames, "faces": faces,
-            "stages": summary, "faces_found": last,
+            "stages": summary, "faces_found": last, "rss": memory(),
         }));
     }
     if let Some(directory) = save_frames {
@@ -236,7 +258,8 @@ pub fn bench(options: &BenchOptions) -> Result<ExitCode> {
     }
     let rss = memory();
     if json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "results": results, "rss": rss }))?);
+        // The shape `cargo xtask bench-peer` reads: an array, one entry per format, each with its `rss`.
+        println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
         println!("resident memory after the run: {rss}");
     }
@@ -351,7 +374,7 @@ fn latency(
         let newest = ((Instant::now() - stream_start).as_secs_f64() / period.as_secs_f64()) as u64;
         let index = newest.clamp(next, frames as u64 - 1);
         dropped += index - next;
-        let mut frame = pictures[index as usize % pictures.len()].clone();
+        let mut frame = pictures[index as usize % pictures.len()];
         frame.sequence = index;
         let captured = capture(index);
         let session_start = *session_first.get_or_insert(captured);
