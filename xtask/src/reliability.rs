@@ -142,6 +142,13 @@ pub(crate) struct Board<'a> {
     pub max_age_ms: u64,
 }
 
+impl<'a> Board<'a> {
+    /// The spool and the audit log in `state`, no extra audit keys, 25 frames per second, `max_age_ms` 5000.
+    pub fn new(port: u16, state: &'a Path) -> Board<'a> {
+        Board { port, state, audit: state, audit_keys: "", frame_rate: 25.0, max_age_ms: 5000 }
+    }
+}
+
 /// Writes `<directory>/board.toml`: `board/host.toml` (the replay of the bundled photos, copied beside it with
 /// its relative paths made absolute) inherited, with the replay repeated and paced, a plaintext TCP gate to the
 /// harness's controller, and an audit log, both in `state`.

@@ -53,14 +53,7 @@ impl Channel for HostileLine {
             self.incoming.pass(piece, &self.stats.received, self.stats.epoch, |bytes| released.extend(bytes));
             self.position = end;
         }
-        let count = self.released.len().min(buffer.len());
-        if count == 0 {
-            return Err(ChannelError::WouldBlock);
-        }
-        for (slot, byte) in buffer.iter_mut().zip(self.released.drain(..count)) {
-            *slot = byte;
-        }
-        Ok(count)
+        super::serial::serve(&mut self.released, buffer)
     }
 
     fn write(&mut self, buffer: &[u8]) -> Result<usize, ChannelError> {

@@ -94,14 +94,7 @@ impl Channel for SerialChannel {
                 Err(error) => return Err(self.failed(&error)),
             }
         }
-        let count = self.released.len().min(buffer.len());
-        if count == 0 {
-            return Err(ChannelError::WouldBlock);
-        }
-        for (slot, byte) in buffer.iter_mut().zip(self.released.drain(..count)) {
-            *slot = byte;
-        }
-        Ok(count)
+        serve(&mut self.released, buffer)
     }
 
     fn write(&mut self, buffer: &[u8]) -> Result<usize, ChannelError> {
@@ -130,4 +123,19 @@ impl Channel for SerialChannel {
     fn close(&mut self) -> Result<(), ChannelError> {
         Ok(())
     }
+}
+
+/// Moves what the guard released into libosdp's `buffer`, as much as fits; `WouldBlock` when nothing waits.
+pub(super) fn serve(
+    released: &mut std::collections::VecDeque<u8>,
+    buffer: &mut [u8],
+) -> Result<usize, ChannelError> {
+    let count = released.len().min(buffer.len());
+    if count == 0 {
+        return Err(ChannelError::WouldBlock);
+    }
+    for (slot, byte) in buffer.iter_mut().zip(released.drain(..count)) {
+        *slot = byte;
+    }
+    Ok(count)
 }

@@ -39,17 +39,7 @@ pub fn clock(binary: &Path, directory: &Path) -> Result<()> {
     let offset_file = directory.join("faketime.rc");
     std::fs::write(&offset_file, "+0\n")?;
     let controller = Controller::start(AckPolicy::All)?;
-    let board = write_board(
-        directory,
-        &Board {
-            port: controller.port,
-            state: &state,
-            audit: &state,
-            audit_keys: "",
-            frame_rate: 25.0,
-            max_age_ms: 5000,
-        },
-    )?;
+    let board = write_board(directory, &Board::new(controller.port, &state))?;
     let offset_text = offset_file.to_string_lossy().into_owned();
     let environment = [
         ("LD_PRELOAD", library.as_str()),

@@ -138,12 +138,9 @@ fn case(binary: &Path, directory: &Path, case: Case) -> Result<String> {
     let board = write_board(
         &directory,
         &Board {
-            port: controller.port,
-            state: spool,
             audit,
             audit_keys: &format!("on_failure = \"{policy}\"\n"),
-            frame_rate: 25.0,
-            max_age_ms: 5000,
+            ..Board::new(controller.port, spool)
         },
     )?;
     let log = directory.join("deepgate.log");

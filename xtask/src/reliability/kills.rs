@@ -35,14 +35,7 @@ pub fn kills(binary: &Path, directory: &Path, rounds: usize) -> Result<()> {
     let controller = Controller::start(AckPolicy::Some(0.5))?;
     let board = write_board(
         directory,
-        &Board {
-            port: controller.port,
-            state: &state,
-            audit: &state,
-            audit_keys: ROTATION,
-            frame_rate: 0.0,
-            max_age_ms: 5000,
-        },
+        &Board { audit_keys: ROTATION, frame_rate: 0.0, ..Board::new(controller.port, &state) },
     )?;
     let log = directory.join("deepgate.log");
     let mut coin = Coin::new();

@@ -48,17 +48,8 @@ pub fn soak(binary: &Path, directory: &Path, duration: Duration) -> Result<()> {
     fresh(directory)?;
     let state = directory.join("state");
     let controller = Controller::start(AckPolicy::All)?;
-    let board = write_board(
-        directory,
-        &Board {
-            port: controller.port,
-            state: &state,
-            audit: &state,
-            audit_keys: "",
-            frame_rate: CAMERA_RATE,
-            max_age_ms: 5000,
-        },
-    )?;
+    let board =
+        write_board(directory, &Board { frame_rate: CAMERA_RATE, ..Board::new(controller.port, &state) })?;
     // Ten seconds between samples in a long run; more often in a short one, so that it still has ~30.
     let interval = (duration / 30).clamp(Duration::from_secs(1), Duration::from_secs(10));
     eprintln!(
