@@ -335,17 +335,7 @@ fn a_board_with_an_mqtt_section_reports_to_the_broker_beside_its_door_gate() {
     let mut outputs = deepgate::supervisor::Outputs::open(&config).unwrap();
     assert!(outputs.gate.describe().starts_with("stdout + mqtt 127.0.0.1:"), "{}", outputs.gate.describe());
     let (source, reason) = ("camera-0", "from the board");
-    let message = VerdictMessage {
-        kind: "verdict",
-        source,
-        decision: Decision::Genuine,
-        fake_probability: Some(0.01),
-        frames: 5,
-        frames_seen: 5,
-        first_frame: 1,
-        last_frame: 5,
-        reason,
-    };
+    let message = VerdictMessage { reason, ..VerdictMessage::sample(source, Decision::Genuine) };
     outputs.gate.report(&message).unwrap();
     outputs.gate.flush(PATIENCE).unwrap();
     let messages = subscriber.collect_until(|messages| !verdicts(messages).is_empty());

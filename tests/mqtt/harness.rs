@@ -230,16 +230,12 @@ pub fn distinct_ids(messages: &[Message]) -> (BTreeSet<u64>, usize) {
 /// Reports verdict `index` and returns how long `report` took.
 pub fn report(gate: &mut MqttGate, index: u32) -> Duration {
     let (source, reason) = (format!("camera-{index}"), format!("verdict {index}"));
+    let decision = if index.is_multiple_of(2) { Decision::Genuine } else { Decision::Fake };
     let message = VerdictMessage {
-        kind: "verdict",
-        source: &source,
-        decision: if index.is_multiple_of(2) { Decision::Genuine } else { Decision::Fake },
-        fake_probability: Some(0.25),
-        frames: 5,
-        frames_seen: 6,
         first_frame: u64::from(index) * 10,
         last_frame: u64::from(index) * 10 + 5,
         reason: &reason,
+        ..VerdictMessage::sample(&source, decision)
     };
     let started = Instant::now();
     gate.report(&message).unwrap();
