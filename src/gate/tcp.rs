@@ -48,9 +48,9 @@ mod link;
 mod protocol;
 
 pub use envelope::{SCHEMA, SIGNATURE_FIELD};
+pub use link::{Tls, TlsSettings};
 #[doc(hidden)]
 pub use protocol::read_controller_lines;
-pub use link::{Tls, TlsSettings};
 
 /// The envelope and the sealed line's frame, shared with the fleet output (`gate::mqtt`), which publishes the
 /// same signed lines.

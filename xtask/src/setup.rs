@@ -54,7 +54,8 @@ pub const CARGO_DENY_VERSION: &str = "0.20.2";
 /// own bin directory, which a CI cache keeps), unless that version is already there.
 pub fn cargo_tool(tool: &str, version: &str) -> Result<()> {
     let installed = Command::new(crate::ci::cargo()).args([tool, "--version"]).output();
-    let text = installed.map(|output| String::from_utf8_lossy(&output.stdout).to_string()).unwrap_or_default();
+    let text =
+        installed.map(|output| String::from_utf8_lossy(&output.stdout).to_string()).unwrap_or_default();
     if text.split_whitespace().any(|word| word == version) {
         return Ok(());
     }
