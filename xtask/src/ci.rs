@@ -216,6 +216,9 @@ pub fn ci() -> Result<()> {
     run(&cargo, &["fmt", "--all", "--check"])?;
     run(&cargo, &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
     // Supply chain (deny.toml): licences, banned crates, sources; offline, so advisories are not checked here.
+    // The builds above fetched only the host's packages; cargo deny reads every locked package's manifest,
+    // other targets' included, so all of them are fetched first (a no-op once cached).
+    run(&cargo, &["fetch", "--locked"])?;
     run(&cargo, &["deny", "--frozen", "check", "licenses", "bans", "sources"])?;
     // The OSDP interoperability test talks to a real control panel: PyPI's libosdp, in its own environment.
     let panel_python = crate::distill::python_environment(&root().join("tests/osdp"))?;
