@@ -158,6 +158,15 @@ mod tests {
         let input = include_bytes!("../../../fuzz/corpus/osdp_pd/crash-unnamed-command-code-past-guard.bin");
         let stats = peripheral_device(&input[1..], usize::from(input[0]) + 1, &key).unwrap();
         assert!(stats.received.dropped_commands.load(Ordering::Relaxed) >= 1);
+        // And past the guard that passed only checked frames, but picked a frame found again inside a broken
+        // one out of what it held by position, after a new frame had started (third finding, in CI).
+        for input in [
+            &include_bytes!("../../../fuzz/corpus/osdp_pd/crash-checked-frame-released-by-position.bin")[..],
+            &include_bytes!("../../../fuzz/corpus/osdp_pd/crash-checked-frame-released-by-position-2.bin")[..],
+        ] {
+            let stats = peripheral_device(&input[1..], usize::from(input[0]) + 1, &key).unwrap();
+            assert!(stats.received.dropped_commands.load(Ordering::Relaxed) >= 1);
+        }
         std::fs::remove_dir_all(&directory).unwrap();
     }
 }

@@ -24,7 +24,8 @@ pub struct WireStats {
     pub event_replies: AtomicU64,
     /// When the last good frame passed, in milliseconds since `OsdpStats::epoch`.
     pub last_frame_ms: AtomicU64,
-    /// Frames with a command code libosdp cannot name, dropped before it sees them (it would crash).
+    /// Good frames dropped before libosdp sees them: a command code it cannot name (it would crash), or a
+    /// header it refuses before reading the frame (it would then look for frames inside this one).
     pub dropped_commands: AtomicU64,
 }
 
@@ -35,15 +36,26 @@ pub struct WireStats {
 #[derive(Default)]
 pub(super) struct Inspector {
     buffer: heapless::Vec<u8, MAX_FRAME>,
-    /// The last good frame counted, until `Guard` takes it.
-    last_frame: Option<GoodFrame>,
+    /// Whether the last byte taken outside a frame was a mark byte.
+    after_mark: bool,
+    /// Whether the frame in `buffer` came right after a mark byte.
+    marked: bool,
+    /// The last good frames counted, oldest first, until `Guard` takes them. One byte can complete several
+    /// (the frames found again in a broken frame's bytes); past `GOOD_FRAMES` the oldest is forgotten.
+    good: heapless::Deque<GoodFrame, GOOD_FRAMES>,
 }
 
-/// A complete frame with a good check, as the inspector counted it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Good frames an inspector keeps for `Guard` (see `Inspector::good`).
+const GOOD_FRAMES: usize = 4;
+
+/// A complete frame with a good check, as the inspector counted it: its own bytes, so that what is passed on
+/// is exactly what was checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct GoodFrame {
-    /// Its length in bytes (SOM to check).
-    length: usize,
+    /// The frame, SOM to check.
+    bytes: heapless::Vec<u8, MAX_FRAME>,
+    /// Whether a mark byte came right before it.
+    marked: bool,
     /// Its command or reply code; `None` when a security block announced runs past the frame.
     code: Option<u8>,
 }
@@ -62,10 +74,15 @@ impl Inspector {
                 let start = bytes.iter().position(|&byte| byte == SOM).unwrap_or(bytes.len());
                 let noise = bytes[..start].iter().filter(|&&byte| byte != MARK).count();
                 stats.garbage.fetch_add(noise as u64, Ordering::Relaxed);
+                if let Some(&last) = bytes[..start].last() {
+                    self.after_mark = last == MARK;
+                }
                 bytes = &bytes[start..];
                 if bytes.is_empty() {
                     return;
                 }
+                self.marked = self.after_mark;
+                self.after_mark = false;
             }
             let wanted = if self.buffer.len() < 4 {
                 4 - self.buffer.len()
@@ -110,7 +127,12 @@ impl Inspector {
         stats.frames.fetch_add(1, Ordering::Relaxed);
         stats.last_frame_ms.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         let code_at = 5 + if control & 0x08 != 0 { usize::from(frame[5]) } else { 0 };
-        self.last_frame = Some(GoodFrame { length: frame.len(), code: frame.get(code_at).copied() });
+        if self.good.is_full() {
+            self.good.pop_front();
+        }
+        let good =
+            GoodFrame { bytes: self.buffer.clone(), marked: self.marked, code: frame.get(code_at).copied() };
+        let _ = self.good.push_back(good);
         if frame.get(code_at).is_some_and(|code| EVENT_REPLIES.contains(code)) {
             stats.event_replies.fetch_add(1, Ordering::Relaxed);
         }
@@ -130,6 +152,8 @@ impl Inspector {
     fn resynchronise(&mut self, stats: &WireStats, epoch: Instant) {
         let rest: heapless::Vec<u8, MAX_FRAME> = self.buffer.iter().skip(1).copied().collect();
         self.buffer.clear();
+        // What follows came right after the dropped start of message, not after a mark.
+        self.after_mark = false;
         self.feed(&rest, stats, epoch);
     }
 }
@@ -148,22 +172,28 @@ fn crashes_libosdp(code: u8) -> bool {
     (0x60..=0xA7).contains(&code) && !NAMED_COMMANDS.contains(&code)
 }
 
+/// The size of libosdp 3.2.7's packet buffer (`OSDP_PACKET_BUF_SIZE`), which holds a frame with its mark byte.
+const LIBOSDP_PACKET_BUFFER: usize = 256;
+
+/// Whether libosdp, as a PD, reads `frame` whole: it refuses a header with a reply's address (bit 7 set) or a
+/// frame that does not fit its packet buffer with its mark byte, and then looks for a start of message among
+/// the frame's own bytes (`phy_check_header`, osdp_phy.c), framing them differently from the inspector (found
+/// by fuzz/osdp_pd: a reply-addressed frame carried a command with a code it crashes on).
+fn libosdp_reads_whole(frame: &GoodFrame) -> bool {
+    frame.bytes[1] & 0x80 == 0 && frame.bytes.len() + usize::from(frame.marked) <= LIBOSDP_PACKET_BUFFER
+}
+
 /// The controller's bytes held back until the frame they belong to is complete, and then passed to libosdp
-/// only if it is a whole frame with a good check and a command code libosdp can name (`crashes_libosdp`), with
-/// the mark byte that preceded it. Everything else (noise, broken frames, frames libosdp would crash on) is
+/// only if it is a whole frame with a good check, a header libosdp reads whole (`libosdp_reads_whole`) and a
+/// command code it can name (`crashes_libosdp`), with the mark byte that preceded it. Everything else (noise, broken frames, frames libosdp would crash on) is
 /// dropped here: libosdp would only have refused it, so the controller merely gets no answer, as for line
-/// noise. libosdp thus never frames bytes itself that the inspector did not frame the same way: it reads a
-/// stream of checked frames only. Counts go to `stats` as the inspector's do; dropped frames with a command
-/// code libosdp cannot name to `stats.dropped_commands`.
+/// noise. What is passed on is the inspector's own copy of each checked frame, never bytes picked out of the
+/// stream by position, so libosdp reads a stream of checked frames only and frames it the same way. Counts go
+/// to `stats` as the inspector's do; good frames dropped to `stats.dropped_commands`.
 #[derive(Default)]
 pub(super) struct Guard {
     inspector: Inspector,
-    held: heapless::Vec<u8, HELD>,
 }
-
-/// Bytes held while a frame is incomplete: the frame so far and the noise before it. When noise fills it, only
-/// the frame so far is kept (a frame is at most `MAX_FRAME` bytes).
-const HELD: usize = 2 * MAX_FRAME;
 
 impl Guard {
     /// Takes `bytes` read from the line and hands `release` what libosdp may read, in order.
@@ -175,31 +205,22 @@ impl Guard {
         mut release: impl FnMut(&[u8]),
     ) {
         for &byte in bytes {
-            if self.held.push(byte).is_err() {
-                // Noise before the frame so far: dropped. The inspector's buffer is the frame so far, the last
-                // bytes held, shorter than MAX_FRAME.
-                self.held.clear();
-                let _ = self.held.extend_from_slice(&self.inspector.buffer);
-                let _ = self.held.push(byte);
-            }
             self.inspector.feed(&[byte], stats, epoch);
-            if !self.inspector.buffer.is_empty() {
-                continue;
-            }
-            // At a frame boundary: what is held is noise, broken frames and at most one good frame, at its end.
-            match self.inspector.last_frame.take() {
-                Some(GoodFrame { length, code: Some(code) }) if !crashes_libosdp(code) => {
-                    let start = self.held.len().saturating_sub(length);
-                    let from = if start > 0 && self.held[start - 1] == MARK { start - 1 } else { start };
-                    release(&self.held[from..]);
+            while let Some(frame) = self.inspector.good.pop_front() {
+                match frame.code {
+                    Some(code) if !crashes_libosdp(code) && libosdp_reads_whole(&frame) => {
+                        if frame.marked {
+                            release(&[MARK]);
+                        }
+                        release(&frame.bytes);
+                    }
+                    Some(_) => {
+                        stats.dropped_commands.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // A security block announced past the frame's end: libosdp would refuse it.
+                    None => {}
                 }
-                Some(GoodFrame { code: Some(_), .. }) => {
-                    stats.dropped_commands.fetch_add(1, Ordering::Relaxed);
-                }
-                // A security block announced past the frame's end, or no good frame: libosdp would refuse it.
-                Some(GoodFrame { code: None, .. }) | None => {}
             }
-            self.held.clear();
         }
     }
 }
@@ -286,6 +307,110 @@ mod tests {
             }
             let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
             assert_eq!((load(&stats.oversized), load(&stats.frames)), (1, 1), "reads of {chunk}");
+        }
+    }
+
+    /// Splits what the guard released into its frames (each with an optional mark before it), failing unless
+    /// every byte belongs to a good frame with a code libosdp can name, as an inspector of its own frames it.
+    fn released_frames(released: &[u8]) -> Vec<(bool, Vec<u8>)> {
+        let mut frames = Vec::new();
+        let mut rest = released;
+        while !rest.is_empty() {
+            let marked = rest[0] == MARK;
+            if marked {
+                rest = &rest[1..];
+            }
+            assert!(
+                rest.len() >= MIN_FRAME && rest[0] == SOM,
+                "released bytes that start no frame: {rest:02x?}"
+            );
+            let length = usize::from(u16::from_le_bytes([rest[2], rest[3]]));
+            let (frame, after) = rest.split_at(length);
+            let stats = WireStats::default();
+            let mut inspector = Inspector::default();
+            inspector.feed(frame, &stats, Instant::now());
+            let mut good = inspector.good.pop_front().expect("a released frame that is not good");
+            good.marked = marked;
+            assert_eq!(&good.bytes[..], frame);
+            assert!(good.code.is_some_and(|code| !crashes_libosdp(code)), "released {frame:02x?}");
+            assert!(libosdp_reads_whole(&good), "released a frame libosdp looks inside: {frame:02x?}");
+            frames.push((marked, frame.to_vec()));
+            rest = after;
+        }
+        frames
+    }
+
+    #[test]
+    fn the_guard_passes_good_frames_whole_with_their_mark_and_nothing_else() {
+        let poll = frame(1, 0x04, 0x60, &[]);
+        let unnamed = frame(1, 0x04, 0x9B, &[1, 2, 3]);
+        let id = frame(1, 0x00, 0x61, &[0]);
+        let mut stream = vec![MARK];
+        stream.extend_from_slice(&poll);
+        stream.extend_from_slice(&unnamed);
+        stream.extend_from_slice(b"noise");
+        stream.extend_from_slice(&id);
+        for chunk in [1, 5, 300] {
+            let stats = WireStats::default();
+            let mut guard = Guard::default();
+            let mut released = Vec::new();
+            for piece in stream.chunks(chunk) {
+                guard.pass(piece, &stats, Instant::now(), |bytes| released.extend_from_slice(bytes));
+            }
+            assert_eq!(
+                released_frames(&released),
+                [(true, poll.clone()), (false, id.clone())],
+                "reads of {chunk}"
+            );
+            assert_eq!(stats.dropped_commands.load(Ordering::Relaxed), 1);
+        }
+    }
+
+    /// A broken frame's bytes are framed again after its start is dropped; a good frame found there used to be
+    /// released by its length from the end of what was held, though a new frame had started after it, so
+    /// libosdp was handed bytes the guard never checked, among them a command it crashes on (fuzz/osdp_pd).
+    #[test]
+    fn the_guard_releases_only_checked_frames_from_hostile_streams() {
+        let pieces = [
+            frame(1, 0x04, 0x60, &[]),
+            frame(1, 0x00, 0x60, &[]),
+            frame(1, 0x00, 0x9B, &[0x3F]),
+            frame(1, 0x04, 0x9B, &[]),
+            frame(1, 0x04, 0x61, &[0]),
+            vec![SOM, 0x01, 0x27, 0x00],
+            vec![SOM],
+            vec![MARK],
+            vec![0x00, 0x6E, 0x6E],
+        ];
+        // A reply-addressed frame (libosdp refuses its header and looks inside) carrying a whole command frame
+        // with a code libosdp crashes on, and the longest frame, which does not fit libosdp after a mark.
+        let inner = frame(1, 0x00, 0x9B, &[0x3F]);
+        let mut pieces = pieces.to_vec();
+        pieces.push(frame(0xFF, 0x00, 0x48, &inner));
+        pieces.push(frame(1, 0x04, 0x6A, &[0x11; MAX_FRAME - 8]));
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        for _ in 0..3000 {
+            let mut stream = Vec::new();
+            for _ in 0..next(40) {
+                let piece = &pieces[next(pieces.len())];
+                // Sometimes only part of a piece: frames cut short, then others inside their announced length.
+                let cut = if next(3) == 0 { next(piece.len() + 1) } else { piece.len() };
+                stream.extend_from_slice(&piece[..cut]);
+            }
+            let stats = WireStats::default();
+            let mut guard = Guard::default();
+            let mut released = Vec::new();
+            let chunk = 1 + next(64);
+            for piece in stream.chunks(chunk) {
+                guard.pass(piece, &stats, Instant::now(), |bytes| released.extend_from_slice(bytes));
+            }
+            released_frames(&released);
         }
     }
 
