@@ -12,7 +12,7 @@ use libosdp::{Channel, ChannelError};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Feeds `bytes` to one direction's inspector in reads of `chunk` bytes (at least 1), as a serial port splits
@@ -29,7 +29,7 @@ pub fn inspect_wire(bytes: &[u8], chunk: usize) -> WireStats {
 
 /// The controller's side of the line as the fuzzer writes it: `bytes` read `chunk` at a time, and whatever the
 /// PD answers counted by the outgoing inspector.
-struct HostileLine {
+struct LineState {
     bytes: Vec<u8>,
     position: usize,
     chunk: usize,
@@ -39,6 +39,18 @@ struct HostileLine {
     outgoing: Inspector,
 }
 
+/// The channel libosdp is given: a handle on the line's state, which `peripheral_device` takes back after the
+/// run. The libosdp crate (0.2.2) never frees a device's channel, so a channel that owned the state would leak
+/// it (a few KB) on every run; the fuzzer then ran out of memory after about 600 000 runs.
+struct HostileLine(Arc<Mutex<Option<Box<LineState>>>>);
+
+impl HostileLine {
+    fn with_state<T>(&self, action: impl FnOnce(&mut LineState) -> T) -> Result<T, ChannelError> {
+        let mut state = self.0.lock().map_err(|_| ChannelError::TransportError)?;
+        state.as_deref_mut().map(action).ok_or(ChannelError::TransportError)
+    }
+}
+
 impl Channel for HostileLine {
     fn get_id(&self) -> i32 {
         0
@@ -46,18 +58,21 @@ impl Channel for HostileLine {
 
     /// As the serial channel reads: the line's bytes through the guard, libosdp served what it released.
     fn read(&mut self, buffer: &mut [u8]) -> Result<usize, ChannelError> {
-        if self.released.is_empty() {
-            let end = self.bytes.len().min(self.position + self.chunk).min(self.position + buffer.len());
-            let piece = &self.bytes[self.position..end];
-            let released = &mut self.released;
-            self.incoming.pass(piece, &self.stats.received, self.stats.epoch, |bytes| released.extend(bytes));
-            self.position = end;
-        }
-        super::serial::serve(&mut self.released, buffer)
+        self.with_state(|line| {
+            if line.released.is_empty() {
+                let end = line.bytes.len().min(line.position + line.chunk).min(line.position + buffer.len());
+                let piece = &line.bytes[line.position..end];
+                let released = &mut line.released;
+                line.incoming
+                    .pass(piece, &line.stats.received, line.stats.epoch, |bytes| released.extend(bytes));
+                line.position = end;
+            }
+            super::serial::serve(&mut line.released, buffer)
+        })?
     }
 
     fn write(&mut self, buffer: &[u8]) -> Result<usize, ChannelError> {
-        self.outgoing.feed(buffer, &self.stats.sent, self.stats.epoch);
+        self.with_state(|line| line.outgoing.feed(buffer, &line.stats.sent, line.stats.epoch))?;
         Ok(buffer.len())
     }
 
@@ -90,7 +105,7 @@ pub fn peripheral_device(bytes: &[u8], chunk: usize, key: &Path) -> Result<Arc<O
     let state = Arc::new(PanelState::default());
     state.install.store(true, Ordering::Relaxed);
     let chunk = chunk.max(1);
-    let line = HostileLine {
+    let line = Arc::new(Mutex::new(Some(Box::new(LineState {
         bytes: bytes.to_vec(),
         position: 0,
         chunk,
@@ -98,12 +113,16 @@ pub fn peripheral_device(bytes: &[u8], chunk: usize, key: &Path) -> Result<Arc<O
         incoming: Guard::default(),
         released: VecDeque::new(),
         outgoing: Inspector::default(),
-    };
+    }))));
     let start = StartKey::Install(settings.install_window);
-    let mut pd = device_on(&settings, Box::new(line), &start, [1, 2, 3, 4], &state, &stats)?;
+    let channel = Box::new(HostileLine(Arc::clone(&line)));
+    let mut pd = device_on(&settings, channel, &start, [1, 2, 3, 4], &state, &stats)?;
     for _ in 0..bytes.len().div_ceil(chunk) + 8 {
         pd.refresh();
     }
+    drop(pd);
+    // The state back from the channel libosdp keeps (see `HostileLine`).
+    line.lock().map_err(|_| anyhow::anyhow!("the line's lock was poisoned"))?.take();
     Ok(stats)
 }
 
