@@ -212,6 +212,15 @@ pub fn run_teed(program: &str, arguments: &[&str], environment: &[(&str, &OsStr)
 
 pub fn ci() -> Result<()> {
     crate::setup::setup()?;
+    // The guests' Debian parts (kernels, busybox, v4l2loopback, the systemd root by debootstrap) are downloads
+    // and unpacking more than compiling: on a fresh machine they are made on a second thread while the builds
+    // and tests below take the cores, and waited for before the guests boot (each is cached, so a warm run
+    // finds them at once). Each part is written under a temporary name, so a run that stops early leaves
+    // nothing that looks complete.
+    let guests = std::thread::Builder::new().name("prepare-guests".into()).spawn(|| -> Result<()> {
+        crate::vm::vm_test(&["--arch".into(), "all".into(), "--prepare-only".into()])?;
+        crate::systemd_test::systemd_test(&["--prepare-only".into()])
+    })?;
     let cargo = cargo();
     run(&cargo, &["fmt", "--all", "--check"])?;
     run(&cargo, &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
@@ -259,6 +268,10 @@ pub fn ci() -> Result<()> {
     // Signed with a throwaway key and verified by the runtime (`deepgate install --check`).
     crate::dist::signed_for_ci("jetson-orin-nano", &binary)?;
     crate::cross::test_aarch64()?;
+    guests
+        .join()
+        .map_err(|_| anyhow::anyhow!("preparing the guests panicked"))?
+        .context("preparing the guests (vm-test and systemd-test --prepare-only)")?;
     // Real V4L2 drivers: Debian's kernel under qemu, an x86_64 guest and an aarch64 guest (the Jetson build).
     crate::vm::vm_test(&["--arch".into(), "all".into()])?;
     // The shipped systemd unit under a real systemd (PID 1 of a Debian guest on the same kernel): READY, the
