@@ -58,7 +58,96 @@ pub fn test_aarch64() -> Result<()> {
         arguments.extend(["--test", test]);
     }
     run(&cargo(), &arguments).context(cross_hint())?;
-    smoke_run()
+    smoke_run()?;
+    neon_check(&target_dir().join(AARCH64).join("release/deepgate"))
+}
+
+/// The CPU reference's warp (`preprocess::cpu::Warper::warp`, every letterbox and crop) in the aarch64 release
+/// binary, whose unit tests just ran bit for bit under qemu-user.
+const NEON_FUNCTION: &str = "deepgate::preprocess::cpu::Warper::warp";
+
+/// Fewer instructions on NEON vector registers than this in `NEON_FUNCTION` means the compiler stopped
+/// vectorising its loops (about 1 100 in December 2026).
+const MIN_NEON_INSTRUCTIONS: usize = 400;
+
+/// The aarch64 build's NEON path: the pixel loops are portable Rust that LLVM vectorises for Advanced SIMD
+/// (which every aarch64 CPU has), so the path the parity tests above check under qemu is the NEON one only as
+/// long as the compiler keeps vectorising them. Counts the instructions on vector registers (`v0.4s`, `v1.16b`,
+/// ...) in the release binary's `NEON_FUNCTION` and fails below `MIN_NEON_INSTRUCTIONS`. Its speed on a board
+/// cannot be measured here (qemu-user emulates it).
+fn neon_check(binary: &std::path::Path) -> Result<()> {
+    let symbols = output("aarch64-linux-gnu-nm", &["-C", "-S", &binary.to_string_lossy()])?;
+    let (start, size) = symbols
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.splitn(4, ' ');
+            let (start, size, _kind, name) = (fields.next()?, fields.next()?, fields.next()?, fields.next()?);
+            let name = name.trim();
+            // Rust symbols end in a hash when demangled without it: `...::warp` is the whole name here.
+            (name == NEON_FUNCTION)
+                .then(|| Some((u64::from_str_radix(start, 16).ok()?, u64::from_str_radix(size, 16).ok()?)))?
+        })
+        .with_context(|| {
+            format!("{NEON_FUNCTION} is not in {} (renamed? update NEON_FUNCTION)", binary.display())
+        })?;
+    let disassembly = output(
+        "aarch64-linux-gnu-objdump",
+        &[
+            "-d",
+            "--no-show-raw-insn",
+            &format!("--start-address={start:#x}"),
+            &format!("--stop-address={:#x}", start + size),
+            &binary.to_string_lossy(),
+        ],
+    )?;
+    let (neon, all) = count_neon(&disassembly);
+    eprintln!("test-aarch64: {NEON_FUNCTION}: {neon} of {all} instructions on NEON vector registers");
+    if neon < MIN_NEON_INSTRUCTIONS {
+        bail!(
+            "{NEON_FUNCTION} has only {neon} NEON vector instructions (at least {MIN_NEON_INSTRUCTIONS} expected): \
+             the compiler no longer vectorises the pixel loops for aarch64"
+        );
+    }
+    Ok(())
+}
+
+/// Instructions (lines `address:<tab>mnemonic<tab>operands`) and those with an operand on a vector register
+/// with an arrangement (`v3.4s`, `v0.16b`, `v2.2d`...), in objdump's output.
+fn count_neon(disassembly: &str) -> (usize, usize) {
+    let instructions: Vec<&str> = disassembly
+        .lines()
+        .filter_map(|line| {
+            let (address, rest) = line.split_once(':')?;
+            (!address.trim().is_empty() && address.trim().chars().all(|c| c.is_ascii_hexdigit()))
+                .then_some(rest)
+        })
+        .collect();
+    let vector = |operand: &str| {
+        operand.trim().strip_prefix('v').is_some_and(|rest| {
+            rest.split_once('.').is_some_and(|(register, lanes)| {
+                register.parse::<u8>().is_ok()
+                    && ["16b", "8b", "8h", "4h", "4s", "2s", "2d"]
+                        .contains(&lanes.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
+            })
+        })
+    };
+    let neon = instructions
+        .iter()
+        .filter(|rest| rest.split('\t').nth(2).is_some_and(|operands| operands.split(',').any(vector)))
+        .count();
+    (neon, instructions.len())
+}
+
+/// A tool's standard output, failing with its standard error.
+fn output(program: &str, arguments: &[&str]) -> Result<String> {
+    let result = std::process::Command::new(program)
+        .args(arguments)
+        .output()
+        .with_context(|| format!("starting {program} (Debian package binutils-aarch64-linux-gnu)"))?;
+    if !result.status.success() {
+        bail!("{program} failed ({}): {}", result.status, String::from_utf8_lossy(&result.stderr));
+    }
+    Ok(String::from_utf8_lossy(&result.stdout).into_owned())
 }
 
 /// Runs the release binary (the one `dist` bundles) on a sample photo under the same runner, and checks from
@@ -171,7 +260,15 @@ fn glibc_versions(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_aarch64_elf, glibc_versions};
+    use super::{check_aarch64_elf, count_neon, glibc_versions};
+
+    #[test]
+    fn neon_instructions_are_those_on_arranged_vector_registers() {
+        let disassembly = "\n0000000000353f78 <_ZN8deepgate4warp17h0E>:\n  353f78:\tstp\tx29, x30, [sp, #-96]!\n  \
+            3569c8:\tfsub\tv1.4s, v1.4s, v2.4s\n  3569d0:\tfmul\tv1.4s, v1.4s, v0.s[0]\n  3569d4:\tldr\tq0, [x8]\n  \
+            3569d8:\tuzp1\tv0.16b, v0.16b, v1.16b\n  3569dc:\tfadd\ts0, s0, s1\n";
+        assert_eq!(count_neon(disassembly), (3, 6));
+    }
 
     #[test]
     fn glibc_versions_are_read_from_the_names() {
