@@ -186,6 +186,11 @@ impl BoardConfig {
         self.decision.validate()?;
         self.gate.validate()?;
         self.runtime.validate()?;
+        ensure!(
+            self.runtime.threads == 1 || self.detector.redetect_every == 1,
+            "runtime.threads = 2 needs detector.redetect_every = 1: a held frame's crops decide whether the \
+             detector runs again, which the second thread's crops come too late for"
+        );
         if let Some(relay) = &self.relay {
             relay.validate()?;
         }

@@ -137,6 +137,9 @@ enum Command {
         latency: bool,
         #[arg(long, default_value_t = 30.0)]
         camera_fps: f64,
+        /// Thread counts (`[runtime] threads` values) to compare side by side, e.g. `1,2`.
+        #[arg(long, value_delimiter = ',')]
+        threads: Vec<usize>,
     },
     /// The preprocessing on the CPU reference and on the CUDA kernels side by side (and, with `--torch PYTHON`,
     /// the same work in PyTorch on the same GPU): per-stage medians, ratios, the letterbox kernel's bandwidth.
@@ -314,6 +317,7 @@ fn main() -> ExitCode {
             redetect_every,
             latency,
             camera_fps,
+            threads,
         } => cli::bench::bench(&cli::bench::BenchOptions {
             board,
             image,
@@ -325,6 +329,7 @@ fn main() -> ExitCode {
             redetect_every,
             latency,
             camera_fps,
+            threads,
         }),
         Command::BenchGpu { board, image, size, formats, frames, torch, json } => {
             cli::bench_gpu::bench_gpu(&board, &image, &size, &formats, frames, torch.as_deref(), json)

@@ -1,8 +1,12 @@
 //! The pipeline for one frame: preprocess → detect → align → judge quality → classify → decide. It owns every
 //! buffer it uses, allocated at start-up, so that a frame in steady state costs no heap allocation outside
 //! tract's own inference and MJPEG decoding. The detector may skip frames while the faces hold still (`hold`).
+//! With `[runtime] threads = 2` each frame's crops, quality and classifier run on a second thread beside the
+//! next frame's detection (`pipelined`: `push` and `flush`); `process` stays the one-thread call.
 
+pub mod crops;
 pub mod hold;
+pub mod pipelined;
 
 use crate::align::Alignment;
 use crate::classify::Classifier;
@@ -13,13 +17,14 @@ use crate::detect::{BlazeFaceDecoder, Face, MAX_FACES};
 use crate::frame::{Frame, PixelFormat};
 use crate::infer::Model;
 use crate::manifest::{Manifest, Role};
-use crate::preprocess::cuda::abi::{CropJob, MAX_CROPS};
+use crate::preprocess::cuda::abi::MAX_CROPS;
 use crate::preprocess::cuda::{KernelWork, Kernels};
 use crate::preprocess::work::{CpuWork, Fallback, PixelWork};
 use crate::preprocess::{cpu, Affine, Backend, Letterbox, RgbImage};
 use crate::quality::{Quality, QualityIssue, QualitySettings};
 use crate::timing::{Stage, StageTimes};
 use anyhow::Result;
+use crops::{Crops, QUALITY_LEN};
 use hold::{Hold, HoldCounts};
 use std::time::Instant;
 
@@ -94,8 +99,6 @@ pub struct Pipeline {
     /// The pixel work: the GPU path while it is healthy, else the CPU reference (`work::Fallback`).
     pixels: Fallback,
     quality_crop: RgbImage,
-    /// The classifier crop's size (the alignment's default size when no classifier is configured).
-    crop_size: (usize, usize),
     /// The last decoded MJPEG frame (decoding allocates inside the JPEG decoder; see ARCHITECTURE.md).
     decoded: Option<DecodedImage>,
     faces: heapless::Vec<Face, MAX_FACES>,
@@ -104,14 +107,14 @@ pub struct Pipeline {
     /// Why the GPU was not used at start (backend "cuda"), or a model's GPU inference failed; taken by
     /// `take_gpu_failure` with the pixel work's own loss.
     gpu_failure: Option<anyhow::Error>,
-    /// The crops of one frame: jobs, and for each face its slot among the aligned faces (`None`: it could not
-    /// be aligned), classifier tensors and quality crops; sized for `MAX_FACES` once.
-    crop_jobs: Vec<CropJob>,
-    crop_slots: heapless::Vec<Option<usize>, MAX_FACES>,
-    crop_tensors: Vec<f32>,
-    crop_images: Vec<u8>,
+    /// The crops of one frame, sized for `MAX_FACES` once.
+    crops: Crops,
     /// When the detector may be skipped (`[detector] redetect_every`).
     hold: Hold,
+    /// Whether the pixel work is on the GPU path (then the crops stay on this thread with two threads).
+    pixels_on_gpu: bool,
+    /// The worker and the frame slots with two threads (`[runtime] threads = 2`; `pipelined`).
+    pipelined: Option<pipelined::Pipelined>,
 }
 
 impl Pipeline {
@@ -130,17 +133,15 @@ impl Pipeline {
             quality: config.quality,
             pixels: Fallback::new(cpu),
             quality_crop: RgbImage::new(QUALITY_CROP, QUALITY_CROP),
-            crop_size: (crop_width, crop_height),
             decoded: None,
             faces: heapless::Vec::new(),
             results: heapless::Vec::new(),
             times: StageTimes::with_capacity(4096),
             gpu_failure: None,
-            crop_jobs: Vec::with_capacity(2 * MAX_FACES),
-            crop_slots: heapless::Vec::new(),
-            crop_tensors: vec![0.0; MAX_FACES * crop_width * crop_height * 3],
-            crop_images: vec![0; MAX_FACES * QUALITY_CROP * QUALITY_CROP * 3],
-            hold: Hold::new(&config.detector, QUALITY_CROP * QUALITY_CROP * 3),
+            crops: Crops::new((crop_width, crop_height)),
+            hold: Hold::new(&config.detector, QUALITY_LEN),
+            pixels_on_gpu: false,
+            pipelined: None,
             models,
         };
         let options = config.runtime.cuda_options(|path| config.resolve(path));
@@ -148,6 +149,7 @@ impl Pipeline {
             Ok(Some(kernels)) => {
                 log::info!("pixel work on the GPU: {}", kernels.name());
                 pipeline.pixels.use_gpu(Box::new(kernels));
+                pipeline.pixels_on_gpu = true;
             }
             Ok(None) => log::info!("pixel work on the CPU (backend \"cpu\")"),
             Err(reason) if config.runtime.backend == Backend::Cuda => {
@@ -171,6 +173,12 @@ impl Pipeline {
             }
         }
         log::info!("inference: {}", pipeline.models.placements());
+        pipeline.set_threads(config.runtime.threads)?;
+        if pipeline.threads() == 2 {
+            log::info!(
+                "two threads: crops, quality and classifier of each frame beside the next's detection"
+            );
+        }
         Ok(pipeline)
     }
 
@@ -185,6 +193,14 @@ impl Pipeline {
     /// Hands the pixel work to `kernels` (the GPU path) from the next frame on.
     pub fn use_gpu(&mut self, kernels: Box<dyn Kernels>) {
         self.pixels.use_gpu(Box::new(KernelWork::new(kernels)));
+        self.set_pixels_on_gpu(true);
+    }
+
+    fn set_pixels_on_gpu(&mut self, on_gpu: bool) {
+        self.pixels_on_gpu = on_gpu;
+        if let Some(pipelined) = self.pipelined.as_mut() {
+            pipelined.crops_here = on_gpu;
+        }
     }
 
     /// The GPU path's name while it is in use.
@@ -197,6 +213,7 @@ impl Pipeline {
     /// every frame after it.
     pub fn take_gpu_failure(&mut self) -> Option<anyhow::Error> {
         if let Some(error) = self.pixels.take_lost() {
+            self.set_pixels_on_gpu(false);
             self.note_gpu_failure(error);
         }
         let from_models: Vec<anyhow::Error> =
@@ -207,12 +224,17 @@ impl Pipeline {
         self.gpu_failure.take()
     }
 
+    /// The models. With two threads the classifier travels with the frame it judges: while a frame is in
+    /// flight `classifier` is `None` here (read it before the first `push`, or after a `flush`).
     pub fn models(&self) -> &Models {
         &self.models
     }
 
-    /// Processes one frame: returns its faces, and the verdict if this frame decided the session.
+    /// Processes one frame start to finish on this thread: returns its faces, and the verdict if this frame
+    /// decided the session. With two threads, refused while a frame pushed is in flight (`flush` first);
+    /// `push` is the pipelined call.
     pub fn process(&mut self, frame: &Frame) -> Result<(&[FaceResult], Option<Verdict>)> {
+        anyhow::ensure!(!self.in_flight(), "a frame pushed is still in flight: flush the pipeline first");
         let start = Instant::now();
         frame.validate()?;
         // An MJPEG frame is decoded into storage the pipeline keeps; the stages then read the decoded frame.
@@ -245,22 +267,33 @@ impl Pipeline {
     /// A frame the schedule allows is held: the last detection's faces, cropped from this frame; when one of
     /// their crops changed too much the detector runs on this frame after all (`hold`).
     fn judge_frame(&mut self, frame: &Frame) -> Result<Option<Verdict>> {
-        let quality_len = QUALITY_CROP * QUALITY_CROP * 3;
         let mut held = self.hold.may_hold(frame);
         if !held {
             self.detect(frame)?;
         }
         self.make_crops(frame)?;
-        if held && self.hold.moved(&self.crop_images, quality_len) {
+        if held && self.hold.moved(&self.crops.images, QUALITY_LEN) {
             held = false;
             self.detect(frame)?;
             self.make_crops(frame)?;
         }
         if !held {
-            self.hold.detected(frame, &self.faces, &self.crop_slots, &self.crop_images, quality_len);
+            self.hold.detected(frame, &self.faces, &self.crops.slots, &self.crops.images, QUALITY_LEN);
         }
         let main = self.decider.select_main(&self.faces);
-        self.judge_faces(frame, main)?;
+        let times = &mut self.times;
+        self.crops.judge(
+            (frame.width, frame.height),
+            &self.faces,
+            &self.quality,
+            &mut self.quality_crop,
+            self.models.classifier.as_mut(),
+            &mut self.results,
+            &mut |stage, elapsed| times.record(stage, elapsed),
+        )?;
+        if let Some(result) = main.and_then(|index| self.results.get_mut(index)) {
+            result.main = true;
+        }
         let mark = Instant::now();
         let observation = main.and_then(|index| self.results.get(index)).map(|result| Observation {
             bbox: result.face.bbox,
@@ -301,62 +334,27 @@ impl Pipeline {
 
     /// Every crop of the frame's faces in one call of the pixel work (the classifier-crop stage).
     fn make_crops(&mut self, frame: &Frame) -> Result<()> {
-        self.crop_slots.clear();
-        if !self.faces.is_empty() {
-            let mark = Instant::now();
-            plan_crops(&self.faces, &self.models, self.crop_size, &mut self.crop_jobs, &mut self.crop_slots)?;
-            let spec = match &self.models.classifier {
-                Some(classifier) => &classifier.entry().input,
-                // No tensors are asked for; any spec does.
-                None => &self.models.detector.entry.input,
-            };
-            self.pixels.crops(frame, &self.crop_jobs, spec, &mut self.crop_tensors, &mut self.crop_images)?;
-            self.times.record(Stage::ClassifierCrop, mark.elapsed());
-        }
-        Ok(())
+        let spec = match &self.models.classifier {
+            Some(classifier) => &classifier.entry().input,
+            // No tensors are asked for; any spec does.
+            None => &self.models.detector.entry.input,
+        };
+        let times = &mut self.times;
+        self.crops.make(
+            &mut self.pixels,
+            frame,
+            &self.faces,
+            &self.models.alignment,
+            spec,
+            self.models.classifier.is_some(),
+            &mut |stage, elapsed| times.record(stage, elapsed),
+        )
     }
 
-    /// Each face's judgement into `self.results` from the crops `make_crops` made: its quality and, when it can
-    /// be aligned, its fake probability.
-    fn judge_faces(&mut self, frame: &Frame, main: Option<usize>) -> Result<()> {
-        self.results.clear();
-        let quality_len = QUALITY_CROP * QUALITY_CROP * 3;
-        let tensor_len = self.crop_size.0 * self.crop_size.1 * 3;
-        for (index, face) in self.faces.iter().enumerate() {
-            let mark = Instant::now();
-            let slot = self.crop_slots.get(index).copied().flatten();
-            let (quality, issue) = match slot {
-                Some(slot) => {
-                    let start = slot * quality_len;
-                    self.quality_crop.data.copy_from_slice(&self.crop_images[start..start + quality_len]);
-                    let quality = Quality::measure(face, frame.width, frame.height, &self.quality_crop);
-                    (quality, quality.check(&self.quality))
-                }
-                // Degenerate keypoints (all on one spot): not a face we can align or judge.
-                None => (Quality::default(), Some(QualityIssue::TooSmall)),
-            };
-            self.times.record(Stage::Align, mark.elapsed());
-            let mut fake_probability = None;
-            if let (Some(classifier), Some(slot)) = (&mut self.models.classifier, slot) {
-                let mark = Instant::now();
-                let start = slot * tensor_len;
-                fake_probability = Some(
-                    classifier.fake_probability_of_input(&self.crop_tensors[start..start + tensor_len])?,
-                );
-                self.times.record(Stage::Classifier, mark.elapsed());
-            }
-            let _ = self.results.push(FaceResult {
-                face: *face,
-                quality,
-                issue,
-                fake_probability,
-                main: main == Some(index),
-            });
-        }
-        Ok(())
-    }
-
-    /// Ends the current stream's session (end of input or discontinuity); see `Decider::finish`.
+    /// Ends the current stream's session (end of input or discontinuity); see `Decider::finish`. The session
+    /// is the frames whose results came back so far: with two threads a frame still in flight is observed
+    /// after, in the next session, as it would be had it been pushed after this call with one thread (callers
+    /// that end a stream `flush` first, so that its last frame is in it).
     pub fn finish(&mut self) -> Option<Verdict> {
         self.hold.reset();
         self.decider.finish()
@@ -369,13 +367,14 @@ impl Pipeline {
 
     /// Runs the detector at least every `redetect_every` frames from now on (the board's `[detector]` key;
     /// `deepgate bench` compares settings in one run).
+    /// With two threads no frame is held (every frame is detected) until the pipeline is back on one.
     pub fn set_redetect_every(&mut self, redetect_every: u32) {
         self.hold.set_redetect_every(redetect_every);
     }
 
     /// The side of the classifier's crop (the alignment's default size when no classifier is configured).
     pub fn crop_size(&self) -> usize {
-        self.crop_size.0
+        self.crops.size.0
     }
 
     /// Writes the aligned crop of `face` at `out`'s size into `out` (for `deepgate crops`) and returns the map
@@ -392,37 +391,6 @@ pub fn aligned_crop(alignment: &Alignment, frame: &Frame, face: &Face, out: &mut
     let map = alignment.crop_map(face, out.width)?;
     cpu::warp(frame, &map, out)?;
     Ok(map)
-}
-
-/// The crops of a frame's faces, in order, into `jobs`: for each face that can be aligned its quality crop
-/// (8-bit RGB, `QUALITY_CROP` square) and, with a classifier, its classifier tensor (`size`). `slots` says, per
-/// face, which aligned face it is (the index into the RGB crops and the tensors), or `None`.
-fn plan_crops(
-    faces: &[Face],
-    models: &Models,
-    (width, height): (usize, usize),
-    jobs: &mut Vec<CropJob>,
-    slots: &mut heapless::Vec<Option<usize>, MAX_FACES>,
-) -> Result<()> {
-    jobs.clear();
-    slots.clear();
-    let mut aligned = 0;
-    for face in faces {
-        let slot = match models.alignment.crop_map(face, QUALITY_CROP) {
-            Ok(map) => {
-                jobs.push(CropJob { map, width: QUALITY_CROP, height: QUALITY_CROP, rgb: true });
-                if models.classifier.is_some() {
-                    let map = models.alignment.crop_map(face, width)?;
-                    jobs.push(CropJob { map, width, height, rgb: false });
-                }
-                aligned += 1;
-                Some(aligned - 1)
-            }
-            Err(_) => None,
-        };
-        anyhow::ensure!(slots.push(slot).is_ok(), "more than {MAX_FACES} faces in one frame");
-    }
-    Ok(())
 }
 
 /// The GPU path's fallback, checked with the host build of the kernels standing in for the GPU (the real GPU's

@@ -44,6 +44,16 @@ pub struct RuntimeSection {
     /// in the `model_invalid` state, the door in its fault state and the controller told, and tries to load
     /// the models again every N seconds (a fixed model deployed is picked up).
     pub model_retry_s: u32,
+    /// Threads that judge frames: 1 (each frame start to finish, the default) or 2 (frame pipelining: the
+    /// crops, quality and classifier of frame n on a second thread while this one detects frame n + 1; each
+    /// frame's results come one frame later, in order, the same as with 1). 2 needs the classifier's inference
+    /// on the CPU and `[detector] redetect_every = 1`. Measured in BENCHMARKS.md before a board ships it.
+    #[serde(default = "one_thread")]
+    pub threads: usize,
+}
+
+fn one_thread() -> usize {
+    1
 }
 
 impl RuntimeSection {
@@ -52,6 +62,12 @@ impl RuntimeSection {
         in_range("runtime.frame_budget_ms", self.frame_budget_ms, 1.0, 60_000.0)?;
         ensure!((1..=1000).contains(&self.overload_frames), "runtime.overload_frames must be 1 to 1000");
         ensure!(self.model_retry_s <= 3600, "runtime.model_retry_s must be 0 (exit) to 3600 seconds");
+        ensure!((1..=2).contains(&self.threads), "runtime.threads must be 1 or 2");
+        ensure!(
+            self.threads == 1 || self.classifier_inference == Placement::Cpu,
+            "runtime.threads = 2 needs runtime.classifier_inference = \"cpu\": the second thread runs the \
+             classifier, and the GPU's inference stays on the thread that opened it"
+        );
         for (key, placement) in [
             ("detector_inference", self.detector_inference),
             ("classifier_inference", self.classifier_inference),
@@ -106,6 +122,7 @@ mod tests {
             (Placement::Cpu, Placement::Cpu)
         );
         assert!(!section.zero_copy && section.kernel_cache.is_none());
+        assert_eq!(section.threads, 1, "one thread unless a board asks for two");
         let policy = section.overload_policy();
         assert_eq!((policy.budget_ms, policy.window), (500.0, 10));
     }
@@ -116,6 +133,21 @@ mod tests {
         assert!(error_of("detector_inference = \"cuda\"").contains("runtime.detector_inference"));
         assert!(error_of("classifier_inference = \"cuda\"").contains("runtime.classifier_inference"));
         assert!(error_of("classifier_inference = \"gpu\"").contains("gpu"));
+        assert_eq!(parse("threads = 2").expect("two threads").threads, 2);
+        assert!(error_of("threads = 0").contains("runtime.threads must be 1 or 2"));
+        assert!(error_of("threads = 3").contains("runtime.threads must be 1 or 2"));
+    }
+
+    #[test]
+    fn two_threads_with_the_classifier_on_the_gpu_are_refused_naming_both_keys() {
+        let text = "backend = \"auto\"\nframe_budget_ms = 500.0\noverload_frames = 10\nmodel_retry_s = 0\n\
+                    classifier_inference = \"cuda\"\nthreads = 2";
+        let section: RuntimeSection = toml::from_str(text).expect("parses");
+        let error = format!("{:#}", section.validate().expect_err("refused"));
+        assert!(
+            error.contains("runtime.threads") && error.contains("runtime.classifier_inference"),
+            "{error}"
+        );
     }
 
     #[test]

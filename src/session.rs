@@ -7,6 +7,7 @@ use crate::capture::replay::open_input;
 use crate::capture::FrameSource;
 use crate::decide::Verdict;
 use crate::frame::Frame;
+use crate::pipeline::pipelined::Completed;
 use crate::pipeline::{FaceResult, Pipeline};
 use std::path::Path;
 
@@ -31,7 +32,8 @@ pub enum Event<'a> {
         up: bool,
     },
     /// The GPU path failed (or, with backend "cuda", was missing at start): the pipeline finished the frame on
-    /// the CPU and carries on there. Reported once, right after that frame's results.
+    /// the CPU and carries on there. Reported once, right after that frame's results (with two threads, right
+    /// after the call that met it, so before that frame's results, which come one frame later).
     GpuLost {
         error: &'a anyhow::Error,
     },
@@ -69,6 +71,11 @@ pub fn play_input(
 /// `None` when it has no frame now) and may stop the play (`run` paces frames and watches for signals there);
 /// `emit` receives every frame result, verdict, error and camera change. `session_source` names the input for
 /// a verdict before any frame (its storage is reused per frame).
+///
+/// With two threads (`[runtime] threads = 2`) a frame's results come while the next frame is taken; the frame in
+/// flight is flushed whenever no next frame is coming now (a live source without a frame, a source error, a
+/// discontinuity, the end, a stop), so that no verdict waits for a frame that has not come, and the events are
+/// the same, in the same order, as with one thread.
 pub fn play_source(
     pipeline: &mut Pipeline,
     source: &mut dyn FrameSource,
@@ -85,6 +92,7 @@ pub fn play_source(
             Ok(Some(frame)) => frame,
             Ok(None) => {
                 // A finite source: the end. A live one: no frame now.
+                flush(pipeline, emit, &mut ok);
                 let Some(up) = source.camera_up() else { break };
                 camera_change(pipeline, up, &mut camera_was_up, source.describe(), emit);
                 if !before_frame(None) {
@@ -93,6 +101,7 @@ pub fn play_source(
                 continue;
             }
             Err(error) => {
+                flush(pipeline, emit, &mut ok);
                 emit(Event::Error { source: source.describe(), error: &error });
                 ok = false;
                 if let Some(up) = source.camera_up() {
@@ -109,9 +118,11 @@ pub fn play_source(
             emit(Event::Camera { source: frame.source, up: true });
         }
         if !before_frame(Some(&frame)) {
+            flush(pipeline, emit, &mut ok);
             return Played::Stopped;
         }
         if frame.discontinuity {
+            flush(pipeline, emit, &mut ok);
             if let Some(verdict) = pipeline.finish() {
                 emit(Event::Verdict { source: &session_source, verdict: &verdict });
             }
@@ -119,26 +130,46 @@ pub fn play_source(
         // Reuses the string's storage: no allocation per frame.
         session_source.clear();
         session_source.push_str(frame.source);
-        match pipeline.process(&frame) {
-            Ok((faces, verdict)) => {
-                emit(Event::Frame { frame: &frame, faces });
-                if let Some(verdict) = verdict {
-                    emit(Event::Verdict { source: frame.source, verdict: &verdict });
-                }
-            }
-            Err(error) => {
-                emit(Event::Error { source: frame.source, error: &error });
-                ok = false;
-            }
+        if let Some(completed) = pipeline.push(&frame) {
+            report(completed, emit, &mut ok);
         }
         if let Some(error) = pipeline.take_gpu_failure() {
             emit(Event::GpuLost { error: &error });
         }
     }
+    flush(pipeline, emit, &mut ok);
     if let Some(verdict) = pipeline.finish() {
         emit(Event::Verdict { source: &session_source, verdict: &verdict });
     }
     Played::Finished { ok }
+}
+
+/// Emits a frame's outcome: its results and the verdict it made, or its error.
+fn report(completed: Completed, emit: &mut dyn FnMut(Event), ok: &mut bool) {
+    let frame = &completed.frame;
+    match completed.outcome {
+        Ok((faces, verdict)) => {
+            emit(Event::Frame { frame, faces });
+            if let Some(verdict) = verdict {
+                emit(Event::Verdict { source: frame.source, verdict: &verdict });
+            }
+        }
+        Err(error) => {
+            emit(Event::Error { source: frame.source, error: &error });
+            *ok = false;
+        }
+    }
+}
+
+/// Emits the outcome of the frame in flight (two threads; with one, nothing is ever in flight), then any GPU
+/// loss during it.
+fn flush(pipeline: &mut Pipeline, emit: &mut dyn FnMut(Event), ok: &mut bool) {
+    if let Some(completed) = pipeline.flush() {
+        report(completed, emit, ok);
+        if let Some(error) = pipeline.take_gpu_failure() {
+            emit(Event::GpuLost { error: &error });
+        }
+    }
 }
 
 /// Reports a live source's camera going (`up` false) or coming back. A person session open when the camera

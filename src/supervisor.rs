@@ -215,7 +215,7 @@ impl Reactor {
         }
     }
 
-    /// One event of the session loop; `frame_started`: when the frame being processed was taken from the
+    /// One event of the session loop; `frame_started`: when the frame it reports was taken from the
     /// source (after pacing), so that its time to a decision is measured.
     fn on_event(&mut self, event: Event, frame_started: Instant) {
         self.metrics.observe(&event);
@@ -299,6 +299,35 @@ impl Reactor {
     }
 }
 
+/// When each frame handed to the pipeline was taken from the source, until its results come (with two threads,
+/// one frame later: `[runtime] threads`), so that each frame's time to a decision is its own.
+#[derive(Default)]
+struct FrameStarts(std::cell::RefCell<heapless::Deque<(u64, Instant), 4>>);
+
+impl FrameStarts {
+    /// The frame `sequence` was taken now.
+    fn taken(&self, sequence: u64) {
+        let mut starts = self.0.borrow_mut();
+        if starts.is_full() {
+            starts.pop_front();
+        }
+        let _ = starts.push_back((sequence, Instant::now()));
+    }
+
+    /// When the frame `event` reports was taken (frames come back in order; a failed frame's time is passed
+    /// over); for any other event, now.
+    fn of(&self, event: &Event) -> Instant {
+        let Event::Frame { frame, .. } = event else { return Instant::now() };
+        let mut starts = self.0.borrow_mut();
+        while let Some((sequence, started)) = starts.pop_front() {
+            if sequence == frame.sequence {
+                return started;
+            }
+        }
+        Instant::now()
+    }
+}
+
 /// The running runtime: the pipeline, and what reacts to its frames and verdicts.
 pub struct Supervisor<'a> {
     config: &'a BoardConfig,
@@ -309,7 +338,7 @@ pub struct Supervisor<'a> {
     pipeline: Box<Pipeline>,
     reactor: Reactor,
     frames: Cell<u64>,
-    frame_started: Cell<Instant>,
+    frame_started: FrameStarts,
     live: bool,
 }
 
@@ -366,7 +395,7 @@ impl<'a> Supervisor<'a> {
             pipeline,
             reactor,
             frames: Cell::new(0),
-            frame_started: Cell::new(Instant::now()),
+            frame_started: FrameStarts::default(),
             live: false,
         }))
     }
@@ -417,9 +446,9 @@ impl<'a> Supervisor<'a> {
             if stop.load(Ordering::Relaxed) {
                 return false;
             }
-            if frame.is_some() {
+            if let Some(frame) = frame {
                 frames.set(frames.get() + 1);
-                frame_started.set(Instant::now());
+                frame_started.taken(frame.sequence);
             } else if camera_lost.get() {
                 notifier.watchdog();
             }
@@ -430,7 +459,8 @@ impl<'a> Supervisor<'a> {
             if let Event::Camera { up, .. } = event {
                 camera_lost.set(!up);
             }
-            reactor.on_event(event, frame_started.get())
+            let started = frame_started.of(&event);
+            reactor.on_event(event, started)
         };
         play_source(&mut self.pipeline, source, name, &mut before_frame, &mut emit);
     }
@@ -449,9 +479,7 @@ impl<'a> Supervisor<'a> {
                     if stop.load(Ordering::Relaxed) {
                         return false;
                     }
-                    if frame.is_none() {
-                        return true;
-                    }
+                    let Some(frame) = frame else { return true };
                     if let Some(period) = period {
                         std::thread::sleep(next_due.saturating_duration_since(Instant::now()));
                         // Late frames do not build up a debt of frames to rush through.
@@ -459,11 +487,14 @@ impl<'a> Supervisor<'a> {
                             next_due.max(Instant::now().checked_sub(period).unwrap_or(next_due)) + period;
                     }
                     frames.set(frames.get() + 1);
-                    frame_started.set(Instant::now());
+                    frame_started.taken(frame.sequence);
                     true
                 };
                 let reactor = &mut self.reactor;
-                let mut emit = |event: Event| reactor.on_event(event, frame_started.get());
+                let mut emit = |event: Event| {
+                    let started = frame_started.of(&event);
+                    reactor.on_event(event, started)
+                };
                 let played =
                     play_input(&mut self.pipeline, &config.resolve(path), &mut before_frame, &mut emit);
                 if played == Played::Stopped {

@@ -4,8 +4,12 @@
 //! Reporting a verdict to the TCP gate (stored and synced in its spool) allocates nothing either. Nor does a
 //! frame on which the detector is skipped (`[detector] redetect_every`), held or sent back by the motion test.
 //!
+//! With two threads (`[runtime] threads = 2`) the same holds on both: the caller's and the pipeline's worker,
+//! whose frames are handed over in slots allocated at start.
+//!
 //! A counting global allocator sees every allocation of this test process; the test runs its frames on one
-//! thread and counts only that thread's allocations.
+//! thread and counts only that thread's allocations, and those of pipeline worker threads while it measures
+//! (only the two-thread test makes one).
 
 mod common;
 
@@ -15,6 +19,7 @@ use deepgate::gate::{encode_line, Line, VerdictMessage};
 use deepgate::pipeline::{Models, Pipeline};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 struct Counting;
 
@@ -24,8 +29,16 @@ thread_local! {
     static INFERENCE: Cell<u64> = const { Cell::new(0) };
 }
 
+/// Whether allocations on pipeline worker threads are counted (into the two atomics below).
+static COUNTING_WORKERS: AtomicBool = AtomicBool::new(false);
+static WORKER_OURS: AtomicU64 = AtomicU64::new(0);
+static WORKER_INFERENCE: AtomicU64 = AtomicU64::new(0);
+
 fn count() {
-    if COUNTING.with(Cell::get) {
+    if COUNTING_WORKERS.load(Ordering::Relaxed) && deepgate::pipeline::pipelined::on_worker_thread() {
+        let counter = if deepgate::infer::in_inference() { &WORKER_INFERENCE } else { &WORKER_OURS };
+        counter.fetch_add(1, Ordering::Relaxed);
+    } else if COUNTING.with(Cell::get) {
         if deepgate::infer::in_inference() {
             INFERENCE.with(|c| c.set(c.get() + 1));
         } else {
@@ -34,8 +47,8 @@ fn count() {
     }
 }
 
-// SAFETY: forwards to the system allocator unchanged; counting touches only const-initialised thread-locals
-// without destructors, which never allocate.
+// SAFETY: forwards to the system allocator unchanged; counting touches only atomics and const-initialised
+// thread-locals without destructors, which never allocate.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count();
@@ -75,6 +88,11 @@ fn pipeline(backend: &str) -> Pipeline {
 
 /// As `pipeline`, running the detector at least every `redetect_every` frames.
 fn pipeline_detecting_every(backend: &str, redetect_every: u32) -> Pipeline {
+    pipeline_with(backend, redetect_every, 1)
+}
+
+/// As `pipeline`, judging frames on `threads` threads.
+fn pipeline_with(backend: &str, redetect_every: u32, threads: usize) -> Pipeline {
     let board = common::board(
         Some("stand_in"),
         &[],
@@ -85,6 +103,7 @@ fn pipeline_detecting_every(backend: &str, redetect_every: u32) -> Pipeline {
             ("detector.redetect_every", &redetect_every.to_string()),
             // The bundled photo's face scores below the shipped bound; this test is about allocations.
             ("detector.hold_min_score", "0.75"),
+            ("runtime.threads", &threads.to_string()),
         ],
     );
     let config = BoardConfig::load(&board).unwrap();
@@ -105,6 +124,16 @@ fn held_frames_allocate_nothing_outside_inference() {
     steady_state_frames_allocate_nothing(&mut pipeline);
     let counts = pipeline.hold_counts();
     assert!(counts.held >= 12, "frames were held: {counts:?}");
+}
+
+/// The same on two threads: the caller's detection of frame n + 1 beside the worker's crops, quality and
+/// classifier of frame n, both threads' allocations counted; frames handed over in slots allocated at start.
+#[test]
+fn pipelined_frames_on_two_threads_allocate_nothing_outside_inference() {
+    let mut pipeline = pipeline_with("cpu", 1, 2);
+    assert_eq!(pipeline.threads(), 2);
+    steady_state_frames_allocate_nothing(&mut pipeline);
+    assert!(WORKER_INFERENCE.load(Ordering::Relaxed) > 0, "the worker's classifier runs were seen");
 }
 
 /// The same with the pixel work on the GPU: uploads, launches (raw `cuLaunchKernel`, not cudarc's builder,
@@ -134,17 +163,26 @@ fn steady_state_frames_allocate_nothing(pipeline: &mut Pipeline) {
         // Warm-up: first frames may size buffers inside tract.
         for sequence in 0..3 {
             frame.sequence = sequence;
-            pipeline.process(&frame).unwrap();
+            if let Some(completed) = pipeline.push(&frame) {
+                completed.outcome.unwrap();
+            }
+        }
+        if let Some(completed) = pipeline.flush() {
+            completed.outcome.unwrap();
         }
         // Start a new person session so that a verdict falls within the measured frames.
         pipeline.finish();
+        WORKER_OURS.store(0, Ordering::Relaxed);
+        COUNTING_WORKERS.store(pipeline.threads() == 2, Ordering::Relaxed);
         let mut faces_seen = 0;
         let mut verdicts = 0;
         let mut inference_per_frame = Vec::with_capacity(16);
         for sequence in 3..15 {
             frame.sequence = sequence;
             let (ours, inference) = allocations(|| {
-                let (faces, verdict) = pipeline.process(&frame).unwrap();
+                // One thread: this frame's results; two: the previous frame's (none at the first).
+                let Some(completed) = pipeline.push(&frame) else { return };
+                let (faces, verdict) = completed.outcome.unwrap();
                 faces_seen += faces.len();
                 if let Some(verdict) = verdict {
                     verdicts += 1;
@@ -160,6 +198,15 @@ fn steady_state_frames_allocate_nothing(pipeline: &mut Pipeline) {
             );
             inference_per_frame.push(inference);
         }
+        // Two threads: the last frame's results come with the flush.
+        if let Some(completed) = pipeline.flush() {
+            let (faces, verdict) = completed.outcome.unwrap();
+            faces_seen += faces.len();
+            verdicts += usize::from(verdict.is_some());
+        }
+        COUNTING_WORKERS.store(false, Ordering::Relaxed);
+        let worker = WORKER_OURS.load(Ordering::Relaxed);
+        assert_eq!(worker, 0, "{}: the worker thread made {worker} heap allocations", format.name());
         assert!(faces_seen >= 12, "{}: the face must be found on every measured frame", format.name());
         assert!(verdicts >= 1, "{}: the measured frames must include a verdict", format.name());
         // tract's own allocations are steady too: the same count on every frame, nothing accumulating.

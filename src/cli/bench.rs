@@ -10,6 +10,13 @@
 //! at `--camera-fps` would deliver them (the newest frame when the pipeline is free, older ones dropped) and
 //! measures capture-to-verdict latency, as well as the time from start (models loading) to the first verdict;
 //! the resident memory after the run is always reported.
+//!
+//! `--threads 1,2` compares one thread with frame pipelining on two (`[runtime] threads`) the same way: block by
+//! block, alternating, frames pushed back to back (the whole-frame time, and frames per second sustained over
+//! each block, the last frame's flush included); with `--latency`, as a camera would deliver them, two threads
+//! measured twice: flushing the frame in flight whenever no new frame has come yet (what the session loop does
+//! when a live source says it has no frame now), and waiting for the next frame instead (a source that blocks
+//! until its next frame).
 
 use anyhow::{bail, Context, Result};
 use deepgate::capture::synthetic::camera_frame;
@@ -35,6 +42,8 @@ pub struct BenchOptions {
     /// Measure capture-to-verdict latency with frames delivered at `camera_fps`.
     pub latency: bool,
     pub camera_fps: f64,
+    /// Thread counts to compare (`[runtime] threads` values); empty: the board's only.
+    pub threads: Vec<usize>,
 }
 
 /// Blocks each schedule of `--redetect-every` gets, alternating.
@@ -98,6 +107,12 @@ pub fn bench(options: &BenchOptions) -> Result<ExitCode> {
     if !(1.0..=1000.0).contains(&options.camera_fps) {
         bail!("--camera-fps must be 1 to 1000");
     }
+    if let Some(bad) = options.threads.iter().find(|&&threads| !(1..=2).contains(&threads)) {
+        bail!("--threads {bad}: each value must be 1 or 2");
+    }
+    if !options.threads.is_empty() && !options.redetect_every.is_empty() {
+        bail!("--threads and --redetect-every cannot be combined: two threads need redetect_every = 1");
+    }
     let photo = image::open(image).with_context(|| format!("reading {}", image.display()))?.to_rgb8();
     let photo = image::imageops::resize(&photo, width, height, image::imageops::FilterType::Triangle);
     // The same picture moved by 2 % of its width: what a held face's motion test sees when the person moves.
@@ -122,30 +137,63 @@ pub fn bench(options: &BenchOptions) -> Result<ExitCode> {
         }
         if options.latency {
             let moved_data = camera_frame(moved.as_raw(), width, height, format, stride)?;
-            // The board's schedule, or each one asked for in turn.
-            let schedules: Vec<Option<u32>> = match options.redetect_every.as_slice() {
-                [] => vec![None],
-                values => values.iter().copied().map(Some).collect(),
+            // The board's schedule, or each one asked for in turn; the board's threads, or each count asked for
+            // (two threads twice: flushing when no frame has come, and waiting for the next frame).
+            let board = LatencySetting { redetect_every: None, threads: None, flush_when_idle: true };
+            let mut settings: Vec<LatencySetting> = match options.redetect_every.as_slice() {
+                [] => vec![board],
+                values => values
+                    .iter()
+                    .map(|&every| LatencySetting { redetect_every: Some(every), ..board })
+                    .collect(),
             };
-            for schedule in schedules {
+            if !options.threads.is_empty() {
+                settings = options
+                    .threads
+                    .iter()
+                    .flat_map(|&threads| {
+                        let flushing = LatencySetting { threads: Some(threads), ..board };
+                        let waiting = LatencySetting { flush_when_idle: false, ..flushing };
+                        if threads == 1 {
+                            vec![flushing]
+                        } else {
+                            vec![flushing, waiting]
+                        }
+                    })
+                    .collect();
+            }
+            for LatencySetting { redetect_every: schedule, threads, flush_when_idle } in settings {
                 if let Some(every) = schedule {
                     pipeline.set_redetect_every(every);
                 }
+                if let Some(threads) = threads {
+                    pipeline.set_threads(threads)?;
+                }
                 let still = [Frame::still(format, width, height, stride, &data, "bench")];
-                let measured = latency(&mut pipeline, &still, frames, options.camera_fps, started)?;
+                let measured =
+                    latency(&mut pipeline, &still, frames, options.camera_fps, started, flush_when_idle)?;
                 let first = *first_verdict.get_or_insert(measured.first_verdict_ms);
                 let moving = [
                     Frame::still(format, width, height, stride, &data, "bench"),
                     Frame::still(format, width, height, stride, &moved_data, "bench"),
                 ];
-                let moving = latency(&mut pipeline, &moving, frames, options.camera_fps, started)?;
+                let moving =
+                    latency(&mut pipeline, &moving, frames, options.camera_fps, started, flush_when_idle)?;
                 if !json {
                     println!(
-                        "{} {width}x{height} at {} fps, redetect_every {}: models loaded in {:.0} ms, first \
-                         verdict {:.0} ms after start",
+                        "{} {width}x{height} at {} fps, redetect_every {}, {} thread(s){}: models loaded in \
+                         {:.0} ms, first verdict {:.0} ms after start",
                         format.name(),
                         options.camera_fps,
                         schedule.map_or("as the board says".to_string(), |every| every.to_string()),
+                        pipeline.threads(),
+                        if pipeline.threads() == 1 {
+                            ""
+                        } else if flush_when_idle {
+                            ", flushed when no frame has come"
+                        } else {
+                            ", waiting for the next frame"
+                        },
                         loaded.as_secs_f64() * 1e3,
                         first
                     );
@@ -165,10 +213,50 @@ pub fn bench(options: &BenchOptions) -> Result<ExitCode> {
                 results.push(json!({
                     "format": format.name(), "width": width, "height": height,
                     "camera_fps": options.camera_fps, "redetect_every": schedule,
+                    "threads": pipeline.threads(), "flush_when_idle": flush_when_idle,
                     "models_loaded_ms": loaded.as_secs_f64() * 1e3, "first_verdict_after_start_ms": first,
                     "still": measured, "moving": moving, "rss": memory(),
                 }));
             }
+            continue;
+        }
+        if !options.threads.is_empty() {
+            let report = compare_threads(
+                &mut pipeline,
+                &options.threads,
+                &data,
+                (format, width, height, stride),
+                frames,
+            )?;
+            if !json {
+                println!(
+                    "{} {width}x{height}: {frames} frames a block, {ROUNDS} blocks each, alternating",
+                    format.name()
+                );
+                println!("  {:<8} {:>14} {:>14} {:>8}", "threads", "frame median", "sustained", "ratio");
+                for row in &report {
+                    println!(
+                        "  {:<8} {:>11.3} ms {:>10.1} fps {:>7.2}×",
+                        row.threads, row.frame_ms, row.frames_per_second, row.ratio
+                    );
+                }
+                for row in &report {
+                    let stages: Vec<String> = row
+                        .stages
+                        .iter()
+                        .filter(|stage| stage.stage != "frame")
+                        .map(|stage| format!("{} {:.2}", stage.stage, stage.median_ms))
+                        .collect();
+                    println!(
+                        "  {} thread(s), last block's stage medians (ms): {}",
+                        row.threads,
+                        stages.join(", ")
+                    );
+                }
+            }
+            results.push(json!({
+                "format": format.name(), "width": width, "height": height, "threads": report, "rss": memory(),
+            }));
             continue;
         }
         if !options.redetect_every.is_empty() {
@@ -333,6 +421,92 @@ fn compare_schedules(
     Ok(rows)
 }
 
+/// One setting `--latency` measures: a detector schedule, a thread count (None: the board's), and with two
+/// threads whether the frame in flight is flushed when no new frame has come.
+#[derive(Clone, Copy)]
+struct LatencySetting {
+    redetect_every: Option<u32>,
+    threads: Option<usize>,
+    flush_when_idle: bool,
+}
+
+/// One thread count's figures.
+#[derive(serde::Serialize)]
+struct ThreadsRow {
+    threads: usize,
+    /// Median of the blocks' whole-frame medians (with two threads: one `push`, the frame period when busy).
+    frame_ms: f64,
+    /// Median of the blocks' frames per second: frames over the block's wall time, the last flush included.
+    frames_per_second: f64,
+    /// `frames_per_second` over the first thread count's.
+    ratio: f64,
+    /// The stages of the last block (with two threads, the worker's crops, quality and classifier too).
+    stages: Vec<deepgate::timing::Summary>,
+}
+
+/// Each thread count in turn, `ROUNDS` times, frames pushed back to back, the classifier on every frame.
+fn compare_threads(
+    pipeline: &mut Pipeline,
+    counts: &[usize],
+    data: &[u8],
+    (format, width, height, stride): (PixelFormat, u32, u32, usize),
+    frames: usize,
+) -> Result<Vec<ThreadsRow>> {
+    let mut medians = vec![Vec::new(); counts.len()];
+    let mut stages = vec![Vec::new(); counts.len()];
+    let mut rates = vec![Vec::new(); counts.len()];
+    let mut frame = Frame::still(format, width, height, stride, data, "bench");
+    for _ in 0..ROUNDS {
+        for (index, &threads) in counts.iter().enumerate() {
+            pipeline.set_threads(threads)?;
+            pipeline.finish();
+            // Warm-up, then measure.
+            for measured in [false, true] {
+                let started = Instant::now();
+                if measured {
+                    pipeline.times.clear();
+                }
+                let count = if measured { frames } else { 5 };
+                for _ in 0..count {
+                    frame.sequence += 1;
+                    if let Some(completed) = pipeline.push(&frame) {
+                        completed.outcome?;
+                    }
+                }
+                if let Some(completed) = pipeline.flush() {
+                    completed.outcome?;
+                }
+                if measured {
+                    rates[index].push(count as f64 / started.elapsed().as_secs_f64());
+                }
+            }
+            let summary = pipeline.times.summary();
+            medians[index]
+                .push(summary.iter().find(|s| s.stage == "frame").map_or(f64::NAN, |s| s.median_ms));
+            stages[index] = summary;
+        }
+    }
+    let median = |samples: &mut Vec<f64>| {
+        samples.sort_by(f64::total_cmp);
+        samples[samples.len() / 2]
+    };
+    let first_rate = median(&mut rates[0].clone());
+    Ok(counts
+        .iter()
+        .enumerate()
+        .map(|(index, &threads)| {
+            let frames_per_second = median(&mut rates[index]);
+            ThreadsRow {
+                threads,
+                frame_ms: median(&mut medians[index]),
+                frames_per_second,
+                ratio: frames_per_second / first_rate,
+                stages: std::mem::take(&mut stages[index]),
+            }
+        })
+        .collect())
+}
+
 /// Capture-to-verdict figures of one run.
 #[derive(serde::Serialize)]
 struct Latency {
@@ -351,44 +525,61 @@ struct Latency {
 
 /// Plays `pictures` (in turn) as a camera at `fps` would deliver them for `frames` frame periods: when the
 /// pipeline is free it takes the newest frame captured (older ones are dropped, as a camera queue of one),
-/// waiting for the next capture when none is new. A verdict starts a new person session.
+/// waiting for the next capture when none is new. A verdict starts a new person session. With two threads a
+/// frame's results come with the next frame's `push`; `flush_when_idle` completes the frame in flight as soon as
+/// no new frame has been captured (before waiting for one), as the session loop does when its source says it
+/// has no frame now.
 fn latency(
     pipeline: &mut Pipeline,
     pictures: &[Frame],
     frames: usize,
     fps: f64,
     started: Instant,
+    flush_when_idle: bool,
 ) -> Result<Latency> {
     let period = Duration::from_secs_f64(1.0 / fps);
     pipeline.finish();
     let stream_start = Instant::now();
     let capture = |index: u64| stream_start + period * index as u32;
-    let (mut next, mut first_verdict, mut session_first) = (0u64, None, None);
-    let (mut to_verdict, mut session_to_verdict, mut dropped) = (Vec::new(), Vec::new(), 0);
+    let mut next = 0u64;
+    let mut measured = Measured { session_first: None, first_verdict: None, ..Measured::default() };
+    // The capture time and session start of the frame in flight (two threads).
+    let mut in_flight = None;
     while next < frames as u64 {
         let now = Instant::now();
         if now < capture(next) {
-            std::thread::sleep(capture(next) - now);
+            if flush_when_idle {
+                if let Some(completed) = pipeline.flush() {
+                    let verdict = completed.outcome?.1;
+                    let of = in_flight.take();
+                    measured.completed(pipeline, of, &mut in_flight, verdict.is_some(), started);
+                }
+            }
+            std::thread::sleep(capture(next) - Instant::now().min(capture(next)));
         }
         // The newest frame captured by now; the ones before it were dropped.
         let newest = ((Instant::now() - stream_start).as_secs_f64() / period.as_secs_f64()) as u64;
         let index = newest.clamp(next, frames as u64 - 1);
-        dropped += index - next;
+        measured.dropped += index - next;
         let mut frame = pictures[index as usize % pictures.len()];
         frame.sequence = index;
         let captured = capture(index);
-        let session_start = *session_first.get_or_insert(captured);
-        let (_, verdict) = pipeline.process(&frame)?;
-        if verdict.is_some() {
-            let done = Instant::now();
-            first_verdict.get_or_insert(done - started);
-            to_verdict.push((done - captured).as_secs_f64() * 1e3);
-            session_to_verdict.push((done - session_start).as_secs_f64() * 1e3);
-            session_first = None;
-            // The next person: a new session, and a new detection.
-            pipeline.finish();
+        let this = (captured, *measured.session_first.get_or_insert(captured));
+        let two_threads = pipeline.threads() == 2;
+        let verdict = match pipeline.push(&frame) {
+            Some(completed) => Some(completed.outcome?.1.is_some()),
+            None => None,
+        };
+        let of = if two_threads { in_flight.replace(this) } else { Some(this) };
+        if let Some(verdict) = verdict {
+            measured.completed(pipeline, of, &mut in_flight, verdict, started);
         }
         next = index + 1;
+    }
+    if let Some(completed) = pipeline.flush() {
+        let verdict = completed.outcome?.1;
+        let of = in_flight.take();
+        measured.completed(pipeline, of, &mut in_flight, verdict.is_some(), started);
     }
     pipeline.finish();
     let median = |samples: &mut Vec<f64>| {
@@ -396,14 +587,50 @@ fn latency(
         samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
     };
     Ok(Latency {
-        first_verdict_ms: first_verdict.map_or(f64::NAN, |elapsed| elapsed.as_secs_f64() * 1e3),
-        capture_to_verdict_max_ms: to_verdict.iter().copied().fold(f64::NAN, f64::max),
-        capture_to_verdict_ms: median(&mut to_verdict),
-        session_to_verdict_ms: median(&mut session_to_verdict),
-        verdicts: session_to_verdict.len(),
+        first_verdict_ms: measured.first_verdict.map_or(f64::NAN, |elapsed| elapsed.as_secs_f64() * 1e3),
+        capture_to_verdict_max_ms: measured.to_verdict.iter().copied().fold(f64::NAN, f64::max),
+        capture_to_verdict_ms: median(&mut measured.to_verdict),
+        session_to_verdict_ms: median(&mut measured.session_to_verdict),
+        verdicts: measured.session_to_verdict.len(),
         delivered: frames as u64,
-        dropped,
+        dropped: measured.dropped,
     })
+}
+
+/// What `latency` gathers as frames complete.
+#[derive(Default)]
+struct Measured {
+    session_first: Option<Instant>,
+    first_verdict: Option<Duration>,
+    to_verdict: Vec<f64>,
+    session_to_verdict: Vec<f64>,
+    dropped: u64,
+}
+
+impl Measured {
+    /// A frame completed: `of` is its capture time and its session's first capture; a verdict ends the
+    /// session: the next frame starts a new one (with two threads, the frame in flight, whose session start
+    /// becomes its own capture).
+    fn completed(
+        &mut self,
+        pipeline: &mut Pipeline,
+        of: Option<(Instant, Instant)>,
+        in_flight: &mut Option<(Instant, Instant)>,
+        verdict: bool,
+        started: Instant,
+    ) {
+        let (Some((captured, session_start)), true) = (of, verdict) else { return };
+        let done = Instant::now();
+        self.first_verdict.get_or_insert(done - started);
+        self.to_verdict.push((done - captured).as_secs_f64() * 1e3);
+        self.session_to_verdict.push((done - session_start).as_secs_f64() * 1e3);
+        self.session_first = None;
+        if let Some((captured, session_start)) = in_flight.as_mut() {
+            *session_start = *captured;
+            self.session_first = Some(*captured);
+        }
+        pipeline.finish();
+    }
 }
 
 /// This process's resident memory now and at its peak (Linux `/proc/self/status`), as text.

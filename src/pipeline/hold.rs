@@ -63,6 +63,11 @@ impl Hold {
         self.reset();
     }
 
+    /// How often the detector must run (1: every frame).
+    pub fn redetect_every(&self) -> u32 {
+        self.redetect_every
+    }
+
     /// Forgets the held detection: the next frame runs the detector.
     pub fn reset(&mut self) {
         self.held_for = None;
