@@ -111,36 +111,7 @@ enum Command {
         image: PathBuf,
     },
     /// Per-stage timings on synthesised camera frames of each pixel format (medians, measured in one run).
-    Bench {
-        #[arg(long, default_value = DEFAULT_BOARD)]
-        board: PathBuf,
-        /// The photo the frames are made from (resized to --size).
-        #[arg(long, default_value = "tests/fixtures/faces/obama.jpg")]
-        image: PathBuf,
-        #[arg(long, default_value = "640x480")]
-        size: String,
-        #[arg(long, value_delimiter = ',', default_value = "YUYV,NV12,MJPEG,RGB24")]
-        formats: Vec<String>,
-        #[arg(long, default_value_t = 50)]
-        frames: usize,
-        #[arg(long)]
-        json: bool,
-        /// Also write the synthesised frames and an index (frames.json) into DIR, for the Python peer
-        /// (`cargo xtask bench-peer`).
-        #[arg(long)]
-        save_frames: Option<PathBuf>,
-        /// Detector schedules (`[detector] redetect_every` values) to compare side by side, e.g. `1,3`.
-        #[arg(long, value_delimiter = ',')]
-        redetect_every: Vec<u32>,
-        /// Capture-to-verdict latency and time to the first verdict, frames delivered at --camera-fps.
-        #[arg(long)]
-        latency: bool,
-        #[arg(long, default_value_t = 30.0)]
-        camera_fps: f64,
-        /// Thread counts (`[runtime] threads` values) to compare side by side, e.g. `1,2`.
-        #[arg(long, value_delimiter = ',')]
-        threads: Vec<usize>,
-    },
+    Bench(cli::bench::BenchOptions),
     /// The preprocessing on the CPU reference and on the CUDA kernels side by side (and, with `--torch PYTHON`,
     /// the same work in PyTorch on the same GPU): per-stage medians, ratios, the letterbox kernel's bandwidth.
     BenchGpu {
@@ -306,31 +277,7 @@ fn main() -> ExitCode {
         Command::Explain { board, out, method, patch, stride, image } => {
             cli::explain::explain(&board, &image, &out, method, cli::explain::Occlusion { patch, stride })
         }
-        Command::Bench {
-            board,
-            image,
-            size,
-            formats,
-            frames,
-            json,
-            save_frames,
-            redetect_every,
-            latency,
-            camera_fps,
-            threads,
-        } => cli::bench::bench(&cli::bench::BenchOptions {
-            board,
-            image,
-            size,
-            formats,
-            frames,
-            json,
-            save_frames,
-            redetect_every,
-            latency,
-            camera_fps,
-            threads,
-        }),
+        Command::Bench(options) => cli::bench::bench(&options),
         Command::BenchGpu { board, image, size, formats, frames, torch, json } => {
             cli::bench_gpu::bench_gpu(&board, &image, &size, &formats, frames, torch.as_deref(), json)
         }

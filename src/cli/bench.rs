@@ -28,21 +28,37 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-/// What `deepgate bench` was asked to do.
+/// What `deepgate bench` was asked to do: its command-line arguments.
+#[derive(clap::Args)]
 pub struct BenchOptions {
+    #[arg(long, default_value = crate::DEFAULT_BOARD)]
     pub board: PathBuf,
+    /// The photo the frames are made from (resized to --size).
+    #[arg(long, default_value = "tests/fixtures/faces/obama.jpg")]
     pub image: PathBuf,
+    #[arg(long, default_value = "640x480")]
     pub size: String,
+    #[arg(long, value_delimiter = ',', default_value = "YUYV,NV12,MJPEG,RGB24")]
     pub formats: Vec<String>,
+    #[arg(long, default_value_t = 50)]
     pub frames: usize,
+    #[arg(long)]
     pub json: bool,
+    /// Also write the synthesised frames and an index (frames.json) into DIR, for the Python peer
+    /// (`cargo xtask bench-peer`).
+    #[arg(long)]
     pub save_frames: Option<PathBuf>,
-    /// Detector schedules to compare (`[detector] redetect_every` values); empty: the board's only.
+    /// Detector schedules (`[detector] redetect_every` values) to compare side by side, e.g. `1,3`; none: the
+    /// board's only.
+    #[arg(long, value_delimiter = ',')]
     pub redetect_every: Vec<u32>,
-    /// Measure capture-to-verdict latency with frames delivered at `camera_fps`.
+    /// Capture-to-verdict latency and time to the first verdict, frames delivered at --camera-fps.
+    #[arg(long)]
     pub latency: bool,
+    #[arg(long, default_value_t = 30.0)]
     pub camera_fps: f64,
-    /// Thread counts to compare (`[runtime] threads` values); empty: the board's only.
+    /// Thread counts (`[runtime] threads` values) to compare side by side, e.g. `1,2`; none: the board's only.
+    #[arg(long, value_delimiter = ',')]
     pub threads: Vec<usize>,
 }
 
