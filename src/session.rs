@@ -88,6 +88,9 @@ pub fn play_source(
     // reported at once.
     let mut camera_was_up = true;
     loop {
+        // With a frame in flight (two threads), a live source says at once that it has no frame, so that the
+        // flush below brings that frame's verdict without waiting for the camera's next frame.
+        source.may_wait(!pipeline.in_flight());
         let frame = match source.next_frame() {
             Ok(Some(frame)) => frame,
             Ok(None) => {

@@ -378,3 +378,94 @@ fn a_panic_on_the_worker_ends_the_run_and_never_hangs_a_replay() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.matches("worker thread has ended").count() >= 3, "{stdout}");
 }
+
+/// A live camera between two frames: a call that may not wait (`FrameSource::may_wait(false)`) finds no frame
+/// yet, as the V4L2 source's poll that does not wait; one that may wait gets the next frame. Without
+/// `needs_waiting`, a frame is always there at once (a camera faster than the pipeline).
+struct BetweenFrames {
+    data: Vec<u8>,
+    left: usize,
+    sequence: u64,
+    patient: bool,
+    needs_waiting: bool,
+}
+
+impl FrameSource for BetweenFrames {
+    fn next_frame(&mut self) -> Result<Option<Frame<'_>>> {
+        if self.left == 0 || (self.needs_waiting && !self.patient) {
+            return Ok(None);
+        }
+        self.left -= 1;
+        let mut frame =
+            Frame::still(PixelFormat::Yuyv, 320, 240, PixelFormat::Yuyv.min_stride(320), &self.data, "cam");
+        frame.sequence = self.sequence;
+        frame.discontinuity = self.sequence == 0;
+        self.sequence += 1;
+        Ok(Some(frame))
+    }
+
+    fn describe(&self) -> &str {
+        "cam"
+    }
+
+    /// Live while frames are left; then it ends as a finite source does.
+    fn camera_up(&self) -> Option<bool> {
+        (self.left > 0).then_some(true)
+    }
+
+    fn may_wait(&mut self, wait: bool) {
+        self.patient = wait;
+    }
+}
+
+/// With two threads, the session loop asks a live source not to wait while a frame is in flight, so each
+/// frame's results come before the next frame is taken when the camera has none yet (the verdict never waits
+/// for the camera's next frame); when the next frame is already there, it is taken first (the pipelining).
+#[test]
+fn with_a_frame_in_flight_the_source_is_not_waited_for() {
+    let _alone = lock();
+    let photo = image::open(common::fixture("faces/obama.jpg")).expect("fixture").resize_exact(
+        320,
+        240,
+        image::imageops::FilterType::Triangle,
+    );
+    let data = camera_frame(
+        photo.to_rgb8().as_raw(),
+        320,
+        240,
+        PixelFormat::Yuyv,
+        PixelFormat::Yuyv.min_stride(320),
+    )
+    .expect("camera frame");
+    let mut two = pipeline(2, None);
+    for needs_waiting in [true, false] {
+        let mut camera =
+            BetweenFrames { data: data.clone(), left: 6, sequence: 0, patient: true, needs_waiting };
+        let order = RefCell::new(Vec::new());
+        play_source(
+            &mut two,
+            &mut camera,
+            "cam".into(),
+            &mut |frame| {
+                if let Some(frame) = frame {
+                    order.borrow_mut().push(format!("take {}", frame.sequence));
+                }
+                true
+            },
+            &mut |event| {
+                if let Event::Frame { frame, .. } = event {
+                    order.borrow_mut().push(format!("result {}", frame.sequence));
+                }
+            },
+        );
+        let order = order.into_inner();
+        let alternating: Vec<String> =
+            (0..6).flat_map(|sequence| [format!("take {sequence}"), format!("result {sequence}")]).collect();
+        if needs_waiting {
+            assert_eq!(order, alternating, "each frame's results before the next frame is taken");
+        } else {
+            assert_ne!(order, alternating, "frames already there are pipelined: {order:?}");
+            assert_eq!(order.iter().filter(|line| line.starts_with("result")).count(), 6, "{order:?}");
+        }
+    }
+}

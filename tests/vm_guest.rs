@@ -111,12 +111,17 @@ fn insmod_loopback(guest: &Guest, video_nr: u32) {
 
 /// A board config in the guest's board/ directory: host.toml with a V4L2 source (and whatever else is given).
 fn board(guest: &Guest, name: &str, source: &str, rest: &str) -> PathBuf {
+    board_with_threads(guest, name, source, 1, rest)
+}
+
+/// `board`, judging frames on `threads` threads (`[runtime] threads`).
+fn board_with_threads(guest: &Guest, name: &str, source: &str, threads: usize, rest: &str) -> PathBuf {
     let path = guest.root.join("board").join(format!("{name}.toml"));
     // Emulated CPUs are slow: a frame's budget is widened so the runtime does not report overload for what
     // is the emulator's speed.
     let text = format!(
         "inherit = \"host.toml\"\n\n[source]\nkind = \"v4l2\"\nbuffers = 4\n{source}\n\n\
-         [runtime]\nframe_budget_ms = 60000.0\n\n{rest}"
+         [runtime]\nframe_budget_ms = 60000.0\nthreads = {threads}\n\n{rest}"
     );
     std::fs::write(&path, text).unwrap();
     path
@@ -486,15 +491,28 @@ fn is_health(line: &Value, state: &str) -> bool {
 #[test]
 fn face_photos_through_a_loopback_camera_get_verdicts() {
     let Some(guest) = guest() else { return };
-    insmod_loopback(&guest, 10);
+    faces_through_a_loopback_camera(&guest, 1);
+}
+
+/// The same on two threads (`[runtime] threads = 2`): the V4L2 source, asked not to wait while a frame is in
+/// flight (`FrameSource::may_wait`), polls without waiting and says it has no frame now, and the frame in flight
+/// still reaches its verdict.
+#[test]
+fn face_photos_through_a_loopback_camera_get_verdicts_on_two_threads() {
+    let Some(guest) = guest() else { return };
+    faces_through_a_loopback_camera(&guest, 2);
+}
+
+fn faces_through_a_loopback_camera(guest: &Guest, threads: usize) {
+    insmod_loopback(guest, 10);
     // A scene without a face first; the capture side has a format only once a writer streams.
-    let writer = Writer::start("/dev/video10", photo_frames(&guest, "scenes/coffee.png", 0.9, 6));
+    let writer = Writer::start("/dev/video10", photo_frames(guest, "scenes/coffee.png", 0.9, 6));
     std::thread::sleep(Duration::from_millis(500));
     let source =
         "device = \"/dev/video10\"\nformat = \"YUYV\"\nwidth = 640\nheight = 480\nframe_rate = 10.0\n\
                   allow_virtual = true";
-    let board = board(&guest, "loopback-faces", source, "");
-    let mut running = Running::start(&guest, &board);
+    let board = board_with_threads(guest, &format!("loopback-faces-{threads}"), source, threads, "");
+    let mut running = Running::start(guest, &board);
     running.wait_until_streaming(Duration::from_secs(120));
     let scene = running.collect(Duration::from_secs(20));
     assert!(
@@ -503,7 +521,7 @@ fn face_photos_through_a_loopback_camera_get_verdicts() {
     );
     // Then a genuine face is filmed: it must be let through within a bounded time. The face must be large in
     // the frame, as at a kiosk (BlazeFace's front model misses faces under about a fifth of the frame).
-    writer.show(photo_frames(&guest, "faces/astronaut.png", 1.2, 6));
+    writer.show(photo_frames(guest, "faces/astronaut.png", 1.2, 6));
     let lines = running.wait_for("a verdict on the filmed face", Duration::from_secs(120), is_verdict);
     let verdict = lines.last().unwrap();
     assert_eq!(verdict["decision"], "genuine", "{verdict}\nstderr:\n{}", running.stderr());

@@ -36,6 +36,11 @@ pub trait FrameSource {
     fn camera_up(&self) -> Option<bool> {
         None
     }
+
+    /// Whether `next_frame` may wait for a frame (`true`, the default) or must say at once that a live source
+    /// has none now (`false`: the pipeline holds a frame in flight, on two threads, whose results should not
+    /// wait for the next frame). A source that never waits ignores it.
+    fn may_wait(&mut self, _wait: bool) {}
 }
 
 /// The board config's `[source]` section: where frames come from.

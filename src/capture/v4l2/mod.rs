@@ -305,6 +305,9 @@ pub struct V4l2Source {
     last_failure: String,
     last_opened: Option<Opened>,
     description: String,
+    /// Whether `next_frame` may wait for a frame (`FrameSource::may_wait`); when not, it polls without
+    /// waiting and a lost camera's back-off is not slept through.
+    patient: bool,
 }
 
 impl V4l2Source {
@@ -333,6 +336,7 @@ impl V4l2Source {
             last_failure: String::new(),
             last_opened: None,
             description,
+            patient: true,
         };
         match open_camera(&source.settings, &source.pins) {
             Ok(open) => source.streaming(open),
@@ -406,7 +410,9 @@ impl V4l2Source {
         let State::Lost { retry_at } = self.state else { return true };
         let now = Instant::now();
         if now < retry_at {
-            std::thread::sleep((retry_at - now).min(SLICE));
+            if self.patient {
+                std::thread::sleep((retry_at - now).min(SLICE));
+            }
             return false;
         }
         match open_camera(&self.settings, &self.pins) {
@@ -424,7 +430,13 @@ impl V4l2Source {
     /// Waits for and dequeues one buffer; `Ok(Some(index, length))` is a good frame now held.
     fn step(&mut self) -> Result<Option<(usize, usize, u64)>> {
         let State::Streaming(open) = &mut self.state else { return Ok(None) };
-        let slice = SLICE.min(open.timeout.saturating_sub(self.waited)).max(Duration::from_millis(1));
+        // Impatient (a frame in flight): a poll that does not wait, and no time counted against the frame
+        // time-out, which only the waits the caller allows spend.
+        let slice = if self.patient {
+            SLICE.min(open.timeout.saturating_sub(self.waited)).max(Duration::from_millis(1))
+        } else {
+            Duration::ZERO
+        };
         let ready = open.stream.requeue().and_then(|()| open.stream.wait(slice.as_millis() as i32));
         let ready = match ready {
             Ok(ready) => ready,
@@ -595,6 +607,10 @@ impl FrameSource for V4l2Source {
 
     fn describe(&self) -> &str {
         &self.description
+    }
+
+    fn may_wait(&mut self, wait: bool) {
+        self.patient = wait;
     }
 
     fn camera_up(&self) -> Option<bool> {
