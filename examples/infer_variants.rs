@@ -1,7 +1,8 @@
 //! Model inference alone, under tract's variants and onnxruntime, side by side in one run (issue 15 point 3).
 //!
 //! `cargo run --release --features infer-bench --example infer_variants -- [--rounds R] [--runs N] [--int8 PATH]...
-//! [--no-peer] [--python PATH]` (the feature brings tract-linalg's `multithread-mm` and tract-nnef)
+//! [--form ID=PATH]... [--no-peer] [--python PATH] [--profile]` (the feature brings tract-linalg's
+//! `multithread-mm` and tract-nnef)
 //!
 //! Per manifest model (the detector and the classifier the bundled manifest names), on deepgate's test pattern:
 //!   runtime      `deepgate::infer::Model`: the input fact pinned to the manifest's shape, then
@@ -12,9 +13,21 @@
 //!   nnef         the pinned, decluttered model written as NNEF (tract_core extensions) and read back: start
 //!                time from the NNEF bytes against the ONNX bytes, run time of its optimised plan
 //!   int8:FILE    (classifier, each --int8) a quantised ONNX form, loaded and pinned as the runtime does
+//!   form:FILE    (model ID, each --form ID=PATH) another ONNX form of that model (e.g. rewritten by
+//!                bench/strided_to_slice.py), loaded and pinned as the runtime does
 //!   ort1, ort2   onnxruntime (bench/.venv, `bench/infer_peer.py` as a co-process), 1 and 2 intra-op threads
 //! Variants alternate within every round; the table gives per-run medians over all rounds, the spread of the
 //! rounds' medians, the start (load) time, and each variant's largest output difference from the runtime plan.
+//!
+//! `--profile` (instead of the variants): where the runtime's plan (the same tract calls as
+//! `Model::load_on`) spends its time. `--runs` runs (at least 50) through `SimpleState::run_plan_with_eval`,
+//! each node's `eval` timed, alternating with plain runs; then onnxruntime's profiler on the same model
+//! (`bench/profile_peer.py --json`, unless --no-peer). Per operator kind (convolutions by kernel and groups:
+//! conv 1x1, depthwise 3x3, conv 5x5, ...; then pool, activation, layout, ...), each side's share of its
+//! profiled time, scaled to its plain run time, side by side; per tract op; and each side's 15 slowest nodes
+//! (name, op, shapes). An optimised tract node takes its kind from the decluttered node whose name it extends
+//! (`NAME.im2col` from `NAME`), and a matrix product with fused bias, activation or add takes its packing's,
+//! so these count as the convolution, as they do in onnxruntime's fused kernels.
 
 use anyhow::{bail, ensure, Context, Result};
 use deepgate::infer::{fill_test_pattern, parse_onnx, read_verified, Model};
@@ -26,12 +39,19 @@ use std::time::Instant;
 use tract_linalg::multithread::{self, Executor};
 use tract_onnx::prelude::*;
 
+/// `--profile`: where the runtime's plan spends its time, node by node, beside onnxruntime's profiler.
+#[path = "infer_variants/profile.rs"]
+mod profile;
+
 struct Options {
     rounds: usize,
     runs: usize,
     int8: Vec<PathBuf>,
+    /// Other ONNX forms of a manifest model (`--form ID=PATH`), e.g. rewritten by bench/strided_to_slice.py.
+    forms: Vec<(String, PathBuf)>,
     peer: bool,
     python: PathBuf,
+    profile: bool,
 }
 
 fn options() -> Result<Options> {
@@ -39,8 +59,10 @@ fn options() -> Result<Options> {
         rounds: 5,
         runs: 60,
         int8: vec![],
+        forms: vec![],
         peer: true,
         python: PathBuf::from("bench/.venv/bin/python"),
+        profile: false,
     };
     let mut arguments = std::env::args().skip(1);
     while let Some(argument) = arguments.next() {
@@ -49,8 +71,14 @@ fn options() -> Result<Options> {
             "--rounds" => options.rounds = value()?.parse().context("--rounds")?,
             "--runs" => options.runs = value()?.parse().context("--runs")?,
             "--int8" => options.int8.push(PathBuf::from(value()?)),
+            "--form" => {
+                let value = value()?;
+                let (id, path) = value.split_once('=').context("--form takes MODEL_ID=PATH")?;
+                options.forms.push((id.to_string(), PathBuf::from(path)));
+            }
             "--python" => options.python = PathBuf::from(value()?),
             "--no-peer" => options.peer = false,
+            "--profile" => options.profile = true,
             other => bail!("unknown argument `{other}` (see the header of examples/infer_variants.rs)"),
         }
     }
@@ -206,12 +234,7 @@ fn nnef_plan(nnef: &tract_nnef::framework::Nnef, bytes: &[u8]) -> Result<(TypedS
     Ok((TypedSimpleState::new(&plan)?, ms(start)))
 }
 
-fn variants_for(
-    manifest: &Manifest,
-    entry: &ModelEntry,
-    int8: &[PathBuf],
-    peer: bool,
-) -> Result<Vec<Variant>> {
+fn variants_for(manifest: &Manifest, entry: &ModelEntry, options: &Options) -> Result<Vec<Variant>> {
     let bytes = read_verified(&manifest.path_of(entry), entry)?;
     let mut onnx_loads = vec![];
     let mut nnef_loads = vec![];
@@ -250,20 +273,20 @@ fn variants_for(
         median(&onnx_loads),
         median(&nnef_loads)
     );
-    if entry.classifier.is_some() {
-        for path in int8 {
-            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let (state, _, load_ms) = onnx_plan(&bytes, entry, true)
-                .with_context(|| format!("tract loading {}", path.display()))?;
-            let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            variants.push(Variant::new(
-                format!("int8:{name}"),
-                Plan::Typed { state: Box::new(state), input: input.clone() },
-                Some(load_ms),
-            ));
-        }
+    let int8 = options.int8.iter().filter(|_| entry.classifier.is_some()).map(|path| ("int8", path));
+    let forms = options.forms.iter().filter(|(id, _)| *id == entry.id).map(|(_, path)| ("form", path));
+    for (label, path) in int8.chain(forms) {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let (state, _, load_ms) =
+            onnx_plan(&bytes, entry, true).with_context(|| format!("tract loading {}", path.display()))?;
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        variants.push(Variant::new(
+            format!("{label}:{name}"),
+            Plan::Typed { state: Box::new(state), input: input.clone() },
+            Some(load_ms),
+        ));
     }
-    if peer {
+    if options.peer {
         variants.push(Variant::new("ort1", Plan::Peer { threads: 1 }, None));
         variants.push(Variant::new("ort2", Plan::Peer { threads: 2 }, None));
     }
@@ -334,11 +357,18 @@ fn batch(
 fn main() -> Result<()> {
     let options = options()?;
     let manifest = Manifest::load(Path::new("models/manifest.toml"))?;
+    if options.profile {
+        ensure!(options.runs >= 50, "--profile takes medians over at least 50 runs (--runs)");
+        for entry in &manifest.models {
+            profile::profile(&manifest, entry, &options)?;
+        }
+        return Ok(());
+    }
     let mut peer = if options.peer { Some(Peer::start(&options.python)?) } else { None };
     let mut tables = vec![];
     for entry in &manifest.models {
         let path = std::fs::canonicalize(manifest.path_of(entry))?;
-        let mut variants = variants_for(&manifest, entry, &options.int8, options.peer)?;
+        let mut variants = variants_for(&manifest, entry, &options)?;
         for _ in 0..options.rounds {
             let mut reference: Option<Vec<f32>> = None;
             for variant in variants.iter_mut() {
