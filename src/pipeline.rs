@@ -397,6 +397,7 @@ pub fn aligned_crop(alignment: &Alignment, frame: &Frame, face: &Face, out: &mut
 /// fault injection is checked through the binary: tests/gpu.rs).
 #[cfg(all(test, deepgate_host_kernels))]
 mod fallback {
+    use super::pipelined::Completed;
     use super::*;
     use crate::codec::decode_image_file;
     use std::fmt::Write;
@@ -427,10 +428,30 @@ mod fallback {
         (frame, stride)
     }
 
+    fn verdict_line(verdict: &Verdict) -> String {
+        format!(
+            "verdict {:?} {} {:?} {:?}",
+            verdict.decision, verdict.reason, verdict.fake_probability, verdict.evidence
+        )
+    }
+
     /// Everything the pipeline reported, one line per frame result and verdict (floats printed exactly), and
-    /// the frames after which it reported a GPU failure.
+    /// the frames after which it reported a GPU failure. Frames go through `push` and `flush` as the session
+    /// loop calls them: with one thread `push` is `process`; with two (`pipelined`) each frame's outcome comes
+    /// one call later.
     pub fn play(pipeline: &mut Pipeline) -> (Vec<String>, Vec<usize>) {
         let (mut lines, mut failures, mut index) = (Vec::new(), Vec::new(), 0);
+        let report = |completed: Completed, lines: &mut Vec<String>| {
+            let (faces, verdict) = completed.outcome.expect("frame");
+            let mut line = format!("{} frame {}:", completed.frame.source, completed.frame.sequence);
+            for face in faces {
+                let _ = write!(line, " {:?} {:?} {:?}", face.face.bbox, face.issue, face.fake_probability);
+            }
+            lines.push(line);
+            if let Some(verdict) = verdict {
+                lines.push(verdict_line(&verdict));
+            }
+        };
         for path in PHOTOS {
             let image = decode_image_file(Path::new(path)).expect("fixture photo");
             assert_eq!(image.format, PixelFormat::Rgb24, "{path}");
@@ -442,25 +463,15 @@ mod fallback {
                     (frame.format, frame.data, frame.stride) = (PixelFormat::Yuyv, &packed, stride);
                 }
                 if frame.discontinuity {
+                    if let Some(completed) = pipeline.flush() {
+                        report(completed, &mut lines);
+                    }
                     if let Some(verdict) = pipeline.finish() {
-                        lines.push(format!(
-                            "verdict {:?} {} {:?} {:?}",
-                            verdict.decision, verdict.reason, verdict.fake_probability, verdict.evidence
-                        ));
+                        lines.push(verdict_line(&verdict));
                     }
                 }
-                let (faces, verdict) = pipeline.process(&frame).expect("frame");
-                let mut line = format!("{path} frame {frame_number}:");
-                for face in faces {
-                    let _ =
-                        write!(line, " {:?} {:?} {:?}", face.face.bbox, face.issue, face.fake_probability);
-                }
-                lines.push(line);
-                if let Some(verdict) = verdict {
-                    lines.push(format!(
-                        "verdict {:?} {} {:?} {:?}",
-                        verdict.decision, verdict.reason, verdict.fake_probability, verdict.evidence
-                    ));
+                if let Some(completed) = pipeline.push(&frame) {
+                    report(completed, &mut lines);
                 }
                 if let Some(error) = pipeline.take_gpu_failure() {
                     eprintln!("frame {index}: {error:#}");
@@ -469,11 +480,11 @@ mod fallback {
                 index += 1;
             }
         }
+        if let Some(completed) = pipeline.flush() {
+            report(completed, &mut lines);
+        }
         if let Some(verdict) = pipeline.finish() {
-            lines.push(format!(
-                "verdict {:?} {} {:?} {:?}",
-                verdict.decision, verdict.reason, verdict.fake_probability, verdict.evidence
-            ));
+            lines.push(verdict_line(&verdict));
         }
         (lines, failures)
     }

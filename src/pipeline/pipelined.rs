@@ -545,79 +545,11 @@ impl Pipeline {
 
 /// Two threads with the GPU path (the host build of the kernels standing in for the GPU): the crops stay on the
 /// caller's thread, and a GPU path that fails mid-stream is reported once and loses nothing, exactly as with one
-/// thread (`super::fallback`, whose frames and report this replays through `push`).
+/// thread (`super::fallback`, whose `play` drives frames through `push` and `flush` for both).
 #[cfg(all(test, deepgate_host_kernels))]
 mod tests {
-    use super::super::fallback::{pipeline, play, FRAMES, PHOTOS};
-    use super::*;
-    use crate::codec::decode_image_file;
+    use super::super::fallback::{pipeline, play, FRAMES};
     use crate::preprocess::cuda::host::HostKernels;
-    use std::fmt::Write;
-    use std::path::Path;
-
-    fn verdict_line(verdict: &Verdict) -> String {
-        format!(
-            "verdict {:?} {} {:?} {:?}",
-            verdict.decision, verdict.reason, verdict.fake_probability, verdict.evidence
-        )
-    }
-
-    /// `fallback::play`'s frames and lines, through `push` and `flush` as the session loop calls them.
-    fn play_pushed(pipeline: &mut Pipeline) -> (Vec<String>, Vec<usize>) {
-        let (mut lines, mut failures, mut index) = (Vec::new(), Vec::new(), 0);
-        let report = |completed: Completed, lines: &mut Vec<String>| {
-            let (faces, verdict) = completed.outcome.expect("frame");
-            let mut line = format!("{} frame {}:", completed.frame.source, completed.frame.sequence);
-            for face in faces {
-                let _ = write!(line, " {:?} {:?} {:?}", face.face.bbox, face.issue, face.fake_probability);
-            }
-            lines.push(line);
-            if let Some(verdict) = verdict {
-                lines.push(verdict_line(&verdict));
-            }
-        };
-        for path in PHOTOS {
-            let image = decode_image_file(Path::new(path)).expect("fixture photo");
-            let stride = PixelFormat::Yuyv.min_stride(image.width);
-            let packed = crate::capture::synthetic::camera_frame(
-                &image.data,
-                image.width,
-                image.height,
-                PixelFormat::Yuyv,
-                stride,
-            )
-            .expect("a YUYV frame of the photo");
-            for frame_number in 0..2 * FRAMES {
-                let mut frame = image.frame(path, frame_number as u64, 0, frame_number % FRAMES == 0);
-                if frame_number >= FRAMES {
-                    (frame.format, frame.data, frame.stride) = (PixelFormat::Yuyv, &packed, stride);
-                }
-                if frame.discontinuity {
-                    if let Some(completed) = pipeline.flush() {
-                        report(completed, &mut lines);
-                    }
-                    if let Some(verdict) = pipeline.finish() {
-                        lines.push(verdict_line(&verdict));
-                    }
-                }
-                if let Some(completed) = pipeline.push(&frame) {
-                    report(completed, &mut lines);
-                }
-                if let Some(error) = pipeline.take_gpu_failure() {
-                    eprintln!("frame {index}: {error:#}");
-                    failures.push(index);
-                }
-                index += 1;
-            }
-        }
-        if let Some(completed) = pipeline.flush() {
-            report(completed, &mut lines);
-        }
-        if let Some(verdict) = pipeline.finish() {
-            lines.push(verdict_line(&verdict));
-        }
-        (lines, failures)
-    }
 
     #[test]
     fn two_threads_with_the_gpu_path_give_the_same_results_and_survive_its_failure() {
@@ -628,7 +560,7 @@ mod tests {
         working.use_gpu(Box::new(HostKernels::default()));
         working.set_threads(2).expect("two threads");
         assert!(working.pipelined.as_ref().is_some_and(|pipelined| pipelined.crops_here));
-        let (lines, failures) = play_pushed(&mut working);
+        let (lines, failures) = play(&mut working);
         assert!(failures.is_empty());
         assert!(working.gpu().is_some(), "the path stayed in use");
         assert_eq!(lines, reference);
@@ -639,7 +571,7 @@ mod tests {
         kernels.fail_from = Some(fail_from);
         failing.use_gpu(Box::new(kernels));
         failing.set_threads(2).expect("two threads");
-        let (lines, failures) = play_pushed(&mut failing);
+        let (lines, failures) = play(&mut failing);
         assert_eq!(failures, vec![fail_from as usize], "one report, at the failing frame");
         assert!(failing.gpu().is_none(), "the failed path is not used again");
         assert!(
