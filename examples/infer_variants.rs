@@ -227,6 +227,17 @@ fn onnx_plan(bytes: &[u8], entry: &ModelEntry, pin: bool) -> Result<(TypedSimple
     Ok((TypedSimpleState::new(&plan)?, decluttered, ms(start)))
 }
 
+/// The decluttered model with every convolution moved channel-last by tract's `conv_nhwc` transform, then
+/// decluttered again (folding the moves it can) and optimised.
+fn nhwc_plan(decluttered: TypedModel) -> Result<TypedSimpleState> {
+    let transform = tract_onnx::tract_core::transform::get_transform("conv_nhwc")?
+        .context("tract has no conv_nhwc transform")?;
+    let mut model = decluttered;
+    transform.transform(&mut model)?;
+    let plan = model.into_decluttered()?.into_optimized()?.into_runnable()?;
+    Ok(TypedSimpleState::new(&plan)?)
+}
+
 fn nnef_plan(nnef: &tract_nnef::framework::Nnef, bytes: &[u8]) -> Result<(TypedSimpleState, f64)> {
     let start = Instant::now();
     let model = nnef.model_for_read(&mut &bytes[..])?;
@@ -261,6 +272,13 @@ fn variants_for(manifest: &Manifest, entry: &ModelEntry, options: &Options) -> R
         variant.executor = Some((Executor::multithread(2), eager));
         variants.push(variant);
     }
+    let nhwc_start = Instant::now();
+    let nhwc = nhwc_plan(decluttered.clone())?;
+    variants.push(Variant::new(
+        "nhwc",
+        Plan::Typed { state: Box::new(nhwc), input: input.clone() },
+        Some(ms(nhwc_start)),
+    ));
     let (state, _) = nnef_plan(&nnef, &nnef_bytes)?;
     variants.push(Variant::new(
         format!("nnef ({} kB)", nnef_bytes.len() / 1000),

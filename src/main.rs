@@ -259,6 +259,14 @@ enum AuditAction {
 }
 
 fn main() -> ExitCode {
+    if let Err(missing) = host_cpu_check() {
+        eprintln!(
+            "deepgate: this build is for x86-64-v3 CPUs (AVX2, FMA: .cargo/config.toml) and this CPU lacks {}; \
+             rebuild with RUSTFLAGS=\"-C target-cpu=native\"",
+            missing.join(", ")
+        );
+        return ExitCode::from(2);
+    }
     cli::logging::init();
     let arguments = Arguments::parse();
     let result = match arguments.command {
@@ -330,4 +338,31 @@ fn main() -> ExitCode {
     };
     cli::logging::finish();
     code
+}
+
+/// The x86-64-v3 features the x86_64 build is compiled for (`.cargo/config.toml`) that this CPU's
+/// `/proc/cpuinfo` does not list: checked before any of our code runs vector instructions, so that an older
+/// CPU gets a message instead of SIGILL. `is_x86_feature_detected!` cannot tell: it answers yes for every
+/// feature the build enables. An unreadable `/proc/cpuinfo` is not an error (nothing to say either way).
+#[cfg(target_arch = "x86_64")]
+fn host_cpu_check() -> Result<(), Vec<&'static str>> {
+    const NEEDED: [&str; 7] = ["avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe"];
+    let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return Ok(());
+    };
+    let Some(flags) = cpuinfo.lines().find_map(|line| line.strip_prefix("flags")) else {
+        return Ok(());
+    };
+    let flags: Vec<&str> = flags.trim_start_matches([' ', '\t', ':']).split_whitespace().collect();
+    let missing: Vec<&str> = NEEDED.into_iter().filter(|feature| !flags.contains(feature)).collect();
+    if !cfg!(target_feature = "avx2") || missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing)
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn host_cpu_check() -> Result<(), Vec<&'static str>> {
+    Ok(())
 }

@@ -1,0 +1,190 @@
+//! Which layout a model's CPU plan runs its convolutions in, measured at load.
+//!
+//! tract keeps an ONNX model's convolutions channel-first (NCHW). Its depthwise convolutions run far faster
+//! channel-last: the loop over channels is contiguous and vectorises, where channel-first has a vector kernel
+//! only for stride 1 on x86_64 (the student's depthwise layers: 1.18 ms channel-first, 0.39 ms channel-last).
+//! But every tensor moved between layouts is a copy, and a model whose depthwise layers sit between pools,
+//! concatenations and residual adds pays more in moves than it gains (BlazeFace: 2.4 ms channel-first,
+//! 3.8 ms channel-last). So a model with a depthwise convolution gets both plans at load, each checked against
+//! the other on the test pattern and timed alternately, and keeps the channel-last one only when it is clearly
+//! faster. Both compute the same products and sums per output, so they agree (bit for bit on x86_64).
+
+use super::{agreement, fill_test_pattern};
+use crate::manifest::ModelEntry;
+use anyhow::{Context, Result};
+use std::time::Instant;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::cnn::Conv;
+
+/// A convolution layout of a CPU plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// tract's plan as the ONNX file lays it out (NCHW).
+    ChannelFirst,
+    /// Every convolution channel-last (NHWC) through tract's `conv_nhwc` transform.
+    ChannelLast,
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::ChannelFirst => "channel-first",
+            Layout::ChannelLast => "channel-last",
+        }
+    }
+}
+
+/// The layout a model's plan runs in and what decided it.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    pub layout: Layout,
+    /// Median ms of the timed runs at load: channel-first, and channel-last where it was built.
+    pub channel_first_ms: Option<f64>,
+    pub channel_last_ms: Option<f64>,
+    /// Why channel-last was not tried or not kept, when it was not.
+    pub reason: String,
+}
+
+/// Timed runs of each plan at load (after two untimed ones), alternating.
+const RUNS: usize = 7;
+
+/// Channel-last is kept only when its median is at most this fraction of channel-first's: a near tie stays
+/// with the file's own layout, so a noisy start does not flip between plans that run alike.
+const MARGIN: f64 = 0.9;
+
+/// How far the channel-last plan's outputs may be from channel-first's on the test pattern, relative to the
+/// largest output magnitude (at least 1): the same arithmetic in another loop order moves values by far less.
+const AGREEMENT: f32 = 1e-4;
+
+/// Whether the decluttered model has a depthwise convolution (each group one input and one output channel).
+pub fn has_depthwise(model: &TypedModel) -> bool {
+    model.nodes.iter().any(|node| {
+        node.op_as::<Conv>().is_some_and(|conv| {
+            conv.q_params.is_none()
+                && conv.group > 1
+                && conv.group == conv.input_channels()
+                && conv.group == conv.output_channels()
+        })
+    })
+}
+
+/// The decluttered model with every convolution channel-last, decluttered again (so that the moves between
+/// neighbouring convolutions cancel) and optimised.
+pub fn channel_last(decluttered: &TypedModel) -> Result<TypedModel> {
+    let transform = tract_onnx::tract_core::transform::get_transform("conv_nhwc")?
+        .context("this tract has no conv_nhwc transform")?;
+    let mut model = decluttered.clone();
+    transform.transform(&mut model)?;
+    Ok(model.into_decluttered()?.into_optimized()?)
+}
+
+/// The plan to run: `channel_first` (the optimised model as parsed) or, for a model with a depthwise
+/// convolution, its channel-last form where that agrees with it and runs clearly faster. Each plan's input
+/// is the test pattern, in `entry`'s input shape. A channel-last form that cannot be built or disagrees is
+/// reported in the choice's reason, never an error: the channel-first plan is the reference.
+pub fn choose(
+    decluttered: &TypedModel,
+    channel_first: TypedModel,
+    entry: &ModelEntry,
+) -> Result<(TypedModel, Choice)> {
+    let keep_first = |reason: String| Choice {
+        layout: Layout::ChannelFirst,
+        channel_first_ms: None,
+        channel_last_ms: None,
+        reason,
+    };
+    if !has_depthwise(decluttered) {
+        return Ok((channel_first, keep_first("no depthwise convolution".into())));
+    }
+    let last = match channel_last(decluttered) {
+        Ok(model) => model,
+        Err(error) => return Ok((channel_first, keep_first(format!("channel-last plan failed: {error:#}")))),
+    };
+    let input = test_pattern(&entry.input.shape)?;
+    let first_plan = channel_first.clone().into_runnable()?;
+    let last_plan = last.clone().into_runnable()?;
+    let mut first_state = TypedSimpleState::new(&first_plan)?;
+    let mut last_state = match TypedSimpleState::new(&last_plan) {
+        Ok(state) => state,
+        Err(error) => return Ok((channel_first, keep_first(format!("channel-last plan failed: {error:#}")))),
+    };
+    let run = |state: &mut TypedSimpleState| state.run(tvec!(input.clone().into_tvalue()));
+    let expected = run(&mut first_state)?;
+    let found = match run(&mut last_state) {
+        Ok(found) => found,
+        Err(error) => return Ok((channel_first, keep_first(format!("channel-last plan failed: {error:#}")))),
+    };
+    if let Err(error) = agreement(entry, &expected, &found, AGREEMENT, "the channel-last plan") {
+        return Ok((channel_first, keep_first(format!("channel-last plan disagrees: {error:#}"))));
+    }
+    run(&mut first_state)?;
+    run(&mut last_state)?;
+    let (mut first_ms, mut last_ms) = (Vec::with_capacity(RUNS), Vec::with_capacity(RUNS));
+    for _ in 0..RUNS {
+        for (state, times) in [(&mut first_state, &mut first_ms), (&mut last_state, &mut last_ms)] {
+            let start = Instant::now();
+            run(state)?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let (first_ms, last_ms) = (median(&mut first_ms), median(&mut last_ms));
+    let faster = last_ms <= MARGIN * first_ms;
+    let choice = Choice {
+        layout: if faster { Layout::ChannelLast } else { Layout::ChannelFirst },
+        channel_first_ms: Some(first_ms),
+        channel_last_ms: Some(last_ms),
+        reason: if faster { String::new() } else { "channel-last not clearly faster".into() },
+    };
+    Ok((if faster { last } else { channel_first }, choice))
+}
+
+/// A tensor of `shape` holding the test pattern.
+fn test_pattern(shape: &[usize]) -> Result<Tensor> {
+    let mut values = vec![0f32; shape.iter().product()];
+    fill_test_pattern(&mut values);
+    Ok(Tensor::from_shape(shape, &values)?)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Manifest;
+
+    /// Both bundled models: the channel-last plan agrees with the channel-first one (the check `choose` makes),
+    /// and only a model with depthwise convolutions is offered it.
+    #[test]
+    fn bundled_models_agree_in_both_layouts() {
+        let manifest = Manifest::load(std::path::Path::new("models/manifest.toml")).unwrap();
+        for entry in &manifest.models {
+            let bytes = super::super::read_verified(&manifest.path_of(entry), entry).unwrap();
+            let mut model = super::super::parse_onnx(&bytes, entry).unwrap();
+            model.set_input_fact(0, f32::fact(entry.input.shape).into()).unwrap();
+            let decluttered = model.into_typed().unwrap().into_decluttered().unwrap();
+            assert!(has_depthwise(&decluttered), "{}: both bundled models have depthwise layers", entry.id);
+            let first = decluttered.clone().into_optimized().unwrap();
+            let last = channel_last(&decluttered).unwrap();
+            let input = test_pattern(&entry.input.shape).unwrap();
+            let first = first.into_runnable().unwrap().run(tvec!(input.clone().into_tvalue())).unwrap();
+            let last = last.into_runnable().unwrap().run(tvec!(input.into_tvalue())).unwrap();
+            agreement(entry, &first, &last, AGREEMENT, "the channel-last plan").unwrap();
+        }
+    }
+
+    /// A model without depthwise convolutions keeps its plan without building another.
+    #[test]
+    fn no_depthwise_keeps_channel_first() {
+        let mut model = TypedModel::default();
+        let source = model.add_source("x", f32::fact([1, 2, 4, 4])).unwrap();
+        model.select_output_outlets(&[source]).unwrap();
+        let optimised = model.clone().into_optimized().unwrap();
+        let manifest = Manifest::load(std::path::Path::new("models/manifest.toml")).unwrap();
+        let (_, choice) = choose(&model, optimised, &manifest.models[0]).unwrap();
+        assert_eq!(choice.layout, Layout::ChannelFirst);
+        assert_eq!(choice.reason, "no depthwise convolution");
+    }
+}
