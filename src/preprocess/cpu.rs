@@ -14,6 +14,58 @@ trait PixelReader {
     fn rgb_fast(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
         Self::rgb(frame, x, y)
     }
+
+    /// Source pixels `first..first + line.len() / 3` of row `y` into `line` as RGB, the same values as `rgb`
+    /// (the packed YUV formats convert two pixels at a time in loops the compiler vectorises).
+    #[inline(always)]
+    fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [f32]) {
+        for (x, pixel) in (first..).zip(line.chunks_exact_mut(3)) {
+            pixel.copy_from_slice(&Self::rgb_fast(frame, x, y));
+        }
+    }
+}
+
+/// `PixelReader::convert_row` for a packed 4:2:2 format: each 4-byte group holds two pixels' luma at
+/// `luma` and their shared U and V at `u` and `v`. `yuv_to_rgb`'s products and sums, in its order, computed
+/// rather than looked up (an IEEE product is the same either way), so that whole groups vectorise.
+#[inline(always)]
+fn convert_packed_row<R: PixelReader>(
+    frame: &Frame,
+    y: usize,
+    first: usize,
+    line: &mut [f32],
+    luma: [usize; 2],
+    (u, v): (usize, usize),
+) {
+    let count = line.len() / 3;
+    let (mut x, mut line) = (first, &mut line[..count * 3]);
+    // An odd first pixel (the second of its group) on its own; then whole groups; then a last lone pixel.
+    if x % 2 == 1 && !line.is_empty() {
+        line[..3].copy_from_slice(&R::rgb_fast(frame, x, y));
+        line = &mut line[3..];
+        x += 1;
+    }
+    let pairs = line.len() / 6;
+    let start = y * frame.stride + x * 2;
+    let groups = &frame.data[start..start + pairs * 4];
+    for (group, out) in groups.chunks_exact(4).zip(line.chunks_exact_mut(6)) {
+        let chroma_u = group[u] as f32 - 128.0;
+        let chroma_v = group[v] as f32 - 128.0;
+        let red = 1.596027 * chroma_v;
+        let green_u = 0.391762 * chroma_u;
+        let green_v = 0.812968 * chroma_v;
+        let blue = 2.017232 * chroma_u;
+        for (half, index) in luma.into_iter().enumerate() {
+            let value = 1.164383 * (group[index] as f32 - 16.0);
+            out[half * 3] = (value + red).clamp(0.0, 255.0);
+            out[half * 3 + 1] = (value - green_u - green_v).clamp(0.0, 255.0);
+            out[half * 3 + 2] = (value + blue).clamp(0.0, 255.0);
+        }
+    }
+    if line.len() % 6 == 3 {
+        let last = line.len() - 3;
+        line[last..].copy_from_slice(&R::rgb_fast(frame, x + pairs * 2, y));
+    }
 }
 
 struct Rgb24;
@@ -119,6 +171,11 @@ impl PixelReader for Yuyv {
         let d = frame.data;
         yuv_to_rgb_fast(d[pair + (x & 1) * 2], d[pair + 1], d[pair + 3])
     }
+
+    #[inline(always)]
+    fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [f32]) {
+        convert_packed_row::<Self>(frame, y, first, line, [0, 2], (1, 3));
+    }
 }
 
 impl PixelReader for Uyvy {
@@ -134,6 +191,11 @@ impl PixelReader for Uyvy {
         let pair = y * frame.stride + (x / 2) * 4;
         let d = frame.data;
         yuv_to_rgb_fast(d[pair + 1 + (x & 1) * 2], d[pair], d[pair + 2])
+    }
+
+    #[inline(always)]
+    fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [f32]) {
+        convert_packed_row::<Self>(frame, y, first, line, [1, 3], (0, 2));
     }
 }
 
@@ -338,10 +400,11 @@ impl Warper {
             return;
         }
         self.region.resize(region_width * (y1 + 1 - y0), [0.0; 4]);
-        for (y, line) in (y0..=y1).zip(self.region.chunks_exact_mut(region_width)) {
-            for (x, pixel) in (x0..).zip(line.iter_mut()) {
-                let [r, g, b] = R::rgb_fast(frame, x, y);
-                *pixel = [r, g, b, 0.0];
+        resize(&mut self.line, region_width * 3);
+        for (y, pixels) in (y0..=y1).zip(self.region.chunks_exact_mut(region_width)) {
+            R::convert_row(frame, y, x0, &mut self.line);
+            for (pixel, rgb) in pixels.iter_mut().zip(self.line.chunks_exact(3)) {
+                *pixel = [rgb[0], rgb[1], rgb[2], 0.0];
             }
         }
         let region = &self.region;
@@ -363,14 +426,6 @@ fn resize(buffer: &mut Vec<f32>, len: usize) {
     buffer.resize(len, 0.0);
 }
 
-/// Converts source pixels `first..first + line.len() / 3` of row `y` into `line`.
-#[inline(always)]
-fn convert_row<R: PixelReader>(frame: &Frame, y: usize, first: usize, line: &mut [f32]) {
-    for (x, pixel) in (first..).zip(line.chunks_exact_mut(3)) {
-        pixel.copy_from_slice(&R::rgb_fast(frame, x, y));
-    }
-}
-
 /// The horizontal step of the axis-aligned path for source row `y`: per column tap i and output column, the
 /// definition's `p0 + (p1 − p0) · fx` (its `top` or `bottom`), or 0 for a tap outside the source.
 fn filter_row<R: PixelReader>(
@@ -382,7 +437,7 @@ fn filter_row<R: PixelReader>(
     line: &mut [f32],
     filtered: &mut [f32],
 ) {
-    convert_row::<R>(frame, y, first, line);
+    R::convert_row(frame, y, first, line);
     let values = filtered.len() / taps;
     for (column, column_taps) in columns.chunks_exact(taps).enumerate() {
         for (i, tap) in column_taps.iter().enumerate() {
