@@ -281,6 +281,37 @@ pub struct Warper {
     /// Rotated: the source region under the crop converted to RGB f32, row-major, one `[r, g, b, 0]` per
     /// pixel (a fourth lane so a pixel is one aligned vector and the interpolation runs on all lanes at once).
     region: Vec<[f32; 4]>,
+    /// Rotated: one output row's samples for one (j, i) tap, column by column (`RowTaps`).
+    taps: RowTaps,
+    /// Rotated: one output row's running sums, one `[r, g, b, 0]` per column.
+    pixel_sums: Vec<[f32; 4]>,
+}
+
+/// The bilinear samples of one output row at one tap (j, i), one entry per column, as separate arrays so
+/// that the loop computing them runs on vectors of columns.
+#[derive(Default)]
+struct RowTaps {
+    /// Whether the sample falls inside the source (else it adds nothing).
+    inside: Vec<bool>,
+    fx: Vec<f32>,
+    fy: Vec<f32>,
+    /// The two source columns and rows the sample reads.
+    xa: Vec<u32>,
+    xb: Vec<u32>,
+    ya: Vec<u32>,
+    yb: Vec<u32>,
+}
+
+impl RowTaps {
+    fn resize(&mut self, width: usize) {
+        self.inside.resize(width, false);
+        for values in [&mut self.fx, &mut self.fy] {
+            values.resize(width, 0.0);
+        }
+        for values in [&mut self.xa, &mut self.xb, &mut self.ya, &mut self.yb] {
+            values.resize(width, 0);
+        }
+    }
 }
 
 /// One source row after the horizontal step of the axis-aligned path.
@@ -417,7 +448,93 @@ impl Warper {
                 [(xa, ya), (xb, ya), (xa, yb), (xb, yb)].map(|(x, y)| with_lane(R::rgb_fast(frame, x, y)))
             }
         };
-        warp_general_reading(frame, map, out, read, floor_in_range);
+        // The definition's loops turned inside out: per output row, each tap (j, i) in the definition's
+        // order over all columns, so every pixel's sum takes the same samples in the same order, while the
+        // coordinates of a whole row of samples are computed on vectors of columns.
+        let taps = map.taps();
+        let step = 1.0 / taps as f32;
+        let weight = 1.0 / (taps * taps) as f32;
+        let (source_width, source_height) = (frame.width as f32, frame.height as f32);
+        let width = out.width;
+        self.taps.resize(width);
+        self.pixel_sums.resize(width, [0.0; 4]);
+        let (row_taps, sums) = (&mut self.taps, &mut self.pixel_sums);
+        for (row, line) in out.data.chunks_exact_mut(width * 3).enumerate() {
+            sums.fill([0.0; 4]);
+            for j in 0..taps {
+                let v = row as f32 + (j as f32 + 0.5) * step;
+                let (bv, dv) = (map.b * v, map.d * v);
+                for i in 0..taps {
+                    let offset = (i as f32 + 0.5) * step;
+                    sample_row(
+                        map,
+                        (bv, dv),
+                        offset,
+                        (source_width, source_height),
+                        (last_x, last_y),
+                        row_taps,
+                    );
+                    let RowTaps { inside, fx, fy, xa, xb, ya, yb } = &*row_taps;
+                    for (column, sum) in sums.iter_mut().enumerate() {
+                        if !inside[column] {
+                            continue;
+                        }
+                        let [p00, p10, p01, p11] = read(
+                            xa[column] as usize,
+                            xb[column] as usize,
+                            ya[column] as usize,
+                            yb[column] as usize,
+                        );
+                        let (fx, fy) = (fx[column], fy[column]);
+                        for c in 0..4 {
+                            let top = p00[c] + (p10[c] - p00[c]) * fx;
+                            let bottom = p01[c] + (p11[c] - p01[c]) * fx;
+                            sum[c] += top + (bottom - top) * fy;
+                        }
+                    }
+                }
+            }
+            for (pixel, sum) in line.chunks_exact_mut(3).zip(sums.iter()) {
+                for c in 0..3 {
+                    pixel[c] = (sum[c] * weight + 0.5).clamp(0.0, 255.0) as u8;
+                }
+            }
+        }
+    }
+}
+
+/// One output row's samples at one tap into `taps`, column by column: the definition's source position
+/// `map.apply(u, v)` (with `b·v` and `d·v` given, the same products, summed in the same order), its inside
+/// test, floor, fractions and clamped neighbours. Straight-line per column, so it runs on vectors.
+#[inline(always)]
+fn sample_row(
+    map: &Affine,
+    (bv, dv): (f32, f32),
+    offset: f32,
+    (source_width, source_height): (f32, f32),
+    (last_x, last_y): (usize, usize),
+    taps: &mut RowTaps,
+) {
+    let (last_x, last_y) = (last_x as f32, last_y as f32);
+    let RowTaps { inside, fx, fy, xa, xb, ya, yb } = taps;
+    let columns = inside.len();
+    let (fx, fy) = (&mut fx[..columns], &mut fy[..columns]);
+    let (xa, xb, ya, yb) = (&mut xa[..columns], &mut xb[..columns], &mut ya[..columns], &mut yb[..columns]);
+    for column in 0..columns {
+        let u = column as f32 + offset;
+        let sx = map.a * u + bv + map.tx;
+        let sy = map.c * u + dv + map.ty;
+        inside[column] = sx >= 0.0 && sy >= 0.0 && sx < source_width && sy < source_height;
+        let (x, y) = (sx - 0.5, sy - 0.5);
+        let (x0, y0) = (floor_in_range(x), floor_in_range(y));
+        fx[column] = x - x0;
+        fy[column] = y - y0;
+        // As `warp_general_reading`'s `(x0.max(0.0) as usize).min(last_x)`: the clamp in floats first, where
+        // every value it leaves is a whole number below 2^24, so the conversion is exact.
+        xa[column] = x0.max(0.0).min(last_x) as u32;
+        xb[column] = (x0 + 1.0).max(0.0).min(last_x) as u32;
+        ya[column] = y0.max(0.0).min(last_y) as u32;
+        yb[column] = (y0 + 1.0).max(0.0).min(last_y) as u32;
     }
 }
 
