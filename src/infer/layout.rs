@@ -75,7 +75,7 @@ pub fn channel_last(decluttered: &TypedModel) -> Result<TypedModel> {
         .context("this tract has no conv_nhwc transform")?;
     let mut model = decluttered.clone();
     transform.transform(&mut model)?;
-    Ok(model.into_decluttered()?.into_optimized()?)
+    model.into_decluttered()?.into_optimized()
 }
 
 /// The plan to run: `channel_first` (the optimised model as parsed) or, for a model with a depthwise
@@ -142,7 +142,7 @@ pub fn choose(
 fn test_pattern(shape: &[usize]) -> Result<Tensor> {
     let mut values = vec![0f32; shape.iter().product()];
     fill_test_pattern(&mut values);
-    Ok(Tensor::from_shape(shape, &values)?)
+    Tensor::from_shape(shape, &values)
 }
 
 fn median(values: &mut [f64]) -> f64 {
