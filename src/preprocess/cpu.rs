@@ -15,12 +15,12 @@ trait PixelReader {
         Self::rgb(frame, x, y)
     }
 
-    /// Source pixels `first..first + line.len() / 3` of row `y` into `line` as RGB, the same values as `rgb`
-    /// (the packed YUV formats convert two pixels at a time in loops the compiler vectorises).
+    /// Source pixels `first..first + line.len()` of row `y` into `line` as `[r, g, b, 0]`, the same values
+    /// as `rgb` (the packed YUV formats convert two pixels at a time in loops the compiler vectorises).
     #[inline(always)]
-    fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [f32]) {
-        for (x, pixel) in (first..).zip(line.chunks_exact_mut(3)) {
-            pixel.copy_from_slice(&Self::rgb_fast(frame, x, y));
+    fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [[f32; 4]]) {
+        for (x, pixel) in (first..).zip(line.iter_mut()) {
+            *pixel = with_lane(Self::rgb_fast(frame, x, y));
         }
     }
 }
@@ -33,22 +33,21 @@ fn convert_packed_row<R: PixelReader>(
     frame: &Frame,
     y: usize,
     first: usize,
-    line: &mut [f32],
+    line: &mut [[f32; 4]],
     luma: [usize; 2],
     (u, v): (usize, usize),
 ) {
-    let count = line.len() / 3;
-    let (mut x, mut line) = (first, &mut line[..count * 3]);
+    let (mut x, mut line) = (first, line);
     // An odd first pixel (the second of its group) on its own; then whole groups; then a last lone pixel.
     if x % 2 == 1 && !line.is_empty() {
-        line[..3].copy_from_slice(&R::rgb_fast(frame, x, y));
-        line = &mut line[3..];
+        line[0] = with_lane(R::rgb_fast(frame, x, y));
+        line = &mut line[1..];
         x += 1;
     }
-    let pairs = line.len() / 6;
+    let pairs = line.len() / 2;
     let start = y * frame.stride + x * 2;
     let groups = &frame.data[start..start + pairs * 4];
-    for (group, out) in groups.chunks_exact(4).zip(line.chunks_exact_mut(6)) {
+    for (group, out) in groups.chunks_exact(4).zip(line.chunks_exact_mut(2)) {
         let chroma_u = group[u] as f32 - 128.0;
         let chroma_v = group[v] as f32 - 128.0;
         let red = 1.596027 * chroma_v;
@@ -57,14 +56,16 @@ fn convert_packed_row<R: PixelReader>(
         let blue = 2.017232 * chroma_u;
         for (half, index) in luma.into_iter().enumerate() {
             let value = 1.164383 * (group[index] as f32 - 16.0);
-            out[half * 3] = (value + red).clamp(0.0, 255.0);
-            out[half * 3 + 1] = (value - green_u - green_v).clamp(0.0, 255.0);
-            out[half * 3 + 2] = (value + blue).clamp(0.0, 255.0);
+            out[half] = [
+                (value + red).clamp(0.0, 255.0),
+                (value - green_u - green_v).clamp(0.0, 255.0),
+                (value + blue).clamp(0.0, 255.0),
+                0.0,
+            ];
         }
     }
-    if line.len() % 6 == 3 {
-        let last = line.len() - 3;
-        line[last..].copy_from_slice(&R::rgb_fast(frame, x + pairs * 2, y));
+    if line.len() % 2 == 1 {
+        line[line.len() - 1] = with_lane(R::rgb_fast(frame, x + pairs * 2, y));
     }
 }
 
@@ -173,7 +174,7 @@ impl PixelReader for Yuyv {
     }
 
     #[inline(always)]
-    fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [f32]) {
+    fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [[f32; 4]]) {
         convert_packed_row::<Self>(frame, y, first, line, [0, 2], (1, 3));
     }
 }
@@ -194,7 +195,7 @@ impl PixelReader for Uyvy {
     }
 
     #[inline(always)]
-    fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [f32]) {
+    fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [[f32; 4]]) {
         convert_packed_row::<Self>(frame, y, first, line, [1, 3], (0, 2));
     }
 }
@@ -272,8 +273,9 @@ const CACHED_ROWS: usize = 2 * super::MAX_TAPS as usize;
 pub struct Warper {
     /// Axis-aligned: the bilinear tap of each output column and horizontal sample, `column * taps + i`.
     columns: Vec<AxisTap>,
-    /// One source row (or the span of it the columns read) converted to RGB f32.
-    line: Vec<f32>,
+    /// One source row (the span of it the columns read, or the rotated path's region row) converted to RGB
+    /// f32, one `[r, g, b, 0]` per pixel.
+    line: Vec<[f32; 4]>,
     /// Axis-aligned: horizontally interpolated source rows, `[i][column * 3 + c]` each.
     rows: [FilteredRow; CACHED_ROWS],
     /// Axis-aligned: one output row's running sums, `column * 3 + c`.
@@ -366,7 +368,7 @@ impl Warper {
         let inside = self.columns.iter().filter(|tap| tap.inside);
         let first = inside.clone().map(|tap| tap.first).min().unwrap_or(0);
         let last = inside.map(|tap| tap.second).max().unwrap_or(0);
-        resize(&mut self.line, (last + 1 - first) * 3);
+        self.line.resize(last + 1 - first, [0.0; 4]);
         resize(&mut self.sums, values);
         for slot in &mut self.rows {
             slot.row = None;
@@ -431,12 +433,8 @@ impl Warper {
             return;
         }
         self.region.resize(region_width * (y1 + 1 - y0), [0.0; 4]);
-        resize(&mut self.line, region_width * 3);
         for (y, pixels) in (y0..=y1).zip(self.region.chunks_exact_mut(region_width)) {
-            R::convert_row(frame, y, x0, &mut self.line);
-            for (pixel, rgb) in pixels.iter_mut().zip(self.line.chunks_exact(3)) {
-                *pixel = [rgb[0], rgb[1], rgb[2], 0.0];
-            }
+            R::convert_row(frame, y, x0, pixels);
         }
         let region = &self.region;
         let pixel = |x: usize, y: usize| region[(y - y0) * region_width + (x - x0)];
@@ -551,7 +549,7 @@ fn filter_row<R: PixelReader>(
     first: usize,
     columns: &[AxisTap],
     taps: usize,
-    line: &mut [f32],
+    line: &mut [[f32; 4]],
     filtered: &mut [f32],
 ) {
     R::convert_row(frame, y, first, line);
@@ -563,11 +561,13 @@ fn filter_row<R: PixelReader>(
                 out.fill(0.0);
                 continue;
             }
-            let p0 = &line[(tap.first - first) * 3..][..3];
-            let p1 = &line[(tap.second - first) * 3..][..3];
-            for c in 0..3 {
-                out[c] = p0[c] + (p1[c] - p0[c]) * tap.fraction;
+            // All four lanes at once (one vector), the fourth dropped.
+            let (p0, p1) = (line[tap.first - first], line[tap.second - first]);
+            let mut value = [0f32; 4];
+            for c in 0..4 {
+                value[c] = p0[c] + (p1[c] - p0[c]) * tap.fraction;
             }
+            out.copy_from_slice(&value[..3]);
         }
     }
 }
