@@ -6,8 +6,10 @@
 //!
 //! Per manifest model (the detector and the classifier the bundled manifest names), on deepgate's test pattern:
 //!   runtime      `deepgate::infer::Model`: the input fact pinned to the manifest's shape, then
-//!                `into_optimized`, one thread (what the runtime runs)
+//!                `into_optimized` in the convolution layout chosen at load, one thread (what the runtime runs)
 //!   unpinned     the file's own input fact, `into_optimized` straight from the ONNX inference model
+//!   nchw, nhwc   the pinned plan with its convolutions channel-first (as the file lays them out) and
+//!                channel-last (`infer::layout`), whichever the runtime chose at load
 //!   mt2, mt2-eager   the runtime's plan inside tract-linalg's 2-thread executor (`Executor::multithread`),
 //!                with tract's default threading thresholds, then with every threshold at 0 (thread always)
 //!   nnef         the pinned, decluttered model written as NNEF (tract_core extensions) and read back: start
@@ -30,7 +32,7 @@
 //! so these count as the convolution, as they do in onnxruntime's fused kernels.
 
 use anyhow::{bail, ensure, Context, Result};
-use deepgate::infer::{fill_test_pattern, parse_onnx, read_verified, Model};
+use deepgate::infer::{fill_test_pattern, layout, parse_onnx, read_verified, Model};
 use deepgate::manifest::{Manifest, ModelEntry};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -223,19 +225,21 @@ fn onnx_plan(bytes: &[u8], entry: &ModelEntry, pin: bool) -> Result<(TypedSimple
     let outputs: Vec<&str> = entry.outputs.iter().map(|o| o.name.as_str()).collect();
     model.select_outputs_by_name(&outputs)?;
     let decluttered = model.into_typed()?.into_decluttered()?;
-    let plan = decluttered.clone().into_optimized()?.into_runnable()?;
+    let optimised = decluttered.clone().into_optimized()?;
+    // Pinned, as the runtime loads it: its convolution layout chosen as `Model::load` chooses it.
+    let plan =
+        if pin { layout::choose(&decluttered, optimised, entry)?.0 } else { optimised }.into_runnable()?;
     Ok((TypedSimpleState::new(&plan)?, decluttered, ms(start)))
 }
 
-/// The decluttered model with every convolution moved channel-last by tract's `conv_nhwc` transform, then
-/// decluttered again (folding the moves it can) and optimised.
+/// The decluttered model optimised as the file lays it out (channel-first), whatever the runtime would choose.
+fn nchw_plan(decluttered: TypedModel) -> Result<TypedSimpleState> {
+    TypedSimpleState::new(&decluttered.into_optimized()?.into_runnable()?)
+}
+
+/// The decluttered model with every convolution channel-last, as the runtime's layout module builds it.
 fn nhwc_plan(decluttered: TypedModel) -> Result<TypedSimpleState> {
-    let transform = tract_onnx::tract_core::transform::get_transform("conv_nhwc")?
-        .context("tract has no conv_nhwc transform")?;
-    let mut model = decluttered;
-    transform.transform(&mut model)?;
-    let plan = model.into_decluttered()?.into_optimized()?.into_runnable()?;
-    Ok(TypedSimpleState::new(&plan)?)
+    TypedSimpleState::new(&layout::channel_last(&decluttered)?.into_runnable()?)
 }
 
 fn nnef_plan(nnef: &tract_nnef::framework::Nnef, bytes: &[u8]) -> Result<(TypedSimpleState, f64)> {
@@ -272,13 +276,17 @@ fn variants_for(manifest: &Manifest, entry: &ModelEntry, options: &Options) -> R
         variant.executor = Some((Executor::multithread(2), eager));
         variants.push(variant);
     }
-    let nhwc_start = Instant::now();
-    let nhwc = nhwc_plan(decluttered.clone())?;
-    variants.push(Variant::new(
-        "nhwc",
-        Plan::Typed { state: Box::new(nhwc), input: input.clone() },
-        Some(ms(nhwc_start)),
-    ));
+    for (name, make) in
+        [("nchw", nchw_plan as fn(TypedModel) -> Result<TypedSimpleState>), ("nhwc", nhwc_plan)]
+    {
+        let start = Instant::now();
+        let state = make(decluttered.clone())?;
+        variants.push(Variant::new(
+            name,
+            Plan::Typed { state: Box::new(state), input: input.clone() },
+            Some(ms(start)),
+        ));
+    }
     let (state, _) = nnef_plan(&nnef, &nnef_bytes)?;
     variants.push(Variant::new(
         format!("nnef ({} kB)", nnef_bytes.len() / 1000),

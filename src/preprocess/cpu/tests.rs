@@ -1,6 +1,7 @@
 //! The CPU reference checked against the preprocessing definition: colour conversion per pixel format, the
 //! letterbox, supersampling, rotated maps, refusals and the axis-aligned fast path.
 
+use super::pixels::yuv_to_rgb_fast;
 use super::*;
 use crate::preprocess::{Letterbox, MAX_TAPS};
 

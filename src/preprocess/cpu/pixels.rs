@@ -1,0 +1,222 @@
+//! Reading source pixels as RGB, per pixel format: the definition's colour conversion (`yuv_to_rgb`), its
+//! looked-up form for single pixels and its computed form for whole rows of the packed YUV formats.
+
+use crate::frame::Frame;
+
+/// Reads one source pixel as RGB, unrounded (the module definition's colour conversion).
+pub(super) trait PixelReader {
+    /// The pixel by the definition's formula.
+    fn rgb(frame: &Frame, x: usize, y: usize) -> [f32; 3];
+
+    /// The same value, computed faster where the format allows (the YUV formats look their products up).
+    #[inline(always)]
+    fn rgb_fast(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
+        Self::rgb(frame, x, y)
+    }
+
+    /// Source pixels `first..first + line.len()` of row `y` into `line` as `[r, g, b, 0]`, the same values
+    /// as `rgb` (the packed YUV formats convert two pixels at a time in loops the compiler vectorises).
+    #[inline(always)]
+    fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [[f32; 4]]) {
+        for (x, pixel) in (first..).zip(line.iter_mut()) {
+            *pixel = with_lane(Self::rgb_fast(frame, x, y));
+        }
+    }
+}
+
+/// `PixelReader::convert_row` for a packed 4:2:2 format: each 4-byte group holds two pixels' luma at
+/// `luma` and their shared U and V at `u` and `v`. `yuv_to_rgb`'s products and sums, in its order, computed
+/// rather than looked up (an IEEE product is the same either way), so that whole groups vectorise.
+#[inline(always)]
+fn convert_packed_row<R: PixelReader>(
+    frame: &Frame,
+    y: usize,
+    first: usize,
+    line: &mut [[f32; 4]],
+    luma: [usize; 2],
+    (u, v): (usize, usize),
+) {
+    let (mut x, mut line) = (first, line);
+    // An odd first pixel (the second of its group) on its own; then whole groups; then a last lone pixel.
+    if x % 2 == 1 && !line.is_empty() {
+        line[0] = with_lane(R::rgb_fast(frame, x, y));
+        line = &mut line[1..];
+        x += 1;
+    }
+    let pairs = line.len() / 2;
+    let start = y * frame.stride + x * 2;
+    let groups = &frame.data[start..start + pairs * 4];
+    for (group, out) in groups.chunks_exact(4).zip(line.chunks_exact_mut(2)) {
+        let chroma_u = group[u] as f32 - 128.0;
+        let chroma_v = group[v] as f32 - 128.0;
+        let red = 1.596027 * chroma_v;
+        let green_u = 0.391762 * chroma_u;
+        let green_v = 0.812968 * chroma_v;
+        let blue = 2.017232 * chroma_u;
+        for (half, index) in luma.into_iter().enumerate() {
+            let value = 1.164383 * (group[index] as f32 - 16.0);
+            out[half] = [
+                (value + red).clamp(0.0, 255.0),
+                (value - green_u - green_v).clamp(0.0, 255.0),
+                (value + blue).clamp(0.0, 255.0),
+                0.0,
+            ];
+        }
+    }
+    if line.len() % 2 == 1 {
+        line[line.len() - 1] = with_lane(R::rgb_fast(frame, x + pairs * 2, y));
+    }
+}
+
+pub(super) struct Rgb24;
+pub(super) struct Bgr24;
+pub(super) struct Grey;
+pub(super) struct Yuyv;
+pub(super) struct Uyvy;
+pub(super) struct Nv12;
+
+/// BT.601 limited range to RGB, clamped to [0, 255].
+#[inline(always)]
+pub fn yuv_to_rgb(y: u8, u: u8, v: u8) -> [f32; 3] {
+    let luma = 1.164383 * (y as f32 - 16.0);
+    let u = u as f32 - 128.0;
+    let v = v as f32 - 128.0;
+    [
+        (luma + 1.596027 * v).clamp(0.0, 255.0),
+        (luma - 0.391762 * u - 0.812968 * v).clamp(0.0, 255.0),
+        (luma + 2.017232 * u).clamp(0.0, 255.0),
+    ]
+}
+
+/// The products of `yuv_to_rgb` for every byte value, computed at compile time as `yuv_to_rgb` computes them
+/// at run time (an IEEE product is correctly rounded either way; a test compares all 2^24 inputs).
+struct YuvTables {
+    luma: [f32; 256],
+    red_v: [f32; 256],
+    green_u: [f32; 256],
+    green_v: [f32; 256],
+    blue_u: [f32; 256],
+}
+
+static YUV: YuvTables = yuv_tables();
+
+const fn yuv_tables() -> YuvTables {
+    let mut tables = YuvTables {
+        luma: [0.0; 256],
+        red_v: [0.0; 256],
+        green_u: [0.0; 256],
+        green_v: [0.0; 256],
+        blue_u: [0.0; 256],
+    };
+    let mut byte = 0;
+    while byte < 256 {
+        let value = byte as f32;
+        tables.luma[byte] = 1.164383 * (value - 16.0);
+        tables.red_v[byte] = 1.596027 * (value - 128.0);
+        tables.green_u[byte] = 0.391762 * (value - 128.0);
+        tables.green_v[byte] = 0.812968 * (value - 128.0);
+        tables.blue_u[byte] = 2.017232 * (value - 128.0);
+        byte += 1;
+    }
+    tables
+}
+
+/// `yuv_to_rgb` with its products looked up: the same sums in the same order, so the same values.
+#[inline(always)]
+pub(super) fn yuv_to_rgb_fast(y: u8, u: u8, v: u8) -> [f32; 3] {
+    let luma = YUV.luma[y as usize];
+    let (u, v) = (u as usize, v as usize);
+    [
+        (luma + YUV.red_v[v]).clamp(0.0, 255.0),
+        (luma - YUV.green_u[u] - YUV.green_v[v]).clamp(0.0, 255.0),
+        (luma + YUV.blue_u[u]).clamp(0.0, 255.0),
+    ]
+}
+
+impl PixelReader for Rgb24 {
+    #[inline(always)]
+    fn rgb(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
+        let i = y * frame.stride + x * 3;
+        [frame.data[i] as f32, frame.data[i + 1] as f32, frame.data[i + 2] as f32]
+    }
+}
+
+impl PixelReader for Bgr24 {
+    #[inline(always)]
+    fn rgb(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
+        let i = y * frame.stride + x * 3;
+        [frame.data[i + 2] as f32, frame.data[i + 1] as f32, frame.data[i] as f32]
+    }
+}
+
+impl PixelReader for Grey {
+    #[inline(always)]
+    fn rgb(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
+        let value = frame.data[y * frame.stride + x] as f32;
+        [value; 3]
+    }
+}
+
+impl PixelReader for Yuyv {
+    #[inline(always)]
+    fn rgb(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
+        let pair = y * frame.stride + (x / 2) * 4;
+        let d = frame.data;
+        yuv_to_rgb(d[pair + (x & 1) * 2], d[pair + 1], d[pair + 3])
+    }
+
+    #[inline(always)]
+    fn rgb_fast(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
+        let pair = y * frame.stride + (x / 2) * 4;
+        let d = frame.data;
+        yuv_to_rgb_fast(d[pair + (x & 1) * 2], d[pair + 1], d[pair + 3])
+    }
+
+    #[inline(always)]
+    fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [[f32; 4]]) {
+        convert_packed_row::<Self>(frame, y, first, line, [0, 2], (1, 3));
+    }
+}
+
+impl PixelReader for Uyvy {
+    #[inline(always)]
+    fn rgb(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
+        let pair = y * frame.stride + (x / 2) * 4;
+        let d = frame.data;
+        yuv_to_rgb(d[pair + 1 + (x & 1) * 2], d[pair], d[pair + 2])
+    }
+
+    #[inline(always)]
+    fn rgb_fast(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
+        let pair = y * frame.stride + (x / 2) * 4;
+        let d = frame.data;
+        yuv_to_rgb_fast(d[pair + 1 + (x & 1) * 2], d[pair], d[pair + 2])
+    }
+
+    #[inline(always)]
+    fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [[f32; 4]]) {
+        convert_packed_row::<Self>(frame, y, first, line, [1, 3], (0, 2));
+    }
+}
+
+impl PixelReader for Nv12 {
+    #[inline(always)]
+    fn rgb(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
+        let d = frame.data;
+        let chroma = frame.stride * frame.height as usize + (y / 2) * frame.stride + (x / 2) * 2;
+        yuv_to_rgb(d[y * frame.stride + x], d[chroma], d[chroma + 1])
+    }
+
+    #[inline(always)]
+    fn rgb_fast(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
+        let d = frame.data;
+        let chroma = frame.stride * frame.height as usize + (y / 2) * frame.stride + (x / 2) * 2;
+        yuv_to_rgb_fast(d[y * frame.stride + x], d[chroma], d[chroma + 1])
+    }
+}
+
+/// An RGB pixel with the fourth lane the warp computes on.
+#[inline(always)]
+pub(super) fn with_lane([r, g, b]: [f32; 3]) -> [f32; 4] {
+    [r, g, b, 0.0]
+}
