@@ -14,7 +14,9 @@ use crate::manifest::ModelEntry;
 use anyhow::{Context, Result};
 use std::time::Instant;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::ops::cnn::Conv;
+use tract_onnx::tract_core::ops::change_axes::AxisOp;
+use tract_onnx::tract_core::ops::cnn::{Conv, MaxPool, PoolSpec};
+use tract_onnx::tract_core::ops::nn::DataFormat;
 
 /// A convolution layout of a CPU plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +77,42 @@ pub fn channel_last(decluttered: &TypedModel) -> Result<TypedModel> {
         .context("this tract has no conv_nhwc transform")?;
     let mut model = decluttered.clone();
     transform.transform(&mut model)?;
+    pools_channel_last(&mut model)?;
     model.into_decluttered()?.into_optimized()
+}
+
+/// Each channel-first max-pool rewritten channel-last between two moves, as tract's `conv_nhwc` does for
+/// convolutions: tract's max-pool cannot pass a move through itself, so without this every pool between
+/// channel-last convolutions keeps a move on each side; with it, decluttering cancels the moves.
+fn pools_channel_last(model: &mut TypedModel) -> Result<()> {
+    let pools: Vec<usize> = model
+        .nodes
+        .iter()
+        .filter(|node| {
+            node.op_as::<MaxPool>().is_some_and(|pool| {
+                pool.with_index_outputs.is_none() && pool.pool_spec.data_format == DataFormat::NCHW
+            })
+        })
+        .map(|node| node.id)
+        .collect();
+    for id in pools {
+        let node = model.node(id);
+        let op = node.op_as::<MaxPool>().context("a max-pool node")?.clone();
+        let rank = model.outlet_fact(node.inputs[0])?.rank();
+        let name = node.name.clone();
+        let mut patch = TypedModelPatch::default();
+        let input = patch.taps(model, &node.inputs)?;
+        let moved = patch.wire_node(format!("{name}.nhwc_in"), AxisOp::Move(1, rank - 1), &input)?;
+        let pool = MaxPool {
+            pool_spec: PoolSpec { data_format: DataFormat::NHWC, ..op.pool_spec },
+            with_index_outputs: None,
+        };
+        let pooled = patch.wire_node(format!("{name}.nhwc"), pool, &moved)?;
+        let back = patch.wire_node(format!("{name}.nhwc_out"), AxisOp::Move(rank - 1, 1), &pooled)?;
+        patch.shunt_outside(model, id.into(), back[0])?;
+        patch.apply(model)?;
+    }
+    Ok(())
 }
 
 /// The plan to run: `channel_first` (the optimised model as parsed) or, for a model with a depthwise
