@@ -343,18 +343,14 @@ fn main() -> ExitCode {
 /// The x86-64-v3 features the x86_64 build is compiled for (`.cargo/config.toml`) that this CPU's
 /// `/proc/cpuinfo` does not list: checked before any of our code runs vector instructions, so that an older
 /// CPU gets a message instead of SIGILL. `is_x86_feature_detected!` cannot tell: it answers yes for every
-/// feature the build enables. An unreadable `/proc/cpuinfo` is not an error (nothing to say either way).
+/// feature the build enables. An unreadable `/proc/cpuinfo` is not an error (nothing to say either way), nor is
+/// anything on a build that was not compiled for those features.
 #[cfg(target_arch = "x86_64")]
 fn host_cpu_check() -> Result<(), Vec<&'static str>> {
-    const NEEDED: [&str; 7] = ["avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe"];
     let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo") else {
         return Ok(());
     };
-    let Some(flags) = cpuinfo.lines().find_map(|line| line.strip_prefix("flags")) else {
-        return Ok(());
-    };
-    let flags: Vec<&str> = flags.trim_start_matches([' ', '\t', ':']).split_whitespace().collect();
-    let missing: Vec<&str> = NEEDED.into_iter().filter(|feature| !flags.contains(feature)).collect();
+    let missing = missing_features(&cpuinfo);
     if !cfg!(target_feature = "avx2") || missing.is_empty() {
         Ok(())
     } else {
@@ -365,4 +361,33 @@ fn host_cpu_check() -> Result<(), Vec<&'static str>> {
 #[cfg(not(target_arch = "x86_64"))]
 fn host_cpu_check() -> Result<(), Vec<&'static str>> {
     Ok(())
+}
+
+/// The x86-64-v3 features that the first `flags` line of a `/proc/cpuinfo` text lacks (none when it has no
+/// such line: nothing to go by).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn missing_features(cpuinfo: &str) -> Vec<&'static str> {
+    const NEEDED: [&str; 7] = ["avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe"];
+    let Some(flags) = cpuinfo.lines().find_map(|line| line.strip_prefix("flags")) else {
+        return Vec::new();
+    };
+    let flags: Vec<&str> = flags.trim_start_matches([' ', '\t', ':']).split_whitespace().collect();
+    NEEDED.into_iter().filter(|feature| !flags.contains(feature)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::missing_features;
+
+    #[test]
+    fn cpu_flags_name_what_an_older_cpu_lacks() {
+        let haswell =
+            "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma bmi1 bmi2 f16c movbe abm\nbugs\t\t:\n";
+        assert!(missing_features(haswell).is_empty());
+        let sandy_bridge = "flags\t\t: fpu sse2 sse4_2 avx popcnt\n";
+        assert_eq!(missing_features(sandy_bridge), ["avx2", "fma", "bmi1", "bmi2", "f16c", "movbe"]);
+        // "avx512f" is not "avx2"; a text without a flags line says nothing.
+        assert_eq!(missing_features("flags : avx avx512f fma bmi1 bmi2 f16c movbe")[..], ["avx2"]);
+        assert!(missing_features("model name : something\n").is_empty());
+    }
 }
