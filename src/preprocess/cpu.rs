@@ -206,7 +206,7 @@ impl Warper {
                 }
             }
             for (pixel, &sum) in pixels.iter_mut().zip(sums.iter()) {
-                *pixel = (sum * weight + 0.5).clamp(0.0, 255.0) as u8;
+                *pixel = to_byte(sum, weight);
             }
         }
     }
@@ -269,24 +269,19 @@ impl Warper {
                         if !inside[column] {
                             continue;
                         }
-                        let [p00, p10, p01, p11] = read(
+                        let pixels = read(
                             xa[column] as usize,
                             xb[column] as usize,
                             ya[column] as usize,
                             yb[column] as usize,
                         );
-                        let (fx, fy) = (fx[column], fy[column]);
-                        for c in 0..4 {
-                            let top = p00[c] + (p10[c] - p00[c]) * fx;
-                            let bottom = p01[c] + (p11[c] - p01[c]) * fx;
-                            sum[c] += top + (bottom - top) * fy;
-                        }
+                        add_bilinear(sum, pixels, fx[column], fy[column]);
                     }
                 }
             }
             for (pixel, sum) in line.chunks_exact_mut(3).zip(sums.iter()) {
                 for c in 0..3 {
-                    pixel[c] = (sum[c] * weight + 0.5).clamp(0.0, 255.0) as u8;
+                    pixel[c] = to_byte(sum[c], weight);
                 }
             }
         }
@@ -319,7 +314,7 @@ fn sample_row(
         let (x0, y0) = (floor_in_range(x), floor_in_range(y));
         fx[column] = x - x0;
         fy[column] = y - y0;
-        // As `warp_general_reading`'s `(x0.max(0.0) as usize).min(last_x)`: the clamp in floats first, where
+        // As `warp_general`'s `(x0.max(0.0) as usize).min(last_x)`: the clamp in floats first, where
         // every value it leaves is a whole number below 2^24, so the conversion is exact.
         xa[column] = x0.max(0.0).min(last_x) as u32;
         xb[column] = (x0 + 1.0).max(0.0).min(last_x) as u32;
@@ -429,23 +424,6 @@ fn axis_tap(s: f32, size: f32, last: usize) -> AxisTap {
 
 /// The warp exactly as the module documentation defines it, for any affine map, each sample reading the frame.
 fn warp_general<R: PixelReader>(frame: &Frame, map: &Affine, out: &mut RgbImage) {
-    let read = |xa, xb, ya, yb| {
-        [(xa, ya), (xb, ya), (xa, yb), (xb, yb)].map(|(x, y)| with_lane(R::rgb(frame, x, y)))
-    };
-    warp_general_reading(frame, map, out, read, f32::floor);
-}
-
-/// The definition's warp with the four source pixels of a bilinear sample read as `read(xa, xb, ya, yb)` says
-/// ((xa, ya), (xb, ya), (xa, yb), (xb, yb): from the frame itself, or from a buffer holding the same values
-/// converted ahead) and `floor` as the definition's floor.
-#[inline(always)]
-fn warp_general_reading(
-    frame: &Frame,
-    map: &Affine,
-    out: &mut RgbImage,
-    read: impl Fn(usize, usize, usize, usize) -> [[f32; 4]; 4],
-    floor: impl Fn(f32) -> f32,
-) {
     let taps = map.taps();
     let step = 1.0 / taps as f32;
     let weight = 1.0 / (taps * taps) as f32;
@@ -468,27 +446,41 @@ fn warp_general_reading(
                     }
                     let x = sx - 0.5;
                     let y = sy - 0.5;
-                    let x0 = floor(x);
-                    let y0 = floor(y);
+                    let x0 = x.floor();
+                    let y0 = y.floor();
                     let fx = x - x0;
                     let fy = y - y0;
                     let xa = (x0.max(0.0) as usize).min(last_x);
                     let xb = ((x0 + 1.0).max(0.0) as usize).min(last_x);
                     let ya = (y0.max(0.0) as usize).min(last_y);
                     let yb = ((y0 + 1.0).max(0.0) as usize).min(last_y);
-                    let [p00, p10, p01, p11] = read(xa, xb, ya, yb);
-                    for c in 0..4 {
-                        let top = p00[c] + (p10[c] - p00[c]) * fx;
-                        let bottom = p01[c] + (p11[c] - p01[c]) * fx;
-                        sum[c] += top + (bottom - top) * fy;
-                    }
+                    let pixels =
+                        [(xa, ya), (xb, ya), (xa, yb), (xb, yb)].map(|(x, y)| with_lane(R::rgb(frame, x, y)));
+                    add_bilinear(&mut sum, pixels, fx, fy);
                 }
             }
             for c in 0..3 {
-                pixel[c] = (sum[c] * weight + 0.5).clamp(0.0, 255.0) as u8;
+                pixel[c] = to_byte(sum[c], weight);
             }
         }
     }
+}
+
+/// Adds the definition's bilinear sample of the four source pixels (x0, y0), (x1, y0), (x0, y1), (x1, y1) at
+/// fractions `fx`, `fy` to `sum`, on all four lanes: the interpolation every path shares, in one place.
+#[inline(always)]
+fn add_bilinear(sum: &mut [f32; 4], [p00, p10, p01, p11]: [[f32; 4]; 4], fx: f32, fy: f32) {
+    for c in 0..4 {
+        let top = p00[c] + (p10[c] - p00[c]) * fx;
+        let bottom = p01[c] + (p11[c] - p01[c]) * fx;
+        sum[c] += top + (bottom - top) * fy;
+    }
+}
+
+/// An output byte from a channel's sum of samples and their weight (1 / taps²): rounded, clamped.
+#[inline(always)]
+fn to_byte(sum: f32, weight: f32) -> u8 {
+    (sum * weight + 0.5).clamp(0.0, 255.0) as u8
 }
 
 /// Converts a whole frame to RGB at its own size (for crops written to disk and for tests).
