@@ -10,6 +10,7 @@
 //!   unpinned     the file's own input fact, `into_optimized` straight from the ONNX inference model
 //!   nchw, nhwc   the pinned plan with its convolutions channel-first (as the file lays them out) and
 //!                channel-last (`infer::layout`), whichever the runtime chose at load
+//!   nhwc-tract   channel-last with tract's own depthwise convolutions (without `infer::depthwise`'s op)
 //!   mt2, mt2-eager   the runtime's plan inside tract-linalg's 2-thread executor (`Executor::multithread`),
 //!                with tract's default threading thresholds, then with every threshold at 0 (thread always)
 //!   nnef         the pinned, decluttered model written as NNEF (tract_core extensions) and read back: start
@@ -242,6 +243,11 @@ fn nhwc_plan(decluttered: TypedModel) -> Result<TypedSimpleState> {
     TypedSimpleState::new(&layout::channel_last(&decluttered)?.into_runnable()?)
 }
 
+/// The same with every depthwise convolution tract's own (no `infer::depthwise` op).
+fn nhwc_tract_plan(decluttered: TypedModel) -> Result<TypedSimpleState> {
+    TypedSimpleState::new(&layout::channel_last_tract_only(&decluttered)?.into_runnable()?)
+}
+
 fn nnef_plan(nnef: &tract_nnef::framework::Nnef, bytes: &[u8]) -> Result<(TypedSimpleState, f64)> {
     let start = Instant::now();
     let model = nnef.model_for_read(&mut &bytes[..])?;
@@ -276,9 +282,11 @@ fn variants_for(manifest: &Manifest, entry: &ModelEntry, options: &Options) -> R
         variant.executor = Some((Executor::multithread(2), eager));
         variants.push(variant);
     }
-    for (name, make) in
-        [("nchw", nchw_plan as fn(TypedModel) -> Result<TypedSimpleState>), ("nhwc", nhwc_plan)]
-    {
+    for (name, make) in [
+        ("nchw", nchw_plan as fn(TypedModel) -> Result<TypedSimpleState>),
+        ("nhwc", nhwc_plan),
+        ("nhwc-tract", nhwc_tract_plan),
+    ] {
         let start = Instant::now();
         let state = make(decluttered.clone())?;
         variants.push(Variant::new(

@@ -8,6 +8,7 @@ use std::path::Path;
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
+pub mod depthwise;
 pub mod layout;
 
 thread_local! {

@@ -71,11 +71,24 @@ pub fn has_depthwise(model: &TypedModel) -> bool {
 }
 
 /// The decluttered model with every convolution channel-last, decluttered again (so that the moves between
-/// neighbouring convolutions cancel) and optimised.
+/// neighbouring convolutions cancel) and optimised; the depthwise convolutions `depthwise::rewrite` covers
+/// run as its op, the rest as tract's.
 pub fn channel_last(decluttered: &TypedModel) -> Result<TypedModel> {
+    channel_last_with(decluttered, true)
+}
+
+/// `channel_last` with every depthwise convolution tract's own (for the benchmarks' comparison).
+pub fn channel_last_tract_only(decluttered: &TypedModel) -> Result<TypedModel> {
+    channel_last_with(decluttered, false)
+}
+
+fn channel_last_with(decluttered: &TypedModel, own_depthwise: bool) -> Result<TypedModel> {
     let transform = tract_onnx::tract_core::transform::get_transform("conv_nhwc")?
         .context("this tract has no conv_nhwc transform")?;
     let mut model = decluttered.clone();
+    if own_depthwise {
+        super::depthwise::rewrite(&mut model)?;
+    }
     transform.transform(&mut model)?;
     pools_channel_last(&mut model)?;
     model.into_decluttered()?.into_optimized()
