@@ -142,8 +142,13 @@ impl Model {
             layout,
         };
         // The first runs pay for lazy initialisation inside tract; do them before the first real frame.
+        // (One where a run takes seconds, as on an emulated CPU: start-up stays bounded.)
         for _ in 0..2 {
+            let start = std::time::Instant::now();
             loaded.run().with_context(|| format!("{}: warm-up run", context()))?;
+            if start.elapsed() > layout::TIMING_BUDGET {
+                break;
+            }
         }
         if placement == Placement::Cuda {
             match loaded.place_on_gpu(decluttered) {
