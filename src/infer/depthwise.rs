@@ -21,7 +21,6 @@
 use anyhow::{Context, Result};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::cnn::conv::KernelFormat;
 use tract_onnx::tract_core::ops::cnn::Conv;
 use tract_onnx::tract_core::ops::nn::DataFormat;
@@ -34,15 +33,11 @@ const MAX_ROW: usize = 2048;
 /// axis), with its bias.
 #[derive(Debug, Clone)]
 pub struct Depthwise3x3 {
-    /// `weights[(ky * 3 + kx) * channels + c]`.
-    weights: Vec<f32>,
-    bias: Vec<f32>,
     channels: usize,
     /// Images in the batch, or None for an input without a batch axis.
     batch: Option<usize>,
     input: (usize, usize),
     output: (usize, usize),
-    strides: (usize, usize),
     /// Rows above and columns left of the input that the first output point's taps reach (they read zeros).
     pad: (usize, usize),
     /// Per tap column kx, the output columns `first..end` whose tap falls inside the input.
@@ -53,36 +48,36 @@ pub struct Depthwise3x3 {
     tiled: Vec<f32>,
 }
 
-/// Equal when every weight and bias has the same bits (so that tract's `Eq` holds, NaN included).
+/// Equal when every (tiled) weight and bias has the same bits (so that tract's `Eq` holds, NaN included).
 impl PartialEq for Depthwise3x3 {
     fn eq(&self, other: &Self) -> bool {
         let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        bits(&self.weights) == bits(&other.weights)
-            && bits(&self.bias) == bits(&other.bias)
-            && (self.channels, self.batch, self.input, self.output, self.strides, self.pad)
-                == (other.channels, other.batch, other.input, other.output, other.strides, other.pad)
-        // columns, bias_row and tiled follow from the fields compared.
+        bits(&self.tiled) == bits(&other.tiled)
+            && bits(&self.bias_row) == bits(&other.bias_row)
+            && (self.channels, self.batch, self.input, self.output, self.pad)
+                == (other.channels, other.batch, other.input, other.output, other.pad)
+        // columns follow from the fields compared.
     }
 }
 
 impl Eq for Depthwise3x3 {}
 
 impl Depthwise3x3 {
+    /// `weights[(ky * 3 + kx) * channels + c]`; stride 1.
     fn new(
-        weights: Vec<f32>,
-        bias: Vec<f32>,
+        weights: &[f32],
+        bias: &[f32],
         batch: Option<usize>,
         input: (usize, usize),
         output: (usize, usize),
-        strides: (usize, usize),
         pad: (usize, usize),
     ) -> Depthwise3x3 {
         let channels = bias.len();
         let out_width = output.1;
-        // Output column `column` reads input column `column * stride + kx - pad` for tap column kx.
+        // Output column `column` reads input column `column + kx - pad` for tap column kx.
         let columns = std::array::from_fn(|kx| {
             let inside = |column: usize| {
-                let x = (column * strides.1 + kx) as isize - pad.1 as isize;
+                let x = (column + kx) as isize - pad.1 as isize;
                 x >= 0 && (x as usize) < input.1
             };
             let first = (0..out_width).find(|&column| inside(column)).unwrap_or(out_width);
@@ -91,11 +86,11 @@ impl Depthwise3x3 {
         });
         let bias_row = bias.repeat(out_width);
         let tiled = weights.chunks_exact(channels).flat_map(|tap| tap.repeat(out_width)).collect();
-        Depthwise3x3 { weights, bias, channels, batch, input, output, strides, pad, columns, bias_row, tiled }
+        Depthwise3x3 { channels, batch, input, output, pad, columns, bias_row, tiled }
     }
 
-    fn output_shape(&self) -> TVec<usize> {
-        let (height, width) = self.output;
+    /// The shape of an image of `height` × `width` in this op's batch and channels.
+    fn shape(&self, (height, width): (usize, usize)) -> TVec<usize> {
         let mut shape: TVec<usize> = self.batch.into_iter().collect();
         shape.extend([height, width, self.channels]);
         shape
@@ -103,8 +98,8 @@ impl Depthwise3x3 {
 
     /// One image: `input` is `[h, w, c]`, `output` `[oh, ow, c]`. Per output row: the bias, then each of the
     /// nine taps in row order added over the columns whose tap falls inside the input (a tap outside adds
-    /// nothing, as tract's zero padding). At column stride 1 a tap's columns are one contiguous run of input
-    /// and output, weighed by the tap's weights repeated per column (`tiled`): one loop the compiler
+    /// nothing, as tract's zero padding). At stride 1 a tap's columns are one contiguous run of input and
+    /// output, weighed by the tap's weights repeated per column (`tiled`): one loop the compiler
     /// vectorises, whatever the channel count.
     fn run_image(&self, input: &[f32], output: &mut [f32]) {
         let c = self.channels;
@@ -114,7 +109,7 @@ impl Depthwise3x3 {
         for (oy, out_row) in output.chunks_exact_mut(out_len).take(out_height).enumerate() {
             out_row.copy_from_slice(&self.bias_row);
             for ky in 0..3 {
-                let y = (oy * self.strides.0 + ky) as isize - self.pad.0 as isize;
+                let y = (oy + ky) as isize - self.pad.0 as isize;
                 if y < 0 || y as usize >= height {
                     continue;
                 }
@@ -147,8 +142,8 @@ impl Op for Depthwise3x3 {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{} channels, {:?} -> {:?}, strides {:?}, pad {:?}",
-            self.channels, self.input, self.output, self.strides, self.pad
+            "{} channels, {:?} -> {:?}, stride 1, pad {:?}",
+            self.channels, self.input, self.output, self.pad
         )])
     }
 
@@ -172,7 +167,7 @@ impl EvalOp for Depthwise3x3 {
             input.len(),
             images * image_in
         );
-        let mut output = Tensor::zero::<f32>(&self.output_shape())?;
+        let mut output = Tensor::zero::<f32>(&self.shape(self.output))?;
         {
             let mut plain = output.try_as_plain_ram_mut()?;
             let values = plain.as_slice_mut::<f32>()?;
@@ -186,15 +181,13 @@ impl EvalOp for Depthwise3x3 {
 
 impl TypedOp for Depthwise3x3 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let (height, width) = self.input;
-        let mut expected: TVec<usize> = self.batch.into_iter().collect();
-        expected.extend([height, width, self.channels]);
+        let expected = self.shape(self.input);
         let input = inputs.first().context("Depthwise3x3 takes one input")?;
         ensure!(
             input.datum_type == f32::datum_type() && input.shape.as_concrete() == Some(&expected[..]),
             "Depthwise3x3: input {input:?}, expected f32 {expected:?}"
         );
-        Ok(tvec!(f32::fact(self.output_shape())))
+        Ok(tvec!(f32::fact(self.shape(self.output))))
     }
 
     as_op!();
@@ -210,16 +203,9 @@ pub fn rewrite(model: &mut TypedModel) -> Result<usize> {
     for id in candidates {
         let node = model.node(id);
         let Some(op) = depthwise_op(model, node)? else { continue };
-        let rank = model.outlet_fact(node.inputs[0])?.rank();
-        let name = node.name.clone();
-        let mut patch = TypedModelPatch::default();
-        let input = patch.tap_model(model, node.inputs[0])?;
-        let moved = patch.wire_node(format!("{name}.nhwc_in"), AxisOp::Move(rank - 3, rank - 1), &[input])?;
-        let convolved = patch.wire_node(format!("{name}.depthwise3x3"), op, &moved)?;
-        let back =
-            patch.wire_node(format!("{name}.nhwc_out"), AxisOp::Move(rank - 1, rank - 3), &convolved)?;
-        patch.shunt_outside(model, id.into(), back[0])?;
-        patch.apply(model)?;
+        // Channels are the axis before height and width, with or without a batch axis.
+        let channel_axis = model.outlet_fact(node.inputs[0])?.rank() - 3;
+        super::layout::replace_channel_last(model, id, channel_axis, op, "depthwise3x3")?;
         replaced += 1;
     }
     Ok(replaced)
@@ -275,19 +261,17 @@ fn depthwise_op(model: &TypedModel, node: &TypedNode) -> Result<Option<Depthwise
         n if n == c => bias_values.to_vec(),
         _ => return Ok(None),
     };
-    let strides = spec.strides();
-    if strides.as_ref() != [1, 1] || width * c > MAX_ROW {
+    if spec.strides().as_ref() != [1, 1] || width * c > MAX_ROW {
         return Ok(None);
     }
     let padding = spec.computed_padding(&[height, width]);
     let [rows, columns] = padding.as_slice() else { return Ok(None) };
     Ok(Some(Depthwise3x3::new(
-        weights,
-        bias,
+        &weights,
+        &bias,
         batch,
         (height, width),
         (rows.convoluted, columns.convoluted),
-        (strides[0], strides[1]),
         (rows.pad_before, columns.pad_before),
     )))
 }
