@@ -243,9 +243,15 @@ fn nhwc_plan(decluttered: TypedModel) -> Result<TypedSimpleState> {
     TypedSimpleState::new(&layout::channel_last(&decluttered)?.into_runnable()?)
 }
 
-/// The same with every depthwise convolution tract's own (no `infer::depthwise` op).
+/// The same with every convolution tract's own (neither `infer::depthwise`'s op nor `infer::pointwise`'s).
 fn nhwc_tract_plan(decluttered: TypedModel) -> Result<TypedSimpleState> {
-    TypedSimpleState::new(&layout::channel_last_tract_only(&decluttered)?.into_runnable()?)
+    TypedSimpleState::new(&layout::channel_last_with(&decluttered, layout::OwnOps::NONE)?.into_runnable()?)
+}
+
+/// The same with `infer::depthwise`'s op and tract's 1×1 convolutions (no `infer::pointwise` op).
+fn nhwc_tract_1x1_plan(decluttered: TypedModel) -> Result<TypedSimpleState> {
+    let own = layout::OwnOps { depthwise: true, pointwise: false };
+    TypedSimpleState::new(&layout::channel_last_with(&decluttered, own)?.into_runnable()?)
 }
 
 fn nnef_plan(nnef: &tract_nnef::framework::Nnef, bytes: &[u8]) -> Result<(TypedSimpleState, f64)> {
@@ -286,6 +292,7 @@ fn variants_for(manifest: &Manifest, entry: &ModelEntry, options: &Options) -> R
         ("nchw", nchw_plan as fn(TypedModel) -> Result<TypedSimpleState>),
         ("nhwc", nhwc_plan),
         ("nhwc-tract", nhwc_tract_plan),
+        ("nhwc-tract-1x1", nhwc_tract_1x1_plan),
     ] {
         let start = Instant::now();
         let state = make(decluttered.clone())?;

@@ -10,6 +10,7 @@ use tract_onnx::prelude::*;
 
 pub mod depthwise;
 pub mod layout;
+pub mod pointwise;
 
 thread_local! {
     static IN_INFERENCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

@@ -56,6 +56,10 @@ const RUNS: usize = 7;
 /// runs alone took longer than this, on their times, with no further runs, so start-up stays bounded.
 pub(crate) const TIMING_BUDGET: Duration = Duration::from_millis(1500);
 
+/// Whether the channel-last plan runs its 1×1 convolutions as `pointwise::Pointwise` (x86_64, where tract's
+/// own kernel choice is measured slow; `pointwise`'s header).
+const OWN_POINTWISE: bool = cfg!(target_arch = "x86_64");
+
 /// Channel-last is kept only when its median is at most this fraction of channel-first's: a near tie stays
 /// with the file's own layout, so a noisy start does not flip between plans that run alike.
 const MARGIN: f64 = 0.9;
@@ -80,24 +84,40 @@ pub fn has_depthwise(model: &TypedModel) -> bool {
 /// neighbouring convolutions cancel) and optimised; the depthwise convolutions `depthwise::rewrite` covers
 /// run as its op, the rest as tract's.
 pub fn channel_last(decluttered: &TypedModel) -> Result<TypedModel> {
-    channel_last_with(decluttered, true)
+    channel_last_with(decluttered, OwnOps::RUNTIME)
 }
 
-/// `channel_last` with every depthwise convolution tract's own (for the benchmarks' comparison).
-pub fn channel_last_tract_only(decluttered: &TypedModel) -> Result<TypedModel> {
-    channel_last_with(decluttered, false)
+/// Which of deepgate's own ops a channel-last plan takes in place of tract's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnOps {
+    /// `depthwise::Depthwise3x3` for the 3×3 depthwise convolutions it covers.
+    pub depthwise: bool,
+    /// `pointwise::Pointwise` for the 1×1 convolutions (matrix products) it covers.
+    pub pointwise: bool,
 }
 
-fn channel_last_with(decluttered: &TypedModel, own_depthwise: bool) -> Result<TypedModel> {
+impl OwnOps {
+    /// What the runtime uses: the depthwise op everywhere, the pointwise op where `OWN_POINTWISE` says.
+    pub const RUNTIME: OwnOps = OwnOps { depthwise: true, pointwise: OWN_POINTWISE };
+    /// tract's ops only (for the benchmarks' comparison).
+    pub const NONE: OwnOps = OwnOps { depthwise: false, pointwise: false };
+}
+
+/// `channel_last` with `own` of deepgate's ops in place of tract's (the benchmarks compare them).
+pub fn channel_last_with(decluttered: &TypedModel, own: OwnOps) -> Result<TypedModel> {
     let transform = tract_onnx::tract_core::transform::get_transform("conv_nhwc")?
         .context("this tract has no conv_nhwc transform")?;
     let mut model = decluttered.clone();
-    if own_depthwise {
+    if own.depthwise {
         super::depthwise::rewrite(&mut model)?;
     }
     transform.transform(&mut model)?;
     pools_channel_last(&mut model)?;
-    model.into_decluttered()?.into_optimized()
+    let mut model = model.into_decluttered()?;
+    if own.pointwise {
+        super::pointwise::rewrite(&mut model)?;
+    }
+    model.into_optimized()
 }
 
 /// Each channel-first max-pool rewritten channel-last between two moves, as tract's `conv_nhwc` does for
