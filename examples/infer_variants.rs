@@ -10,7 +10,9 @@
 //!   unpinned     the file's own input fact, `into_optimized` straight from the ONNX inference model
 //!   nchw, nhwc   the pinned plan with its convolutions channel-first (as the file lays them out) and
 //!                channel-last (`infer::layout`), whichever the runtime chose at load
-//!   nhwc-tract   channel-last with tract's own depthwise convolutions (without `infer::depthwise`'s op)
+//!   nhwc-tract   channel-last with tract's own convolutions (without `infer::depthwise`'s op or `infer::products`')
+//!   nhwc-tract-products   channel-last with `infer::depthwise`'s op but tract's own matrix products where
+//!                `infer::products` would take them (x86_64)
 //!   mt2, mt2-eager   the runtime's plan inside tract-linalg's 2-thread executor (`Executor::multithread`),
 //!                with tract's default threading thresholds, then with every threshold at 0 (thread always)
 //!   nnef         the pinned, decluttered model written as NNEF (tract_core extensions) and read back: start
@@ -243,14 +245,14 @@ fn nhwc_plan(decluttered: TypedModel) -> Result<TypedSimpleState> {
     TypedSimpleState::new(&layout::channel_last(&decluttered)?.into_runnable()?)
 }
 
-/// The same with every convolution tract's own (neither `infer::depthwise`'s op nor `infer::pointwise`'s).
+/// The same with every convolution tract's own (neither `infer::depthwise`'s op nor `infer::products`').
 fn nhwc_tract_plan(decluttered: TypedModel) -> Result<TypedSimpleState> {
     TypedSimpleState::new(&layout::channel_last_with(&decluttered, layout::OwnOps::NONE)?.into_runnable()?)
 }
 
-/// The same with `infer::depthwise`'s op and tract's 1×1 convolutions (no `infer::pointwise` op).
-fn nhwc_tract_1x1_plan(decluttered: TypedModel) -> Result<TypedSimpleState> {
-    let own = layout::OwnOps { depthwise: true, pointwise: false };
+/// The same with `infer::depthwise`'s op and every other convolution tract's (no `infer::products` op).
+fn nhwc_tract_products_plan(decluttered: TypedModel) -> Result<TypedSimpleState> {
+    let own = layout::OwnOps { depthwise: true, products: false };
     TypedSimpleState::new(&layout::channel_last_with(&decluttered, own)?.into_runnable()?)
 }
 
@@ -292,7 +294,7 @@ fn variants_for(manifest: &Manifest, entry: &ModelEntry, options: &Options) -> R
         ("nchw", nchw_plan as fn(TypedModel) -> Result<TypedSimpleState>),
         ("nhwc", nhwc_plan),
         ("nhwc-tract", nhwc_tract_plan),
-        ("nhwc-tract-1x1", nhwc_tract_1x1_plan),
+        ("nhwc-tract-products", nhwc_tract_products_plan),
     ] {
         let start = Instant::now();
         let state = make(decluttered.clone())?;

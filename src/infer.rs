@@ -10,7 +10,7 @@ use tract_onnx::prelude::*;
 
 pub mod depthwise;
 pub mod layout;
-pub mod pointwise;
+pub mod products;
 
 thread_local! {
     static IN_INFERENCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

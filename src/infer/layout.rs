@@ -56,9 +56,9 @@ const RUNS: usize = 7;
 /// runs alone took longer than this, on their times, with no further runs, so start-up stays bounded.
 pub(crate) const TIMING_BUDGET: Duration = Duration::from_millis(1500);
 
-/// Whether the channel-last plan runs its 1×1 convolutions as `pointwise::Pointwise` (x86_64, where tract's
-/// own kernel choice is measured slow; `pointwise`'s header).
-const OWN_POINTWISE: bool = cfg!(target_arch = "x86_64");
+/// Whether the channel-last plan runs the convolutions `products::rewrite` takes as `products::ConvProduct`
+/// (x86_64, where tract's own kernel choice for them is measured slow; `products`' header).
+const OWN_PRODUCTS: bool = cfg!(target_arch = "x86_64");
 
 /// Channel-last is kept only when its median is at most this fraction of channel-first's: a near tie stays
 /// with the file's own layout, so a noisy start does not flip between plans that run alike.
@@ -92,15 +92,15 @@ pub fn channel_last(decluttered: &TypedModel) -> Result<TypedModel> {
 pub struct OwnOps {
     /// `depthwise::Depthwise3x3` for the 3×3 depthwise convolutions it covers.
     pub depthwise: bool,
-    /// `pointwise::Pointwise` for the 1×1 convolutions (matrix products) it covers.
-    pub pointwise: bool,
+    /// `products::ConvProduct` for the convolutions it covers (1×1 with few input channels, the stem).
+    pub products: bool,
 }
 
 impl OwnOps {
-    /// What the runtime uses: the depthwise op everywhere, the pointwise op where `OWN_POINTWISE` says.
-    pub const RUNTIME: OwnOps = OwnOps { depthwise: true, pointwise: OWN_POINTWISE };
+    /// What the runtime uses: the depthwise op everywhere, the products where `OWN_PRODUCTS` says.
+    pub const RUNTIME: OwnOps = OwnOps { depthwise: true, products: OWN_PRODUCTS };
     /// tract's ops only (for the benchmarks' comparison).
-    pub const NONE: OwnOps = OwnOps { depthwise: false, pointwise: false };
+    pub const NONE: OwnOps = OwnOps { depthwise: false, products: false };
 }
 
 /// `channel_last` with `own` of deepgate's ops in place of tract's (the benchmarks compare them).
@@ -114,8 +114,8 @@ pub fn channel_last_with(decluttered: &TypedModel, own: OwnOps) -> Result<TypedM
     transform.transform(&mut model)?;
     pools_channel_last(&mut model)?;
     let mut model = model.into_decluttered()?;
-    if own.pointwise {
-        super::pointwise::rewrite(&mut model)?;
+    if own.products {
+        super::products::rewrite(&mut model)?;
     }
     model.into_optimized()
 }
