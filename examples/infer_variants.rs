@@ -252,7 +252,7 @@ fn nhwc_tract_plan(decluttered: TypedModel) -> Result<TypedSimpleState> {
 
 /// The same with `infer::depthwise`'s op and every other convolution tract's (no `infer::products` op).
 fn nhwc_tract_products_plan(decluttered: TypedModel) -> Result<TypedSimpleState> {
-    let own = layout::OwnOps { depthwise: true, products: false };
+    let own = layout::OwnOps { products: false, ..layout::OwnOps::RUNTIME };
     TypedSimpleState::new(&layout::channel_last_with(&decluttered, own)?.into_runnable()?)
 }
 

@@ -11,6 +11,7 @@ use tract_onnx::prelude::*;
 pub mod depthwise;
 pub mod layout;
 pub mod products;
+pub mod resample;
 
 thread_local! {
     static IN_INFERENCE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };

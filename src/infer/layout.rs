@@ -94,13 +94,15 @@ pub struct OwnOps {
     pub depthwise: bool,
     /// `products::ConvProduct` for the convolutions it covers (1×1 with few input channels, the stem).
     pub products: bool,
+    /// `resample::Resample` for tract's `Resize` with constant sizes (its plans computed once).
+    pub resample: bool,
 }
 
 impl OwnOps {
     /// What the runtime uses: the depthwise op everywhere, the products where `OWN_PRODUCTS` says.
-    pub const RUNTIME: OwnOps = OwnOps { depthwise: true, products: OWN_PRODUCTS };
+    pub const RUNTIME: OwnOps = OwnOps { depthwise: true, products: OWN_PRODUCTS, resample: true };
     /// tract's ops only (for the benchmarks' comparison).
-    pub const NONE: OwnOps = OwnOps { depthwise: false, products: false };
+    pub const NONE: OwnOps = OwnOps { depthwise: false, products: false, resample: false };
 }
 
 /// `channel_last` with `own` of deepgate's ops in place of tract's (the benchmarks compare them).
@@ -116,6 +118,9 @@ pub fn channel_last_with(decluttered: &TypedModel, own: OwnOps) -> Result<TypedM
     let mut model = model.into_decluttered()?;
     if own.products {
         super::products::rewrite(&mut model)?;
+    }
+    if own.resample {
+        super::resample::rewrite(&mut model)?;
     }
     model.into_optimized()
 }
