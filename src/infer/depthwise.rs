@@ -51,9 +51,9 @@ pub struct Depthwise3x3 {
 /// Equal when every (tiled) weight and bias has the same bits (so that tract's `Eq` holds, NaN included).
 impl PartialEq for Depthwise3x3 {
     fn eq(&self, other: &Self) -> bool {
-        let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        bits(&self.tiled) == bits(&other.tiled)
-            && bits(&self.bias_row) == bits(&other.bias_row)
+        use super::layout::same_bits;
+        same_bits(&self.tiled, &other.tiled)
+            && same_bits(&self.bias_row, &other.bias_row)
             && (self.channels, self.batch, self.input, self.output, self.pad)
                 == (other.channels, other.batch, other.input, other.output, other.pad)
         // columns follow from the fields compared.
@@ -181,12 +181,7 @@ impl EvalOp for Depthwise3x3 {
 
 impl TypedOp for Depthwise3x3 {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let expected = self.shape(self.input);
-        let input = inputs.first().context("Depthwise3x3 takes one input")?;
-        ensure!(
-            input.datum_type == f32::datum_type() && input.shape.as_concrete() == Some(&expected[..]),
-            "Depthwise3x3: input {input:?}, expected f32 {expected:?}"
-        );
+        super::layout::own_op_input("Depthwise3x3", inputs, &self.shape(self.input))?;
         Ok(tvec!(f32::fact(self.shape(self.output))))
     }
 

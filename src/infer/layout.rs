@@ -175,6 +175,27 @@ pub(crate) fn replace_channel_last(
     Ok(())
 }
 
+/// Whether `a` and `b` hold the same f32 bits: equality for deepgate's own ops' weights (tract's `Eq` must hold,
+/// NaN included).
+pub(crate) fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// The first input fact of deepgate's own op `op`, checked to be f32 of `shape` (the shape it was built for):
+/// the `output_facts` check every own op makes.
+pub(crate) fn own_op_input<'a>(
+    op: &str,
+    inputs: &[&'a TypedFact],
+    shape: &[usize],
+) -> TractResult<&'a TypedFact> {
+    let input = *inputs.first().with_context(|| format!("{op} takes its data first"))?;
+    anyhow::ensure!(
+        input.datum_type == f32::datum_type() && input.shape.as_concrete() == Some(shape),
+        "{op}: input {input:?}, expected f32 {shape:?}"
+    );
+    Ok(input)
+}
+
 /// The plan to run: `channel_first` (the optimised model as parsed) or, for a model with a depthwise
 /// convolution, its channel-last form where that agrees with it and runs clearly faster. Each plan's input
 /// is the test pattern, in `entry`'s input shape. A channel-last form that cannot be built or disagrees is

@@ -73,9 +73,9 @@ pub struct ConvProduct {
 /// Equal when every weight, bias and bound has the same bits (so that tract's `Eq` holds, NaN included).
 impl PartialEq for ConvProduct {
     fn eq(&self, other: &Self) -> bool {
-        let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        bits(&self.weights) == bits(&other.weights)
-            && bits(&self.bias) == bits(&other.bias)
+        use super::layout::same_bits;
+        same_bits(&self.weights, &other.weights)
+            && same_bits(&self.bias, &other.bias)
             && self.lower.map(f32::to_bits) == other.lower.map(f32::to_bits)
             && self.upper.map(f32::to_bits) == other.upper.map(f32::to_bits)
             && (&self.input_shape, &self.output_shape, &self.rows, self.channel_last)
@@ -266,12 +266,7 @@ impl EvalOp for ConvProduct {
 
 impl TypedOp for ConvProduct {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let input = inputs.first().context("ConvProduct takes one input")?;
-        ensure!(
-            input.datum_type == f32::datum_type() && input.shape.as_concrete() == Some(&self.input_shape[..]),
-            "ConvProduct: input {input:?}, expected f32 {:?}",
-            self.input_shape
-        );
+        super::layout::own_op_input("ConvProduct", inputs, &self.input_shape)?;
         Ok(tvec!(f32::fact(&self.output_shape)))
     }
 
@@ -687,17 +682,7 @@ mod tests {
             let rewritten = rewritten.into_optimized().unwrap();
             let ops: Vec<String> = rewritten.nodes.iter().map(|node| node.op().name().to_string()).collect();
             assert_eq!(ops, ["Source", "ConvProduct"], "{shape:?} {expr}");
-            let run = |model: TypedModel| {
-                let output =
-                    model.into_runnable().unwrap().run(tvec!(values(shape, 0).into_tvalue())).unwrap();
-                output[0].clone().into_tensor()
-            };
-            let (expected, found) = (run(reference.into_optimized().unwrap()), run(rewritten));
-            assert_eq!(expected.shape(), found.shape(), "{shape:?} {expr}");
-            let plain = |t: &Tensor| t.try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
-            for (index, (e, f)) in plain(&expected).iter().zip(&plain(&found)).enumerate() {
-                assert!((e - f).abs() <= 1e-5 * e.abs().max(1.0), "{shape:?} {expr} at {index}: {e} vs {f}");
-            }
+            assert_same_outputs(reference, rewritten, shape, &format!("{shape:?} {expr}"));
         }
     }
 

@@ -25,17 +25,13 @@ pub struct Resample {
 /// Equal when the shapes and every plan's taps and weights (by bits) are.
 impl PartialEq for Resample {
     fn eq(&self, other: &Self) -> bool {
-        let plan_bits = |plans: &[(usize, AxisPlan)]| {
-            plans
-                .iter()
-                .map(|(axis, plan)| {
-                    let weights: Vec<u32> = plan.weights.iter().map(|w| w.to_bits()).collect();
-                    (*axis, plan.window, plan.indices.clone(), weights, plan.extrapolated.clone())
-                })
-                .collect::<Vec<_>>()
-        };
         (&self.input_shape, &self.output_shape) == (&other.input_shape, &other.output_shape)
-            && plan_bits(&self.plans) == plan_bits(&other.plans)
+            && self.plans.len() == other.plans.len()
+            && self.plans.iter().zip(&other.plans).all(|((axis, plan), (other_axis, other_plan))| {
+                (axis, plan.window, &plan.indices, &plan.extrapolated)
+                    == (other_axis, other_plan.window, &other_plan.indices, &other_plan.extrapolated)
+                    && super::layout::same_bits(&plan.weights, &other_plan.weights)
+            })
     }
 }
 
@@ -108,12 +104,7 @@ impl EvalOp for Resample {
 
 impl TypedOp for Resample {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let input = inputs.first().context("Resample takes its data first")?;
-        ensure!(
-            input.datum_type == f32::datum_type() && input.shape.as_concrete() == Some(&self.input_shape[..]),
-            "Resample: input {input:?}, expected f32 {:?}",
-            self.input_shape
-        );
+        super::layout::own_op_input("Resample", inputs, &self.input_shape)?;
         Ok(tvec!(f32::fact(&self.output_shape)))
     }
 
