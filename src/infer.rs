@@ -143,9 +143,13 @@ impl Model {
             input: Tensor::zero::<f32>(&shape)?,
             layout,
         };
-        // The first runs pay for lazy initialisation inside tract; do them before the first real frame.
-        // (One where a run takes seconds, as on an emulated CPU: start-up stays bounded.)
-        for _ in 0..2 {
+        // The first runs pay for lazy initialisation inside tract; do them before the first real frame. (One
+        // where a run takes seconds, as on an emulated CPU, and none where the layout check at load already ran
+        // the plans that slowly: start-up stays bounded, and there the first frame is slow anyway.)
+        let slow = |ms: Option<f64>| ms.is_some_and(|ms| ms > layout::TIMING_BUDGET.as_secs_f64() * 1e3);
+        let choice = &loaded.layout;
+        let warm_ups = if slow(choice.channel_first_ms) || slow(choice.channel_last_ms) { 0 } else { 2 };
+        for _ in 0..warm_ups {
             let start = std::time::Instant::now();
             loaded.run().with_context(|| format!("{}: warm-up run", context()))?;
             if start.elapsed() > layout::TIMING_BUDGET {
