@@ -116,7 +116,9 @@ fn the_stand_in_classifier_yields_probabilities_and_verdicts() {
 /// `Placement::Cuda` where tract's CUDA runtime can run: the model runs on the GPU, within `GPU_AGREEMENT` of
 /// the CPU plan on inputs it was not checked on at load. Where it cannot (no driver, GPU, cuDNN…): the model
 /// still loads and runs on the CPU, identical to a CPU-placed one, and the reason is kept, once, for the
-/// runtime to report.
+/// runtime to report. (Each load times its convolution layouts: where the two loads chose different ones, as
+/// can happen where both run alike, e.g. under qemu, the outputs agree as the layouts do, within
+/// `layout::AGREEMENT`.)
 #[test]
 fn a_model_placed_on_the_gpu_runs_there_or_on_the_cpu_with_the_reason_kept() {
     use deepgate::infer::Placement;
@@ -163,7 +165,13 @@ fn a_model_placed_on_the_gpu_runs_there_or_on_the_cpu_with_the_reason_kept() {
                         worst <= GPU_AGREEMENT * scale && found.iter().all(|value| value.is_finite()),
                         "{id} on the GPU: {worst} from the CPU (scale {scale})"
                     ),
-                    Err(_) => assert_eq!(found, expected, "{id} falls back to exactly the CPU plan"),
+                    Err(_) if on_cpu.layout().layout == placed.layout().layout => {
+                        assert_eq!(found, expected, "{id} falls back to exactly the CPU plan")
+                    }
+                    Err(_) => assert!(
+                        worst <= deepgate::infer::layout::AGREEMENT * scale,
+                        "{id} falls back to the CPU plan in the other layout: {worst} from it (scale {scale})"
+                    ),
                 }
             }
         }

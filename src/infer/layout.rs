@@ -66,7 +66,7 @@ const MARGIN: f64 = 0.9;
 
 /// How far the channel-last plan's outputs may be from channel-first's on the test pattern, relative to the
 /// largest output magnitude (at least 1): the same arithmetic in another loop order moves values by far less.
-const AGREEMENT: f32 = 1e-4;
+pub const AGREEMENT: f32 = 1e-4;
 
 /// Whether the decluttered model has a depthwise convolution (each group one input and one output channel).
 pub fn has_depthwise(model: &TypedModel) -> bool {
