@@ -210,6 +210,29 @@ pub fn run_teed(program: &str, arguments: &[&str], environment: &[(&str, &OsStr)
     Ok(text)
 }
 
+/// What `environments` provides to the tests.
+struct Environments {
+    /// The OSDP interoperability test talks to a real control panel: PyPI's libosdp, in its own environment.
+    panel_python: PathBuf,
+    /// The CUDA kernels are compiled by NVRTC in the tests (no GPU needed): PyPI's NVRTC wheel, found by the
+    /// loader through LD_LIBRARY_PATH.
+    nvrtc: PathBuf,
+}
+
+/// Every Python and npm environment `ci` uses, in the order its stages need them (each made once, pinned, and
+/// re-made when its requirements change): the OSDP panel's, NVRTC's, the bench peer's, the training pipeline's,
+/// and the pipeline's reference runtimes (dlib; TensorFlow.js).
+fn environments() -> Result<Environments> {
+    let panel_python = crate::distill::python_environment(&root().join("tests/osdp"))?;
+    let nvrtc = nvrtc_library_directory()?;
+    crate::distill::python_environment(&root().join("bench"))?;
+    let distill = crate::distill::distill_dir();
+    crate::distill::python_environment(&distill)?;
+    crate::distill::python_environment(&distill.join("reference"))?;
+    crate::distill::node_environment(&distill.join("reference/tfjs"))?;
+    Ok(Environments { panel_python, nvrtc })
+}
+
 pub fn ci() -> Result<()> {
     crate::setup::setup()?;
     // The guests' Debian parts (kernels, busybox, v4l2loopback, the systemd root by debootstrap) are downloads
@@ -221,6 +244,10 @@ pub fn ci() -> Result<()> {
         crate::vm::vm_test(&["--arch".into(), "all".into(), "--prepare-only".into()])?;
         crate::systemd_test::systemd_test(&["--prepare-only".into()])
     })?;
+    // The Python and npm environments the tests and stages below use are downloads too (PyTorch's alone is
+    // about 5 GB): made on a third thread while clippy and the test build take the cores, and waited for before
+    // the tests run. Nothing else touches them until then.
+    let environments = std::thread::Builder::new().name("environments".into()).spawn(environments)?;
     let cargo = cargo();
     run(&cargo, &["fmt", "--all", "--check"])?;
     run(&cargo, &["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"])?;
@@ -229,11 +256,12 @@ pub fn ci() -> Result<()> {
     // other targets' included, so all of them are fetched first (a no-op once cached).
     run(&cargo, &["fetch", "--locked"])?;
     run(&cargo, &["deny", "--frozen", "check", "licenses", "bans", "sources"])?;
-    // The OSDP interoperability test talks to a real control panel: PyPI's libosdp, in its own environment.
-    let panel_python = crate::distill::python_environment(&root().join("tests/osdp"))?;
-    // The CUDA kernels are compiled by NVRTC in the tests (no GPU needed): PyPI's NVRTC wheel, found by the
-    // loader through LD_LIBRARY_PATH.
-    let nvrtc = nvrtc_library_directory()?;
+    // The tests' build, while the environments are still being made where they are new.
+    run(&cargo, &["test", "--workspace", "--locked", "--no-run"])?;
+    let Environments { panel_python, nvrtc } = environments
+        .join()
+        .map_err(|_| anyhow::anyhow!("making the environments panicked"))?
+        .context("making the Python and npm environments")?;
     // Every environment provided above is required: DEEPGATE_REQUIRE turns a skip for want of it into a
     // failure (the library's own NVRTC tests read DEEPGATE_REQUIRE_NVRTC), and a skip line naming it fails
     // the job even if a test printed it without failing. The GPU tests may skip here (no GPU), visibly.
@@ -272,11 +300,24 @@ pub fn ci() -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("preparing the guests panicked"))?
         .context("preparing the guests (vm-test and systemd-test --prepare-only)")?;
-    // Real V4L2 drivers: Debian's kernel under qemu, an x86_64 guest and an aarch64 guest (the Jetson build).
-    crate::vm::vm_test(&["--arch".into(), "all".into()])?;
-    // The shipped systemd unit under a real systemd (PID 1 of a Debian guest on the same kernel): READY, the
-    // watchdog killing a runtime whose camera stalls, the restart. After vm-test, whose build it reuses.
-    crate::systemd_test::systemd_test(&[])?;
+    // Real V4L2 drivers: Debian's kernel under qemu, an x86_64 guest and an aarch64 guest (the Jetson build);
+    // and the shipped systemd unit under a real systemd (PID 1 of a Debian guest on the same kernel): READY,
+    // the watchdog killing a runtime whose camera stalls, the restart. A guest keeps about one core busy, so
+    // two run at a time: the x86_64 vm-test guest (the longest, its x86-64-v3 build's FMA being slow under
+    // TCG) beside the aarch64 guest and then the systemd guest.
+    let (x86_64, others) = std::thread::scope(|scope| {
+        let x86_64 = scope.spawn(|| crate::vm::vm_test(&["--arch".into(), "x86_64".into()]));
+        let others = crate::vm::vm_test(&["--arch".into(), "aarch64".into()])
+            .and_then(|()| crate::systemd_test::systemd_test(&[]));
+        let x86_64 =
+            x86_64.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the x86_64 guest's thread panicked")));
+        (x86_64, others)
+    });
+    match (x86_64, others) {
+        (Ok(()), Ok(())) => {}
+        (Err(error), Ok(())) | (Ok(()), Err(error)) => return Err(error),
+        (Err(x86_64), Err(others)) => bail!("{x86_64:#}\n{others:#}"),
+    }
     eprintln!("\nci: all checks passed");
     Ok(())
 }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::Command;
 
-fn distill_dir() -> PathBuf {
+pub(crate) fn distill_dir() -> PathBuf {
     root().join("models/distill")
 }
 

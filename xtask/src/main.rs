@@ -51,10 +51,11 @@ tasks:
           the coverage-guided fuzz targets of fuzz/ (every parser of outside input), built with cargo-fuzz
           on stable (--sanitizer none), each run N seconds (default 60), --jobs at a time (default: the
           cores); fails on a crash, hang or memory blow-up; prints executions, exec/s, cov, ft, corpus
-  vm-test [--arch x86_64|aarch64|all] [--timeout SECONDS] [--prepare-only] [-- TEST FILTERS]
-          boot Debian's kernel under qemu (x86_64 and aarch64 guests, default all) and run tests/vm_guest.rs
-          inside against the vivid and v4l2loopback drivers; kernel, headers and modules are cached in
-          <target>/vm-cache (--prepare-only fills the cache and stops)
+  vm-test [--arch x86_64|aarch64|all] [--timeout SECONDS] [--one-at-a-time] [--prepare-only] [-- TEST FILTERS]
+          boot Debian's kernel under qemu (x86_64 and aarch64 guests, default all, booted at once unless
+          --one-at-a-time) and run tests/vm_guest.rs inside against the vivid and v4l2loopback drivers, each
+          guest within --timeout (default 900 s); kernel, headers and modules are cached in <target>/vm-cache
+          (--prepare-only fills the cache and stops)
   reliability [--kills N] [--soak-minutes M | --soak-seconds S] [--only kills|disk-full|clock|soak]
           faults measured on `deepgate run` with a TCP gate to an in-harness controller and an audit log:
           SIGKILL N times during spool and audit writes (default 200), the state directory full (a 1 MiB

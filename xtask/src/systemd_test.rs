@@ -85,7 +85,7 @@ pub fn systemd_test(arguments: &[String]) -> Result<()> {
     let initramfs = initramfs(&root, &deepgate, &work)?;
     let log = work.join("console.log");
     let boot = Instant::now();
-    let guest = vm::Guest { init: "/sbin/init", memory_mib: 1536 };
+    let guest = vm::Guest { label: "systemd", init: "/sbin/init", memory_mib: 1536 };
     let status = vm::boot_guest(arch, &guest, &kernel.vmlinuz, &initramfs, &log, options.timeout);
     let seconds = boot.elapsed().as_secs_f64();
     eprintln!("systemd-test: guest ran {seconds:.1} s (boot to power-off); console log {}", log.display());

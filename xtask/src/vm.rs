@@ -144,14 +144,17 @@ struct Options {
     test_arguments: Vec<String>,
     /// Only fill the cache (kernel, headers, modules, busybox): a set-up step can warm it.
     prepare_only: bool,
+    /// Boot the guests one after the other instead of at once (a guest's own time, or a one-core machine).
+    one_at_a_time: bool,
 }
 
 fn parse_options(arguments: &[String]) -> Result<Options> {
     let mut options = Options {
         arches: vec![Arch::X86_64, Arch::Aarch64],
-        timeout: Duration::from_secs(600),
+        timeout: Duration::from_secs(900),
         test_arguments: vec![],
         prepare_only: false,
+        one_at_a_time: false,
     };
     let mut arguments = arguments.iter();
     while let Some(argument) = arguments.next() {
@@ -169,6 +172,7 @@ fn parse_options(arguments: &[String]) -> Result<Options> {
                 options.timeout = Duration::from_secs(seconds.context("--timeout takes seconds")?);
             }
             "--prepare-only" => options.prepare_only = true,
+            "--one-at-a-time" => options.one_at_a_time = true,
             "--" => options.test_arguments = arguments.by_ref().cloned().collect(),
             other => bail!("vm-test: unknown argument {other}\n{}", crate::HELP),
         }
@@ -182,16 +186,25 @@ pub(crate) fn target_directory() -> PathBuf {
         .unwrap_or_else(|| crate::ci::root().join("target"))
 }
 
+/// A guest ready to boot: its kernel, its initramfs and where its console goes.
+struct Ready {
+    arch: Arch,
+    vmlinuz: PathBuf,
+    initramfs: PathBuf,
+    log: PathBuf,
+}
+
 pub fn vm_test(arguments: &[String]) -> Result<()> {
     let options = parse_options(arguments)?;
     let cache = target_directory().join("vm-cache");
-    let mut results = Vec::new();
+    // Each guest's Debian parts and programs first, one guest after the other (cargo builds one thing at a
+    // time, and a missing package fails in seconds, before a long boot)...
+    let mut guests = Vec::new();
     for &arch in &options.arches {
         let (qemu, package) = arch.qemu();
         if Command::new(qemu).arg("--version").output().is_err() {
             bail!("{qemu} is missing: apt-get install --no-install-recommends {package}");
         }
-        // The Debian side first: a missing package fails in seconds, before a long build.
         let prepare = Instant::now();
         debian::ensure_architecture(arch)?;
         let packages = debian::resolve(arch)?;
@@ -229,18 +242,41 @@ pub fn vm_test(arguments: &[String]) -> Result<()> {
             std::fs::metadata(&initramfs)?.len() >> 20,
             (prepared + prepare.elapsed()).as_secs_f64()
         );
-        let log = work.join("console.log");
-        let boot = Instant::now();
-        let guest = Guest { init: "/init", memory_mib: 1024 };
-        let status = boot_guest(arch, &guest, &kernel.vmlinuz, &initramfs, &log, options.timeout);
-        let seconds = boot.elapsed().as_secs_f64();
+        guests.push(Ready { arch, vmlinuz: kernel.vmlinuz, initramfs, log: work.join("console.log") });
+    }
+    // ...then all booted at once, unless --one-at-a-time. A guest keeps about one host core busy (deepgate
+    // decides on one thread; the frame writers and drivers are light), so on a two-core machine both guests
+    // together take about as long as the slower alone (ARCHITECTURE.md, "Tests with real drivers").
+    let boot = |ready: &Ready| {
+        let start = Instant::now();
+        let guest = Guest { label: ready.arch.name(), init: "/init", memory_mib: 1024 };
+        let status =
+            boot_guest(ready.arch, &guest, &ready.vmlinuz, &ready.initramfs, &ready.log, options.timeout);
+        let seconds = start.elapsed().as_secs_f64();
         eprintln!(
             "vm-test {}: guest ran {seconds:.1} s (boot to power-off); console log {}",
-            arch.name(),
-            log.display()
+            ready.arch.name(),
+            ready.log.display()
         );
-        results.push((arch, seconds, status, log));
-    }
+        (ready.arch, seconds, status, ready.log.clone())
+    };
+    let results: Vec<_> = if options.one_at_a_time {
+        guests.iter().map(boot).collect()
+    } else {
+        std::thread::scope(|scope| {
+            let running: Vec<_> = guests.iter().map(|ready| scope.spawn(|| boot(ready))).collect();
+            running
+                .into_iter()
+                .zip(&guests)
+                .map(|(thread, ready)| {
+                    thread.join().unwrap_or_else(|_| {
+                        let error = anyhow::anyhow!("the thread that ran the guest panicked");
+                        (ready.arch, 0.0, Err(error), ready.log.clone())
+                    })
+                })
+                .collect()
+        })
+    };
     let mut failed = Vec::new();
     for (arch, seconds, status, log) in &results {
         match status {
@@ -287,6 +323,8 @@ pub(crate) fn build(arch: Arch) -> Result<(PathBuf, PathBuf)> {
 
 /// What differs between the guests booted here: vm-test's busybox `/init`, systemd-test's systemd.
 pub(crate) struct Guest {
+    /// What its console lines are prefixed with on standard error (guests may run at once).
+    pub label: &'static str,
     /// The initramfs program the kernel starts as PID 1 (`rdinit=`).
     pub init: &'static str,
     pub memory_mib: u32,
@@ -324,7 +362,7 @@ pub(crate) fn boot_guest(
     let mut file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let stdout = child.stdout.take().context("qemu's console")?;
     let stderr = child.stderr.take().context("qemu's standard error")?;
-    let prefix = format!("[{}] ", arch.name());
+    let prefix = format!("[{}] ", guest.label);
     let errors = std::thread::spawn(move || {
         let mut text = String::new();
         for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -413,8 +451,10 @@ mod tests {
         let parse =
             |text: &str| parse_options(&text.split_whitespace().map(String::from).collect::<Vec<_>>());
         assert_eq!(parse("").unwrap().arches, [Arch::X86_64, Arch::Aarch64]);
-        let options = parse("--arch aarch64 --timeout 30 -- vivid --nocapture").unwrap();
+        assert!(!parse("").unwrap().one_at_a_time);
+        let options = parse("--arch aarch64 --timeout 30 --one-at-a-time -- vivid --nocapture").unwrap();
         assert_eq!(options.arches, [Arch::Aarch64]);
+        assert!(options.one_at_a_time);
         assert_eq!(options.timeout, Duration::from_secs(30));
         assert_eq!(options.test_arguments, ["vivid", "--nocapture"]);
         assert!(parse("--arch riscv64").is_err());
