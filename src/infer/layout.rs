@@ -175,6 +175,24 @@ pub(crate) fn replace_channel_last(
     Ok(())
 }
 
+/// Puts `op`, applied to `input` and named `name`, in place of node `last`'s first output: every node that read
+/// it reads the op's instead, and the nodes that only fed it (from the one reading `input` to `last`) are left
+/// unused for tract's pruning. How `products` and `resample` put their ops in.
+pub(crate) fn replace_span(
+    model: &mut TypedModel,
+    input: OutletId,
+    last: usize,
+    name: String,
+    op: impl Into<Box<dyn TypedOp>>,
+) -> Result<()> {
+    let mut patch = TypedModelPatch::default();
+    let tapped = patch.tap_model(model, input)?;
+    let wire = patch.wire_node(name, op, &[tapped])?;
+    patch.shunt_outside(model, last.into(), wire[0])?;
+    patch.apply(model)?;
+    Ok(())
+}
+
 /// Whether `a` and `b` hold the same f32 bits: equality for deepgate's own ops' weights (tract's `Eq` must hold,
 /// NaN included).
 pub(crate) fn same_bits(a: &[f32], b: &[f32]) -> bool {

@@ -319,12 +319,8 @@ pub fn rewrite(model: &mut TypedModel) -> Result<usize> {
             }
             last = next;
         }
-        let name = model.node(id).name.clone();
-        let mut patch = TypedModelPatch::default();
-        let input = patch.tap_model(model, image)?;
-        let wire = patch.wire_node(format!("{name}.pointwise"), op, &[input])?;
-        patch.shunt_outside(model, last.into(), wire[0])?;
-        patch.apply(model)?;
+        let name = format!("{}.pointwise", model.node(id).name);
+        super::layout::replace_span(model, image, last, name, op)?;
         replaced += 1;
     }
     Ok(replaced)

@@ -120,11 +120,8 @@ pub fn rewrite(model: &mut TypedModel) -> Result<usize> {
     for id in candidates {
         let node = model.node(id);
         let Some(op) = resample_op(model, node)? else { continue };
-        let mut patch = TypedModelPatch::default();
-        let input = patch.tap_model(model, node.inputs[0])?;
-        let wire = patch.wire_node(format!("{}.resample", node.name), op, &[input])?;
-        patch.shunt_outside(model, id.into(), wire[0])?;
-        patch.apply(model)?;
+        let (input, name) = (node.inputs[0], format!("{}.resample", node.name));
+        super::layout::replace_span(model, input, id, name, op)?;
         replaced += 1;
     }
     Ok(replaced)
