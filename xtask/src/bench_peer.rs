@@ -157,8 +157,13 @@ impl Samples {
     }
 }
 
+/// The peer's python: `bench/.venv` with `bench/requirements.txt` (pinned), installed when missing or changed.
+pub(crate) fn peer_python() -> Result<PathBuf> {
+    crate::distill::python_environment(&root().join("bench"))
+}
+
 fn run(options: &Options, binary: &Path) -> Result<()> {
-    let python = crate::distill::python_environment(&root().join("bench"))?;
+    let python = peer_python()?;
     let peer_script = root().join("bench/peer.py");
     let mut results: BTreeMap<(usize, usize), Samples> = BTreeMap::new();
     let mut last_found: BTreeMap<(usize, usize), (Value, Value)> = BTreeMap::new();

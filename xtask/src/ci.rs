@@ -225,11 +225,9 @@ struct Environments {
 fn environments() -> Result<Environments> {
     let panel_python = crate::distill::python_environment(&root().join("tests/osdp"))?;
     let nvrtc = nvrtc_library_directory()?;
-    crate::distill::python_environment(&root().join("bench"))?;
-    let distill = crate::distill::distill_dir();
-    crate::distill::python_environment(&distill)?;
-    crate::distill::python_environment(&distill.join("reference"))?;
-    crate::distill::node_environment(&distill.join("reference/tfjs"))?;
+    crate::bench_peer::peer_python()?;
+    crate::distill::environment()?;
+    crate::distill::reference_environments()?;
     Ok(Environments { panel_python, nvrtc })
 }
 

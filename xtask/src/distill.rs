@@ -7,13 +7,23 @@ use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::process::Command;
 
-pub(crate) fn distill_dir() -> PathBuf {
+fn distill_dir() -> PathBuf {
     root().join("models/distill")
 }
 
 /// The training pipeline's python, installing its pinned requirements when they are missing or have changed.
 pub fn environment() -> Result<PathBuf> {
     python_environment(&distill_dir())
+}
+
+/// The reference runtimes the pipeline's unit tests check its backbones against, installed when missing or
+/// changed: dlib's python (a prebuilt wheel in its own environment) and TensorFlow.js's npm project directory
+/// (pinned packages).
+pub(crate) fn reference_environments() -> Result<(PathBuf, PathBuf)> {
+    let dlib = python_environment(&distill_dir().join("reference"))?;
+    let tfjs = distill_dir().join("reference/tfjs");
+    node_environment(&tfjs)?;
+    Ok((dlib, tfjs))
 }
 
 /// The python of the virtual environment `directory/.venv`, created from `directory/requirements.txt` (pinned)
@@ -89,12 +99,10 @@ pub fn distill_with(arguments: &[String], binary: &std::path::Path) -> Result<()
     command.current_dir(distill_dir());
     match arguments {
         [step] if step == "test" => {
-            // The face-recognition backbones are checked against their real runtimes (dlib: a prebuilt wheel in its
-            // own environment), with their pinned weights fetched: these tests may not skip here.
-            let dlib = python_environment(&distill_dir().join("reference"))?;
-            // Likewise the HSE FaceRes conversion, against TensorFlow.js's CPU backend (pinned npm packages).
-            let tfjs = distill_dir().join("reference/tfjs");
-            node_environment(&tfjs)?;
+            // The face-recognition backbones are checked against their real runtimes (dlib), and the HSE FaceRes
+            // conversion against TensorFlow.js's CPU backend, with their pinned weights fetched: these tests may
+            // not skip here.
+            let (dlib, tfjs) = reference_environments()?;
             command
                 .env("DLIB_PYTHON", dlib)
                 .env("DEEPGATE_REQUIRE_DLIB", "1")
