@@ -63,15 +63,16 @@ const CACHED_ROWS: usize = 2 * super::MAX_TAPS as usize;
 /// Its buffers grow to the largest call's needs and are kept, so steady state allocates nothing.
 #[derive(Default)]
 pub struct Warper {
-    /// Axis-aligned: the bilinear tap of each output column and horizontal sample, `column * taps + i`.
-    columns: Vec<AxisTap>,
-    /// One source row (the span of it the columns read, or the rotated path's region row) converted to RGB
-    /// f32, one `[r, g, b, 0]` per pixel.
+    /// Axis-aligned: the bilinear tap of each horizontal sample i and output column, `i * width + column`,
+    /// as indices into `line`.
+    columns: Vec<LineTap>,
+    /// Axis-aligned: the span of one source row the columns read, converted to RGB f32, one `[r, g, b, 0]`
+    /// per pixel, and after it one black pixel that the taps outside the source read.
     line: Vec<[f32; 4]>,
-    /// Axis-aligned: horizontally interpolated source rows, `[i][column * 3 + c]` each.
+    /// Axis-aligned: horizontally interpolated source rows, `[i][column]` each.
     rows: [FilteredRow; CACHED_ROWS],
-    /// Axis-aligned: one output row's running sums, `column * 3 + c`.
-    sums: Vec<f32>,
+    /// Axis-aligned: one output row's running sums, one `[r, g, b, 0]` per column.
+    sums: Vec<[f32; 4]>,
     /// Rotated: the source region under the crop converted to RGB f32, row-major, one `[r, g, b, 0]` per
     /// pixel (a fourth lane so a pixel is one aligned vector and the interpolation runs on all lanes at once).
     region: Vec<[f32; 4]>,
@@ -87,6 +88,8 @@ pub struct Warper {
 struct RowTaps {
     /// Whether the sample falls inside the source (else it adds nothing).
     inside: Vec<bool>,
+    /// Whether its four pixels lie in the converted region (else they are read from the frame).
+    in_region: Vec<bool>,
     fx: Vec<f32>,
     fy: Vec<f32>,
     /// The two source columns and rows the sample reads.
@@ -94,18 +97,35 @@ struct RowTaps {
     xb: Vec<u32>,
     ya: Vec<u32>,
     yb: Vec<u32>,
+    /// In the region: the index of pixel (xa, ya), and the steps from it to (xb, ya) and to (xa, yb).
+    offset: Vec<u32>,
+    right: Vec<u32>,
+    down: Vec<u32>,
 }
 
 impl RowTaps {
     fn resize(&mut self, width: usize) {
-        self.inside.resize(width, false);
+        for flags in [&mut self.inside, &mut self.in_region] {
+            flags.resize(width, false);
+        }
         for values in [&mut self.fx, &mut self.fy] {
             values.resize(width, 0.0);
         }
-        for values in [&mut self.xa, &mut self.xb, &mut self.ya, &mut self.yb] {
+        let indices = [&mut self.xa, &mut self.xb, &mut self.ya, &mut self.yb];
+        for values in indices.into_iter().chain([&mut self.offset, &mut self.right, &mut self.down]) {
             values.resize(width, 0);
         }
     }
+}
+
+/// The source pixels (x0, y0)–(x1, y1), inclusive, that the rotated path converts ahead, `width` a row.
+#[derive(Clone, Copy)]
+struct Region {
+    x0: usize,
+    y0: usize,
+    x1: usize,
+    y1: usize,
+    width: usize,
 }
 
 /// One source row after the horizontal step of the axis-aligned path.
@@ -113,7 +133,7 @@ impl RowTaps {
 struct FilteredRow {
     /// The source row, or None when the slot is free.
     row: Option<usize>,
-    values: Vec<f32>,
+    values: Vec<[f32; 4]>,
 }
 
 impl Warper {
@@ -148,27 +168,46 @@ impl Warper {
         let (source_width, source_height) = (frame.width as f32, frame.height as f32);
         let (last_x, last_y) = (frame.width as usize - 1, frame.height as usize - 1);
         let width = out.width;
-        let values = width * 3;
-        self.columns.clear();
-        for column in 0..width {
-            for i in 0..taps {
-                let u = column as f32 + (i as f32 + 0.5) * step;
-                self.columns.push(axis_tap(map.a * u + map.tx, source_width, last_x));
+        let horizontal = |column: usize, i: usize| {
+            let u = column as f32 + (i as f32 + 0.5) * step;
+            axis_tap(map.a * u + map.tx, source_width, last_x)
+        };
+        // The span of source columns any tap reads: only it is converted.
+        let (mut first, mut last) = (usize::MAX, 0);
+        for (column, i) in (0..width).flat_map(|column| (0..taps).map(move |i| (column, i))) {
+            let tap = horizontal(column, i);
+            if tap.inside {
+                (first, last) = (first.min(tap.first), last.max(tap.second));
             }
         }
-        // The span of source columns any tap reads: only it is converted.
-        let inside = self.columns.iter().filter(|tap| tap.inside);
-        let first = inside.clone().map(|tap| tap.first).min().unwrap_or(0);
-        let last = inside.map(|tap| tap.second).max().unwrap_or(0);
-        self.line.resize(last + 1 - first, [0.0; 4]);
-        resize(&mut self.sums, values);
+        let first = first.min(last);
+        let black = last + 1 - first;
+        self.line.resize(black + 1, [0.0; 4]);
+        self.line[black] = [0.0; 4];
+        self.columns.clear();
+        for i in 0..taps {
+            for column in 0..width {
+                let tap = horizontal(column, i);
+                // A tap outside the source reads the black pixel at fraction 0: exactly +0.0, as the
+                // definition's skipped sample adds nothing.
+                self.columns.push(match tap.inside {
+                    true => LineTap {
+                        first: (tap.first - first) as u32,
+                        second: (tap.second - first) as u32,
+                        fraction: tap.fraction,
+                    },
+                    false => LineTap { first: black as u32, second: black as u32, fraction: 0.0 },
+                });
+            }
+        }
+        self.sums.resize(width, [0.0; 4]);
         for slot in &mut self.rows {
             slot.row = None;
-            resize(&mut slot.values, taps * values);
+            slot.values.resize(taps * width, [0.0; 4]);
         }
         let Warper { columns, line, rows, sums, .. } = self;
         let mut vertical = [AxisTap::default(); super::MAX_TAPS as usize];
-        for (row, pixels) in out.data.chunks_exact_mut(values).enumerate() {
+        for (row, pixels) in out.data.chunks_exact_mut(width * 3).enumerate() {
             for (j, tap) in vertical.iter_mut().take(taps).enumerate() {
                 let v = row as f32 + (j as f32 + 0.5) * step;
                 *tap = axis_tap(map.d * v + map.ty, source_height, last_y);
@@ -186,27 +225,33 @@ impl Warper {
                     let Some(slot) = rows.iter_mut().find(|slot| !slot.row.is_some_and(needed)) else {
                         continue;
                     };
-                    filter_row::<R>(frame, source_row, first, columns, taps, line, &mut slot.values);
+                    R::convert_row(frame, source_row, first, &mut line[..black]);
+                    filter_row(line, columns, &mut slot.values);
                     slot.row = Some(source_row);
                 }
             }
+            let sums = sums.as_flattened_mut();
             sums.fill(0.0);
+            let values = sums.len();
             for tap in vertical.iter().filter(|tap| tap.inside) {
                 let slot_of = |row: usize| rows.iter().find(|slot| slot.row == Some(row));
                 let (Some(top_row), Some(bottom_row)) = (slot_of(tap.first), slot_of(tap.second)) else {
                     continue;
                 };
                 let fraction = tap.fraction;
+                let (tops, bottoms) = (top_row.values.as_flattened(), bottom_row.values.as_flattened());
                 for i in 0..taps {
-                    let tops = &top_row.values[i * values..(i + 1) * values];
-                    let bottoms = &bottom_row.values[i * values..(i + 1) * values];
+                    let tops = &tops[i * values..(i + 1) * values];
+                    let bottoms = &bottoms[i * values..(i + 1) * values];
                     for ((sum, &top), &bottom) in sums.iter_mut().zip(tops).zip(bottoms) {
                         *sum += top + (bottom - top) * fraction;
                     }
                 }
             }
-            for (pixel, &sum) in pixels.iter_mut().zip(sums.iter()) {
-                *pixel = to_byte(sum, weight);
+            for (pixel, sum) in pixels.chunks_exact_mut(3).zip(sums.chunks_exact(4)) {
+                for c in 0..3 {
+                    pixel[c] = to_byte(sum[c], weight);
+                }
             }
         }
     }
@@ -228,19 +273,12 @@ impl Warper {
         for (y, pixels) in (y0..=y1).zip(self.region.chunks_exact_mut(region_width)) {
             R::convert_row(frame, y, x0, pixels);
         }
-        let region = &self.region;
-        let pixel = |x: usize, y: usize| region[(y - y0) * region_width + (x - x0)];
-        let read = |xa: usize, xb: usize, ya: usize, yb: usize| {
-            // xa <= xb and ya <= yb: four comparisons place all four pixels.
-            if xa >= x0 && xb <= x1 && ya >= y0 && yb <= y1 {
-                [pixel(xa, ya), pixel(xb, ya), pixel(xa, yb), pixel(xb, yb)]
-            } else {
-                [(xa, ya), (xb, ya), (xa, yb), (xb, yb)].map(|(x, y)| with_lane(R::rgb_fast(frame, x, y)))
-            }
-        };
+        let bounds = Region { x0, y0, x1, y1, width: region_width };
+        let region = self.region.as_slice();
         // The definition's loops turned inside out: per output row, each tap (j, i) in the definition's
         // order over all columns, so every pixel's sum takes the same samples in the same order, while the
-        // coordinates of a whole row of samples are computed on vectors of columns.
+        // coordinates of a whole row of samples, and where they lie in the region, are computed on vectors of
+        // columns.
         let taps = map.taps();
         let step = 1.0 / taps as f32;
         let weight = 1.0 / (taps * taps) as f32;
@@ -256,26 +294,19 @@ impl Warper {
                 let (bv, dv) = (map.b * v, map.d * v);
                 for i in 0..taps {
                     let offset = (i as f32 + 0.5) * step;
-                    sample_row(
+                    let all_in_region = sample_row(
                         map,
                         (bv, dv),
                         offset,
                         (source_width, source_height),
                         (last_x, last_y),
+                        bounds,
                         row_taps,
                     );
-                    let RowTaps { inside, fx, fy, xa, xb, ya, yb } = &*row_taps;
-                    for (column, sum) in sums.iter_mut().enumerate() {
-                        if !inside[column] {
-                            continue;
-                        }
-                        let pixels = read(
-                            xa[column] as usize,
-                            xb[column] as usize,
-                            ya[column] as usize,
-                            yb[column] as usize,
-                        );
-                        add_bilinear(sum, pixels, fx[column], fy[column]);
+                    if all_in_region {
+                        add_region_samples(region, row_taps, sums);
+                    } else {
+                        add_samples::<R>(frame, region, bounds, row_taps, sums);
                     }
                 }
             }
@@ -288,9 +319,57 @@ impl Warper {
     }
 }
 
+/// Adds one row of samples (`sample_row`'s) to `sums`, every sample inside the source reading the region.
+#[inline(always)]
+fn add_region_samples(region: &[[f32; 4]], taps: &RowTaps, sums: &mut [[f32; 4]]) {
+    let columns = sums.len();
+    let RowTaps { inside, fx, fy, offset, right, down, .. } = taps;
+    let (inside, fx, fy) = (&inside[..columns], &fx[..columns], &fy[..columns]);
+    let (offset, right, down) = (&offset[..columns], &right[..columns], &down[..columns]);
+    for (column, sum) in sums.iter_mut().enumerate() {
+        if !inside[column] {
+            continue;
+        }
+        let top_left = offset[column] as usize;
+        let bottom_left = top_left + down[column] as usize;
+        let step = right[column] as usize;
+        let pixels =
+            [region[top_left], region[top_left + step], region[bottom_left], region[bottom_left + step]];
+        add_bilinear(sum, pixels, fx[column], fy[column]);
+    }
+}
+
+/// Adds one row of samples to `sums` where some sample inside the source falls outside the region: each reads
+/// the region where it can and the frame otherwise.
+#[cold]
+fn add_samples<R: PixelReader>(
+    frame: &Frame,
+    region: &[[f32; 4]],
+    bounds: Region,
+    taps: &RowTaps,
+    sums: &mut [[f32; 4]],
+) {
+    let pixel = |x: usize, y: usize| region[(y - bounds.y0) * bounds.width + (x - bounds.x0)];
+    let RowTaps { inside, in_region, fx, fy, xa, xb, ya, yb, .. } = taps;
+    for (column, sum) in sums.iter_mut().enumerate() {
+        if !inside[column] {
+            continue;
+        }
+        let (xa, xb, ya, yb) =
+            (xa[column] as usize, xb[column] as usize, ya[column] as usize, yb[column] as usize);
+        let pixels = if in_region[column] {
+            [pixel(xa, ya), pixel(xb, ya), pixel(xa, yb), pixel(xb, yb)]
+        } else {
+            [(xa, ya), (xb, ya), (xa, yb), (xb, yb)].map(|(x, y)| with_lane(R::rgb_fast(frame, x, y)))
+        };
+        add_bilinear(sum, pixels, fx[column], fy[column]);
+    }
+}
+
 /// One output row's samples at one tap into `taps`, column by column: the definition's source position
 /// `map.apply(u, v)` (with `b·v` and `d·v` given, the same products, summed in the same order), its inside
-/// test, floor, fractions and clamped neighbours. Straight-line per column, so it runs on vectors.
+/// test, floor, fractions and clamped neighbours, and where those lie in `region`. Straight-line per column,
+/// so it runs on vectors. Returns whether every sample inside the source has its four pixels in the region.
 #[inline(always)]
 fn sample_row(
     map: &Affine,
@@ -298,64 +377,66 @@ fn sample_row(
     offset: f32,
     (source_width, source_height): (f32, f32),
     (last_x, last_y): (usize, usize),
+    region: Region,
     taps: &mut RowTaps,
-) {
+) -> bool {
     let (last_x, last_y) = (last_x as f32, last_y as f32);
-    let RowTaps { inside, fx, fy, xa, xb, ya, yb } = taps;
+    let (region_x0, region_y0) = (region.x0 as f32, region.y0 as f32);
+    let (region_x1, region_y1) = (region.x1 as f32, region.y1 as f32);
+    let region_width = region.width as f32;
+    let RowTaps { inside, in_region, fx, fy, xa, xb, ya, yb, offset: top_left, right, down } = taps;
     let columns = inside.len();
-    let (fx, fy) = (&mut fx[..columns], &mut fy[..columns]);
+    let (in_region, fx, fy) = (&mut in_region[..columns], &mut fx[..columns], &mut fy[..columns]);
     let (xa, xb, ya, yb) = (&mut xa[..columns], &mut xb[..columns], &mut ya[..columns], &mut yb[..columns]);
+    let (top_left, right, down) = (&mut top_left[..columns], &mut right[..columns], &mut down[..columns]);
+    let mut all_in_region = true;
     for column in 0..columns {
-        let u = column as f32 + offset;
+        // Through i32, which converts on vectors (`columns` is an image's width, far below 2^24: exact).
+        let u = column as i32 as f32 + offset;
         let sx = map.a * u + bv + map.tx;
         let sy = map.c * u + dv + map.ty;
         inside[column] = sx >= 0.0 && sy >= 0.0 && sx < source_width && sy < source_height;
         let (x, y) = (sx - 0.5, sy - 0.5);
-        let (x0, y0) = (floor_in_range(x), floor_in_range(y));
+        let (x0, y0) = (x.floor(), y.floor());
         fx[column] = x - x0;
         fy[column] = y - y0;
         // As `warp_general`'s `(x0.max(0.0) as usize).min(last_x)`: the clamp in floats first, where
-        // every value it leaves is a whole number below 2^24, so the conversion is exact.
-        xa[column] = x0.max(0.0).min(last_x) as u32;
-        xb[column] = (x0 + 1.0).max(0.0).min(last_x) as u32;
-        ya[column] = y0.max(0.0).min(last_y) as u32;
-        yb[column] = (y0 + 1.0).max(0.0).min(last_y) as u32;
+        // every value it leaves is a whole number below 2^23 (a frame's side is at most 16 384), so the
+        // conversion is exact.
+        let (left, right_x) = (x0.max(0.0).min(last_x), (x0 + 1.0).max(0.0).min(last_x));
+        let (top, bottom) = (y0.max(0.0).min(last_y), (y0 + 1.0).max(0.0).min(last_y));
+        xa[column] = whole_to_u32(left);
+        xb[column] = whole_to_u32(right_x);
+        ya[column] = whole_to_u32(top);
+        yb[column] = whole_to_u32(bottom);
+        // left <= right_x and top <= bottom: four comparisons place all four pixels. Region indices are
+        // below MAX_REGION_PIXELS (2^21), so these products and sums of whole numbers are exact; outside the
+        // region they are not used.
+        in_region[column] =
+            left >= region_x0 && right_x <= region_x1 && top >= region_y0 && bottom <= region_y1;
+        all_in_region &= in_region[column] || !inside[column];
+        top_left[column] = whole_to_u32((top - region_y0) * region_width + (left - region_x0));
+        right[column] = whole_to_u32(right_x - left);
+        down[column] = whole_to_u32((bottom - top) * region_width);
     }
+    all_in_region
 }
 
-/// Sets `buffer` to `len` values, allocating only when it has never been that long.
-fn resize(buffer: &mut Vec<f32>, len: usize) {
-    buffer.resize(len, 0.0);
+/// One horizontal sample of the axis-aligned path: the two pixels of `Warper::line` it reads and the fraction
+/// between them.
+#[derive(Clone, Copy)]
+struct LineTap {
+    first: u32,
+    second: u32,
+    fraction: f32,
 }
 
-/// The horizontal step of the axis-aligned path for source row `y`: per column tap i and output column, the
-/// definition's `p0 + (p1 − p0) · fx` (its `top` or `bottom`), or 0 for a tap outside the source.
-fn filter_row<R: PixelReader>(
-    frame: &Frame,
-    y: usize,
-    first: usize,
-    columns: &[AxisTap],
-    taps: usize,
-    line: &mut [[f32; 4]],
-    filtered: &mut [f32],
-) {
-    R::convert_row(frame, y, first, line);
-    let values = filtered.len() / taps;
-    for (column, column_taps) in columns.chunks_exact(taps).enumerate() {
-        for (i, tap) in column_taps.iter().enumerate() {
-            let out = &mut filtered[i * values + column * 3..][..3];
-            if !tap.inside {
-                out.fill(0.0);
-                continue;
-            }
-            // All four lanes at once (one vector), the fourth dropped.
-            let (p0, p1) = (line[tap.first - first], line[tap.second - first]);
-            let mut value = [0f32; 4];
-            for c in 0..4 {
-                value[c] = p0[c] + (p1[c] - p0[c]) * tap.fraction;
-            }
-            out.copy_from_slice(&value[..3]);
-        }
+/// The horizontal step of the axis-aligned path for one converted source row `line`: per column tap, the
+/// definition's `p0 + (p1 − p0) · fx` (its `top` or `bottom`) on all four lanes at once (one vector each).
+fn filter_row(line: &[[f32; 4]], taps: &[LineTap], filtered: &mut [[f32; 4]]) {
+    for (value, tap) in filtered.iter_mut().zip(taps) {
+        let (p0, p1, fraction) = (line[tap.first as usize], line[tap.second as usize], tap.fraction);
+        *value = std::array::from_fn(|c| p0[c] + (p1[c] - p0[c]) * fraction);
     }
 }
 
@@ -384,16 +465,14 @@ fn source_region(
     Some((clamp(low_x, last_x), clamp(low_y, last_y), clamp(high_x, last_x), clamp(high_y, last_y)))
 }
 
-/// `x.floor()` for the positions the warp takes it of (a sample inside the source, less half a pixel: within
-/// [−0.5, 16384), where every f32 the conversion to i32 truncates is exact) without a call into libm.
+/// A whole number in [0, 2^23) as u32, through its bits: added to 2^23, it is that power's exponent over the
+/// number itself in the mantissa. The same value as `value as u32`, but on vectors (x86 has no vector
+/// conversion with `as`'s saturation, so LLVM converts lane by lane with branches). For other inputs the result
+/// is meaningless but defined.
 #[inline(always)]
-fn floor_in_range(x: f32) -> f32 {
-    let truncated = x as i32 as f32;
-    if truncated > x {
-        truncated - 1.0
-    } else {
-        truncated
-    }
+fn whole_to_u32(value: f32) -> u32 {
+    const TWO_TO_23: f32 = 8_388_608.0;
+    (value + TWO_TO_23).to_bits().wrapping_sub(TWO_TO_23.to_bits())
 }
 
 /// One bilinear tap along one axis: the two neighbouring pixel indices and the fraction between them, or
@@ -413,7 +492,7 @@ fn axis_tap(s: f32, size: f32, last: usize) -> AxisTap {
         return AxisTap::default();
     }
     let position = s - 0.5;
-    let floor = floor_in_range(position);
+    let floor = position.floor();
     AxisTap {
         inside: true,
         first: (floor.max(0.0) as usize).min(last),

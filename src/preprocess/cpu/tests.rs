@@ -612,13 +612,3 @@ fn the_looked_up_yuv_conversion_equals_the_formula_for_every_input() {
         }
     }
 }
-
-#[test]
-fn floor_without_libm_equals_floor_where_the_warp_takes_it() {
-    let mut random = XorShift(0x0f10_0123_4567_89ab);
-    let special = [-0.5f32, -0.25, 0.0, 0.5, 1.0, 1.5, 16383.5, 16383.99, 0.999_999_94];
-    let randoms = (0..100_000).map(|_| random.below(16_384 * 1024) as f32 / 1024.0 - 0.5);
-    for x in special.into_iter().chain(randoms) {
-        assert!(floor_in_range(x).to_bits() == x.floor().to_bits(), "floor of {x}");
-    }
-}
