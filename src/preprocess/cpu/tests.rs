@@ -612,3 +612,45 @@ fn the_looked_up_yuv_conversion_equals_the_formula_for_every_input() {
         }
     }
 }
+
+#[test]
+fn samples_outside_the_converted_region_read_the_frame_and_give_the_same_sums() {
+    let mut random = XorShift(0x0f10_0123_4567_89ab);
+    let (width, height) = (160u32, 120u32);
+    let stride = PixelFormat::Yuyv.min_stride(width);
+    let data = random.bytes(PixelFormat::Yuyv.frame_bytes(stride, height));
+    let source = frame(PixelFormat::Yuyv, width, height, stride, &data);
+    let map = Affine::square_crop(80.0, 60.0, 1.6, 0.3, 48);
+    let (last_x, last_y) = (width as usize - 1, height as usize - 1);
+    let (x0, y0, x1, y1) = source_region(&map, 48, 48, last_x, last_y).unwrap();
+    // The whole region, and one missing twelve pixels on every side, each converted ahead.
+    let convert = |region: Region| {
+        let mut pixels = vec![[0.0f32; 4]; region.width * (region.y1 + 1 - region.y0)];
+        for (y, row) in (region.y0..=region.y1).zip(pixels.chunks_exact_mut(region.width)) {
+            pixels::Yuyv::convert_row(&source, y, region.x0, row);
+        }
+        pixels
+    };
+    let whole = Region { x0, y0, x1, y1, width: x1 + 1 - x0 };
+    let inner = Region { x0: x0 + 12, y0: y0 + 12, x1: x1 - 12, y1: y1 - 12, width: x1 - 23 - x0 };
+    let (whole_pixels, inner_pixels) = (convert(whole), convert(inner));
+    let mut taps = RowTaps::default();
+    taps.resize(48);
+    let mut fallbacks = 0;
+    for row in 0..48 {
+        let v = row as f32 + 0.5;
+        let (bv, dv) = (map.b * v, map.d * v);
+        let size = (width as f32, height as f32);
+        let mut read_region = vec![[0.0f32; 4]; 48];
+        assert!(sample_row(&map, (bv, dv), 0.5, size, (last_x, last_y), whole, &mut taps));
+        add_region_samples(&whole_pixels, &taps, &mut read_region);
+        let mut read_frame = vec![[0.0f32; 4]; 48];
+        if !sample_row(&map, (bv, dv), 0.5, size, (last_x, last_y), inner, &mut taps) {
+            fallbacks += 1;
+        }
+        add_samples::<pixels::Yuyv>(&source, &inner_pixels, inner, &taps, &mut read_frame);
+        let bits = |sums: &[[f32; 4]]| sums.iter().flatten().map(|value| value.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&read_region), bits(&read_frame), "row {row}");
+    }
+    assert!(fallbacks >= 24, "only {fallbacks} rows reached past the inner region");
+}
