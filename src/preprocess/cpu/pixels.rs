@@ -1,5 +1,5 @@
 //! Reading source pixels as RGB, per pixel format: the definition's colour conversion (`yuv_to_rgb`), its
-//! looked-up form for single pixels and its computed form for whole rows of the packed YUV formats.
+//! looked-up form for single pixels and its computed form for whole rows of the YUV formats.
 
 use crate::frame::Frame;
 
@@ -47,24 +47,31 @@ fn convert_packed_row<R: PixelReader>(
     let start = y * frame.stride + x * 2;
     let groups = &frame.data[start..start + pairs * 4];
     for (group, out) in groups.chunks_exact(4).zip(line.chunks_exact_mut(2)) {
-        let chroma_u = group[u] as f32 - 128.0;
-        let chroma_v = group[v] as f32 - 128.0;
-        let red = 1.596027 * chroma_v;
-        let green_u = 0.391762 * chroma_u;
-        let green_v = 0.812968 * chroma_v;
-        let blue = 2.017232 * chroma_u;
-        for (half, index) in luma.into_iter().enumerate() {
-            let value = 1.164383 * (group[index] as f32 - 16.0);
-            out[half] = [
-                (value + red).clamp(0.0, 255.0),
-                (value - green_u - green_v).clamp(0.0, 255.0),
-                (value + blue).clamp(0.0, 255.0),
-                0.0,
-            ];
-        }
+        convert_pair(&[group[luma[0]], group[luma[1]]], (group[u], group[v]), out);
     }
     if line.len() % 2 == 1 {
         line[line.len() - 1] = with_lane(R::rgb_fast(frame, x + pairs * 2, y));
+    }
+}
+
+/// Two pixels' luma bytes and their shared chroma into `out`: `yuv_to_rgb`'s products and sums, in its order,
+/// computed rather than looked up (an IEEE product is the same either way), so that whole rows vectorise.
+#[inline(always)]
+fn convert_pair(luma: &[u8], (u, v): (u8, u8), out: &mut [[f32; 4]]) {
+    let chroma_u = u as f32 - 128.0;
+    let chroma_v = v as f32 - 128.0;
+    let red = 1.596027 * chroma_v;
+    let green_u = 0.391762 * chroma_u;
+    let green_v = 0.812968 * chroma_v;
+    let blue = 2.017232 * chroma_u;
+    for (pixel, &byte) in out.iter_mut().zip(luma) {
+        let value = 1.164383 * (byte as f32 - 16.0);
+        *pixel = [
+            (value + red).clamp(0.0, 255.0),
+            (value - green_u - green_v).clamp(0.0, 255.0),
+            (value + blue).clamp(0.0, 255.0),
+            0.0,
+        ];
     }
 }
 
@@ -133,11 +140,26 @@ pub(super) fn yuv_to_rgb_fast(y: u8, u: u8, v: u8) -> [f32; 3] {
     ]
 }
 
+/// The bytes of pixels `first..first + count` of row `y`, `size` bytes a pixel.
+#[inline(always)]
+fn row_bytes<'a>(frame: &Frame<'a>, y: usize, first: usize, count: usize, size: usize) -> &'a [u8] {
+    let start = y * frame.stride + first * size;
+    &frame.data[start..start + count * size]
+}
+
 impl PixelReader for Rgb24 {
     #[inline(always)]
     fn rgb(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
         let i = y * frame.stride + x * 3;
         [frame.data[i] as f32, frame.data[i + 1] as f32, frame.data[i + 2] as f32]
+    }
+
+    #[inline(always)]
+    fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [[f32; 4]]) {
+        let bytes = row_bytes(frame, y, first, line.len(), 3);
+        for (pixel, bytes) in line.iter_mut().zip(bytes.chunks_exact(3)) {
+            *pixel = [bytes[0] as f32, bytes[1] as f32, bytes[2] as f32, 0.0];
+        }
     }
 }
 
@@ -147,6 +169,14 @@ impl PixelReader for Bgr24 {
         let i = y * frame.stride + x * 3;
         [frame.data[i + 2] as f32, frame.data[i + 1] as f32, frame.data[i] as f32]
     }
+
+    #[inline(always)]
+    fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [[f32; 4]]) {
+        let bytes = row_bytes(frame, y, first, line.len(), 3);
+        for (pixel, bytes) in line.iter_mut().zip(bytes.chunks_exact(3)) {
+            *pixel = [bytes[2] as f32, bytes[1] as f32, bytes[0] as f32, 0.0];
+        }
+    }
 }
 
 impl PixelReader for Grey {
@@ -154,6 +184,15 @@ impl PixelReader for Grey {
     fn rgb(frame: &Frame, x: usize, y: usize) -> [f32; 3] {
         let value = frame.data[y * frame.stride + x] as f32;
         [value; 3]
+    }
+
+    #[inline(always)]
+    fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [[f32; 4]]) {
+        let bytes = row_bytes(frame, y, first, line.len(), 1);
+        for (pixel, &byte) in line.iter_mut().zip(bytes) {
+            let value = byte as f32;
+            *pixel = [value, value, value, 0.0];
+        }
     }
 }
 
@@ -212,6 +251,31 @@ impl PixelReader for Nv12 {
         let d = frame.data;
         let chroma = frame.stride * frame.height as usize + (y / 2) * frame.stride + (x / 2) * 2;
         yuv_to_rgb_fast(d[y * frame.stride + x], d[chroma], d[chroma + 1])
+    }
+
+    /// Two pixels at a time: each pair's two luma bytes with the U and V the pair shares in its chroma row,
+    /// `yuv_to_rgb`'s products computed as in `convert_packed_row`.
+    #[inline(always)]
+    fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [[f32; 4]]) {
+        let (mut x, mut line) = (first, line);
+        if x % 2 == 1 && !line.is_empty() {
+            line[0] = with_lane(Self::rgb_fast(frame, x, y));
+            line = &mut line[1..];
+            x += 1;
+        }
+        let pairs = line.len() / 2;
+        let luma_start = y * frame.stride + x;
+        let chroma_start = frame.stride * frame.height as usize + (y / 2) * frame.stride + x;
+        let luma = &frame.data[luma_start..luma_start + pairs * 2];
+        let chroma = &frame.data[chroma_start..chroma_start + pairs * 2];
+        for ((luma, chroma), out) in
+            luma.chunks_exact(2).zip(chroma.chunks_exact(2)).zip(line.chunks_exact_mut(2))
+        {
+            convert_pair(luma, (chroma[0], chroma[1]), out);
+        }
+        if line.len() % 2 == 1 {
+            line[line.len() - 1] = with_lane(Self::rgb_fast(frame, x + pairs * 2, y));
+        }
     }
 }
 
