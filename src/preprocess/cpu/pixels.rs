@@ -36,21 +36,37 @@ fn convert_packed_row<R: PixelReader>(
     luma: [usize; 2],
     (u, v): (usize, usize),
 ) {
+    convert_in_pairs::<R>(frame, y, first, line, |x, line| {
+        let start = y * frame.stride + x * 2;
+        let groups = &frame.data[start..start + line.len() * 2];
+        for (group, out) in groups.chunks_exact(4).zip(line.chunks_exact_mut(2)) {
+            convert_pair(&[group[luma[0]], group[luma[1]]], (group[u], group[v]), out);
+        }
+    });
+}
+
+/// Pixels `first..first + line.len()` of row `y` two at a time, where each pair shares its chroma: an odd
+/// first pixel (the second of its pair) on its own, then the whole pairs through `convert_pairs` (given the
+/// first pair's x and their part of `line`), then a last lone pixel.
+#[inline(always)]
+fn convert_in_pairs<R: PixelReader>(
+    frame: &Frame,
+    y: usize,
+    first: usize,
+    line: &mut [[f32; 4]],
+    convert_pairs: impl FnOnce(usize, &mut [[f32; 4]]),
+) {
     let (mut x, mut line) = (first, line);
-    // An odd first pixel (the second of its group) on its own; then whole groups; then a last lone pixel.
     if x % 2 == 1 && !line.is_empty() {
         line[0] = with_lane(R::rgb_fast(frame, x, y));
         line = &mut line[1..];
         x += 1;
     }
-    let pairs = line.len() / 2;
-    let start = y * frame.stride + x * 2;
-    let groups = &frame.data[start..start + pairs * 4];
-    for (group, out) in groups.chunks_exact(4).zip(line.chunks_exact_mut(2)) {
-        convert_pair(&[group[luma[0]], group[luma[1]]], (group[u], group[v]), out);
-    }
-    if line.len() % 2 == 1 {
-        line[line.len() - 1] = with_lane(R::rgb_fast(frame, x + pairs * 2, y));
+    let (pairs, rest) = line.split_at_mut(line.len() / 2 * 2);
+    let lone = x + pairs.len();
+    convert_pairs(x, pairs);
+    if let [last] = rest {
+        *last = with_lane(R::rgb_fast(frame, lone, y));
     }
 }
 
@@ -257,25 +273,17 @@ impl PixelReader for Nv12 {
     /// `yuv_to_rgb`'s products computed as in `convert_packed_row`.
     #[inline(always)]
     fn convert_row(frame: &Frame, y: usize, first: usize, line: &mut [[f32; 4]]) {
-        let (mut x, mut line) = (first, line);
-        if x % 2 == 1 && !line.is_empty() {
-            line[0] = with_lane(Self::rgb_fast(frame, x, y));
-            line = &mut line[1..];
-            x += 1;
-        }
-        let pairs = line.len() / 2;
-        let luma_start = y * frame.stride + x;
-        let chroma_start = frame.stride * frame.height as usize + (y / 2) * frame.stride + x;
-        let luma = &frame.data[luma_start..luma_start + pairs * 2];
-        let chroma = &frame.data[chroma_start..chroma_start + pairs * 2];
-        for ((luma, chroma), out) in
-            luma.chunks_exact(2).zip(chroma.chunks_exact(2)).zip(line.chunks_exact_mut(2))
-        {
-            convert_pair(luma, (chroma[0], chroma[1]), out);
-        }
-        if line.len() % 2 == 1 {
-            line[line.len() - 1] = with_lane(Self::rgb_fast(frame, x + pairs * 2, y));
-        }
+        convert_in_pairs::<Self>(frame, y, first, line, |x, line| {
+            let luma_start = y * frame.stride + x;
+            let chroma_start = frame.stride * frame.height as usize + (y / 2) * frame.stride + x;
+            let luma = &frame.data[luma_start..luma_start + line.len()];
+            let chroma = &frame.data[chroma_start..chroma_start + line.len()];
+            for ((luma, chroma), out) in
+                luma.chunks_exact(2).zip(chroma.chunks_exact(2)).zip(line.chunks_exact_mut(2))
+            {
+                convert_pair(luma, (chroma[0], chroma[1]), out);
+            }
+        });
     }
 }
 
