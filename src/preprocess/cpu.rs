@@ -118,14 +118,24 @@ impl RowTaps {
     }
 }
 
-/// The source pixels (x0, y0)–(x1, y1), inclusive, that the rotated path converts ahead, `width` a row.
+/// The source pixels (x0, y0)–(x1, y1), inclusive, that the rotated path converts ahead, row by row.
 #[derive(Clone, Copy)]
 struct Region {
     x0: usize,
     y0: usize,
     x1: usize,
     y1: usize,
-    width: usize,
+}
+
+impl Region {
+    /// Pixels a row.
+    fn width(&self) -> usize {
+        self.x1 + 1 - self.x0
+    }
+
+    fn pixels(&self) -> usize {
+        self.width() * (self.y1 + 1 - self.y0)
+    }
 }
 
 /// One source row after the horizontal step of the axis-aligned path.
@@ -260,20 +270,18 @@ impl Warper {
     /// from it. Falls back to the definition's own reads for a region too large, empty or not finite.
     fn warp_rotated<R: PixelReader>(&mut self, frame: &Frame, map: &Affine, out: &mut RgbImage) {
         let (last_x, last_y) = (frame.width as usize - 1, frame.height as usize - 1);
-        let Some((x0, y0, x1, y1)) = source_region(map, out.width, out.height, last_x, last_y) else {
+        let Some(bounds) = source_region(map, out.width, out.height, last_x, last_y) else {
             warp_general::<R>(frame, map, out);
             return;
         };
-        let region_width = x1 + 1 - x0;
-        if region_width * (y1 + 1 - y0) > MAX_REGION_PIXELS {
+        if bounds.pixels() > MAX_REGION_PIXELS {
             warp_general::<R>(frame, map, out);
             return;
         }
-        self.region.resize(region_width * (y1 + 1 - y0), [0.0; 4]);
-        for (y, pixels) in (y0..=y1).zip(self.region.chunks_exact_mut(region_width)) {
-            R::convert_row(frame, y, x0, pixels);
+        self.region.resize(bounds.pixels(), [0.0; 4]);
+        for (y, pixels) in (bounds.y0..=bounds.y1).zip(self.region.chunks_exact_mut(bounds.width())) {
+            R::convert_row(frame, y, bounds.x0, pixels);
         }
-        let bounds = Region { x0, y0, x1, y1, width: region_width };
         let region = self.region.as_slice();
         // The definition's loops turned inside out: per output row, each tap (j, i) in the definition's
         // order over all columns, so every pixel's sum takes the same samples in the same order, while the
@@ -349,7 +357,7 @@ fn add_samples<R: PixelReader>(
     taps: &RowTaps,
     sums: &mut [[f32; 4]],
 ) {
-    let pixel = |x: usize, y: usize| region[(y - bounds.y0) * bounds.width + (x - bounds.x0)];
+    let pixel = |x: usize, y: usize| region[(y - bounds.y0) * bounds.width() + (x - bounds.x0)];
     let RowTaps { inside, in_region, fx, fy, xa, xb, ya, yb, .. } = taps;
     for (column, sum) in sums.iter_mut().enumerate() {
         if !inside[column] {
@@ -383,7 +391,7 @@ fn sample_row(
     let (last_x, last_y) = (last_x as f32, last_y as f32);
     let (region_x0, region_y0) = (region.x0 as f32, region.y0 as f32);
     let (region_x1, region_y1) = (region.x1 as f32, region.y1 as f32);
-    let region_width = region.width as f32;
+    let region_width = region.width() as f32;
     let RowTaps { inside, in_region, fx, fy, xa, xb, ya, yb, offset: top_left, right, down } = taps;
     let columns = inside.len();
     let (in_region, fx, fy) = (&mut in_region[..columns], &mut fx[..columns], &mut fy[..columns]);
@@ -440,15 +448,9 @@ fn filter_row(line: &[[f32; 4]], taps: &[LineTap], filtered: &mut [[f32; 4]]) {
     }
 }
 
-/// The source pixels (x0, y0)–(x1, y1), inclusive, that an output of `width` × `height` through `map` can
-/// read, with a margin for rounding; None when the map is not finite or the crop lies wholly outside.
-fn source_region(
-    map: &Affine,
-    width: usize,
-    height: usize,
-    last_x: usize,
-    last_y: usize,
-) -> Option<(usize, usize, usize, usize)> {
+/// The source pixels that an output of `width` × `height` through `map` can read, with a margin for rounding;
+/// None when the map is not finite or the crop lies wholly outside.
+fn source_region(map: &Affine, width: usize, height: usize, last_x: usize, last_y: usize) -> Option<Region> {
     let (w, h) = (width as f32, height as f32);
     let corners = [map.apply(0.0, 0.0), map.apply(w, 0.0), map.apply(0.0, h), map.apply(w, h)];
     let low_x = corners.iter().map(|c| c.0).fold(f32::INFINITY, f32::min).floor() - 2.0;
@@ -462,7 +464,12 @@ fn source_region(
         return None;
     }
     let clamp = |value: f32, last: usize| (value.max(0.0) as usize).min(last);
-    Some((clamp(low_x, last_x), clamp(low_y, last_y), clamp(high_x, last_x), clamp(high_y, last_y)))
+    Some(Region {
+        x0: clamp(low_x, last_x),
+        y0: clamp(low_y, last_y),
+        x1: clamp(high_x, last_x),
+        y1: clamp(high_y, last_y),
+    })
 }
 
 /// A whole number in [0, 2^23) as u32, through its bits: added to 2^23, it is that power's exponent over the

@@ -622,17 +622,16 @@ fn samples_outside_the_converted_region_read_the_frame_and_give_the_same_sums() 
     let source = frame(PixelFormat::Yuyv, width, height, stride, &data);
     let map = Affine::square_crop(80.0, 60.0, 1.6, 0.3, 48);
     let (last_x, last_y) = (width as usize - 1, height as usize - 1);
-    let (x0, y0, x1, y1) = source_region(&map, 48, 48, last_x, last_y).unwrap();
+    let whole = source_region(&map, 48, 48, last_x, last_y).unwrap();
     // The whole region, and one missing twelve pixels on every side, each converted ahead.
     let convert = |region: Region| {
-        let mut pixels = vec![[0.0f32; 4]; region.width * (region.y1 + 1 - region.y0)];
-        for (y, row) in (region.y0..=region.y1).zip(pixels.chunks_exact_mut(region.width)) {
+        let mut pixels = vec![[0.0f32; 4]; region.pixels()];
+        for (y, row) in (region.y0..=region.y1).zip(pixels.chunks_exact_mut(region.width())) {
             pixels::Yuyv::convert_row(&source, y, region.x0, row);
         }
         pixels
     };
-    let whole = Region { x0, y0, x1, y1, width: x1 + 1 - x0 };
-    let inner = Region { x0: x0 + 12, y0: y0 + 12, x1: x1 - 12, y1: y1 - 12, width: x1 - 23 - x0 };
+    let inner = Region { x0: whole.x0 + 12, y0: whole.y0 + 12, x1: whole.x1 - 12, y1: whole.y1 - 12 };
     let (whole_pixels, inner_pixels) = (convert(whole), convert(inner));
     let mut taps = RowTaps::default();
     taps.resize(48);
