@@ -19,10 +19,13 @@
 //!                time from the NNEF bytes against the ONNX bytes, run time of its optimised plan
 //!   int8:FILE    (classifier, each --int8) a quantised ONNX form, loaded and pinned as the runtime does
 //!   form:FILE    (model ID, each --form ID=PATH) another ONNX form of that model (e.g. rewritten by
-//!                bench/strided_to_slice.py), loaded and pinned as the runtime does
+//!                bench/strided_to_slice.py, or another student architecture from bench/student_forms.py), loaded
+//!                and pinned as the runtime does; `form:FILE ort1` the same file in onnxruntime, one thread (a
+//!                form's "vs ort1" is against it)
 //!   ort1, ort2   onnxruntime (bench/.venv, `bench/infer_peer.py` as a co-process), 1 and 2 intra-op threads
 //! Variants alternate within every round; the table gives per-run medians over all rounds, the spread of the
-//! rounds' medians, the start (load) time, and each variant's largest output difference from the runtime plan.
+//! rounds' medians, the start (load) time, and each variant's largest output difference from the runtime plan (a
+//! form's onnxruntime run: from the form's tract plan; a form itself: none, its weights being its own).
 //!
 //! `--profile` (instead of the variants): where the runtime's plan (the same tract calls as
 //! `Model::load_on`) spends its time. `--runs` runs (at least 50) through `SimpleState::run_plan_with_eval`,
@@ -94,8 +97,15 @@ fn options() -> Result<Options> {
 /// How a variant runs: the runtime's own `Model`, or a plan of its own with its input.
 enum Plan {
     Runtime(Box<Model>),
-    Typed { state: Box<TypedSimpleState>, input: Tensor },
-    Peer { threads: usize },
+    Typed {
+        state: Box<TypedSimpleState>,
+        input: Tensor,
+    },
+    /// onnxruntime on the manifest's file, or on `model` (a `--form`).
+    Peer {
+        threads: usize,
+        model: Option<PathBuf>,
+    },
 }
 
 struct Variant {
@@ -328,10 +338,18 @@ fn variants_for(manifest: &Manifest, entry: &ModelEntry, options: &Options) -> R
             Plan::Typed { state: Box::new(state), input: input.clone() },
             Some(load_ms),
         ));
+        if options.peer && label == "form" {
+            let model = Some(std::fs::canonicalize(path)?);
+            variants.push(Variant::new(
+                format!("{label}:{name} ort1"),
+                Plan::Peer { threads: 1, model },
+                None,
+            ));
+        }
     }
     if options.peer {
-        variants.push(Variant::new("ort1", Plan::Peer { threads: 1 }, None));
-        variants.push(Variant::new("ort2", Plan::Peer { threads: 2 }, None));
+        variants.push(Variant::new("ort1", Plan::Peer { threads: 1, model: None }, None));
+        variants.push(Variant::new("ort2", Plan::Peer { threads: 2, model: None }, None));
     }
     Ok(variants)
 }
@@ -356,9 +374,9 @@ fn batch(
     }
     let mut times = Vec::with_capacity(runs);
     let outputs = match &mut variant.plan {
-        Plan::Peer { threads } => {
+        Plan::Peer { threads, model } => {
             let peer = peer.context("no peer")?;
-            let (found, outputs) = peer.time(path, entry, runs, *threads)?;
+            let (found, outputs) = peer.time(model.as_deref().unwrap_or(path), entry, runs, *threads)?;
             times = found;
             outputs
         }
@@ -412,16 +430,29 @@ fn main() -> Result<()> {
     for entry in &manifest.models {
         let path = std::fs::canonicalize(manifest.path_of(entry))?;
         let mut variants = variants_for(&manifest, entry, &options)?;
+        // Each variant's outputs are compared with the runtime plan's (the first variant's), except a form's
+        // and its onnxruntime run, which are compared with each other (its tract plan is the reference).
+        let references: Vec<usize> = variants
+            .iter()
+            .map(|v| {
+                let tract_form = v.name.strip_suffix(" ort1").filter(|name| name.starts_with("form:"));
+                let own = tract_form.and_then(|name| variants.iter().position(|other| other.name == name));
+                own.unwrap_or(0)
+            })
+            .collect();
         for _ in 0..options.rounds {
-            let mut reference: Option<Vec<f32>> = None;
+            let mut outputs = Vec::with_capacity(variants.len());
             for variant in variants.iter_mut() {
-                let outputs = batch(variant, options.runs, &path, entry, peer.as_mut())
-                    .with_context(|| format!("{}: variant {}", entry.id, variant.name))?;
-                match &reference {
-                    None => reference = Some(outputs),
-                    Some(expected) => {
-                        variant.difference = variant.difference.max(largest_difference(expected, &outputs)?)
-                    }
+                outputs.push(
+                    batch(variant, options.runs, &path, entry, peer.as_mut())
+                        .with_context(|| format!("{}: variant {}", entry.id, variant.name))?,
+                );
+            }
+            for (index, variant) in variants.iter_mut().enumerate() {
+                let reference = references[index];
+                if reference != index && !(reference == 0 && variant.name.starts_with("form:")) {
+                    let difference = largest_difference(&outputs[reference], &outputs[index])?;
+                    variant.difference = variant.difference.max(difference);
                 }
             }
         }
@@ -437,18 +468,25 @@ fn main() -> Result<()> {
         println!("| {id} | median ms | rounds' medians | vs ort1 | start ms | max abs diff vs runtime |");
         println!("|---|---|---|---|---|---|");
         for variant in variants {
+            // A form is compared with onnxruntime on the same form.
+            let own_peer = variants.iter().find(|v| v.name == format!("{} ort1", variant.name));
+            let ort1 = own_peer.map(|v| median(&v.times)).or(ort1);
             let spread =
                 |f: fn(f64, f64) -> f64| variant.round_medians.iter().copied().reduce(f).unwrap_or(f64::NAN);
             let here = median(&variant.times);
+            let is_form_peer = variant.name.starts_with("form:") && variant.name.ends_with(" ort1");
+            let own_weights = variant.name.starts_with("form:") && !is_form_peer;
+            let difference =
+                if own_weights { "—".to_string() } else { format!("{:.1e}", variant.difference) };
             println!(
-                "| {} | {:.2} | {:.2}–{:.2} | {} | {} | {:.1e} |",
+                "| {} | {:.2} | {:.2}–{:.2} | {} | {} | {} |",
                 variant.name,
                 here,
                 spread(f64::min),
                 spread(f64::max),
-                ort1.map(|o| format!("{:.2}×", here / o)).unwrap_or_default(),
+                ort1.filter(|_| !is_form_peer).map(|o| format!("{:.2}×", here / o)).unwrap_or_default(),
                 variant.load_ms.map(|l| format!("{l:.1}")).unwrap_or_default(),
-                variant.difference
+                difference
             );
         }
         println!();

@@ -94,6 +94,53 @@ class _MobileBlock(nn.Module):
         return x + self.conv(x) if self.residual else self.conv(x)
 
 
+class _FusedBlock(nn.Module):
+    """The fused inverted residual (EfficientNetV2's fused-MBConv): one full 3×3 convolution in place of the 1×1
+    expansion and the 3×3 depthwise, then the same 1×1 projection. At a stride-2 block the full convolution
+    computes the expanded channels at the output's resolution only, as one matrix product, where the unfused
+    block expands at the input's resolution and then runs a strided depthwise pass."""
+
+    def __init__(self, inputs: int, hidden: int, outputs: int, stride: int):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Sequential(*_conv_bn(inputs, hidden, 3, stride), nn.ReLU6()),
+                                  nn.Conv2d(hidden, outputs, 1, bias=False), nn.BatchNorm2d(outputs))
+        self.residual = stride == 1 and inputs == outputs
+
+    @classmethod
+    @torch.no_grad()
+    def folded(cls, block: _MobileBlock) -> "_FusedBlock":
+        """The fused form of a (pretrained) `block`: the expansion folded into the depthwise kernel, exact but for
+        the ReLU6 between them and the zero padding of the expanded map at the border. With expansion weights E,
+        its batch norm's scale a and shift c, and depthwise taps D: W[h, i, t] = a_h · D_h[t] · E[h, i], and the
+        depthwise batch norm's mean moves by c_h · ΣD_h."""
+        layers = list(block.conv)
+        if len(layers) == 4:
+            expansion, expansion_norm = layers[0][0], layers[0][1]
+            scale = expansion_norm.weight / torch.sqrt(expansion_norm.running_var + expansion_norm.eps)
+            shift = expansion_norm.bias - scale * expansion_norm.running_mean
+            weights = expansion.weight[:, :, 0, 0]
+            depthwise = layers[1]
+        else:  # expansion 1: the depthwise reads the block's input
+            depthwise = layers[0]
+            weights = torch.eye(depthwise[0].in_channels)
+            scale = torch.ones(depthwise[0].in_channels)
+            shift = torch.zeros(depthwise[0].in_channels)
+        taps, norm = depthwise[0].weight[:, 0], depthwise[1]
+        project, project_norm = layers[-2], layers[-1]
+        hidden, inputs = weights.shape
+        fused = cls(inputs, hidden, project.out_channels, depthwise[0].stride[0])
+        full, full_norm = fused.conv[0][0], fused.conv[0][1]
+        full.weight.copy_(scale[:, None, None, None] * taps[:, None] * weights[:, :, None, None])
+        full_norm.load_state_dict(norm.state_dict())
+        full_norm.running_mean.sub_(shift * taps.sum((1, 2)))
+        fused.conv[1].load_state_dict(project.state_dict())
+        fused.conv[2].load_state_dict(project_norm.state_dict())
+        return fused
+
+    def forward(self, x):
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
 class MobileNetV2(nn.Module):
     """MobileNetV2 (width 1.0). `blocks` keeps the stem and that many inverted-residual blocks (1..17) and, when
     all 17 are kept, the 1280-channel head: fewer blocks make the edge student cheaper."""
@@ -146,6 +193,15 @@ class MobileNetV2(nn.Module):
         if missing:
             raise RuntimeError(f"{path} lacks {missing[:3]}")
         self.load_state_dict({key: state[key] for key in own})
+
+    def fuse(self, blocks: list[int]) -> None:
+        """Rebuilds the inverted-residual blocks numbered `blocks` (1 = the first after the stem) as fused blocks
+        (`_FusedBlock.folded`, from their current weights: call after `load_pretrained`)."""
+        kept = len(self.features) - 1 - (self.channels == 1280)
+        for index in blocks:
+            if not 1 <= index <= kept or isinstance(self.features[index], _FusedBlock):
+                raise ValueError(f"fused blocks are numbered 1..{kept} once each; got {blocks}")
+            self.features[index] = _FusedBlock.folded(self.features[index])
 
 
 class _LiteBlock(nn.Module):
@@ -260,12 +316,16 @@ class ClipVision(nn.Module):
 
 
 def build_backbone(name: str, cache: Path | None, *, blocks: int = 17, clip_weights: Path | None = None,
-                   pretrained: bool = True, tiny_size: int = 224) -> tuple[nn.Module, int]:
-    """The backbone `name` and its native input size. `cache` holds downloaded weights."""
+                   pretrained: bool = True, tiny_size: int = 224, fused: tuple[int, ...] = ()) -> tuple[nn.Module, int]:
+    """The backbone `name` and its native input size. `cache` holds downloaded weights. `fused` (MobileNetV2
+    only) names the blocks rebuilt as fused blocks (`MobileNetV2.fuse`)."""
+    if fused and name != "mobilenet_v2":
+        raise ValueError(f"fused blocks are a MobileNetV2 option; {name} asked for blocks {list(fused)}")
     if name == "mobilenet_v2":
         net = MobileNetV2(blocks)
         if pretrained:
             net.load_pretrained(fetch_weights(name, cache))
+        net.fuse(fused)
         return net, 224
     if name == "efficientnet_lite0":
         net = EfficientNetLite0(blocks)

@@ -41,6 +41,9 @@ class Model:
     metric: float = 0.1  # weight of the hypersphere alignment + uniformity terms
     map_stride: int = 8  # the map's grid: 8 (14×14 at 112 px) or 4 (28×28)
     pretrain: str = ""  # "ssl": self-supervised pretraining on the training people's unlabelled crops first ([ssl])
+    # MobileNetV2 blocks (1 = the first after the stem) rebuilt as fused blocks: one full 3×3 convolution in place
+    # of the 1×1 expansion and the depthwise, folded from the pretrained pair (backbones._FusedBlock)
+    fused: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -134,6 +137,13 @@ def _build(kind, table: dict, where: str):
     return kind(**values)
 
 
+def _check_fused(path: Path, where: str, fused) -> None:
+    """`fused` is a list of distinct block numbers (whether they exist is the backbone's to say)."""
+    if (not isinstance(fused, list) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in fused)
+            or len(set(fused)) != len(fused)):
+        raise ValueError(f"{path}: {where}fused must list distinct block numbers from 1; got {fused!r}")
+
+
 def load(path: Path) -> Config:
     config = _build(Config, tomllib.loads(path.read_text()), str(path))
     config.path = path
@@ -146,6 +156,7 @@ def load(path: Path) -> Config:
             raise ValueError(f"{path}: map_stride must be 4 or 8; got {model.map_stride}")
         if model.pretrain not in ("", "ssl"):
             raise ValueError(f"{path}: pretrain must be \"\" or \"ssl\"; got {model.pretrain!r}")
+        _check_fused(path, "", model.fused)
     lever_keys = {f.name for f in fields(Model)} | {"name", "learning_rate"}
     names = [lever.get("name") for lever in config.levers]
     for lever in config.levers:
@@ -157,6 +168,7 @@ def load(path: Path) -> Config:
             raise ValueError(f"{path}: lever {lever['name']}: map_stride must be 4 or 8")
         if lever.get("pretrain", "") not in ("", "ssl"):
             raise ValueError(f"{path}: lever {lever['name']}: pretrain must be \"\" or \"ssl\"")
+        _check_fused(path, f"lever {lever['name']}: ", lever.get("fused", []))
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: lever names repeat: {names}")
     from .forge import FAMILIES

@@ -134,7 +134,8 @@ def build(model: Model, config: Config) -> Classifier:
     clip_weights = Path(model.clip_weights) if model.clip_weights else None
     backbone, native = build_backbone(model.backbone, CACHE, blocks=model.blocks, clip_weights=clip_weights,
                                       pretrained=model.pretrained,
-                                      tiny_size=224 if model.native_size else config.data.crop_size)
+                                      tiny_size=224 if model.native_size else config.data.crop_size,
+                                      fused=tuple(model.fused))
     if model.map > 0 and model.map_stride != 8:
         if not hasattr(backbone, "set_map_stride"):
             raise ValueError(f"{model.backbone} has no stride-{model.map_stride} map tap (mobilenet_v2 and "

@@ -45,6 +45,19 @@ class Levers(unittest.TestCase):
         with self.assertRaisesRegex(ValueError, "learning_rate"):
             lever_spec(config, config.levers[-1])
 
+    def test_a_fused_lever_builds_fused_blocks_and_bad_block_lists_are_refused(self):
+        config = config_with('[[levers]]\nname = "fused"\nfused = [2]\n')
+        spec, _ = lever_spec(config, config.levers[-1])
+        self.assertEqual(spec.fused, [2])
+        model = train.build(dataclasses.replace(spec, pretrained=False), config)
+        self.assertEqual([type(block).__name__ for block in model.backbone.features[1:3]],
+                         ["_MobileBlock", "_FusedBlock"])
+        for text in ('[[levers]]\nname = "x"\nfused = [0]\n', '[[levers]]\nname = "x"\nfused = [2, 2]\n',
+                     '[[levers]]\nname = "x"\nfused = ["2"]\n', '[[levers]]\nname = "x"\nfused = 2\n',
+                     '[[levers]]\nname = "x"\nfused = [true]\n'):
+            with self.assertRaisesRegex(ValueError, "fused", msg=text):
+                config_with(text)
+
 
 class Student(unittest.TestCase):
     def test_truncated_efficientnet_lite0_feeds_the_manipulation_map(self):

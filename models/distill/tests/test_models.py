@@ -36,6 +36,43 @@ class Models(unittest.TestCase):
         with self.assertRaises(ValueError):
             ClipVision()
 
+    def test_a_fused_block_computes_what_the_block_it_was_folded_from_computes(self):
+        # Folding is exact but for the ReLU6 between expansion and depthwise and the expanded map's zero padding:
+        # with that ReLU6 removed from the original, the two agree away from the border.
+        torch.manual_seed(3)
+        for index in (1, 2, 4, 5):  # expansion 1, stride 2, stride 2 into 14², stride 1 with the residual
+            net = MobileNetV2(6)
+            for module in net.modules():
+                if isinstance(module, torch.nn.BatchNorm2d):
+                    torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+                    torch.nn.init.uniform_(module.bias, -0.5, 0.5)
+                    module.running_mean.uniform_(-0.5, 0.5)
+                    module.running_var.uniform_(0.5, 2.0)
+            block = net.features[index].eval()
+            reference = MobileNetV2(6).features[index].eval()
+            reference.load_state_dict(block.state_dict())
+            if len(reference.conv) == 4:
+                reference.conv[0][2] = torch.nn.Identity()
+            net.fuse([index])
+            fused = net.features[index].eval()
+            self.assertIsInstance(fused, backbones._FusedBlock)
+            inputs = block.conv[0][0].in_channels
+            x = torch.rand(2, inputs, 24, 24)
+            with torch.no_grad():
+                expected, got = reference(x), fused(x)
+            self.assertEqual(tuple(got.shape), tuple(expected.shape))
+            if len(block.conv) == 3:  # no expansion: nothing is lost, the border included
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+                continue
+            torch.testing.assert_close(got[..., 1:-1, 1:-1], expected[..., 1:-1, 1:-1], rtol=1e-4, atol=1e-4)
+            # ... and the ReLU6 is what differs from the original block.
+            with torch.no_grad():
+                self.assertGreater((got - block(x)).abs().max().item(), 1e-3)
+        with self.assertRaises(ValueError):
+            MobileNetV2(6).fuse([7])
+        with self.assertRaises(ValueError):
+            backbones.build_backbone("efficientnet_lite0", None, blocks=5, pretrained=False, fused=(2,))
+
     def test_truncated_mobilenet_keeps_the_pretrained_names(self):
         full, cut = MobileNetV2(17), MobileNetV2(14)
         self.assertEqual(cut.channels, 160)
