@@ -116,6 +116,21 @@ struct Variant {
     times: Vec<f64>,
     round_medians: Vec<f64>,
     difference: f32,
+    /// The variant whose outputs this one's are compared with: the runtime plan (0) unless said otherwise; None
+    /// for a form, whose weights are its own.
+    compared_with: Option<usize>,
+    /// The onnxruntime time its ratio is taken against.
+    against: Against,
+}
+
+/// What a variant's "vs ort1" ratio is taken against.
+enum Against {
+    /// onnxruntime on the manifest's file, one thread.
+    Ort1,
+    /// Another variant: a form against the same form in onnxruntime.
+    Variant(usize),
+    /// No ratio: a form's own onnxruntime run.
+    Nothing,
 }
 
 impl Variant {
@@ -128,6 +143,8 @@ impl Variant {
             times: vec![],
             round_medians: vec![],
             difference: 0.0,
+            compared_with: Some(0),
+            against: Against::Ort1,
         }
     }
 }
@@ -333,18 +350,24 @@ fn variants_for(manifest: &Manifest, entry: &ModelEntry, options: &Options) -> R
         let (state, _, load_ms) =
             onnx_plan(&bytes, entry, true).with_context(|| format!("tract loading {}", path.display()))?;
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        variants.push(Variant::new(
+        let mut variant = Variant::new(
             format!("{label}:{name}"),
             Plan::Typed { state: Box::new(state), input: input.clone() },
             Some(load_ms),
-        ));
+        );
+        if label == "form" {
+            variant.compared_with = None;
+        }
+        variants.push(variant);
         if options.peer && label == "form" {
+            let form = variants.len() - 1;
             let model = Some(std::fs::canonicalize(path)?);
-            variants.push(Variant::new(
-                format!("{label}:{name} ort1"),
-                Plan::Peer { threads: 1, model },
-                None,
-            ));
+            let mut peer =
+                Variant::new(format!("{label}:{name} ort1"), Plan::Peer { threads: 1, model }, None);
+            peer.compared_with = Some(form);
+            peer.against = Against::Nothing;
+            variants[form].against = Against::Variant(form + 1);
+            variants.push(peer);
         }
     }
     if options.peer {
@@ -430,16 +453,6 @@ fn main() -> Result<()> {
     for entry in &manifest.models {
         let path = std::fs::canonicalize(manifest.path_of(entry))?;
         let mut variants = variants_for(&manifest, entry, &options)?;
-        // Each variant's outputs are compared with the runtime plan's (the first variant's), except a form's
-        // and its onnxruntime run, which are compared with each other (its tract plan is the reference).
-        let references: Vec<usize> = variants
-            .iter()
-            .map(|v| {
-                let tract_form = v.name.strip_suffix(" ort1").filter(|name| name.starts_with("form:"));
-                let own = tract_form.and_then(|name| variants.iter().position(|other| other.name == name));
-                own.unwrap_or(0)
-            })
-            .collect();
         for _ in 0..options.rounds {
             let mut outputs = Vec::with_capacity(variants.len());
             for variant in variants.iter_mut() {
@@ -449,8 +462,7 @@ fn main() -> Result<()> {
                 );
             }
             for (index, variant) in variants.iter_mut().enumerate() {
-                let reference = references[index];
-                if reference != index && !(reference == 0 && variant.name.starts_with("form:")) {
+                if let Some(reference) = variant.compared_with.filter(|&reference| reference != index) {
                     let difference = largest_difference(&outputs[reference], &outputs[index])?;
                     variant.difference = variant.difference.max(difference);
                 }
@@ -468,23 +480,25 @@ fn main() -> Result<()> {
         println!("| {id} | median ms | rounds' medians | vs ort1 | start ms | max abs diff vs runtime |");
         println!("|---|---|---|---|---|---|");
         for variant in variants {
-            // A form is compared with onnxruntime on the same form.
-            let own_peer = variants.iter().find(|v| v.name == format!("{} ort1", variant.name));
-            let ort1 = own_peer.map(|v| median(&v.times)).or(ort1);
+            let against = match variant.against {
+                Against::Ort1 => ort1,
+                Against::Variant(other) => Some(median(&variants[other].times)),
+                Against::Nothing => None,
+            };
             let spread =
                 |f: fn(f64, f64) -> f64| variant.round_medians.iter().copied().reduce(f).unwrap_or(f64::NAN);
             let here = median(&variant.times);
-            let is_form_peer = variant.name.starts_with("form:") && variant.name.ends_with(" ort1");
-            let own_weights = variant.name.starts_with("form:") && !is_form_peer;
-            let difference =
-                if own_weights { "—".to_string() } else { format!("{:.1e}", variant.difference) };
+            let difference = match variant.compared_with {
+                Some(_) => format!("{:.1e}", variant.difference),
+                None => "—".to_string(),
+            };
             println!(
                 "| {} | {:.2} | {:.2}–{:.2} | {} | {} | {} |",
                 variant.name,
                 here,
                 spread(f64::min),
                 spread(f64::max),
-                ort1.filter(|_| !is_form_peer).map(|o| format!("{:.2}×", here / o)).unwrap_or_default(),
+                against.map(|o| format!("{:.2}×", here / o)).unwrap_or_default(),
                 variant.load_ms.map(|l| format!("{l:.1}")).unwrap_or_default(),
                 difference
             );

@@ -76,17 +76,11 @@ def _conv_bn(inputs: int, outputs: int, kernel: int, stride: int, groups: int = 
     ]
 
 
-class _MobileBlock(nn.Module):
-    """MobileNetV2's inverted residual, with torchvision's parameter names."""
+class _Residual(nn.Module):
+    """`conv`'s layers, with the input added back when the block keeps its shape (stride 1, as many channels)."""
 
-    def __init__(self, inputs: int, outputs: int, stride: int, expand: int):
+    def __init__(self, layers: list[nn.Module], inputs: int, outputs: int, stride: int):
         super().__init__()
-        hidden = inputs * expand
-        layers: list[nn.Module] = []
-        if expand != 1:
-            layers.append(nn.Sequential(*_conv_bn(inputs, hidden, 1, 1), nn.ReLU6()))
-        layers.append(nn.Sequential(*_conv_bn(hidden, hidden, 3, stride, hidden), nn.ReLU6()))
-        layers += [nn.Conv2d(hidden, outputs, 1, bias=False), nn.BatchNorm2d(outputs)]
         self.conv = nn.Sequential(*layers)
         self.residual = stride == 1 and inputs == outputs
 
@@ -94,17 +88,28 @@ class _MobileBlock(nn.Module):
         return x + self.conv(x) if self.residual else self.conv(x)
 
 
-class _FusedBlock(nn.Module):
+class _MobileBlock(_Residual):
+    """MobileNetV2's inverted residual, with torchvision's parameter names."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int, expand: int):
+        hidden = inputs * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(nn.Sequential(*_conv_bn(inputs, hidden, 1, 1), nn.ReLU6()))
+        layers.append(nn.Sequential(*_conv_bn(hidden, hidden, 3, stride, hidden), nn.ReLU6()))
+        layers += [nn.Conv2d(hidden, outputs, 1, bias=False), nn.BatchNorm2d(outputs)]
+        super().__init__(layers, inputs, outputs, stride)
+
+
+class _FusedBlock(_Residual):
     """The fused inverted residual (EfficientNetV2's fused-MBConv): one full 3×3 convolution in place of the 1×1
     expansion and the 3×3 depthwise, then the same 1×1 projection. At a stride-2 block the full convolution
     computes the expanded channels at the output's resolution only, as one matrix product, where the unfused
     block expands at the input's resolution and then runs a strided depthwise pass."""
 
     def __init__(self, inputs: int, hidden: int, outputs: int, stride: int):
-        super().__init__()
-        self.conv = nn.Sequential(nn.Sequential(*_conv_bn(inputs, hidden, 3, stride), nn.ReLU6()),
-                                  nn.Conv2d(hidden, outputs, 1, bias=False), nn.BatchNorm2d(outputs))
-        self.residual = stride == 1 and inputs == outputs
+        super().__init__([nn.Sequential(*_conv_bn(inputs, hidden, 3, stride), nn.ReLU6()),
+                          nn.Conv2d(hidden, outputs, 1, bias=False), nn.BatchNorm2d(outputs)], inputs, outputs, stride)
 
     @classmethod
     @torch.no_grad()
@@ -136,9 +141,6 @@ class _FusedBlock(nn.Module):
         fused.conv[1].load_state_dict(project.state_dict())
         fused.conv[2].load_state_dict(project_norm.state_dict())
         return fused
-
-    def forward(self, x):
-        return x + self.conv(x) if self.residual else self.conv(x)
 
 
 class MobileNetV2(nn.Module):
