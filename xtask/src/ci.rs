@@ -231,7 +231,25 @@ fn environments() -> Result<Environments> {
     Ok(Environments { panel_python, nvrtc })
 }
 
+/// A fresh run's outputs, measured on a fresh clone (2026-12-06): the build directory about 12 GB (the tests',
+/// the fuzz targets', the aarch64 release build, the guests' cache), the Python environments about 6.5 GB
+/// (PyTorch's CUDA build is 5.8 GB of it). A machine with less free is told so at the start, not by a compiler
+/// that runs out of disk twenty minutes in.
+const FRESH_RUN_BYTES: u64 = 19 << 30;
+
 pub fn ci() -> Result<()> {
+    // Set before any thread starts, for every command below (they inherit the environment):
+    // - no incremental compilation: a CI run builds each workspace crate once, and incremental caches would
+    //   take about 2 GB of disk for nothing (a CI machine once ran out of disk in the tests' build);
+    // - a temporary directory of this run's own, removed when the run passes: the tests leave their scratch
+    //   directories in place (child processes and paths outlive the call, src/testing.rs), some 200 MB a run,
+    //   and nothing else would ever remove them. A failed run leaves it, to be looked at.
+    std::env::set_var("CARGO_INCREMENTAL", "0");
+    let scratch = std::env::temp_dir().join(format!("deepgate-ci-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    std::env::set_var("TMPDIR", &scratch);
+    eprintln!("ci: temporary files under {}", scratch.display());
+    report_disk("at the start", Some(FRESH_RUN_BYTES));
     crate::setup::setup()?;
     // The guests' Debian parts (kernels, busybox, v4l2loopback, the systemd root by debootstrap) are downloads
     // and unpacking more than compiling: on a fresh machine they are made on a second thread while the builds
@@ -301,23 +319,59 @@ pub fn ci() -> Result<()> {
     // Real V4L2 drivers: Debian's kernel under qemu, an x86_64 guest and an aarch64 guest (the Jetson build);
     // and the shipped systemd unit under a real systemd (PID 1 of a Debian guest on the same kernel): READY,
     // the watchdog killing a runtime whose camera stalls, the restart. A guest keeps about one core busy, so
-    // two run at a time: the x86_64 vm-test guest (the longest, its x86-64-v3 build's FMA being slow under
-    // TCG) beside the aarch64 guest and then the systemd guest.
-    let (x86_64, others) = std::thread::scope(|scope| {
+    // the two vm-test guests run at once: the x86_64 guest (the longest, its x86-64-v3 build's FMA being slow
+    // under TCG) beside the aarch64 guest.
+    let (x86_64, aarch64) = std::thread::scope(|scope| {
         let x86_64 = scope.spawn(|| crate::vm::vm_test(&["--arch".into(), "x86_64".into()]));
-        let others = crate::vm::vm_test(&["--arch".into(), "aarch64".into()])
-            .and_then(|()| crate::systemd_test::systemd_test(&[]));
+        let aarch64 = crate::vm::vm_test(&["--arch".into(), "aarch64".into()]);
         let x86_64 =
             x86_64.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the x86_64 guest's thread panicked")));
-        (x86_64, others)
+        (x86_64, aarch64)
     });
-    match (x86_64, others) {
+    match (x86_64, aarch64) {
         (Ok(()), Ok(())) => {}
         (Err(error), Ok(())) | (Ok(()), Err(error)) => return Err(error),
-        (Err(x86_64), Err(others)) => bail!("{x86_64:#}\n{others:#}"),
+        (Err(x86_64), Err(aarch64)) => bail!("{x86_64:#}\n{aarch64:#}"),
     }
+    // The systemd guest runs alone, after them (about 2 minutes more). It holds the shipped unit to its 10 s
+    // watchdog, and under TCG a frame takes seconds: beside another guest (each has two vCPUs, the machine two
+    // cores) one frame once took longer than the period and systemd killed the runtime while frames flowed.
+    // Alone, its first frame comes about 5 s after the camera starts.
+    crate::systemd_test::systemd_test(&[])?;
+    report_disk("at the end", None);
+    std::fs::remove_dir_all(&scratch).with_context(|| format!("removing {}", scratch.display()))?;
     eprintln!("\nci: all checks passed");
     Ok(())
+}
+
+/// Prints the free space on the build directory's disk and, at the start, warns when it is below what a fresh
+/// run takes (a warm run needs less: its outputs are there already).
+fn report_disk(when: &str, fresh_run: Option<u64>) {
+    let directory = target_dir();
+    let probe = if directory.exists() { directory } else { root() };
+    let free = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(&probe)
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .and_then(|output| {
+            String::from_utf8_lossy(&output.stdout).lines().nth(1)?.trim().parse::<u64>().ok()
+        });
+    let Some(free) = free else {
+        eprintln!("ci: could not read the free space on {}'s disk (df)", probe.display());
+        return;
+    };
+    let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
+    eprintln!("ci: {:.1} GiB free on {}'s disk {when}", gib(free), probe.display());
+    if let Some(needed) = fresh_run.filter(|&needed| free < needed) {
+        eprintln!(
+            "ci: warning: a fresh run's outputs take about {:.0} GiB; with {:.1} GiB free, only a warm run (its \
+             build directory and Python environments already made) can finish",
+            gib(needed),
+            gib(free)
+        );
+    }
 }
 
 #[cfg(test)]
