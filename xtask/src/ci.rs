@@ -233,8 +233,8 @@ fn environments() -> Result<Environments> {
 
 /// A fresh run's outputs, measured on a fresh clone (2026-12-06: 17.5 GiB less free at the end than at the
 /// start): the build directory 11 GiB (the tests', the fuzz targets', the aarch64 release build, the guests'
-/// cache), the Python environments about 6.5 GiB (PyTorch's CUDA build is 5.8 GiB of it). A machine with less free is told so at the start, not by a compiler
-/// that runs out of disk twenty minutes in.
+/// cache), the Python environments about 6.5 GiB (PyTorch's CUDA build is 5.8 GiB of it). A machine with less
+/// free is told so at the start, not by a compiler that runs out of disk twenty minutes in.
 const FRESH_RUN_BYTES: u64 = 19 << 30;
 
 pub fn ci() -> Result<()> {
@@ -333,10 +333,10 @@ pub fn ci() -> Result<()> {
         (Err(error), Ok(())) | (Ok(()), Err(error)) => return Err(error),
         (Err(x86_64), Err(aarch64)) => bail!("{x86_64:#}\n{aarch64:#}"),
     }
-    // The systemd guest runs alone, after them (about 2 minutes more). It holds the shipped unit to its 10 s
-    // watchdog, and under TCG a frame takes seconds: beside another guest (each has two vCPUs, the machine two
-    // cores) one frame once took longer than the period and systemd killed the runtime while frames flowed.
-    // Alone, its first frame comes about 5 s after the camera starts.
+    // The systemd guest runs alone, after them (about 1.5 minutes more: 92 and 98 s in two whole runs). It
+    // holds the shipped unit to its 10 s watchdog, and under TCG a frame takes seconds: beside another guest
+    // (each has two vCPUs, the machine two cores) one frame once took longer than the period and systemd
+    // killed the runtime while frames flowed. Alone, its first frame comes about 5 s after the camera starts.
     crate::systemd_test::systemd_test(&[])?;
     report_disk("at the end", None);
     std::fs::remove_dir_all(&scratch).with_context(|| format!("removing {}", scratch.display()))?;
@@ -366,8 +366,8 @@ fn report_disk(when: &str, fresh_run: Option<u64>) {
     eprintln!("ci: {:.1} GiB free on {}'s disk {when}", gib(free), probe.display());
     if let Some(needed) = fresh_run.filter(|&needed| free < needed) {
         eprintln!(
-            "ci: warning: a fresh run's outputs take about {:.0} GiB; with {:.1} GiB free, only a warm run (its \
-             build directory and Python environments already made) can finish",
+            "ci: warning: a fresh run's outputs take about {:.0} GiB; with {:.1} GiB free, only a warm run \
+             (its build directory and Python environments already made) can finish",
             gib(needed),
             gib(free)
         );
